@@ -1,0 +1,205 @@
+"""The ``saekit`` command: jobs, show, cancel, resume, delete, gc, worker and demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from saekit import registry
+from saekit.errors import SaekitError
+from saekit.jobs import get_job, list_jobs
+from saekit.jobs.events import LogState, read_all
+from saekit.jobs.lifecycle import events_path, log_tail, refresh
+from saekit.jobs.textbar import render
+from saekit.workspace import Workspace
+
+
+def _ws(args) -> Workspace:
+    return Workspace(args.workspace)
+
+
+def _bars(table) -> list[str]:
+    lines = []
+    for row in table.rows:
+        if row["status"] in registry.ACTIVE_STATES:
+            state = LogState().update(read_all(events_path(table.workspace, row["id"])))
+            lines.append(f"{row['id']}  {render(state, status=row['status'])}")
+    return lines
+
+
+def cmd_jobs(args) -> int:
+    ws = _ws(args)
+    while True:
+        table = list_jobs(kind=args.kind, status=args.status, workspace=ws, limit=args.limit)
+        text = "\n".join([repr(table), "", *_bars(table)]).rstrip()
+        if not args.watch:
+            print(text)
+            return 0
+        sys.stdout.write("\x1b[2J\x1b[H" + f"saekit jobs in {ws.path}  ({time.strftime('%H:%M:%S')}, Ctrl-C stops)\n\n"
+                         + text + "\n")
+        sys.stdout.flush()
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_show(args) -> int:
+    ws = _ws(args)
+    job = get_job(args.job_id, ws)
+    info = job.info()
+    records = read_all(events_path(ws, job.id))
+    state = LogState().update(records)
+    print(f"job        {info['id']}  ({info['kind']}{', ' + info['name'] if info['name'] else ''})")
+    print(f"status     {info['status']}  attempt {info['attempt']}")
+    print(f"progress   {render(state, status=info['status'])}")
+    for field in ("created_at", "started_at", "finished_at"):
+        if info.get(field):
+            print(f"{field:<10} {info[field]:%Y-%m-%d %H:%M:%S} UTC")
+    if info.get("worker_pid"):
+        print(f"worker     pid {info['worker_pid']} on {info['worker_host'] or '?'} ({info['launcher']})")
+    print(f"spec       {json.dumps(info['spec'], sort_keys=True)}")
+    if info.get("result") is not None:
+        print(f"result     {json.dumps(info['result'], sort_keys=True)}")
+    if info.get("error_type"):
+        print(f"error      {info['error_type']}: {info['error_message']}")
+        if info.get("suggestion"):
+            print(f"suggestion {info['suggestion']}")
+    last = {}
+    for step, name, value in state.metric_rows():
+        last[name] = (step, value)
+    if last:
+        print("metrics    " + ", ".join(f"{n}={v:.4g} (step {s})" for n, (s, v) in sorted(last.items())))
+    events = [r for r in records if r.get("t") == "event"][-args.events:]
+    if events:
+        print("events")
+        for e in events:
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(e.get('time', 0)))} {e.get('level', 'info'):<7} "
+                  f"{e.get('message')}")
+    tail = log_tail(ws, job.id)
+    if tail and info["status"] != "completed":
+        print(f"log        {ws.log_path(job.id)}\n" + "\n".join("  " + line for line in tail.splitlines()))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    job = get_job(args.job_id, _ws(args)).cancel()
+    if args.wait:
+        job.wait(timeout=args.wait)
+    print(f"{job.id}: {job.status}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    job = get_job(args.job_id, _ws(args))
+    job.resume(background=not args.here)
+    print(f"{job.id}: {job.status} (attempt {job.attempt})")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    job = get_job(args.job_id, _ws(args))
+    job.delete()
+    print(f"deleted {job.id}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    """Record the end of jobs whose workers are gone, and list (or delete) files no job owns."""
+    ws = _ws(args)
+    reaped = 0
+    for row in registry.list_jobs(ws, status=registry.ACTIVE_STATES):
+        fresh = refresh(ws, row)
+        if fresh["status"] != row["status"]:
+            reaped += 1
+            print(f"reaped {row['id']}: {row['status']} -> {fresh['status']} ({fresh.get('error_type') or ''})")
+    ids = set(registry.job_ids(ws))
+    orphans = []
+    if (ws.path / "jobs").is_dir():
+        orphans += [p for p in sorted((ws.path / "jobs").iterdir()) if p.name not in ids]
+    if (ws.path / "logs").is_dir():
+        orphans += [p for p in sorted((ws.path / "logs").glob("*.log")) if p.stem not in ids]
+    for path in orphans:
+        print(f"orphan {path}")
+        if args.delete:
+            from saekit.jobs.job import _remove
+
+            _remove(path)
+    print(f"{reaped} stale job(s) reaped, {len(orphans)} orphan file(s){' deleted' if args.delete else ''}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from saekit.jobs.worker import main as worker_main
+
+    return worker_main([args.job_id, "--workspace", str(_ws(args).path)])
+
+
+def cmd_demo(args) -> int:
+    from saekit.demo import run_demo
+
+    return run_demo(workspace=args.workspace, max_tokens=args.max_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saekit", description="saekit: SAE interpretability with durable jobs")
+    parser.add_argument("--workspace", "-w", default=None,
+                        help="workspace folder (default: $SAEKIT_HOME, else ./saekit-workspace)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--kind")
+    p.add_argument("--status", choices=registry.JOB_STATES)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("show", help="one job in full")
+    p.add_argument("job_id")
+    p.add_argument("--events", type=int, default=10, help="how many recent events to print")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS", help="wait for it to stop")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", help="start a new attempt of a failed or cancelled job")
+    p.add_argument("job_id")
+    p.add_argument("--here", action="store_true", help="run in this process instead of a background worker")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("delete", help="delete a finished job and its files")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("gc", help="reap jobs whose workers are gone; list files no job owns")
+    p.add_argument("--delete", action="store_true", help="delete the orphan files too")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("worker", help="run a queued job in this process (what background workers do)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M, as far as it is built")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SaekitError as exc:
+        print(f"saekit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Classify an exception raised inside a job into ``(error_type, message, suggestion)``."""
+
+from __future__ import annotations
+
+import errno
+
+from saekit.errors import SaekitError
+
+ERROR_TYPES = ("oom", "validation", "data", "numerics", "worker_lost", "cancelled", "timeout", "unknown")
+
+SUGGESTIONS = {
+    "oom": "lower batch_size (or max_tokens per batch), use a smaller dtype, or free memory on the device "
+           "(sk.SystemMonitor() shows what uses it); then job.resume()",
+    "worker_lost": "the worker process ended without recording a result (killed, out of host memory, or the "
+                   "machine restarted); read its log (`saekit show ID`), then job.resume() continues from the "
+                   "last committed point",
+    "timeout": "raise the timeout, or give the job less work",
+}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def classify(exc: BaseException) -> tuple[str, str, str | None]:
+    """The error type, a one-line message and a suggestion (or None) for ``exc``."""
+    if isinstance(exc, SaekitError):
+        message = Exception.__str__(exc)
+        return exc.error_type, message, exc.suggestion
+    message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if _is_oom(exc):
+        return "oom", message, SUGGESTIONS["oom"]
+    if isinstance(exc, TimeoutError):
+        return "timeout", message, SUGGESTIONS["timeout"]
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" on the disk of {exc.filename!r}" if exc.filename else ""
+        return "data", message, f"free disk space{where}, then job.resume()"
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return "worker_lost", f"the worker was stopped ({message})", SUGGESTIONS["worker_lost"]
+    return "unknown", message, None

@@ -1,0 +1,282 @@
+"""``Job``: a handle on one job of a workspace, re-creatable from its id in any process."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import secrets
+import shutil
+import time
+from typing import Any
+
+from saekit import registry
+from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError
+from saekit.jobs.events import EventTail, LogState, read_all
+from saekit.jobs.kinds import get_kind
+from saekit.jobs.launchers import LAUNCHERS, run_here, start_worker
+from saekit.jobs.lifecycle import cancel_path, events_path, refresh
+from saekit.jobs.spec import canonical_json, normalize, spec_key
+from saekit.jobs.textbar import render
+from saekit.workspace import Workspace, as_workspace
+
+
+class Job:
+    """A job of a workspace: ``.id``, ``.kind``, ``.status``, ``.progress`` (percent), ``.metrics()``,
+    ``.events()``, ``.wait()``, ``.result()``, ``.cancel()``, ``.resume()``, ``.delete()``.
+
+    Every property reads the registry and the job's event log, so any number of handles, in any
+    number of processes, see the same job.
+    """
+
+    def __init__(self, job_id: str, workspace: Workspace | str | None = None, *, _row: dict | None = None):
+        self.workspace = as_workspace(workspace)
+        self.id = job_id
+        self._row = _row
+        self._tail = EventTail(events_path(self.workspace, job_id))
+        self._log = LogState()
+        if _row is None:
+            self._load()
+
+    # -- state -----------------------------------------------------------------------------------
+    def _load(self) -> dict:
+        row = registry.get_job(self.workspace, self.id)
+        if row is None:
+            raise _not_found(self.workspace, self.id)
+        self._row = refresh(self.workspace, row)
+        return self._row
+
+    def _sync_log(self) -> LogState:
+        self._log.update(self._tail.read())
+        return self._log
+
+    def info(self) -> dict:
+        """The job's registry row (spec and result parsed from JSON), after a fresh read."""
+        row = dict(self._load())
+        for field in ("spec", "result"):
+            if row.get(field) is not None:
+                row[field] = json.loads(row[field])
+        return row
+
+    @property
+    def kind(self) -> str:
+        return (self._row or self._load())["kind"]
+
+    @property
+    def name(self) -> str | None:
+        return (self._row or self._load())["name"]
+
+    @property
+    def status(self) -> str:
+        return self._load()["status"]
+
+    @property
+    def attempt(self) -> int:
+        return self._load()["attempt"]
+
+    @property
+    def spec(self) -> dict:
+        return json.loads((self._row or self._load())["spec"])
+
+    @property
+    def progress(self) -> float | None:
+        """Percent done (0-100) of the current attempt; 100 once completed; None before a total is known."""
+        if self._load()["status"] == "completed":
+            return 100.0
+        return self._sync_log().percent()
+
+    @property
+    def phase(self) -> str | None:
+        return (self._sync_log().progress or {}).get("phase")
+
+    def events(self, *, all_records: bool = False) -> list[dict]:
+        """The job's events (messages such as warnings), oldest first; ``all_records=True`` returns the
+        whole event log (progress, metrics, heartbeats, starts and ends too)."""
+        records = read_all(events_path(self.workspace, self.id))
+        return records if all_records else [r for r in records if r.get("t") == "event"]
+
+    def metrics(self):
+        """Metrics as a pandas DataFrame: one row per step, one column per metric."""
+        import pandas as pd
+
+        row = self._load()
+        if row["status"] in registry.ACTIVE_STATES:
+            rows = self._sync_log().metric_rows()
+        else:
+            rows = registry.get_metrics(self.workspace, self.id) or LogState().update(
+                read_all(events_path(self.workspace, self.id))).metric_rows()
+        frame = pd.DataFrame(rows, columns=["step", "name", "value"])
+        if frame.empty:
+            return pd.DataFrame(index=pd.Index([], name="step"))
+        return frame.pivot_table(index="step", columns="name", values="value", aggfunc="last").rename_axis(
+            columns=None)
+
+    # -- waiting and results -----------------------------------------------------------------------
+    def wait(self, timeout: float | None = None, *, poll: float = 0.05) -> "Job":
+        """Block until the job ends (completed, failed or cancelled); ``JobTimeoutError`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        check_every, last_check = 1.0, 0.0
+        while True:
+            ended = any(r.get("t") == "end" for r in self._tail_records())
+            now = time.monotonic()
+            if ended or now - last_check >= check_every:
+                last_check = now
+                if self._load()["status"] in registry.FINAL_STATES:
+                    return self
+            if deadline is not None and now >= deadline:
+                raise JobTimeoutError(
+                    f"job {self.id} is still {self._row['status']} after {timeout} s; "
+                    "wait longer, or job.cancel()", suggestion=None,
+                )
+            time.sleep(poll)
+
+    def _tail_records(self) -> list[dict]:
+        records = self._tail.read()
+        self._log.update(records)
+        return records
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job, then return its result (a store, an SAE, ... per kind); raises
+        ``JobFailedError`` if it failed or was cancelled."""
+        row = self.wait(timeout)._row
+        if row["status"] != "completed":
+            raise JobFailedError(
+                f"job {self.id} ({row['kind']}) {row['status']}: [{row['error_type']}] {row['error_message']}",
+                error_type=row["error_type"] or "unknown", suggestion=row["suggestion"], job_id=self.id,
+            )
+        value = None if row["result"] is None else json.loads(row["result"])
+        kind = get_kind(row["kind"], row["entry"], row["entry_path"])
+        return kind.load_result(self.workspace, value) if kind.load_result else value
+
+    # -- control -------------------------------------------------------------------------------------
+    def cancel(self) -> "Job":
+        """Ask the job to stop: a queued job is cancelled at once, a running one within a batch or two.
+        Works from any process; returns at once (``.wait()`` to see it end)."""
+        path = cancel_path(self.workspace, self.id)
+        self.workspace.dir("jobs", self.id)
+        path.touch()
+        row = registry.request_cancel(self.workspace, self.id)
+        if row is None:
+            raise _not_found(self.workspace, self.id)
+        self._row = row
+        return self
+
+    def resume(self, *, background: bool = True, launcher: str | None = None, nproc: int = 1,
+               progress: bool = True) -> "Job":
+        """Start a new attempt of a failed or cancelled job; it continues from its last resume point."""
+        launcher = _launcher(background, launcher)
+        row, requeued = registry.resume_job(self.workspace, self.id, launcher=launcher, worker_pid=os.getpid())
+        if row is None:
+            raise _not_found(self.workspace, self.id)
+        self._row = row
+        if requeued:
+            _launch(self.workspace, row, launcher, nproc, progress)
+            self._load()
+        return self
+
+    def delete(self) -> None:
+        """Remove the job's registry rows and its files (event log, worker log, outputs); refuses while it is active."""
+        row = self._load()
+        if row["status"] in registry.ACTIVE_STATES:
+            raise JobStateError(f"job {self.id} is {row['status']}; job.cancel() and job.wait() first, then delete it")
+        try:
+            kind = get_kind(row["kind"], row["entry"], row["entry_path"])
+            outputs = list(kind.outputs(self.workspace, row)) if kind.outputs else []
+        except ConfigError:
+            outputs = []
+        registry.delete_job(self.workspace, self.id)
+        for path in [self.workspace.job_dir(self.id), self.workspace.log_path(self.id), *outputs]:
+            _remove(path)
+
+    # -- display ---------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        try:
+            row = self._load()
+        except JobNotFoundError:
+            return f"<Job {self.id} (deleted)>"
+        state = self._sync_log()
+        text = f"<Job {self.id} {row['kind']} {row['status']}"
+        if row["status"] in registry.ACTIVE_STATES or state.progress:
+            text += f"  {render(state, status=row['status'], width=20)}"
+        if row["error_message"]:
+            text += f"\n  {row['error_type']}: {row['error_message'].splitlines()[0]}"
+        return text + ">"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.workspace == self.workspace
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.workspace))
+
+
+def _remove(path) -> None:
+    if path is None or not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)
+
+
+def _not_found(ws: Workspace, job_id: str) -> JobNotFoundError:
+    ids = registry.job_ids(ws)
+    close = [i for i in ids if i.startswith(job_id)] or difflib.get_close_matches(job_id, ids, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else "; sk.jobs() lists them"
+    return JobNotFoundError(f"no job {job_id!r} in workspace {str(ws.path)!r}{hint}")
+
+
+def _launcher(background: bool, launcher: str | None) -> str:
+    launcher = launcher or ("background" if background else "inprocess")
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher={launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    return launcher
+
+
+def _launch(ws: Workspace, row: dict, launcher: str, nproc: int, progress: bool) -> None:
+    cancel_path(ws, row["id"]).unlink(missing_ok=True)  # a new attempt starts uncancelled
+    if launcher == "inprocess":
+        run_here(ws, row["id"], progress=progress)
+    else:
+        start_worker(ws, row, launcher=launcher, nproc=nproc)
+
+
+def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, name: str | None = None,
+           background: bool = True, force: bool = False, launcher: str | None = None, nproc: int = 1,
+           progress: bool = True) -> Job:
+    """Start (or find) the job for ``spec`` and return its handle.
+
+    At most one queued/running job per key: starting an active spec returns that job; a completed
+    one is returned as it is unless ``force=True``; a failed or cancelled one starts a new attempt
+    that resumes from its last resume point. ``background=False`` runs it here, blocking.
+    """
+    ws = as_workspace(workspace)
+    info = get_kind(kind)
+    launcher = _launcher(background, launcher)
+    if info.entry == "__main__" and launcher != "inprocess":
+        raise ConfigError(
+            f"job kind {kind!r} is defined in __main__, which a background worker cannot import; "
+            "define it in a module, or run it with background=False"
+        )
+    spec = normalize(dict(spec))
+    if info.validate is not None:
+        spec = normalize(info.validate(spec))
+    row, outcome = registry.submit_job(
+        ws, new_id=f"{kind}-{secrets.token_hex(4)}", kind=kind, key=spec_key(kind, spec, info.volatile), name=name,
+        spec=canonical_json(spec), entry=info.entry, entry_path=info.entry_path, force=force, launcher=launcher,
+        worker_pid=os.getpid(),
+    )
+    if outcome in ("created", "resumed"):
+        _launch(ws, row, launcher, nproc, progress)
+    return Job(row["id"], ws)
+
+
+def get_job(job_id: str, workspace: Workspace | str | None = None) -> Job:
+    """Re-attach to a job by id (a unique prefix is enough), from any process."""
+    ws = as_workspace(workspace)
+    try:
+        return Job(job_id, ws)
+    except JobNotFoundError:
+        matches = [i for i in registry.job_ids(ws) if i.startswith(job_id)]
+        if len(matches) == 1:
+            return Job(matches[0], ws)
+        raise

@@ -1,0 +1,269 @@
+"""Running one attempt of a job (``execute``) and reading a job's true state (``refresh``).
+
+``execute`` is what a worker (or ``run()`` in the calling process) does: take the lease, move the job
+``queued -> running``, call the kind's function with a ``JobContext``, write the ``end`` record to the
+event log, then record the end and compact the metrics into the registry in one write.
+
+``refresh`` is what every reader does: a queued or running job whose log holds its ``end`` record is
+recorded as ended; one whose worker is gone (its lease is free) is marked ``failed``/``worker_lost``.
+Nothing waits for a timeout where the lease can be trusted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+
+import psutil
+
+from saekit import registry
+from saekit.config import settings
+from saekit.errors import JobCancelled, JobStateError, RegistryError
+from saekit.jobs.context import JobContext
+from saekit.jobs.events import EventWriter, LogState, read_all, read_last
+from saekit.jobs.failures import SUGGESTIONS, classify
+from saekit.jobs.kinds import get_kind
+from saekit.jobs.lease import Lease, lease_is_held
+from saekit.jobs.spec import normalize
+from saekit.workspace import Workspace
+
+log = logging.getLogger("saekit.jobs")
+
+HOST = socket.gethostname()
+
+
+def events_path(ws: Workspace, job_id: str):
+    return ws.job_dir(job_id) / "events.jsonl"
+
+
+def cancel_path(ws: Workspace, job_id: str):
+    return ws.job_dir(job_id) / "cancel"
+
+
+def log_tail(ws: Workspace, job_id: str, n_lines: int = 15) -> str:
+    """The last lines of a background worker's log file ('' when there is none)."""
+    try:
+        with open(ws.log_path(job_id), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(lines[-n_lines:])
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, writer: EventWriter, interval: float):
+        super().__init__(name="saekit-heartbeat", daemon=True)
+        self._writer, self._interval, self._stop = writer, interval, threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._writer.write({"t": "heartbeat"})
+            except (OSError, ValueError):  # the log was closed or its disk is gone: the lease still speaks
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# -- execute -------------------------------------------------------------------------------------
+
+def execute(ws: Workspace, job_id: str, *, launcher: str = "inprocess", listeners=(), rank: int = 0,
+            world_size: int = 1) -> dict | None:
+    """Run the queued attempt of ``job_id`` here, to its end. Returns the job's row afterwards.
+
+    Returns without running anything when the job is not queued (it was cancelled, or another
+    worker took it). On torchrun ranks other than 0 only the kind's function runs.
+    """
+    if rank != 0:
+        return _execute_follower(ws, job_id, rank, world_size)
+    job_dir = ws.dir("jobs", job_id)
+    lease = Lease(job_dir)
+    # a previous attempt's worker may still be exiting: wait for it rather than run beside it
+    if not lease.acquire(timeout=settings().worker_start_timeout):
+        raise JobStateError(f"job {job_id!r} is held by another live worker; see `saekit show {job_id}`")
+    writer = None
+    try:
+        row = registry.get_job(ws, job_id)
+        if row is None or row["status"] != "queued":
+            return row
+        attempt = row["attempt"]
+        state = LogState().update(read_all(events_path(ws, job_id)))
+        writer = EventWriter(events_path(ws, job_id))
+        writer.write({"t": "start", "attempt": attempt, "pid": os.getpid(), "host": HOST, "launcher": launcher,
+                      "resume": state.commit is not None})
+        try:
+            started = registry.transition(
+                ws, job_id, attempt, ("queued",), "running", started_at=registry.utcnow(),
+                worker_pid=os.getpid(), worker_host=HOST, launcher=launcher,
+            )
+            if started is None:  # cancelled (or taken) between our read and now
+                current = registry.get_job(ws, job_id)
+                writer.write({"t": "end", "attempt": attempt, "status": current["status"], "result": None,
+                              "error_type": current["error_type"], "error_message": current["error_message"],
+                              "suggestion": None})
+                return current
+        except RegistryError as exc:
+            writer.write({"t": "event", "level": "warning",
+                          "message": f"registry unreachable ({exc}); working on, recording the state later"})
+        return _run_attempt(ws, row, attempt, state.commit, writer, listeners, launcher, world_size)
+    finally:
+        if writer is not None:
+            writer.close()
+        lease.release()
+
+
+def _run_attempt(ws: Workspace, row: dict, attempt: int, resume_point, writer: EventWriter, listeners,
+                 launcher: str, world_size: int) -> dict | None:
+    job_id = row["id"]
+    heartbeat = _Heartbeat(writer, settings().heartbeat_interval)
+    heartbeat.start()
+    result, error, interrupted = None, (None, None, None), None
+    try:
+        kind = get_kind(row["kind"], row["entry"], row["entry_path"])
+        spec = json.loads(row["spec"])
+        ctx = JobContext(ws, job_id, attempt, spec, writer=writer, resume_point=resume_point, listeners=listeners,
+                         world_size=world_size)
+        result = normalize(kind.fn(ctx, spec), "the job's result")
+        status = "completed"
+    except JobCancelled as exc:
+        status, error = "cancelled", ("cancelled", str(exc), None)
+    except KeyboardInterrupt as exc:  # an interrupted kernel cancels its in-process job
+        status, error, interrupted = "cancelled", ("cancelled", "interrupted (KeyboardInterrupt)", None), exc
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then classified
+        status, error = "failed", classify(exc)
+        writer.write({"t": "event", "level": "error", "message": f"failed: {error[1]}",
+                      "data": {"traceback": traceback.format_exc(limit=20)}})
+        (log.debug if launcher == "inprocess" else log.error)("job %s failed:\n%s", job_id, traceback.format_exc())
+        if isinstance(exc, SystemExit):
+            interrupted = exc
+    finally:
+        heartbeat.stop()
+    end = {"t": "end", "attempt": attempt, "status": status, "result": result, "error_type": error[0],
+           "error_message": error[1], "suggestion": error[2]}
+    writer.write(end, durable=True)
+    for listener in listeners:
+        listener(end)
+    row = _record_end(ws, job_id, end, writer)
+    if interrupted is not None:
+        raise interrupted
+    return row
+
+
+def _record_end(ws: Workspace, job_id: str, end: dict, writer: EventWriter | None) -> dict | None:
+    """Record an attempt's end in the registry, retrying while it does not answer.
+
+    The end is already in the event log, so giving up loses nothing: the next reader records it.
+    """
+    deadline = time.monotonic() + (settings().registry_retry_for if writer is not None else 0)
+    metrics = LogState().update(read_all(events_path(ws, job_id))).metric_rows()
+    delay, warned = 0.1, False
+    while True:
+        try:
+            row = registry.finish_job(
+                ws, job_id, end["attempt"], end["status"],
+                result=None if end.get("result") is None else json.dumps(end["result"]),
+                error_type=end.get("error_type"), error_message=end.get("error_message"),
+                suggestion=end.get("suggestion"),
+                finished_at=dt.datetime.fromtimestamp(end.get("time", time.time()), dt.timezone.utc).replace(tzinfo=None),
+                metrics=metrics,
+            )
+            return row if row is not None else registry.get_job(ws, job_id)
+        except RegistryError as exc:
+            if time.monotonic() >= deadline:
+                log.error("job %s ended %s but the registry did not answer (%s); "
+                          "its event log holds the end and the next reader records it", job_id, end["status"], exc)
+                return None
+            if not warned and writer is not None:
+                writer.write({"t": "event", "level": "warning",
+                              "message": f"registry unreachable ({exc}); will record the end when it answers"})
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _execute_follower(ws: Workspace, job_id: str, rank: int, world_size: int) -> dict | None:
+    """A torchrun rank other than 0: run the function with a silent context."""
+    row = registry.get_job(ws, job_id)
+    if row is None or row["status"] not in registry.ACTIVE_STATES:
+        return row
+    kind = get_kind(row["kind"], row["entry"], row["entry_path"])
+    spec = json.loads(row["spec"])
+    resume = LogState().update(read_all(events_path(ws, job_id))).commit
+    ctx = JobContext(ws, job_id, row["attempt"], spec, writer=None, resume_point=resume, rank=rank,
+                     world_size=world_size)
+    try:
+        kind.fn(ctx, spec)
+    except JobCancelled:
+        pass
+    return row
+
+
+# -- refresh -------------------------------------------------------------------------------------
+
+def _end_of(ws: Workspace, row: dict) -> dict | None:
+    for record in reversed(read_last(events_path(ws, row["id"]))):
+        if record.get("t") == "end" and record.get("attempt") == row["attempt"]:
+            return record
+        if record.get("t") == "start":
+            return None
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def worker_alive(ws: Workspace, row: dict) -> bool:
+    """Whether a live process works on (or is about to take) the job's current attempt."""
+    if settings().trust_leases and row.get("worker_host") in (None, HOST):
+        return lease_is_held(ws.job_dir(row["id"]))
+    records = read_last(events_path(ws, row["id"]), 4096)
+    last = records[-1].get("time") if records else None
+    return last is not None and time.time() - last < settings().stale_after
+
+
+def _never_started(ws: Workspace, row: dict) -> str | None:
+    """Why a queued job with no live worker will never start, or None when its launcher may still start it."""
+    pid, host = row.get("worker_pid"), row.get("worker_host")
+    if pid is not None and host in (None, HOST) and not _pid_alive(pid):
+        return f"its {row.get('launcher') or 'launching'} process (pid {pid}) exited before the job started"
+    age = (registry.utcnow() - row["queued_at"]).total_seconds()
+    if pid is None and age > settings().worker_start_timeout:
+        return f"no worker took it within {settings().worker_start_timeout:.0f} s of being queued"
+    return None
+
+
+def refresh(ws: Workspace, row: dict | None) -> dict | None:
+    """Return the job's row after recording what its event log and lease say happened."""
+    if row is None or row["status"] not in registry.ACTIVE_STATES:
+        return row
+    end = _end_of(ws, row)
+    if end is None:
+        if worker_alive(ws, row):
+            return row
+        why = _never_started(ws, row) if row["status"] == "queued" else "its worker is gone (its lease is free)"
+        if why is None:
+            return row
+        end = _end_of(ws, row)  # the worker may have ended between our two reads
+    if end is None:
+        tail = log_tail(ws, row["id"])
+        cancelled = bool(row.get("cancel_requested"))
+        end = {
+            "t": "end", "attempt": row["attempt"], "status": "cancelled" if cancelled else "failed",
+            "result": None, "error_type": "cancelled" if cancelled else "worker_lost",
+            "error_message": f"{why}" + (f"; last lines of its log:\n{tail}" if tail else ""),
+            "suggestion": None if cancelled else SUGGESTIONS["worker_lost"], "time": time.time(),
+        }
+    recorded = _record_end(ws, row["id"], end, None)
+    return recorded if recorded is not None else row

@@ -1,0 +1,26 @@
+"""The DuckDB job registry: the only package that imports duckdb.
+
+Every function here is one transaction under the registry's OS lock; no connection is kept open.
+"""
+
+from saekit.registry._db import transaction
+from saekit.registry.jobs import (
+    delete_job,
+    finish_job,
+    get_job,
+    get_metrics,
+    job_ids,
+    list_jobs,
+    request_cancel,
+    resume_job,
+    submit_job,
+    transition,
+    utcnow,
+)
+from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES, SCHEMA_VERSION
+
+__all__ = [
+    "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "SCHEMA_VERSION", "delete_job", "finish_job", "get_job",
+    "get_metrics", "job_ids", "list_jobs", "request_cancel", "resume_job", "submit_job", "transition",
+    "transaction", "utcnow",
+]

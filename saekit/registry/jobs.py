@@ -1,0 +1,209 @@
+"""Job rows and their metrics: each function is one registry transaction.
+
+State changes are compare-and-set (``UPDATE ... WHERE id = ? AND status IN (...) RETURNING *``), and
+``active_key`` (UNIQUE, set exactly while a job is queued or running) keeps one active job per key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable, Sequence
+
+from saekit.errors import JobStateError
+from saekit.registry._db import Tx, transaction
+from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES
+from saekit.workspace import Workspace
+
+# what listings need: no spec, no result (they can be large)
+LIST_COLUMNS = (
+    "id, kind, name, status, attempt, error_type, error_message, launcher, worker_pid, worker_host, "
+    "cancel_requested, created_at, queued_at, started_at, finished_at"
+)
+
+
+def utcnow() -> dt.datetime:
+    """Timestamps are stored as naive UTC."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _in(states: Sequence[str]) -> str:
+    assert all(s in JOB_STATES for s in states), states
+    return "(" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+def _requeue(tx: Tx, job_id: str, launcher: str, worker_pid: int, spec: str | None = None,
+             entry: str | None = None, entry_path: str | None = None) -> dict | None:
+    """Start a new attempt of a failed or cancelled job (same id, attempt + 1)."""
+    return tx.one(
+        f"""UPDATE jobs SET status = 'queued', active_key = key, attempt = attempt + 1,
+               spec = coalesce(?, spec), entry = coalesce(?, entry), entry_path = coalesce(?, entry_path),
+               result = NULL, error_type = NULL, error_message = NULL, suggestion = NULL,
+               cancel_requested = FALSE, launcher = ?, worker_pid = ?, worker_host = NULL,
+               started_at = NULL, finished_at = NULL, queued_at = ?
+           WHERE id = ? AND status IN {_in(('failed', 'cancelled'))} RETURNING *""",
+        [spec, entry, entry_path, launcher, worker_pid, utcnow(), job_id],
+    )
+
+
+def submit_job(ws: Workspace, *, new_id: str, kind: str, key: str, name: str | None, spec: str,
+               entry: str, entry_path: str | None, force: bool, launcher: str,
+               worker_pid: int) -> tuple[dict, str]:
+    """Find or create the job for ``key`` in one transaction.
+
+    Returns ``(row, outcome)``; outcome is ``"active"`` (a queued/running job has the key),
+    ``"completed"`` (a finished job has it and ``force`` is false), ``"resumed"`` (the latest job with
+    the key failed or was cancelled: it was re-queued as a new attempt) or ``"created"``.
+    ``worker_pid`` is the process that will launch the work (a background launcher replaces it with
+    its worker's pid).
+    """
+    now = utcnow()
+    with transaction(ws, write=True) as tx:
+        active = tx.one("SELECT * FROM jobs WHERE active_key = ?", [key])
+        if active is not None:
+            return active, "active"
+        if not force:
+            latest = tx.one("SELECT * FROM jobs WHERE key = ? ORDER BY created_at DESC LIMIT 1", [key])
+            if latest is not None and latest["status"] == "completed":
+                return latest, "completed"
+            if latest is not None:
+                return _requeue(tx, latest["id"], launcher, worker_pid, spec, entry, entry_path), "resumed"
+        row = tx.one(
+            """INSERT INTO jobs (id, kind, key, active_key, name, status, spec, entry, entry_path,
+                                  launcher, worker_pid, created_at, queued_at)
+               VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
+            [new_id, kind, key, key, name, spec, entry, entry_path, launcher, worker_pid, now, now],
+        )
+        return row, "created"
+
+
+def resume_job(ws: Workspace, job_id: str, *, launcher: str, worker_pid: int) -> tuple[dict | None, bool]:
+    """Re-queue a failed or cancelled job as a new attempt. Returns ``(row, requeued)``;
+    an active job is returned unchanged, a completed one refused."""
+    with transaction(ws, write=True) as tx:
+        row = tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        if row is None:
+            return None, False
+        if row["status"] in ACTIVE_STATES:
+            return row, False
+        if row["status"] == "completed":
+            raise JobStateError(
+                f"job {job_id!r} is completed, and completed is final; "
+                "start it again with force=True to run the same spec anew"
+            )
+        return _requeue(tx, job_id, launcher, worker_pid), True
+
+
+def transition(ws: Workspace, job_id: str, attempt: int, from_states: Sequence[str], to: str,
+               **fields) -> dict | None:
+    """Compare-and-set the state of one attempt; returns the new row, or None if it was not in ``from_states``."""
+    sets = {"status": to, **fields}
+    assignments = ", ".join(f"{name} = ?" for name in sets)
+    active_key = "key" if to in ACTIVE_STATES else "NULL"
+    with transaction(ws, write=True) as tx:
+        return tx.one(
+            f"""UPDATE jobs SET {assignments}, active_key = {active_key}
+                WHERE id = ? AND attempt = ? AND status IN {_in(from_states)} RETURNING *""",
+            [*sets.values(), job_id, attempt],
+        )
+
+
+def finish_job(ws: Workspace, job_id: str, attempt: int, status: str, *, result: str | None,
+               error_type: str | None, error_message: str | None, suggestion: str | None,
+               finished_at: dt.datetime, metrics: Iterable[tuple[int, str, float]] | None = None) -> dict | None:
+    """End an attempt and compact its metrics into the registry, in one transaction.
+
+    ``metrics`` replaces the job's compacted metrics (all attempts'); None leaves them as they are.
+    """
+    assert status in FINAL_STATES, status
+    with transaction(ws, write=True) as tx:
+        row = tx.one(
+            f"""UPDATE jobs SET status = ?, active_key = NULL, result = ?, error_type = ?, error_message = ?,
+                   suggestion = ?, finished_at = ?
+                WHERE id = ? AND attempt = ? AND status IN {_in(ACTIVE_STATES)} RETURNING *""",
+            [status, result, error_type, error_message, suggestion, finished_at, job_id, attempt],
+        )
+        if row is not None and metrics is not None:
+            _replace_metrics(tx, job_id, list(metrics))
+        return row
+
+
+def _replace_metrics(tx: Tx, job_id: str, metrics: list[tuple[int, str, float]]) -> None:
+    tx.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
+    if not metrics:
+        return
+    steps, names, values = (list(column) for column in zip(*metrics))
+    tx.execute(
+        "INSERT INTO metrics SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::DOUBLE[])",
+        [job_id, steps, names, values],
+    )
+
+
+def request_cancel(ws: Workspace, job_id: str) -> dict | None:
+    """Cancel a queued job at once; flag a running one for its worker. Returns the row (None if unknown)."""
+    with transaction(ws, write=True) as tx:
+        row = tx.one(
+            """UPDATE jobs SET status = 'cancelled', active_key = NULL, cancel_requested = TRUE,
+                   error_type = 'cancelled', error_message = 'cancelled before it started', finished_at = ?
+               WHERE id = ? AND status = 'queued' RETURNING *""",
+            [utcnow(), job_id],
+        )
+        if row is None:
+            row = tx.one(
+                "UPDATE jobs SET cancel_requested = TRUE WHERE id = ? AND status = 'running' RETURNING *",
+                [job_id],
+            )
+        return row or tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+
+
+def delete_job(ws: Workspace, job_id: str) -> dict | None:
+    """Remove a finished job's rows; refuses an active job. Returns the deleted row."""
+    with transaction(ws, write=True) as tx:
+        row = tx.one(f"SELECT {LIST_COLUMNS} FROM jobs WHERE id = ?", [job_id])
+        if row is None:
+            return None
+        if row["status"] in ACTIVE_STATES:
+            raise JobStateError(
+                f"job {job_id!r} is {row['status']}; cancel it first (job.cancel() or `saekit cancel {job_id}`), "
+                "then delete it"
+            )
+        tx.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
+        tx.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+        return row
+
+
+def get_job(ws: Workspace, job_id: str) -> dict | None:
+    with transaction(ws) as tx:
+        return tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+
+
+def list_jobs(ws: Workspace, *, kind: str | None = None, status: str | Sequence[str] | None = None,
+              limit: int | None = None) -> list[dict]:
+    """Jobs newest first, without their spec and result."""
+    where, params = [], []
+    if kind is not None:
+        where.append("kind = ?")
+        params.append(kind)
+    if status is not None:
+        states = [status] if isinstance(status, str) else list(status)
+        where.append(f"status IN {_in(states)}")
+    sql = f"SELECT {LIST_COLUMNS} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    with transaction(ws) as tx:
+        return tx.rows(sql, params)
+
+
+def job_ids(ws: Workspace) -> list[str]:
+    with transaction(ws) as tx:
+        return [r["id"] for r in tx.rows("SELECT id FROM jobs")]
+
+
+def get_metrics(ws: Workspace, job_id: str) -> list[tuple[int, str, float]]:
+    with transaction(ws) as tx:
+        return [
+            (r["step"], r["name"], r["value"])
+            for r in tx.rows("SELECT step, name, value FROM metrics WHERE job_id = ? ORDER BY step, name", [job_id])
+        ]
