@@ -78,6 +78,9 @@ def cmd_show(args) -> int:
         for e in events:
             print(f"  {time.strftime('%H:%M:%S', time.localtime(e.get('time', 0)))} {e.get('level', 'info'):<7} "
                   f"{e.get('message')}")
+    errors = [r for r in records if r.get("t") == "event" and (r.get("data") or {}).get("traceback")]
+    if errors and info["status"] == "failed":
+        print("traceback (last error)\n" + errors[-1]["data"]["traceback"].rstrip())
     tail = log_tail(ws, job.id)
     if tail and info["status"] != "completed":
         print(f"log        {ws.log_path(job.id)}\n" + "\n".join("  " + line for line in tail.splitlines()))
