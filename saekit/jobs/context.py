@@ -54,8 +54,9 @@ class JobContext:
             listener(record)
 
     def progress(self, done: float, total: float | None = None, *, unit: str | None = None,
-                 phase: str | None = None) -> None:
-        """Report ``done`` of ``total`` units; raises ``JobCancelled`` if the job was cancelled."""
+                 phase: str | None = None, **extra: float) -> None:
+        """Report ``done`` of ``total`` units (``extra`` numbers ride along, e.g. ``tokens=``);
+        raises ``JobCancelled`` if the job was cancelled."""
         self.check_cancelled()
         now = time.monotonic()
         last_time, last_phase, last_total = self._last_progress
@@ -63,7 +64,7 @@ class JobContext:
         if now - last_time < PROGRESS_INTERVAL and phase == last_phase and total == last_total and not final:
             return
         self._last_progress = (now, phase, total)
-        self._write({"t": "progress", "done": done, "total": total, "unit": unit, "phase": phase})
+        self._write({"t": "progress", "done": done, "total": total, "unit": unit, "phase": phase, **extra})
 
     def metrics(self, step: int, **values: float) -> None:
         """Record metric values at a step (compacted into the registry when the job ends)."""

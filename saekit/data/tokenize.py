@@ -1,0 +1,401 @@
+"""``sk.tokenize``: a corpus into a ``TokenStore``, as a durable, resumable, cancellable job.
+
+Documents are tokenized in batches with the fast tokenizer, packed into ``[n, context_length]`` rows
+(``packing="concat"`` streams documents end to end; ``"truncate"`` gives each document its own padded
+row), and appended to Zarr in whole chunks. Every few seconds the rows are flushed and a resume point
+is committed with a checkpoint of the statistics, so a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from saekit.data.corpus import Corpus, load_corpus
+from saekit.data.tokens import ARRAYS, TokenStore, store_path
+from saekit.errors import ConfigError, JobCancelled
+from saekit.jobs import job_kind, submit
+from saekit.workspace import Workspace, as_workspace
+
+PACKINGS = ("concat", "truncate")
+CHUNK_BYTES = 2 * 2**20  # rows per chunk: about 2 MiB of int32 token ids
+LENGTH_BINS = 24  # document-length histogram: bin b holds lengths in [2**(b-1), 2**b)
+TOP_TOKENS = 50
+
+
+# -- tokenizer references ----------------------------------------------------------------------------
+
+def _fast_tokenizer(model_or_tokenizer):
+    """``(tokenizer, source name, max context or None)`` from a LanguageModel, a tokenizer, or a name/path."""
+    if hasattr(model_or_tokenizer, "tokenizer") and hasattr(model_or_tokenizer, "max_context"):
+        lm = model_or_tokenizer
+        return lm.tokenizer, lm.name, lm.max_context
+    tokenizer = model_or_tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        except Exception as exc:
+            raise ConfigError(f"cannot load a tokenizer from {str(model_or_tokenizer)!r}: {exc}") from exc
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; saekit tokenizes with HF fast "
+                          "tokenizers (AutoTokenizer.from_pretrained(..., use_fast=True)) or takes a LanguageModel")
+    limit = getattr(tokenizer, "model_max_length", None)
+    return tokenizer, getattr(tokenizer, "name_or_path", None) or "in memory", limit if limit and limit < 10**8 else None
+
+
+def tokenizer_spec(tokenizer, source: str, ws: Workspace) -> dict:
+    """Save the tokenizer into the workspace (once per content) and return its reference."""
+    content = json.dumps([type(tokenizer).__name__, tokenizer.backend_tokenizer.to_str(),
+                          tokenizer.special_tokens_map], sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(content.encode()).hexdigest()[:16]
+    folder = ws.path / "tokenizers" / fingerprint
+    if not folder.exists():
+        ws.dir("tokenizers")
+        tmp = folder.with_name(f"{fingerprint}.tmp{os.getpid()}")
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, folder)
+    return {"path": str(folder), "source": str(source), "fingerprint": fingerprint}
+
+
+# -- the public function -----------------------------------------------------------------------------
+
+def tokenize(corpus, model_or_tokenizer, context_length: int = 128, *, add_special_tokens: bool = True,
+             return_attention_mask: bool = True, packing: str = "concat", max_documents: int | None = None,
+             num_proc: int | None = None, batch_documents: int = 1000, commit_every: float = 5.0,
+             background: bool = True, force: bool = False, name: str | None = None,
+             workspace: Workspace | str | None = None, progress: bool = True):
+    """Tokenize ``corpus`` for a model (or tokenizer) into a ``TokenStore``; returns the job at once.
+
+    ``packing="concat"`` joins documents end to end and cuts rows of ``context_length`` tokens (the last
+    row is padded); ``"truncate"`` gives each document one row, cut at ``context_length`` and padded.
+    ``num_proc`` > 1 tokenizes in that many processes; ``batch_documents`` documents are tokenized at a
+    time and a resume point is committed every ``commit_every`` seconds. The same request twice is the
+    same job (these three tuning knobs do not change the result, so they are not part of its key).
+    """
+    if not isinstance(context_length, int) or context_length < 1:
+        raise ConfigError(f"context_length={context_length!r} is not a positive number of tokens; e.g. 128")
+    if packing not in PACKINGS:
+        raise ConfigError(f"packing={packing!r} is not one of {PACKINGS}")
+    if max_documents is not None and (not isinstance(max_documents, int) or max_documents < 1):
+        raise ConfigError(f"max_documents={max_documents!r} must be a positive integer or None")
+    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
+        raise ConfigError(f"num_proc={num_proc!r} must be a positive integer or None")
+    if not isinstance(batch_documents, int) or batch_documents < 1:
+        raise ConfigError(f"batch_documents={batch_documents!r} must be a positive integer")
+    if not commit_every > 0:
+        raise ConfigError(f"commit_every={commit_every!r} must be a positive number of seconds")
+    tokenizer, source, max_context = _fast_tokenizer(model_or_tokenizer)
+    if max_context is not None and context_length > max_context:
+        raise ConfigError(f"context_length={context_length} is longer than {source} supports ({max_context} tokens); "
+                          f"use context_length <= {max_context}")
+    if not isinstance(corpus, Corpus):
+        corpus = load_corpus(corpus)
+    ws = as_workspace(workspace)
+    spec = {
+        "corpus": corpus.spec(ws), "tokenizer": tokenizer_spec(tokenizer, source, ws),
+        "context_length": context_length, "add_special_tokens": bool(add_special_tokens),
+        "return_attention_mask": bool(return_attention_mask), "packing": packing, "max_documents": max_documents,
+        "num_proc": num_proc, "batch_documents": batch_documents, "commit_every": float(commit_every),
+    }
+    return submit("tokenize", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+
+class _Stats:
+    """Statistics gathered while tokenizing; ``snapshot``/``restore`` carry them across a resume."""
+
+    def __init__(self, vocab_size: int, splits: list[tuple[str, int, int]]):
+        self.token_counts = np.zeros(vocab_size, dtype=np.int64)
+        self.length_counts = np.zeros(LENGTH_BINS + 1, dtype=np.int64)
+        self.splits = splits
+        self.split_docs = {name: 0 for name, _, _ in splits}
+        self.split_tokens = {name: 0 for name, _, _ in splits}
+        self.documents = 0
+        self.truncated = 0
+
+    def add_documents(self, first_doc: int, lengths: np.ndarray, context_length: int, truncating: bool) -> None:
+        self.documents += len(lengths)
+        bins = np.minimum(np.ceil(np.log2(np.maximum(lengths, 1) + 1)).astype(np.int64), LENGTH_BINS)
+        bins[lengths == 0] = 0
+        self.length_counts += np.bincount(bins, minlength=LENGTH_BINS + 1)
+        if truncating:
+            self.truncated += int((lengths > context_length).sum())
+        docs = np.arange(first_doc, first_doc + len(lengths))
+        for name, lo, hi in self.splits:
+            inside = (docs >= lo) & (docs < hi)
+            if inside.any():
+                self.split_docs[name] += int(inside.sum())
+                self.split_tokens[name] += int(lengths[inside].sum())
+
+    def add_rows(self, ids: np.ndarray, valid: np.ndarray) -> None:
+        if len(self.token_counts) <= int(ids.max(initial=0)):
+            self.token_counts = np.pad(self.token_counts, (0, int(ids.max()) + 1 - len(self.token_counts)))
+        self.token_counts += np.bincount(ids[valid], minlength=len(self.token_counts))
+
+    def snapshot(self) -> dict:
+        return {"documents": self.documents, "truncated": self.truncated, "split_docs": self.split_docs,
+                "split_tokens": self.split_tokens}
+
+    def restore(self, state: dict, arrays) -> None:
+        self.documents, self.truncated = state["documents"], state["truncated"]
+        self.split_docs, self.split_tokens = state["split_docs"], state["split_tokens"]
+        self.token_counts = arrays["token_counts"].astype(np.int64)
+        self.length_counts = arrays["length_counts"].astype(np.int64)
+
+    def final(self, tokenizer, rows: int, context_length: int, padding: int) -> dict:
+        order = np.argsort(-self.token_counts, kind="stable")[:TOP_TOKENS]
+        order = order[self.token_counts[order] > 0]
+        names = tokenizer.convert_ids_to_tokens(order.tolist())
+        edges = [0] + [2 ** (b - 1) for b in range(1, LENGTH_BINS + 1)]
+        return {
+            "documents": self.documents, "sequences": rows, "tokens": int(self.token_counts.sum()),
+            "padding": padding, "unique_tokens": int((self.token_counts > 0).sum()),
+            "top_tokens": [{"id": int(i), "token": t, "count": int(self.token_counts[i])} for i, t in zip(order, names)],
+            "length_histogram": {"min_length": edges, "documents": self.length_counts.tolist()},
+            "splits": {n: {"documents": self.split_docs[n], "tokens": self.split_tokens[n]} for n in self.split_docs},
+            "truncated_documents": self.truncated, "context_length": context_length,
+        }
+
+
+class _RowWriter:
+    """Appends rows to the store's arrays in whole chunks; ``flush()`` writes the rest (at a commit)."""
+
+    def __init__(self, group, names: list[str], chunk_rows: int, rows: int):
+        self.group, self.names, self.chunk_rows = group, names, chunk_rows
+        self.rows = rows
+        self.buffer: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        self.buffered = 0
+        for n in names:  # drop rows written after the last commit
+            arr = group[n]
+            arr.resize((rows, arr.shape[1]))
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        count = len(rows[self.names[0]])
+        if not count:
+            return
+        for n in self.names:
+            self.buffer[n].append(rows[n])
+        self.buffered += count
+        aligned = (self.rows + self.buffered) // self.chunk_rows * self.chunk_rows - self.rows
+        if aligned > 0:
+            self._write(aligned)
+
+    def _write(self, count: int) -> None:
+        for n in self.names:
+            data = np.concatenate(self.buffer[n])
+            arr = self.group[n]
+            arr.resize((self.rows + count, arr.shape[1]))
+            arr[self.rows:self.rows + count] = data[:count]
+            self.buffer[n] = [data[count:]] if len(data) > count else []
+        self.rows += count
+        self.buffered -= count
+
+    def flush(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+
+class _Packer:
+    """Turns tokenized documents into rows (``input_ids``, ``doc_ids``, ``positions``, ``attention_mask``)."""
+
+    def __init__(self, context_length: int, packing: str, pad_id: int):
+        self.n, self.packing, self.pad_id = context_length, packing, pad_id
+        self.pending = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+    def rows(self, ids: np.ndarray, lengths: np.ndarray, first_doc: int) -> dict[str, np.ndarray]:
+        docs = np.repeat(np.arange(first_doc, first_doc + len(lengths), dtype=np.int64), lengths)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        positions = (np.arange(len(ids)) - starts).astype(np.int32)
+        if self.packing == "truncate":
+            keep = positions < self.n
+            ids, docs, positions = ids[keep], docs[keep], positions[keep]
+            row_of = docs - first_doc
+            out = self._empty(len(lengths))
+            out["input_ids"][row_of, positions] = ids
+            out["doc_ids"][row_of, positions] = docs
+            out["positions"][row_of, positions] = positions
+            out["attention_mask"][row_of, positions] = 1
+            return out
+        ids = np.concatenate([self.pending[0], ids])
+        docs = np.concatenate([self.pending[1], docs])
+        positions = np.concatenate([self.pending[2], positions])
+        full = len(ids) // self.n * self.n
+        self.pending = (ids[full:], docs[full:], positions[full:])
+        shape = (-1, self.n)
+        return {"input_ids": ids[:full].reshape(shape), "doc_ids": docs[:full].reshape(shape),
+                "positions": positions[:full].reshape(shape),
+                "attention_mask": np.ones((full // self.n, self.n), np.uint8)}
+
+    def _empty(self, count: int) -> dict[str, np.ndarray]:
+        return {"input_ids": np.full((count, self.n), self.pad_id, np.int32),
+                "doc_ids": np.full((count, self.n), -1, np.int64),
+                "positions": np.full((count, self.n), -1, np.int32),
+                "attention_mask": np.zeros((count, self.n), np.uint8)}
+
+    def last_row(self) -> dict[str, np.ndarray]:
+        """The padded row holding what is left of a concatenated stream (nothing in truncate mode)."""
+        k = len(self.pending[0])
+        out = self._empty(1 if k else 0)
+        if k:
+            out["input_ids"][0, :k], out["doc_ids"][0, :k], out["positions"][0, :k] = self.pending
+            out["attention_mask"][0, :k] = 1
+            self.pending = (self.pending[0][:0], self.pending[1][:0], self.pending[2][:0])
+        return out
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(path: str) -> None:
+    global _WORKER_TOKENIZER
+    from transformers import AutoTokenizer
+
+    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(path)
+
+
+def _encode(texts: list[str], add_special_tokens: bool, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    tokenizer = tokenizer or _WORKER_TOKENIZER
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
+    return ids, lengths
+
+
+def _bounded_map(pool, texts, add_special_tokens: bool, window: int):
+    """``pool.map`` in order, with at most ``window`` batches in flight (memory stays bounded)."""
+    futures = collections.deque()
+    for batch in texts:
+        futures.append(pool.submit(_encode, batch, add_special_tokens))
+        if len(futures) >= window:
+            yield futures.popleft().result()
+    while futures:
+        yield futures.popleft().result()
+
+
+def _load_store(ws: Workspace, result: dict) -> TokenStore:
+    return TokenStore(result["path"], ws)
+
+
+def _outputs(ws: Workspace, row: dict) -> list[Path]:
+    return [store_path(ws, row["id"])]
+
+
+@job_kind("tokenize", load_result=_load_store, outputs=_outputs, volatile=("num_proc", "batch_documents", "commit_every"))
+def run_tokenize(ctx, spec: dict) -> dict:
+    """The tokenize job: documents -> rows in a Zarr token store, committed every few seconds."""
+    import zarr
+    from transformers import AutoTokenizer
+
+    corpus = Corpus.from_spec(spec["corpus"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"]["path"])
+    n = spec["context_length"]
+    n_docs = min(len(corpus), spec["max_documents"] or len(corpus))
+    names = [a for a in ARRAYS if a != "attention_mask" or spec["return_attention_mask"]]
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        ctx.event(f"the tokenizer has no pad token; padding with id {pad_id} "
+                  f"({'eos' if tokenizer.eos_token_id is not None else 'token 0'}); padded positions have "
+                  "attention_mask 0, doc_ids -1 and positions -1", level="warning")
+    path = store_path(ctx.workspace, ctx.job_id)
+    ctx.workspace.dir("tokens")
+    resume = ctx.resume_point
+    if resume is None or not path.exists():
+        resume = None
+        group = zarr.open_group(str(path), mode="w")
+        chunk_rows = max(1, CHUNK_BYTES // (4 * n))
+        for name, dtype in (("input_ids", "int32"), ("doc_ids", "int64"), ("positions", "int32"),
+                            ("attention_mask", "uint8")):
+            if name in names:
+                group.create_array(name, shape=(0, n), chunks=(chunk_rows, n), dtype=dtype)
+        group.attrs.update({
+            "saekit": "token_store", "format_version": 1, "job_id": ctx.job_id, "corpus": spec["corpus"],
+            "tokenizer": spec["tokenizer"], "context_length": n, "packing": spec["packing"],
+            "add_special_tokens": spec["add_special_tokens"], "return_attention_mask": spec["return_attention_mask"],
+            "max_documents": spec["max_documents"], "pad_token_id": int(pad_id), "committed_rows": 0, "complete": False,
+        })
+    else:
+        group = zarr.open_group(str(path), mode="r+")
+        chunk_rows = group["input_ids"].chunks[0]
+    stats = _Stats(len(tokenizer), corpus.split_of())
+    packer = _Packer(n, spec["packing"], pad_id)
+    writer = _RowWriter(group, names, chunk_rows, resume["rows"] if resume else 0)
+    doc = 0
+    if resume:
+        with np.load(ctx.dir / resume["checkpoint"]) as saved:
+            stats.restore(resume["stats"], saved)
+            packer.pending = (saved["pending_ids"], saved["pending_docs"], saved["pending_positions"])
+        doc = resume["docs"]
+        ctx.event(f"resuming at document {doc:,} ({writer.rows:,} sequences committed)")
+
+    def commit() -> None:
+        writer.flush()
+        name = f"tokenize_checkpoint_{writer.rows}_{doc}.npz"
+        with open(ctx.dir / name, "wb") as f:
+            np.savez(f, token_counts=stats.token_counts, length_counts=stats.length_counts,
+                     pending_ids=packer.pending[0], pending_docs=packer.pending[1],
+                     pending_positions=packer.pending[2])
+            f.flush()
+            os.fsync(f.fileno())
+        group.attrs["committed_rows"] = writer.rows
+        previous = (ctx.resume_point or {}).get("checkpoint")
+        ctx.commit({"rows": writer.rows, "docs": doc, "checkpoint": name, "stats": stats.snapshot()})
+        if previous and previous != name:
+            (ctx.dir / previous).unlink(missing_ok=True)
+
+    batch_docs = int(spec.get("batch_documents", 1000))
+    pool = None
+    if spec["num_proc"] and spec["num_proc"] > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(spec["num_proc"], initializer=_init_worker, initargs=(spec["tokenizer"]["path"],))
+    try:
+        starts = range(doc, n_docs, batch_docs)
+        texts = (corpus.texts(lo, min(lo + batch_docs, n_docs)) for lo in starts)
+        if pool is not None:
+            encoded = _bounded_map(pool, texts, spec["add_special_tokens"], window=2 * spec["num_proc"])
+        else:
+            encoded = (_encode(t, spec["add_special_tokens"], tokenizer) for t in texts)
+        last_commit = time.monotonic()
+        ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
+        for lo, (ids, lengths) in zip(starts, encoded):
+            stats.add_documents(lo, lengths, n, spec["packing"] == "truncate")
+            rows = packer.rows(ids, lengths, lo)
+            if len(rows["input_ids"]):
+                stats.add_rows(rows["input_ids"], rows["attention_mask"].astype(bool))
+            writer.add({k: rows[k] for k in names})
+            doc = lo + len(lengths)
+            if time.monotonic() - last_commit > spec.get("commit_every", 5.0):
+                commit()
+                last_commit = time.monotonic()
+            ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
+    except JobCancelled:
+        commit()  # keep what was done: a resume continues from here
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    last = packer.last_row()
+    if len(last["input_ids"]):
+        stats.add_rows(last["input_ids"], last["attention_mask"].astype(bool))
+        writer.add({k: last[k] for k in names})
+    writer.flush()
+    padding = writer.rows * n - int(stats.token_counts.sum())
+    final = stats.final(tokenizer, writer.rows, n, padding)
+    group.create_array("token_counts", data=stats.token_counts, overwrite=True)
+    group.attrs.update({"committed_rows": writer.rows, "stats": final, "complete": True})
+    for leftover in ctx.dir.glob("tokenize_checkpoint_*.npz"):
+        leftover.unlink()
+    ctx.progress(n_docs, n_docs, unit="documents", phase="done", tokens=final["tokens"])
+    return {"path": str(path), "sequences": writer.rows, "tokens": final["tokens"], "documents": final["documents"]}

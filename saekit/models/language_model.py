@@ -1,0 +1,175 @@
+"""``LanguageModel``: a HF causal LM with its tokenizer, named hook points and cached forward passes."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from saekit.errors import ConfigError
+from saekit.models.hookpoints import architecture_of, get_module, hook_point_names, parse
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest block that is needed: nothing after it is computed."""
+
+
+class LanguageModel:
+    """A causal language model and its tokenizer.
+
+    ``hook_points()`` lists ``blocks.{i}.{resid_pre,resid_post,attn_out,mlp_out}``; ``hooks({name: fn})``
+    reads (``fn`` returns None) or replaces (``fn`` returns a tensor) activations there;
+    ``run_with_cache(input_ids, names)`` returns them and stops after the deepest block needed.
+    ``ref`` is how a background job loads the same model again.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, ref: dict):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.ref = ref
+        self.arch = architecture_of(model)
+        self.blocks: nn.ModuleList = get_module(model, self.arch.layers)
+
+    # -- facts ---------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        config = self.config
+        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest sequence the model's position embeddings allow (None when unbounded/unknown)."""
+        for field in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, field, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def hook_points(self) -> list[str]:
+        return hook_point_names(self.arch, self.n_layers)
+
+    def _parse(self, name: str) -> tuple[int, str]:
+        return parse(name, self.arch, self.n_layers, self.name)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _register(self, name: str, fn: HookFn):
+        layer, site = self._parse(name)
+        block = self.blocks[layer]
+        if site == "resid_pre":
+            def pre_hook(module, args, kwargs):
+                x = args[0] if args else kwargs["hidden_states"]
+                out = fn(x)
+                if out is None:
+                    return None
+                if args:
+                    return (out, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": out}
+
+            return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        module = block if site == "resid_post" else get_module(block, self.arch.attn if site == "attn_out" else self.arch.mlp)
+
+        def hook(module, args, output):
+            x = output[0] if isinstance(output, tuple) else output
+            out = fn(x)
+            if out is None:
+                return None
+            return (out, *output[1:]) if isinstance(output, tuple) else out
+
+        return module.register_forward_hook(hook)
+
+    @contextmanager
+    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator["LanguageModel"]:
+        """Within the block, call ``fn(activation)`` at each hook point; a tensor it returns replaces the activation."""
+        for name in fns:
+            self._parse(name)  # every name is checked before any hook is added
+        handles = [self._register(name, fn) for name, fn in fns.items()]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # -- forward passes -------------------------------------------------------------------------------
+    def _as_ids(self, input_ids) -> torch.Tensor:
+        if isinstance(input_ids, str):
+            input_ids = self.tokenizer(input_ids, return_tensors="pt")["input_ids"]
+        elif isinstance(input_ids, np.ndarray):
+            input_ids = torch.from_numpy(np.ascontiguousarray(input_ids))
+        elif not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.tensor(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        return input_ids.to(self.device, dtype=torch.long)
+
+    def run_with_cache(self, input_ids, hook_points: str | Iterable[str], *, attention_mask=None,
+                       stop_at: int | bool | None = None) -> dict[str, torch.Tensor]:
+        """Run the model and return ``{hook_point: activation [batch, seq, d_model]}``.
+
+        The forward pass stops after the deepest block it needs (``stop_at=False`` runs the whole
+        model; an int stops after that block).
+        """
+        names = [hook_points] if isinstance(hook_points, str) else list(hook_points)
+        if not names:
+            raise ConfigError("hook_points is empty; name at least one, e.g. lm.hook_points()[0]")
+        layers = [self._parse(n)[0] for n in names]
+        cache: dict[str, torch.Tensor] = {}
+        fns = {n: (lambda x, n=n: cache.__setitem__(n, x.detach())) for n in names}
+        stop = max(layers) if stop_at is None else (None if stop_at is False else int(stop_at))
+        if stop is not None and not 0 <= stop < self.n_layers:
+            raise ConfigError(f"stop_at={stop_at} is not a block of {self.name} (0..{self.n_layers - 1})")
+        ids = self._as_ids(input_ids)
+        mask = None if attention_mask is None else self._as_ids(attention_mask)
+        with torch.no_grad(), self.hooks(fns):
+            stopper = None
+            if stop is not None and stop < self.n_layers:
+                def halt(module, args, output):
+                    raise _StopForward
+
+                stopper = self.blocks[stop].register_forward_hook(halt)
+            try:
+                self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            except _StopForward:
+                pass
+            finally:
+                if stopper is not None:
+                    stopper.remove()
+        return cache
+
+    def generate(self, prompt, max_new_tokens: int = 32, **kwargs):
+        """Generate a continuation. A string prompt returns the generated text; token ids return ids."""
+        as_text = isinstance(prompt, str)
+        ids = self._as_ids(prompt)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        kwargs.setdefault("do_sample", False)
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      pad_token_id=pad, **kwargs)
+        if as_text:
+            return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name!r}, {self.n_layers} blocks, d_model={self.d_model}, "
+                f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
