@@ -20,12 +20,13 @@ from saekit.errors import (
 )
 from saekit.workspace import Workspace, set_workspace, workspace
 
+# bound after the import of the saekit.jobs package, whose name `jobs` would otherwise shadow the function
+from saekit.jobs.job import Job, get_job as job  # noqa: E402
+from saekit.jobs.table import list_jobs as jobs  # noqa: E402
+
 _logging.configure()
 
 _LAZY = {
-    "Job": ("saekit.jobs.job", "Job"),
-    "job": ("saekit.jobs.job", "get_job"),
-    "jobs": ("saekit.jobs.table", "list_jobs"),
     "Corpus": ("saekit.data.corpus", "Corpus"),
     "load_corpus": ("saekit.data.corpus", "load_corpus"),
     "tokenize": ("saekit.data.tokenize", "tokenize"),
@@ -37,7 +38,8 @@ _LAZY = {
 
 __all__ = sorted([
     "ConfigError", "DataError", "HookPointError", "JobFailedError", "JobNotFoundError", "ModelLoadError",
-    "SaekitError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", *_LAZY,
+    "SaekitError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", "Job", "job", "jobs",
+    *_LAZY,
 ])
 
 

