@@ -143,7 +143,7 @@ def cmd_worker(args) -> int:
 def cmd_demo(args) -> int:
     from saekit.demo import run_demo
 
-    return run_demo(workspace=args.workspace, max_tokens=args.max_tokens)
+    return run_demo(workspace=args.workspace, max_documents=args.max_documents)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M, as far as it is built")
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-documents", type=int, default=None, help="tokenize only this many documents")
     p.set_defaults(func=cmd_demo)
     return parser
 

