@@ -15,8 +15,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# this file's name shadows the standard library's `tokenize` (which torch imports): drop its folder
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __name__ == "tokenize":
+    # Imported by `import tokenize` from a script in this folder (its folder comes first on sys.path):
+    # hand over the standard library's module, which the import system then returns instead of this file.
+    import importlib.util
+    import sysconfig
+
+    _spec = importlib.util.spec_from_file_location("tokenize", Path(sysconfig.get_paths()["stdlib"]) / "tokenize.py")
+    _stdlib = importlib.util.module_from_spec(_spec)
+    sys.modules["tokenize"] = _stdlib
+    _spec.loader.exec_module(_stdlib)
+else:
+    # run as a script: keep this folder off sys.path so `import tokenize` finds the standard library
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json

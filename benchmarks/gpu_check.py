@@ -1,0 +1,149 @@
+"""CUDA checks for a machine with a GPU; prints JSON (one object per check). Run from the repo root:
+
+    python benchmarks/gpu_check.py
+
+Device placement and dtype of ``load_model("auto")``, hook points in bfloat16 on the GPU against float32
+on the CPU, the memory refusal with the GPU's free memory, pynvml on the real GPU (and whether a worker's
+pid appears in its process list), a background job on the GPU, and a real CUDA out-of-memory error
+classified as ``oom``. Each check reports its own failure and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from saekit.jobs import job_kind  # noqa: E402
+
+
+@job_kind("gpu_hold")
+def gpu_hold(ctx, spec):
+    """Hold a GPU allocation for a while, reporting progress (so pynvml can be read meanwhile)."""
+    import torch
+
+    x = torch.ones(spec["mib"] * 2**18, device="cuda")  # float32: MiB * 2**18 elements
+    for i in range(spec["seconds"] * 10):
+        ctx.progress(i + 1, spec["seconds"] * 10, unit="ticks")
+        time.sleep(0.1)
+    return {"sum": float(x.sum().item()), "device": str(x.device), "pid": os.getpid()}
+
+
+@job_kind("gpu_oom")
+def gpu_oom(ctx, spec):
+    import torch
+
+    torch.empty(int(spec["gib"] * 2**30), dtype=torch.uint8, device="cuda")
+    return {}
+
+
+def check(name: str, fn) -> None:
+    t = time.perf_counter()
+    try:
+        out = {"check": name, "ok": True, **fn()}
+    except Exception as exc:  # noqa: BLE001 - a failed check is reported, the others go on
+        out = {"check": name, "ok": False, "error": f"{type(exc).__name__}: {exc}",
+               "traceback": traceback.format_exc(limit=6)}
+    out["seconds"] = round(time.perf_counter() - t, 2)
+    print(json.dumps(out, default=str), flush=True)
+
+
+def main() -> None:
+    import torch
+
+    import saekit as sk
+    from saekit.errors import ModelLoadError
+    from saekit.models.tiny import make_tiny_model, stdlib_docstrings
+
+    tmp = Path(tempfile.mkdtemp())
+    sk.set_workspace(tmp / "ws")
+    docs = stdlib_docstrings()
+    model_dir = make_tiny_model(tmp / "tiny", "llama", texts=docs, d_model=128, n_layers=4)
+
+    def cuda():
+        return {"available": torch.cuda.is_available(), "name": torch.cuda.get_device_name(0),
+                "torch": torch.__version__, "bf16": torch.cuda.is_bf16_supported()}
+
+    def placement():
+        gpu = sk.load_model(model_dir)  # device="auto", dtype="auto"
+        cpu = sk.load_model(model_dir, device="cpu")
+        ids = gpu.tokenizer(docs[:4], return_tensors="pt", padding=True)["input_ids"]
+        names = ["blocks.2.resid_post", "blocks.1.attn_out", "blocks.1.mlp_out"]
+        a, b = gpu.run_with_cache(ids, names), cpu.run_with_cache(ids, names)
+        rel = {n: float((a[n].float().cpu() - b[n]).norm() / b[n].norm()) for n in names}
+        return {"device": str(gpu.device), "dtype": str(gpu.dtype), "ref_dtype": gpu.ref["dtype"],
+                "cache_device": str(a[names[0]].device), "relative_error_bf16_vs_fp32": rel,
+                "generate": gpu.generate("The file", max_new_tokens=5)}
+
+    def refusal():
+        from transformers import LlamaConfig
+
+        big = tmp / "huge"
+        big.mkdir()
+        LlamaConfig(hidden_size=16384, intermediate_size=65536, num_hidden_layers=120, num_attention_heads=128,
+                    vocab_size=128000).save_pretrained(big)
+        try:
+            sk.load_model(big)
+        except ModelLoadError as exc:
+            return {"refused": True, "message": str(exc)}
+        return {"refused": False}
+
+    def nvml_and_job():
+        import pynvml
+
+        from saekit.jobs import submit
+
+        job = submit("gpu_hold", {"mib": 512, "seconds": 6})
+        deadline = time.time() + 60
+        while (job.progress or 0) < 20 and time.time() < deadline:
+            time.sleep(0.1)
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        procs = [{"pid": p.pid, "used_mib": (p.usedGpuMemory or 0) / 2**20}
+                 for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+        worker_pid = job.info()["worker_pid"]
+        out = {"nvml_devices": pynvml.nvmlDeviceGetCount(), "name": pynvml.nvmlDeviceGetName(handle),
+               "memory_used_mib": mem.used / 2**20, "memory_total_mib": mem.total / 2**20,
+               "utilization_gpu": util.gpu, "temperature_c": pynvml.nvmlDeviceGetTemperature(handle, 0),
+               "power_w": pynvml.nvmlDeviceGetPowerUsage(handle) / 1000, "processes": procs,
+               "worker_pid": worker_pid, "worker_pid_in_nvml": any(p["pid"] == worker_pid for p in procs)}
+        pynvml.nvmlShutdown()
+        out["job_result"] = job.result(timeout=120)
+        out["job_status"] = job.status
+        return out
+
+    def oom():
+        from saekit.jobs import submit
+
+        job = submit("gpu_oom", {"gib": 4096})
+        job.wait(timeout=120)
+        info = job.info()
+        return {"status": info["status"], "error_type": info["error_type"],
+                "message": (info["error_message"] or "")[:200], "suggestion": info["suggestion"]}
+
+    def tokenize_job():
+        lm = sk.load_model(model_dir)
+        corpus_file = tmp / "docs.jsonl"
+        corpus_file.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+        store = sk.tokenize(sk.load_corpus(corpus_file), lm, context_length=64).result(timeout=300)
+        return {"store": repr(store), "tokens": store.stats()["tokens"]}
+
+    for name, fn in [("cuda", cuda), ("placement", placement), ("refusal", refusal),
+                     ("nvml_and_background_job", nvml_and_job), ("cuda_oom_classified", oom),
+                     ("tokenize_background", tokenize_job)]:
+        check(name, fn)
+
+
+if __name__ == "__main__":
+    import gpu_check  # register the kinds under an importable module name, for the background workers
+
+    gpu_check.main()
