@@ -23,15 +23,33 @@ def format_cell(value: Any) -> str:
 
 
 class Table:
-    """Rows (dicts) shown with ``columns``; a ``status`` column is drawn as a coloured badge in HTML."""
+    """Rows shown with ``columns``; a ``status`` column is drawn as a coloured badge in HTML.
 
-    def __init__(self, rows: list[dict], columns: Sequence[str], *, empty: str = "nothing here yet"):
-        self.rows = rows
+    Rows are dicts, or tuples with ``names`` (turned into dicts only when asked for: listing 10,000 jobs
+    stays cheap). The text and HTML views show the first ``MAX_SHOWN`` rows; ``to_pandas()`` has them all.
+    """
+
+    MAX_SHOWN = 50
+
+    def __init__(self, rows: list, columns: Sequence[str], *, names: Sequence[str] | None = None,
+                 empty: str = "nothing here yet"):
+        self._records = rows
+        self._names = tuple(names) if names is not None else None
+        self._dicts: list[dict] | None = None if names is not None else rows
         self.columns = tuple(columns)
         self.empty = empty
 
+    @property
+    def rows(self) -> list[dict]:
+        if self._dicts is None:
+            self._dicts = [dict(zip(self._names, r)) for r in self._records]
+        return self._dicts
+
+    def row(self, index: int) -> dict:
+        return self._dicts[index] if self._dicts is not None else dict(zip(self._names, self._records[index]))
+
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._records)
 
     def cells(self, row: dict) -> list[str]:
         return [format_cell(row.get(c)) for c in self.columns]
@@ -39,25 +57,37 @@ class Table:
     def to_pandas(self):
         import pandas as pd
 
+        if self._dicts is None:
+            frame = pd.DataFrame.from_records(self._records, columns=list(self._names))
+            return frame.reindex(columns=list(self.columns))
         return pd.DataFrame([{c: r.get(c) for c in self.columns} for r in self.rows], columns=list(self.columns))
 
+    def _shown(self) -> tuple[list[dict], str]:
+        shown = [self.row(i) for i in range(min(len(self), self.MAX_SHOWN))]
+        more = len(self) - len(shown)
+        return shown, (f"... and {more:,} more (.to_pandas() has them all)" if more > 0 else "")
+
     def __repr__(self) -> str:
-        if not self.rows:
+        if not len(self):
             return self.empty
-        table = [list(self.columns)] + [self.cells(r) for r in self.rows]
+        shown, more = self._shown()
+        table = [list(self.columns)] + [self.cells(r) for r in shown]
         widths = [max(len(line[i]) for line in table) for i in range(len(self.columns))]
-        return "\n".join("  ".join(line[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for line in table)
+        text = "\n".join("  ".join(line[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for line in table)
+        return text + (f"\n{more}" if more else "")
 
     def _repr_html_(self) -> str:
-        if not self.rows:
+        if not len(self):
             return f"<p>{html.escape(self.empty)}</p>"
+        shown, more = self._shown()
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = []
-        for row in self.rows:
+        for row in shown:
             cells = [html.escape(c) for c in self.cells(row)]
             if "status" in self.columns:
                 i = self.columns.index("status")
                 color = BADGE_COLORS.get(str(row.get("status")), "#6b7280")
                 cells[i] = f"<span style='color:white;background:{color};border-radius:4px;padding:1px 6px'>{cells[i]}</span>"
             body.append("<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in cells) + "</tr>")
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        tail = f"<p>{html.escape(more)}</p>" if more else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{tail}"

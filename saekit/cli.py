@@ -22,10 +22,9 @@ def _ws(args) -> Workspace:
 
 def _bars(table) -> list[str]:
     lines = []
-    for row in table.rows:
-        if row["status"] in registry.ACTIVE_STATES:
-            state = LogState().update(read_all(events_path(table.workspace, row["id"])))
-            lines.append(f"{row['id']}  {render(state, status=row['status'])}")
+    for job_id in table.active_ids:
+        state = LogState().update(read_all(events_path(table.workspace, job_id)))
+        lines.append(f"{job_id}  {render(state)}")
     return lines
 
 

@@ -132,17 +132,15 @@ def token_stores(workspace: Workspace | str | None = None) -> Table:
     import json
 
     from saekit import registry
-    from saekit.jobs.job import Job
 
     ws = as_workspace(workspace)
     rows, seen = [], set()
-    for job_row in registry.list_jobs(ws, kind="tokenize"):
+    for job_row in registry.list_jobs(ws, kind="tokenize", with_spec=True):
         seen.add(job_row["id"])
-        job = Job(job_row["id"], ws, _row=job_row)
-        spec = json.loads(registry.get_job(ws, job.id)["spec"])
-        path = store_path(ws, job.id)
+        path = store_path(ws, job_row["id"])
         stats = TokenStore(path, ws).group.attrs.get("stats") if path.exists() else None
-        rows.append(_store_row(job.id, job_row["status"], spec, stats, job_row["created_at"]))
+        rows.append(_store_row(job_row["id"], job_row["status"], json.loads(job_row["spec"]), stats,
+                               job_row["created_at"]))
     folder = ws.path / "tokens"
     for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         store_id = path.name.removesuffix(".zarr")

@@ -14,7 +14,7 @@ from saekit.workspace import Workspace
 
 log = logging.getLogger("saekit.jobs")
 
-PROGRESS_INTERVAL = 0.1  # seconds between progress lines (a phase change or the last step is always written)
+PROGRESS_INTERVAL = 0.5  # seconds between progress lines (a phase change or the last step is always written)
 
 
 class JobContext:

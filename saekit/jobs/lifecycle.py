@@ -60,17 +60,19 @@ def log_tail(ws: Workspace, job_id: str, n_lines: int = 15) -> str:
 class _Heartbeat(threading.Thread):
     def __init__(self, writer: EventWriter, interval: float):
         super().__init__(name="saekit-heartbeat", daemon=True)
-        self._writer, self._interval, self._stop = writer, interval, threading.Event()
+        self._writer, self._interval, self._halt = writer, interval, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._halt.wait(self._interval):
             try:
                 self._writer.write({"t": "heartbeat"})
             except (OSError, ValueError):  # the log was closed or its disk is gone: the lease still speaks
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop and wait, so that no heartbeat is written after the attempt's end (or to a closed log)."""
+        self._halt.set()
+        self.join()
 
 
 # -- execute -------------------------------------------------------------------------------------

@@ -15,36 +15,53 @@ from saekit.workspace import Workspace, as_workspace
 COLUMNS = ("id", "kind", "name", "status", "progress", "attempt", "created_at", "finished_at", "error_type")
 
 
-def _progress(ws: Workspace, row: dict) -> float | None:
-    if row["status"] == "completed":
-        return 100.0
-    if row["status"] not in registry.ACTIVE_STATES:
-        return None
-    return LogState().update(read_last(events_path(ws, row["id"]), 16384)).percent()
-
-
 class JobTable(Table):
     """Jobs, newest first. Iterating gives ``Job`` handles; ``to_pandas()`` gives a DataFrame."""
 
-    def __init__(self, rows: list[dict], workspace: Workspace):
-        super().__init__(rows, COLUMNS, empty=f"no jobs in {str(workspace.path)!r} yet")
+    def __init__(self, records: list[tuple], workspace: Workspace, active_progress: dict[str, float | None]):
+        super().__init__(records, COLUMNS, names=registry.jobs.TABLE_COLUMNS,
+                         empty=f"no jobs in {str(workspace.path)!r} yet")
         self.workspace = workspace
+        self._active_progress = active_progress
+
+    def _percent(self, job_id: str, status: str) -> float | None:
+        return 100.0 if status == "completed" else self._active_progress.get(job_id)
+
+    def row(self, index: int) -> dict:
+        row = super().row(index)
+        row.setdefault("progress", self._percent(row["id"], row["status"]))
+        return row
+
+    @property
+    def rows(self) -> list[dict]:
+        rows = super().rows
+        for row in rows:
+            row.setdefault("progress", self._percent(row["id"], row["status"]))
+        return rows
 
     def __iter__(self) -> Iterator[Job]:
-        return (Job(r["id"], self.workspace, _row=r) for r in self.rows)
+        return (Job(r[0], self.workspace) for r in self._records)
 
     def __getitem__(self, index: int | str) -> Job:
         if isinstance(index, str):
-            matches = [r for r in self.rows if r["id"] == index]
-            if not matches:
+            if index not in self.ids:
                 raise KeyError(index)
-            return Job(index, self.workspace, _row=matches[0])
-        row = self.rows[index]
-        return Job(row["id"], self.workspace, _row=row)
+            return Job(index, self.workspace)
+        return Job(self._records[index][0], self.workspace)
 
     @property
     def ids(self) -> list[str]:
-        return [r["id"] for r in self.rows]
+        return [r[0] for r in self._records]
+
+    @property
+    def active_ids(self) -> list[str]:
+        """The queued and running jobs among these."""
+        return list(self._active_progress)
+
+    def to_pandas(self):
+        frame = super().to_pandas()
+        frame["progress"] = [self._percent(i, s) for i, s in zip(frame["id"], frame["status"])]
+        return frame
 
     def cells(self, row: dict) -> list[str]:
         cells = super().cells(row)
@@ -63,14 +80,17 @@ def list_jobs(kind: str | None = None, status: str | Sequence[str] | None = None
     for s in states or ():
         if s not in registry.JOB_STATES:
             raise ConfigError(f"status={s!r} is not a job state; use one of {', '.join(registry.JOB_STATES)}")
-    rows = registry.list_jobs(ws, kind=kind, status=status, limit=limit)
-    out = []
-    for row in rows:
-        if row["status"] in registry.ACTIVE_STATES:  # record what a vanished worker cannot
-            fresh = refresh(ws, row)
-            if states and fresh["status"] not in states:
-                continue
-            row = {k: fresh[k] for k in row}
-        row["progress"] = _progress(ws, row)
-        out.append(row)
-    return JobTable(out, ws)
+    records, active = registry.job_table(ws, kind=kind, status=status, limit=limit)
+    progress, changed = {}, {}
+    for row in active:  # record what a vanished worker cannot
+        fresh = refresh(ws, row)
+        if fresh["status"] != row["status"]:
+            changed[row["id"]] = fresh
+        elif fresh["status"] in registry.ACTIVE_STATES:
+            progress[row["id"]] = LogState().update(read_last(events_path(ws, row["id"]), 16384)).percent()
+    if changed:
+        names = registry.jobs.TABLE_COLUMNS
+        records = [tuple(changed[r[0]][n] for n in names) if r[0] in changed else r for r in records]
+        if states:
+            records = [r for r in records if r[names.index("status")] in states]
+    return JobTable(records, ws, progress)

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from saekit import _logging
 from saekit.jobs.lifecycle import execute
 from saekit.workspace import Workspace
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging.configure(timestamps=True)
     signal.signal(signal.SIGTERM, _terminate)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1 else "background"

@@ -152,9 +152,11 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     log.info("%s: %.1fM parameters, %s of weights in %s on %s (%s free)", source if Path(source).is_dir() else name,
              n_params / 1e6, format_bytes(need), dtype_name(torch_dtype), device, format_bytes(free))
     if need > free:
+        smaller = "dtype='bfloat16', " if torch_dtype == torch.float32 else ""
         raise ModelLoadError(
-            f"{name} needs {format_bytes(need)} for its weights in {dtype_name(torch_dtype)}, but {device} has {format_bytes(free)} free",
-            suggestion="use a smaller dtype (dtype='bfloat16'), another device, or free memory",
+            f"{name} needs {format_bytes(need)} for its weights in {dtype_name(torch_dtype)}, but {device} has "
+            f"{format_bytes(free)} free",
+            suggestion=f"use {smaller}another device, a smaller model, or free memory",
         )
     kwargs = {"trust_remote_code": trust_remote_code, **_hub_kwargs(source, revision)}
     if gguf_file:

@@ -10,6 +10,7 @@ from saekit.registry.jobs import (
     get_job,
     get_metrics,
     job_ids,
+    job_table,
     list_jobs,
     request_cancel,
     resume_job,
@@ -21,6 +22,6 @@ from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES, SCHE
 
 __all__ = [
     "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "SCHEMA_VERSION", "delete_job", "finish_job", "get_job",
-    "get_metrics", "job_ids", "list_jobs", "request_cancel", "resume_job", "submit_job", "transition",
+    "get_metrics", "job_ids", "job_table", "list_jobs", "request_cancel", "resume_job", "submit_job", "transition",
     "transaction", "utcnow",
 ]

@@ -57,12 +57,10 @@ def _connect(ws: Workspace, *, read_only: bool) -> "duckdb.DuckDBPyConnection":
 
 
 def _version(con: "duckdb.DuckDBPyConnection", ws: Workspace) -> int:
-    has_meta = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'saekit_meta'"
-    ).fetchone()[0]
-    if not has_meta:
+    try:
+        row = con.execute("SELECT value FROM saekit_meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:  # a new, empty database
         return 0
-    row = con.execute("SELECT value FROM saekit_meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         written_by = con.execute("SELECT value FROM saekit_meta WHERE key = 'written_by'").fetchone()

@@ -177,8 +177,17 @@ def get_job(ws: Workspace, job_id: str) -> dict | None:
 
 
 def list_jobs(ws: Workspace, *, kind: str | None = None, status: str | Sequence[str] | None = None,
-              limit: int | None = None) -> list[dict]:
-    """Jobs newest first, without their spec and result."""
+              limit: int | None = None, with_spec: bool = False) -> list[dict]:
+    """Jobs newest first, without their spec and result (``with_spec=True`` adds the spec)."""
+    where, params = _filters(kind, status)
+    sql = f"SELECT {LIST_COLUMNS}{', spec' if with_spec else ''} FROM jobs{where} ORDER BY created_at DESC, id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    with transaction(ws) as tx:
+        return tx.rows(sql, params)
+
+
+def _filters(kind: str | None, status: str | Sequence[str] | None) -> tuple[str, list]:
     where, params = [], []
     if kind is not None:
         where.append("kind = ?")
@@ -186,14 +195,23 @@ def list_jobs(ws: Workspace, *, kind: str | None = None, status: str | Sequence[
     if status is not None:
         states = [status] if isinstance(status, str) else list(status)
         where.append(f"status IN {_in(states)}")
-    sql = f"SELECT {LIST_COLUMNS} FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+TABLE_COLUMNS = ("id", "kind", "name", "status", "attempt", "error_type", "created_at", "finished_at")
+
+
+def job_table(ws: Workspace, *, kind: str | None = None, status: str | Sequence[str] | None = None,
+              limit: int | None = None) -> tuple[list[tuple], list[dict]]:
+    """For listings, in one transaction: every matching job as a tuple of ``TABLE_COLUMNS`` (newest first),
+    and the full rows (``LIST_COLUMNS``) of the active ones among them."""
+    where, params = _filters(kind, status)
+    order = " ORDER BY created_at DESC, id" + (f" LIMIT {int(limit)}" if limit is not None else "")
     with transaction(ws) as tx:
-        return tx.rows(sql, params)
+        records = tx.execute(f"SELECT {', '.join(TABLE_COLUMNS)} FROM jobs{where}{order}", params).fetchall()
+        active_where = (where + " AND " if where else " WHERE ") + "active_key IS NOT NULL"
+        active = tx.rows(f"SELECT {LIST_COLUMNS} FROM jobs{active_where}", params)
+    return records, active
 
 
 def job_ids(ws: Workspace) -> list[str]:

@@ -37,7 +37,7 @@ def test_refuses_what_does_not_fit_with_the_figure(tiny_model_dir, monkeypatch):
     with pytest.raises(ModelLoadError) as info:
         sk.load_model(tiny_model_dir)
     assert "needs 834.2 KiB for its weights in float32, but cpu has 1000 B free" in str(info.value)
-    assert "smaller dtype" in str(info.value)
+    assert "dtype='bfloat16'" in str(info.value)
 
 
 def test_missing_models_give_one_clear_error(tmp_path, tiny_model_dir):
