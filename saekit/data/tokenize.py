@@ -116,18 +116,23 @@ class _Stats:
 
     def __init__(self, vocab_size: int, splits: list[tuple[str, int, int]]):
         self.token_counts = np.zeros(vocab_size, dtype=np.int64)
-        self.length_counts = np.zeros(LENGTH_BINS + 1, dtype=np.int64)
+        self.length_counts = np.zeros(LENGTH_BINS + 1, dtype=np.int64)  # documents by length in tokens
+        self.row_counts = np.zeros(LENGTH_BINS + 1, dtype=np.int64)  # sequences by tokens that are not padding
         self.splits = splits
         self.split_docs = {name: 0 for name, _, _ in splits}
         self.split_tokens = {name: 0 for name, _, _ in splits}
         self.documents = 0
         self.truncated = 0
 
+    @staticmethod
+    def _bins(lengths: np.ndarray) -> np.ndarray:
+        """Counts per bin, bin b holding lengths in [2**(b-1), 2**b) (bin 0: length 0)."""
+        bins = np.minimum(np.ceil(np.log2(lengths.astype(np.float64) + 1)).astype(np.int64), LENGTH_BINS)
+        return np.bincount(bins, minlength=LENGTH_BINS + 1)
+
     def add_documents(self, first_doc: int, lengths: np.ndarray, context_length: int, truncating: bool) -> None:
         self.documents += len(lengths)
-        bins = np.minimum(np.ceil(np.log2(np.maximum(lengths, 1) + 1)).astype(np.int64), LENGTH_BINS)
-        bins[lengths == 0] = 0
-        self.length_counts += np.bincount(bins, minlength=LENGTH_BINS + 1)
+        self.length_counts += self._bins(lengths)
         if truncating:
             self.truncated += int((lengths > context_length).sum())
         docs = np.arange(first_doc, first_doc + len(lengths))
@@ -141,6 +146,7 @@ class _Stats:
         if len(self.token_counts) <= int(ids.max(initial=0)):
             self.token_counts = np.pad(self.token_counts, (0, int(ids.max()) + 1 - len(self.token_counts)))
         self.token_counts += np.bincount(ids[valid], minlength=len(self.token_counts))
+        self.row_counts += self._bins(valid.sum(axis=1))
 
     def snapshot(self) -> dict:
         return {"documents": self.documents, "truncated": self.truncated, "split_docs": self.split_docs,
@@ -151,6 +157,7 @@ class _Stats:
         self.split_docs, self.split_tokens = state["split_docs"], state["split_tokens"]
         self.token_counts = arrays["token_counts"].astype(np.int64)
         self.length_counts = arrays["length_counts"].astype(np.int64)
+        self.row_counts = arrays["row_counts"].astype(np.int64)
 
     def final(self, tokenizer, rows: int, context_length: int, padding: int) -> dict:
         order = np.argsort(-self.token_counts, kind="stable")[:TOP_TOKENS]
@@ -162,6 +169,7 @@ class _Stats:
             "padding": padding, "unique_tokens": int((self.token_counts > 0).sum()),
             "top_tokens": [{"id": int(i), "token": t, "count": int(self.token_counts[i])} for i, t in zip(order, names)],
             "length_histogram": {"min_length": edges, "documents": self.length_counts.tolist()},
+            "sequence_length_histogram": {"min_length": edges, "sequences": self.row_counts.tolist()},
             "splits": {n: {"documents": self.split_docs[n], "tokens": self.split_tokens[n]} for n in self.split_docs},
             "truncated_documents": self.truncated, "context_length": context_length,
         }
@@ -368,7 +376,7 @@ def run_tokenize(ctx, spec: dict) -> dict:
         writer.flush()
         name = f"tokenize_checkpoint_{writer.rows}_{doc}.npz"
         with open(ctx.dir / name, "wb") as f:
-            np.savez(f, token_counts=stats.token_counts, length_counts=stats.length_counts,
+            np.savez(f, token_counts=stats.token_counts, length_counts=stats.length_counts, row_counts=stats.row_counts,
                      pending_ids=packer.pending[0], pending_docs=packer.pending[1],
                      pending_positions=packer.pending[2])
             f.flush()

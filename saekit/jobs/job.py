@@ -31,6 +31,7 @@ class Job:
     """
 
     def __init__(self, job_id: str, workspace: Workspace | str | None = None, *, _row: dict | None = None):
+        """Attach to job ``job_id``; ``_row`` (some columns of its registry row) saves the first read."""
         self.workspace = as_workspace(workspace)
         self.id = job_id
         self._row = _row
@@ -59,13 +60,19 @@ class Job:
                 row[field] = json.loads(row[field])
         return row
 
+    def _field(self, name: str):
+        """A column that never changes (kind, name, spec): from the row at hand, else a fresh read."""
+        if self._row is None or name not in self._row:
+            self._load()
+        return self._row[name]
+
     @property
     def kind(self) -> str:
-        return (self._row or self._load())["kind"]
+        return self._field("kind")
 
     @property
     def name(self) -> str | None:
-        return (self._row or self._load())["name"]
+        return self._field("name")
 
     @property
     def status(self) -> str:
@@ -77,7 +84,7 @@ class Job:
 
     @property
     def spec(self) -> dict:
-        return json.loads((self._row or self._load())["spec"])
+        return json.loads(self._field("spec"))
 
     @property
     def progress(self) -> float | None:

@@ -40,14 +40,14 @@ class JobTable(Table):
         return rows
 
     def __iter__(self) -> Iterator[Job]:
-        return (Job(r[0], self.workspace) for r in self._records)
+        return (Job(self._records[i][0], self.workspace, _row=self.row(i)) for i in range(len(self)))
 
     def __getitem__(self, index: int | str) -> Job:
         if isinstance(index, str):
             if index not in self.ids:
                 raise KeyError(index)
-            return Job(index, self.workspace)
-        return Job(self._records[index][0], self.workspace)
+            index = self.ids.index(index)
+        return Job(self._records[index][0], self.workspace, _row=self.row(index))
 
     @property
     def ids(self) -> list[str]:

@@ -24,6 +24,9 @@ def _count(x: float | None) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 or float(x).is_integer() else f"{x:,.2f}"
 
 
+_PROGRESS_FIELDS = {"t", "done", "total", "unit", "phase", "time"}
+
+
 def render(state: LogState, *, status: str | None = None, width: int = 30, first: dict | None = None) -> str:
     """One line: bar, percent, done/total unit, rate, ETA and phase (or the end status)."""
     p = state.progress or {}
@@ -34,6 +37,10 @@ def render(state: LogState, *, status: str | None = None, width: int = 30, first
     unit = p.get("unit") or ""
     if p:
         parts.append(f"{_count(p.get('done'))}/{_count(p.get('total'))} {unit}".rstrip())
+        extras = [f"{_count(v)} {k}" for k, v in p.items()
+                  if k not in _PROGRESS_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if extras:
+            parts.append(f"({', '.join(extras)})")
     if first and p and p.get("time") and first.get("time") and p["time"] > first["time"]:
         rate = (float(p.get("done") or 0) - float(first.get("done") or 0)) / (p["time"] - first["time"])
         if rate > 0:

@@ -43,6 +43,8 @@ def test_concat_store_holds_every_token_in_order(ws, docs_file, tiny_lm, docs):
     assert top["token"] == tiny_lm.tokenizer.convert_ids_to_tokens(top["id"])
     assert stats["splits"] == {"train": {"documents": len(docs), "tokens": len(flat)}}
     assert sum(stats["length_histogram"]["documents"]) == len(docs)
+    sequences = stats["sequence_length_histogram"]["sequences"]
+    assert sum(sequences) == len(ids) and sequences[7] >= len(ids) - 1  # 64 tokens: bin 7 holds [64, 128)
     assert store.decode(0).startswith(tiny_lm.tokenizer.bos_token + docs[0][:20])
     batches = list(store.batches(1000))
     assert sum(len(b["input_ids"]) for b in batches) == len(ids)
@@ -182,3 +184,12 @@ def test_orphan_store_is_listed_and_delete_removes_it(ws, docs_file, tiny_lm):
     assert not store.path.exists() and len(sk.token_stores()) == 0
     with pytest.raises(DataError, match="no token store"):
         sk.TokenStore.open("tokenize-missing")
+
+
+@pytest.mark.slow
+def test_smollm2_tokenization_matches_its_tokenizer(ws, docs_file, smollm2, docs):
+    store = sk.tokenize(sk.load_corpus(docs_file), smollm2, context_length=128, max_documents=200,
+                        background=False, progress=False).result()
+    flat = np.concatenate([np.asarray(e) for e in reference_tokens(smollm2.tokenizer, docs[:200])])
+    np.testing.assert_array_equal(store["input_ids"][:][store["attention_mask"][:].astype(bool)], flat)
+    assert store.stats()["tokens"] == len(flat) and store.stats()["unique_tokens"] > 1000
