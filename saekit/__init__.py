@@ -16,6 +16,7 @@ from saekit.errors import (
     JobNotFoundError,
     ModelLoadError,
     SaekitError,
+    StorageError,
     WorkspaceError,
 )
 from saekit.workspace import Workspace, set_workspace, workspace
@@ -27,9 +28,12 @@ from saekit.jobs.table import list_jobs as jobs  # noqa: E402
 _logging.configure()
 
 _LAZY = {
+    "extract": ("saekit.activations.extraction", "extract"),
+    "ActivationStore": ("saekit.activations.store", "ActivationStore"),
+    "activation_stores": ("saekit.activations.store", "activation_stores"),
     "Corpus": ("saekit.data.corpus", "Corpus"),
     "load_corpus": ("saekit.data.corpus", "load_corpus"),
-    "tokenize": ("saekit.data.tokenize", "tokenize"),
+    "tokenize": ("saekit.data.tokenization", "tokenize"),
     "TokenStore": ("saekit.data.tokens", "TokenStore"),
     "token_stores": ("saekit.data.tokens", "token_stores"),
     "LanguageModel": ("saekit.models.language_model", "LanguageModel"),
@@ -38,7 +42,7 @@ _LAZY = {
 
 __all__ = sorted([
     "ConfigError", "DataError", "HookPointError", "JobFailedError", "JobNotFoundError", "ModelLoadError",
-    "SaekitError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", "Job", "job", "jobs",
+    "SaekitError", "StorageError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", "Job", "job", "jobs",
     *_LAZY,
 ])
 

@@ -91,6 +91,12 @@ class DataError(SaekitError):
     error_type = "data"
 
 
+class StorageError(SaekitError):
+    """A store cannot be written: not enough space, a read-only location, or someone else's store."""
+
+    error_type = "data"
+
+
 class NumericsError(SaekitError):
     """A computation produced NaN or infinity."""
 

@@ -86,6 +86,12 @@ class TokenStore:
                             "its statistics are written when tokenization ends")
         return stats
 
+    def tokenizer_bos_id(self) -> int | None:
+        """The id of the tokenizer's beginning-of-sequence token (None when it has none)."""
+        if "bos_token_id" in self.group.attrs:
+            return self.group.attrs["bos_token_id"]
+        return self.tokenizer().bos_token_id
+
     def tokenizer(self):
         """The tokenizer that made this store (saved in the workspace)."""
         from transformers import AutoTokenizer

@@ -18,7 +18,8 @@ SUGGESTIONS = {
 }
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is running out of memory (host or CUDA)."""
     if isinstance(exc, MemoryError):
         return True
     name = type(exc).__name__
@@ -31,7 +32,7 @@ def classify(exc: BaseException) -> tuple[str, str, str | None]:
         message = Exception.__str__(exc)
         return exc.error_type, message, exc.suggestion
     message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    if _is_oom(exc):
+    if is_oom(exc):
         return "oom", message, SUGGESTIONS["oom"]
     if isinstance(exc, TimeoutError):
         return "timeout", message, SUGGESTIONS["timeout"]

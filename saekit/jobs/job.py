@@ -231,6 +231,14 @@ class Job:
 
 
 def _remove(path) -> None:
+    """Delete a file or folder, local or at an fsspec URL (``memory://``, ``s3://`` ...)."""
+    if path is not None and "://" in str(path):
+        import fsspec
+
+        fs, inner = fsspec.core.url_to_fs(str(path))
+        if fs.exists(inner):
+            fs.rm(inner, recursive=True)
+        return
     if path is None or not os.path.lexists(path):
         return
     if os.path.isdir(path) and not os.path.islink(path):

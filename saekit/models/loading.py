@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import psutil
@@ -171,10 +172,23 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
            "revision": revision, "dtype": dtype_name(torch_dtype),
            "fingerprint": fingerprint(source, gguf_file, revision, config)}
     display = Path(source).name if Path(source).is_dir() and not gguf_file else (gguf_file or name)
-    return LanguageModel(model, tokenizer, name=display, ref=ref)
+    lm = LanguageModel(model, tokenizer, name=display, ref=ref)
+    _LIVE[_live_key(ref)] = lm
+    return lm
+
+
+_LIVE: "weakref.WeakValueDictionary[tuple, LanguageModel]" = weakref.WeakValueDictionary()
+
+
+def _live_key(ref: dict) -> tuple:
+    return (ref["name_or_path"], ref.get("gguf_file"), ref.get("dtype"), ref.get("fingerprint"))
 
 
 def load_model_from_ref(ref: dict, device: str | torch.device = "auto") -> LanguageModel:
-    """Load the model a job spec refers to (``LanguageModel.ref``)."""
+    """The model a job spec refers to (``LanguageModel.ref``): the one already loaded in this process when
+    there is one on that device (a job run in-process), else loaded anew (a background worker)."""
+    live = _LIVE.get(_live_key(ref))
+    if live is not None and (device == "auto" or live.device == resolve_device(device)):
+        return live
     return load_model(ref["name_or_path"], device=device, dtype=ref.get("dtype", "auto"), gguf_file=ref.get("gguf_file"),
                       trust_remote_code=ref.get("trust_remote_code", False), revision=ref.get("revision"))

@@ -356,7 +356,8 @@ def run_tokenize(ctx, spec: dict) -> dict:
             "saekit": "token_store", "format_version": 1, "job_id": ctx.job_id, "corpus": spec["corpus"],
             "tokenizer": spec["tokenizer"], "context_length": n, "packing": spec["packing"],
             "add_special_tokens": spec["add_special_tokens"], "return_attention_mask": spec["return_attention_mask"],
-            "max_documents": spec["max_documents"], "pad_token_id": int(pad_id), "committed_rows": 0, "complete": False,
+            "max_documents": spec["max_documents"], "pad_token_id": int(pad_id), "bos_token_id": tokenizer.bos_token_id,
+            "committed_rows": 0, "complete": False,
         })
     else:
         group = zarr.open_group(str(path), mode="r+")

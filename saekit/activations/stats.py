@@ -1,0 +1,70 @@
+"""Running statistics of activations, merged exactly across batches (Chan et al.'s parallel update, float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def batch_stats(x) -> dict:
+    """Count, mean, sum of squared deviations, sum of row norms and max |x| of rows ``x`` [n, d], computed in
+    float64 where ``x`` lives (on a GPU the rows never leave it for this)."""
+    x = torch.as_tensor(x).detach().double()
+    n = x.shape[0]
+    if n == 0:
+        return {"count": 0}
+    mean = x.mean(dim=0)
+    return {"count": n, "mean": mean.cpu().numpy(), "m2": ((x - mean) ** 2).sum(dim=0).cpu().numpy(),
+            "norm_sum": float(x.norm(dim=1).sum()), "max_abs": float(x.abs().max())}
+
+
+class RunningStats:
+    """Count, per-dimension mean and variance, mean row norm and max |x| of every row seen so far."""
+
+    def __init__(self, d: int):
+        self.count = 0
+        self.mean = np.zeros(d, np.float64)
+        self.m2 = np.zeros(d, np.float64)  # sum of squared deviations from the mean
+        self.norm_sum = 0.0
+        self.max_abs = 0.0
+
+    def update(self, x) -> None:
+        """Add rows ``x`` [n, d] (numpy or torch, any float dtype)."""
+        self.merge(batch_stats(x))
+
+    def merge(self, batch: dict) -> None:
+        """Add the statistics of a batch (from ``batch_stats``)."""
+        n = batch["count"]
+        if n == 0:
+            return
+        total = self.count + n
+        delta = batch["mean"] - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + batch["m2"] + delta**2 * (self.count * n / total)
+        self.count = total
+        self.norm_sum += batch["norm_sum"]
+        self.max_abs = max(self.max_abs, batch["max_abs"])
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / self.count if self.count else np.zeros_like(self.m2)
+
+    def to_dict(self) -> dict:
+        """JSON-able state (restored exactly by ``from_dict``)."""
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+                "norm_sum": self.norm_sum, "max_abs": self.max_abs}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "RunningStats":
+        stats = cls(len(state["mean"]))
+        stats.count = int(state["count"])
+        stats.mean = np.asarray(state["mean"], np.float64)
+        stats.m2 = np.asarray(state["m2"], np.float64)
+        stats.norm_sum, stats.max_abs = float(state["norm_sum"]), float(state["max_abs"])
+        return stats
+
+    def summary(self) -> dict:
+        """What a user reads: count, mean norm, max |x|, and the mean over dimensions of mean and variance."""
+        return {"count": self.count, "mean_norm": self.norm_sum / self.count if self.count else 0.0,
+                "max_abs": self.max_abs, "mean_of_means": float(self.mean.mean()),
+                "mean_variance": float(self.var.mean())}

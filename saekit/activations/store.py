@@ -1,0 +1,367 @@
+"""``ActivationStore``: activations in a Zarr group, one ``[n_tokens, d_model]`` array per hook point.
+
+Beside them, ``token_ids`` (int32), ``doc_ids`` (int64) and ``positions`` (int32) map each row back to its
+source. Arrays are chunked by rows. Zarr has no bfloat16: bfloat16 rows are stored as their uint16 bits
+(attribute ``dtype: "bfloat16"``) and read back zero-copy as ``torch.bfloat16``. Only the first
+``n_tokens`` rows (the committed count in the attributes) are ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from saekit._table import Table
+from saekit.activations.stats import RunningStats
+from saekit.errors import ConfigError, DataError
+from saekit.workspace import Workspace, as_workspace
+
+SOURCE_ARRAYS = ("token_ids", "doc_ids", "positions")
+STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def open_group(location: str | Path, mode: str):
+    """A Zarr group at a local path or an fsspec URL (``file://``, ``memory://``, ``s3://`` ...)."""
+    import zarr
+
+    location = str(location)
+    if is_url(location):
+        options = {"auto_mkdir": True} if location.startswith("file://") else None
+        return zarr.open_group(location, mode=mode, storage_options=options)
+    return zarr.open_group(location, mode=mode)
+
+
+def exists(location: str | Path) -> bool:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        return fs.exists(path.rstrip("/") + "/zarr.json")
+    return (Path(location) / "zarr.json").exists()
+
+
+def remove(location: str | Path) -> None:
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    else:
+        shutil.rmtree(location, ignore_errors=True)
+
+
+def to_torch(rows: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored rows as a tensor of their true dtype (bfloat16 bits are viewed, not copied)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(rows))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def store_location(ws: Workspace, store_id: str, root: str | Path | None = None) -> str:
+    base = str(root).rstrip("/") if root is not None else str(ws.path / "activations")
+    return f"{base}/{store_id}.zarr"
+
+
+class ActivationStore:
+    """Activations on disk (or any fsspec store). ``store[hook_point]`` is the Zarr array of a hook point
+    (or of ``token_ids``, ``doc_ids``, ``positions``); ``batches(...)`` streams shuffled training batches."""
+
+    def __init__(self, location: str | Path, workspace: Workspace | str | None = None):
+        self.location = str(location)
+        self.id = self.location.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
+        self.workspace = as_workspace(workspace)
+        if not exists(self.location):
+            raise DataError(f"no activation store at {self.location!r}; sk.activation_stores() lists them")
+        self.group = open_group(self.location, mode="r")
+        if self.group.attrs.get("saekit") != "activation_store":
+            raise DataError(f"{self.location!r} is a Zarr group but not a saekit activation store")
+
+    @classmethod
+    def open(cls, store_id_or_location: str | Path, workspace: Workspace | str | None = None) -> "ActivationStore":
+        """Open a store by id (in the workspace), local path or fsspec URL."""
+        ws = as_workspace(workspace)
+        location = str(store_id_or_location)
+        if not is_url(location) and not Path(location).exists():
+            location = store_location(ws, location)
+        return cls(location, ws)
+
+    # -- facts ----------------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def hook_points(self) -> list[str]:
+        return list(self.group.attrs["hook_points"])
+
+    @property
+    def n_tokens(self) -> int:
+        """Rows committed (all of them once the extraction completed)."""
+        return int(self.group.attrs.get("n_tokens", 0))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.group.attrs["d_model"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.group.attrs["dtype"]]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __getitem__(self, name: str):
+        if name not in self.hook_points and name not in SOURCE_ARRAYS:
+            raise KeyError(f"{name!r} is not an array of activation store {self.id}; it has "
+                           f"{self.hook_points + [a for a in SOURCE_ARRAYS if a in self.group]}")
+        return self.group[name]
+
+    def _check_hook_point(self, hook_point: str) -> None:
+        if hook_point not in self.hook_points:
+            raise ConfigError(f"{hook_point!r} is not in activation store {self.id}; it holds {self.hook_points}")
+
+    def read(self, hook_point: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of a hook point as a tensor of the stored dtype."""
+        self._check_hook_point(hook_point)
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        return to_torch(self.group[hook_point][start:stop], self.group.attrs["dtype"])
+
+    def stats(self, hook_point: str) -> dict:
+        """Mean and variance per dimension (numpy), mean norm, max |x| and count, over all committed rows."""
+        self._check_hook_point(hook_point)
+        stats = RunningStats.from_dict(self.group.attrs["stats"][hook_point])
+        return {**stats.summary(), "mean": stats.mean, "var": stats.var}
+
+    # -- streaming ------------------------------------------------------------------------------------
+    def batches(self, hook_point: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_step: int = 0,
+                epochs: int | None = 1, buffer_bytes: int = 256 * 2**20, prefetch: int = 2,
+                device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+        """Batches ``[batch_size, d_model]`` of one hook point, deterministic for a seed.
+
+        Rows are read chunk by chunk in a seeded random order; each window of chunks (about
+        ``buffer_bytes``) is shuffled as a whole; batches are consecutive slices of that stream, across
+        windows and epochs, so every batch is full but the last (``epochs=None`` streams forever).
+        ``start_step=k`` resumes exactly at batch k without reading the data before it. A thread
+        prefetches ``prefetch`` windows ahead.
+        """
+        self._check_hook_point(hook_point)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be at least 1")
+        n = self.n_tokens
+        if n == 0:
+            raise DataError(f"activation store {self.id} has no committed rows yet")
+        array = self.group[hook_point]
+        plan = _WindowPlan(n, array.chunks[0], array.chunks[0] * self.d_model * array.dtype.itemsize, shuffle, seed,
+                           buffer_bytes)
+        dtype = self.group.attrs["dtype"]
+        target = None if device is None else torch.device(device)
+        start_row = start_step * batch_size
+        stop_row = None if epochs is None else epochs * n
+        if stop_row is not None and start_row >= stop_row:
+            return
+        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype), prefetch)
+        pending, pending_rows = [], 0
+        try:
+            for rows in windows:
+                pending.append(rows)
+                pending_rows += len(rows)
+                while pending_rows >= batch_size:
+                    joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+                    batch, rest = joined[:batch_size], joined[batch_size:]
+                    pending, pending_rows = ([rest] if len(rest) else []), len(rest)
+                    yield batch.to(target, non_blocking=True) if target is not None else batch
+            if pending_rows:
+                batch = torch.cat(pending)
+                yield batch.to(target) if target is not None else batch
+        finally:
+            windows.close()
+
+    # -- management -----------------------------------------------------------------------------------
+    @classmethod
+    def from_array(cls, x, hook_point: str = "custom", *, workspace: Workspace | str | None = None,
+                   chunk_bytes: int = 4 * 2**20) -> "ActivationStore":
+        """Wrap activations you already have (numpy or torch, ``[..., d_model]``) as a store named by their
+        content, under ``<workspace>/activations/``; the same data twice is the same store."""
+        ws = as_workspace(workspace)
+        tensor = torch.as_tensor(x).detach().cpu()
+        if tensor.ndim < 2:
+            raise ConfigError(f"from_array needs rows of activations [..., d_model]; got shape {tuple(tensor.shape)}")
+        tensor = tensor.reshape(-1, tensor.shape[-1]).contiguous()
+        names = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+        if tensor.dtype not in names:
+            tensor = tensor.float()
+        dtype = names[tensor.dtype]
+        bits = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
+        digest = hashlib.sha256(bits.tobytes()).hexdigest()[:12]
+        store_id = f"array-{hook_point.replace('/', '_')}-{digest}"
+        location = store_location(ws, store_id)
+        if not exists(location):
+            from saekit.activations.writer import create_store
+
+            ws.dir("activations")
+            tmp = f"{location}.tmp"
+            remove(tmp)
+            group = create_store(tmp, [hook_point], tensor.shape[1], dtype, chunk_bytes, sources=False,
+                                 attrs={"source": "array", "job_id": None})
+            group[hook_point].resize(bits.shape)  # from_array writes once: no need to size ahead
+            group[hook_point][:] = bits
+            stats = RunningStats(tensor.shape[1])
+            for lo in range(0, len(bits), 65536):
+                stats.update(tensor[lo:lo + 65536])
+            group.attrs.update({"n_tokens": len(bits), "stats": {hook_point: stats.to_dict()}, "complete": True})
+            Path(tmp).rename(location)
+        return cls(location, ws)
+
+    def delete(self) -> None:
+        """Delete the store, and the job that made it."""
+        from saekit import registry
+        from saekit.jobs import Job
+
+        job_id = self.group.attrs.get("job_id")
+        if job_id and registry.get_job(self.workspace, job_id) is not None:
+            Job(job_id, self.workspace).delete()
+        remove(self.location)
+
+    def __repr__(self) -> str:
+        state = "" if self.complete else ", incomplete"
+        return (f"ActivationStore({self.id!r}, {self.n_tokens:,} tokens x {self.d_model}, "
+                f"{', '.join(self.hook_points)}, {self.group.attrs['dtype']}{state})")
+
+
+class _WindowPlan:
+    """Which rows come in which order: chunks in a seeded permutation per epoch, windows of chunks
+    shuffled as a whole. Pure arithmetic until a window is read, so any step can be the first."""
+
+    def __init__(self, n: int, chunk_rows: int, chunk_bytes: int, shuffle: bool, seed: int, buffer_bytes: int):
+        self.n, self.chunk_rows, self.shuffle, self.seed = n, chunk_rows, shuffle, seed
+        self.n_chunks = -(-n // chunk_rows)
+        self.per_window = max(1, buffer_bytes // max(1, chunk_bytes)) if shuffle else 1
+
+    def _chunk_rows(self, c: int) -> int:
+        return min(self.chunk_rows, self.n - c * self.chunk_rows)
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        order = np.arange(self.n_chunks)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n_chunks)
+        return [order[i:i + self.per_window].tolist() for i in range(0, self.n_chunks, self.per_window)]
+
+    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str) -> Iterator[torch.Tensor]:
+        """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time."""
+        epoch, offset = divmod(start_row, self.n)
+        position = epoch * self.n
+        while stop_row is None or position < stop_row:
+            for w, chunks in enumerate(self._epoch(epoch)):
+                size = sum(self._chunk_rows(c) for c in chunks)
+                if offset >= size:  # skipped without reading
+                    offset -= size
+                    position += size
+                    continue
+                rows = np.concatenate([array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)]
+                                       for c in chunks])
+                if self.shuffle:
+                    rows = rows[np.random.default_rng([self.seed, epoch, w]).permutation(len(rows))]
+                end = size if stop_row is None else min(size, stop_row - position)
+                yield to_torch(rows[offset:end], dtype)
+                position += size
+                offset = 0
+                if stop_row is not None and position >= stop_row:
+                    return
+            epoch += 1
+
+
+class _Prefetcher:
+    """Runs a generator on a thread, ``depth`` items ahead; ``close()`` stops it."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._source = source
+        self._thread = threading.Thread(target=self._run, name="saekit-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._queue.put(exc)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+STORE_COLUMNS = ("id", "status", "model", "tokens", "hook_points", "n_tokens", "d_model", "dtype", "created_at")
+
+
+def activation_stores(workspace: Workspace | str | None = None) -> Table:
+    """Every activation store of the workspace: extraction jobs (any state) merged with stores found on
+    disk that no job record knows, listed as ``orphan`` (or ``array`` for ``from_array`` stores)."""
+    import json
+
+    from saekit import registry
+
+    ws = as_workspace(workspace)
+    rows, seen = [], set()
+    for job_row in registry.list_jobs(ws, kind="extract", with_spec=True):
+        spec = json.loads(job_row["spec"])
+        location = store_location(ws, job_row["id"], spec.get("root"))
+        seen.add(location)
+        attrs = open_group(location, "r").attrs if exists(location) else {}
+        rows.append(_store_row(job_row["id"], job_row["status"], spec, attrs, job_row["created_at"]))
+    folder = ws.path / "activations"
+    for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
+        if str(path) in seen:
+            continue
+        try:
+            store = ActivationStore(path, ws)
+        except DataError:
+            continue
+        status = "array" if store.attrs.get("source") == "array" else "orphan"
+        rows.append(_store_row(store.id, status, store.attrs, store.attrs, None))
+    return Table(rows, STORE_COLUMNS, empty=f"no activation stores in {str(ws.path)!r}; make one with sk.extract(lm, tokens, [...])")
+
+
+def _store_row(store_id: str, status: str, spec: dict, attrs, created) -> dict:
+    model = (spec.get("model") or {}).get("name_or_path")
+    return {"id": store_id, "status": status, "model": Path(model).name if model else None,
+            "tokens": (spec.get("tokens") or {}).get("id"), "hook_points": ", ".join(spec.get("hook_points", [])),
+            "n_tokens": attrs.get("n_tokens"), "d_model": attrs.get("d_model"), "dtype": spec.get("dtype"),
+            "created_at": created}

@@ -1,0 +1,165 @@
+"""Writing activation stores: a writer thread fed through a bounded queue does the compression and the I/O,
+so the forward pass never waits on the disk and memory stays bounded whatever the number of tokens.
+
+Rows are appended in whole chunks; a commit flushes the rest, then records the row count (and the
+running statistics that describe exactly those rows) in the store's attributes, then calls back so
+the job can record its resume point. The committed count never runs ahead of the data on disk.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+import numpy as np
+
+from saekit.activations.stats import RunningStats
+from saekit.activations.store import SOURCE_ARRAYS, STORAGE_DTYPES, open_group
+from saekit.errors import StorageError
+
+SOURCE_DTYPES = {"token_ids": "int32", "doc_ids": "int64", "positions": "int32"}
+
+
+def compressors(name: str):
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "zstd":
+        return ZstdCodec(level=1)
+    if name == "lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if name == "none":
+        return None
+    raise ValueError(f"compression={name!r}; use 'zstd', 'lz4' or 'none'")
+
+
+def chunk_rows_for(d_model: int, itemsize: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // (d_model * itemsize))
+
+
+def create_store(location: str, hook_points: list[str], d_model: int, dtype: str, chunk_bytes: int, *,
+                 sources: bool = True, attrs: dict | None = None, compression: str = "zstd"):
+    """An empty store: one ``[0, d_model]`` array per hook point (and the source arrays)."""
+    group = open_group(location, mode="w")
+    storage = STORAGE_DTYPES[dtype]
+    rows = chunk_rows_for(d_model, np.dtype(storage).itemsize, chunk_bytes)
+    for name in hook_points:
+        group.create_array(name, shape=(0, d_model), chunks=(rows, d_model), dtype=storage,
+                           compressors=compressors(compression))
+    if sources:
+        for name in SOURCE_ARRAYS:
+            group.create_array(name, shape=(0,), chunks=(rows,), dtype=SOURCE_DTYPES[name])
+    group.attrs.update({"saekit": "activation_store", "format_version": 1, "hook_points": list(hook_points),
+                        "d_model": d_model, "dtype": dtype, "chunk_rows": rows, "compression": compression,
+                        "n_tokens": 0, "complete": False, **(attrs or {})})
+    return group
+
+
+class ChunkWriter:
+    """Appends rows to a store from its own thread. ``put(rows)`` blocks when ``depth`` batches wait.
+
+    ``rows`` maps array names (hook points and source arrays) to numpy arrays of equal length;
+    ``commit(state)`` flushes, records ``n_tokens`` and statistics, then calls ``on_commit(n_tokens, state,
+    stats)``. An error on the thread (a full disk, a read-only store) is raised by the next call.
+    """
+
+    def __init__(self, group, location: str, names: list[str], hook_points: list[str], start_rows: int,
+                 stats: dict[str, RunningStats], on_commit: Callable[[int, dict, dict], None], *,
+                 expected_rows: int = 0, depth: int = 4):
+        self.group, self.location, self.names, self.hook_points = group, location, names, hook_points
+        self.chunk_rows = int(group.attrs["chunk_rows"])
+        self.rows = start_rows  # rows past the last commit (if any) are overwritten: n_tokens is the truth
+        self.stats = stats
+        self.on_commit = on_commit
+        # arrays are sized ahead (one metadata write, not one per chunk) and trimmed to n_tokens at the end
+        self.capacity = group[names[0]].shape[0]
+        self._reserve(max(expected_rows, start_rows))
+        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        self._buffered = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="saekit-chunk-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side ---------------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, rows: dict[str, np.ndarray], stats: dict[str, dict]) -> None:
+        """Queue rows, with the ``batch_stats`` of each hook point's rows."""
+        self._check()
+        self._queue.put(("rows", (rows, stats)))
+
+    def commit(self, state: dict) -> None:
+        self._check()
+        self._queue.put(("commit", state))
+
+    def close(self, final_state: dict | None = None, *, trim: bool = False) -> None:
+        """Commit ``final_state`` (if given), stop the thread and raise any error it met; ``trim`` cuts the
+        arrays to the rows written (when the store is complete)."""
+        if final_state is not None and self.error is None:
+            self._queue.put(("commit", final_state))
+        self._queue.put(("stop", None))
+        self._thread.join()
+        self._check()
+        if trim:
+            for name in self.names:
+                array = self.group[name]
+                array.resize((self.rows, *array.shape[1:]))
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= self.capacity:
+            return
+        self.capacity = max(rows, 2 * self.capacity, self.chunk_rows)
+        for name in self.names:
+            array = self.group[name]
+            array.resize((self.capacity, *array.shape[1:]))
+
+    # -- the thread ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            kind, item = self._queue.get()
+            if kind == "stop":
+                return
+            if self.error is not None:
+                continue  # drain: the producer sees the error at its next call
+            try:
+                if kind == "rows":
+                    self._add(*item)
+                else:
+                    self._flush(self._buffered)
+                    self.group.attrs.update({"n_tokens": self.rows,
+                                             "stats": {h: s.to_dict() for h, s in self.stats.items()}})
+                    self.on_commit(self.rows, item, self.stats)
+            except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                self.error = StorageError(
+                    f"writing the store {self.location!r} failed: {type(exc).__name__}: {exc}; the "
+                    f"{int(self.group.attrs.get('n_tokens', 0)):,} rows committed before are intact",
+                    suggestion="fix the cause (space, permissions), then job.resume()")
+                self.error.__cause__ = exc
+
+    def _add(self, rows: dict[str, np.ndarray], stats: dict[str, dict]) -> None:
+        count = len(rows[self.names[0]])
+        if not count:
+            return
+        for name in self.names:
+            self._buffer[name].append(rows[name])
+        for hook_point in self.hook_points:
+            self.stats[hook_point].merge(stats[hook_point])
+        self._buffered += count
+        aligned = (self.rows + self._buffered) // self.chunk_rows * self.chunk_rows - self.rows
+        if aligned > 0:
+            self._flush(aligned)
+
+    def _flush(self, count: int) -> None:
+        if count <= 0:
+            return
+        for name in self.names:
+            data = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
+            self._reserve(self.rows + count)
+            self.group[name][self.rows:self.rows + count] = data[:count]
+            self._buffer[name] = [data[count:]] if len(data) > count else []
+        self.rows += count
+        self._buffered -= count
+
