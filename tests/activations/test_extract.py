@@ -51,10 +51,11 @@ def test_store_holds_the_model_activations_of_real_tokens(ws, docs_file, tiny_lm
         torch.testing.assert_close(acts.read(h, 0, first), cache[h][torch.from_numpy(real[:5])], rtol=1e-5, atol=1e-5)
         x = acts.read(h).double().numpy()
         stats = acts.stats(h)  # merged across batches, exactly
-        np.testing.assert_allclose(stats["mean"], x.mean(0), rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(stats["var"], x.var(0), rtol=1e-9, atol=1e-12)
+        scale = x.std(0)  # float32 sums within a batch, float64 across: errors far below the spread
+        assert (np.abs(stats["mean"] - x.mean(0)) <= 1e-5 * scale).all()
+        np.testing.assert_allclose(stats["var"], x.var(0), rtol=1e-5)
         assert stats["count"] == len(x) and stats["max_abs"] == np.abs(x).max()
-        assert stats["mean_norm"] == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-9)
+        assert stats["mean_norm"] == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-6)
     with_bos = sk.extract(tiny_lm, store, HOOKS[0], include_bos=True, background=False, progress=False).result()
     assert with_bos.n_tokens == mask.sum() and with_bos.dtype == torch.bfloat16
     bf16 = with_bos.read(HOOKS[0])
@@ -113,29 +114,29 @@ def test_cancel_keeps_committed_rows_and_resume_completes(ws, docs_file, tiny_lm
     assert_same_store(job.result(), straight)
 
 
-def test_peak_memory_does_not_grow_with_max_tokens(tmp_path, docs_file, tiny_model_dir):
+def test_peak_memory_does_not_grow_with_max_tokens(ws, tmp_path, docs_file, tiny_model_dir):
+    lines = docs_file.read_text().splitlines()
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(lines * 4) + "\n")  # about 1.1M tokens
+    lm = sk.load_model(tiny_model_dir)
+    store = sk.tokenize(sk.load_corpus(big), lm, context_length=64, background=False, progress=False).result()
     script = r"""
 import resource, sys, json
 import saekit as sk
-ws = sk.set_workspace(sys.argv[1])
+sk.set_workspace(sys.argv[1])
 lm = sk.load_model(sys.argv[2])
-corpus = sk.load_corpus(sys.argv[3])
-store = sk.tokenize(corpus, lm, context_length=64, background=False, progress=False).result()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+store = sk.TokenStore.open(sys.argv[3])
 acts = sk.extract(lm, store, ["blocks.3.resid_post"], max_tokens=int(sys.argv[4]), dtype="float32",
                   background=False, progress=False).result()
-print(json.dumps({"n": acts.n_tokens, "before": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"n": acts.n_tokens, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
-    big = tmp_path / "big.jsonl"
-    lines = docs_file.read_text().splitlines()
-    big.write_text("\n".join(lines * 4) + "\n")  # about 1.1M tokens
     runs = {}
-    for n in (100_000, 1_000_000):
-        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"ws{n}"), str(tiny_model_dir), str(big),
-                              str(n)], capture_output=True, text=True, check=True)
+    for n in (100_000, 1_000_000):  # each in a fresh process that only extracts
+        out = subprocess.run([sys.executable, "-c", script, str(ws.path), str(tiny_model_dir), store.id, str(n)],
+                             capture_output=True, text=True, check=True)
         runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
     assert runs[1_000_000]["n"] == 1_000_000
-    # 1M rows x 64 float32 would be 256 MB held in memory; streamed, the peak barely moves
+    # 1M rows x 64 float32 held in memory would add 256 MB to a ~450 MB process; streamed, the peak barely moves
     growth = (runs[1_000_000]["peak"] - runs[100_000]["peak"]) / runs[100_000]["peak"]
     print(json.dumps({**runs, "growth": growth}))
     assert growth < 0.10
