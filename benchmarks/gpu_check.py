@@ -4,8 +4,9 @@
 
 Device placement and dtype of ``load_model("auto")``, hook points in bfloat16 on the GPU against float32
 on the CPU, the memory refusal with the GPU's free memory, pynvml on the real GPU (and whether a worker's
-pid appears in its process list), a background job on the GPU, and a real CUDA out-of-memory error
-classified as ``oom``. Each check reports its own failure and the others go on.
+pid appears in its process list), a background job on the GPU, a real CUDA out-of-memory error
+classified as ``oom``, extraction on the GPU in a background worker, and extraction halving its batch
+on real CUDA out-of-memory errors. Each check reports its own failure and the others go on.
 """
 
 from __future__ import annotations
@@ -137,9 +138,41 @@ def main() -> None:
         store = sk.tokenize(sk.load_corpus(corpus_file), lm, context_length=64).result(timeout=300)
         return {"store": repr(store), "tokens": store.stats()["tokens"]}
 
+    def extract_background():
+        lm = sk.load_model(model_dir)
+        corpus_file = tmp / "docs.jsonl"
+        store = sk.tokenize(sk.load_corpus(corpus_file), lm, context_length=64, background=False, progress=False).result()
+        t = time.perf_counter()
+        acts = sk.extract(lm, store, ["blocks.2.resid_post", "blocks.1.mlp_out"]).result(timeout=300)
+        seconds = time.perf_counter() - t
+        x = acts.read("blocks.2.resid_post", 0, 1000)
+        return {"store": repr(acts), "seconds_with_worker_start": round(seconds, 2), "dtype": str(x.dtype),
+                "finite": bool(torch.isfinite(x.float()).all()), "batch_size": acts.attrs.get("batch_size"),
+                "mean_norm": acts.stats("blocks.2.resid_post")["mean_norm"]}
+
+    def extract_oom_halving():
+        wide = make_tiny_model(tmp / "wide", "llama", texts=docs[:200], d_model=2048, n_layers=2, n_heads=16)
+        lm = sk.load_model(wide)
+        corpus_file = tmp / "docs4.jsonl"
+        corpus_file.write_text("\n".join(json.dumps({"text": d}) for d in docs * 4))
+        store = sk.tokenize(sk.load_corpus(corpus_file), lm, context_length=256, background=False,
+                            progress=False).result()
+        free, total = torch.cuda.mem_get_info()
+        hog = torch.empty(int(free - 3 * 2**30), dtype=torch.uint8, device="cuda")  # leave 3 GiB
+        try:
+            job = sk.extract(lm, store, "blocks.1.resid_post", batch_size=4096, max_tokens=300_000,
+                             background=False, progress=False)
+        finally:
+            del hog
+            torch.cuda.empty_cache()
+        warnings = [e["message"] for e in job.events() if e["level"] == "warning"]
+        return {"status": job.status, "warnings": warnings, "n_tokens": job.info()["result"]["n_tokens"]
+                if job.status == "completed" else None, "error": job.info()["error_message"]}
+
     for name, fn in [("cuda", cuda), ("placement", placement), ("refusal", refusal),
                      ("nvml_and_background_job", nvml_and_job), ("cuda_oom_classified", oom),
-                     ("tokenize_background", tokenize_job)]:
+                     ("tokenize_background", tokenize_job), ("extract_background_gpu", extract_background),
+                     ("extract_oom_halving", extract_oom_halving)]:
         check(name, fn)
 
 
