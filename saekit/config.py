@@ -15,7 +15,8 @@ def _env_float(name: str, default: float) -> float:
     except ValueError:
         from saekit.errors import ConfigError
 
-        raise ConfigError(f"environment variable {name}={raw!r} is not a number; unset it or give seconds, e.g. {default}")
+        raise ConfigError(f"environment variable {name}={raw!r} is not a number; unset it or give seconds, "
+                          f"e.g. {default}") from None
 
 
 @dataclass(frozen=True)

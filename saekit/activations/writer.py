@@ -69,6 +69,7 @@ class ChunkWriter:
         self.group, self.location, self.names, self.hook_points = group, location, names, hook_points
         self.chunk_rows = int(group.attrs["chunk_rows"])
         self.rows = start_rows  # rows past the last commit (if any) are overwritten: n_tokens is the truth
+        self.committed = start_rows
         self.stats = stats
         self.on_commit = on_commit
         # arrays are sized ahead (one metadata write, not one per chunk) and trimmed to n_tokens at the end
@@ -88,19 +89,28 @@ class ChunkWriter:
 
     def put(self, rows: dict[str, np.ndarray], stats: dict[str, dict]) -> None:
         """Queue rows, with the ``batch_stats`` of each hook point's rows."""
-        self._check()
-        self._queue.put(("rows", (rows, stats)))
+        self._send(("rows", (rows, stats)))
 
     def commit(self, state: dict) -> None:
-        self._check()
-        self._queue.put(("commit", state))
+        self._send(("commit", state))
+
+    def _send(self, item) -> None:
+        while True:  # never block forever on a writer that has stopped
+            self._check()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise StorageError(f"the writer of {self.location!r} stopped unexpectedly") from None
 
     def close(self, final_state: dict | None = None, *, trim: bool = False) -> None:
         """Commit ``final_state`` (if given), stop the thread and raise any error it met; ``trim`` cuts the
         arrays to the rows written (when the store is complete)."""
         if final_state is not None and self.error is None:
-            self._queue.put(("commit", final_state))
-        self._queue.put(("stop", None))
+            self._send(("commit", final_state))
+        if self._thread.is_alive():  # it drains the queue even after an error, so this put returns
+            self._queue.put(("stop", None))
         self._thread.join()
         self._check()
         if trim:
@@ -131,11 +141,12 @@ class ChunkWriter:
                     self._flush(self._buffered)
                     self.group.attrs.update({"n_tokens": self.rows,
                                              "stats": {h: s.to_dict() for h, s in self.stats.items()}})
+                    self.committed = self.rows
                     self.on_commit(self.rows, item, self.stats)
             except BaseException as exc:  # noqa: BLE001 - handed to the producer
                 self.error = StorageError(
                     f"writing the store {self.location!r} failed: {type(exc).__name__}: {exc}; the "
-                    f"{int(self.group.attrs.get('n_tokens', 0)):,} rows committed before are intact",
+                    f"{self.committed:,} rows committed before are intact",
                     suggestion="fix the cause (space, permissions), then job.resume()")
                 self.error.__cause__ = exc
 

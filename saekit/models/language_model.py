@@ -48,7 +48,7 @@ class LanguageModel:
     @property
     def d_model(self) -> int:
         config = self.config
-        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        return int(getattr(config, "hidden_size", None) or config.n_embd)
 
     @property
     def max_context(self) -> int | None:

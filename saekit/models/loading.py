@@ -127,6 +127,13 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+_LIVE: "weakref.WeakValueDictionary[tuple, LanguageModel]" = weakref.WeakValueDictionary()
+
+
+def _live_key(ref: dict) -> tuple:
+    return (ref["name_or_path"], ref.get("gguf_file"), ref.get("dtype"), ref.get("fingerprint"))
+
+
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                gguf_file: str | None = None, trust_remote_code: bool = False, revision: str | None = None) -> LanguageModel:
     """Load a causal LM and its tokenizer from a hub id, a local folder, or a GGUF file in a folder.
@@ -175,13 +182,6 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     lm = LanguageModel(model, tokenizer, name=display, ref=ref)
     _LIVE[_live_key(ref)] = lm
     return lm
-
-
-_LIVE: "weakref.WeakValueDictionary[tuple, LanguageModel]" = weakref.WeakValueDictionary()
-
-
-def _live_key(ref: dict) -> tuple:
-    return (ref["name_or_path"], ref.get("gguf_file"), ref.get("dtype"), ref.get("fingerprint"))
 
 
 def load_model_from_ref(ref: dict, device: str | torch.device = "auto") -> LanguageModel:

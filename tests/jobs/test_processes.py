@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import saekit as sk
-from saekit import registry
 from saekit.jobs import submit
 from saekit.jobs.events import read_all
 from saekit.jobs.lifecycle import events_path

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from saekit.errors import ConfigError, HookPointError
 from saekit.models import LanguageModel
