@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from saekit._rows import RowAppender
 from saekit.activations.stats import RunningStats
 from saekit.activations.store import SOURCE_ARRAYS, STORAGE_DTYPES, open_group
 from saekit.errors import StorageError
@@ -56,7 +57,7 @@ def create_store(location: str, hook_points: list[str], d_model: int, dtype: str
 
 
 class ChunkWriter:
-    """Appends rows to a store from its own thread. ``put(rows)`` blocks when ``depth`` batches wait.
+    """Appends rows to a store from its own thread. ``put(rows, stats)`` blocks when ``depth`` batches wait.
 
     ``rows`` maps array names (hook points and source arrays) to numpy arrays of equal length;
     ``commit(state)`` flushes, records ``n_tokens`` and statistics, then calls ``on_commit(n_tokens, state,
@@ -66,17 +67,11 @@ class ChunkWriter:
     def __init__(self, group, location: str, names: list[str], hook_points: list[str], start_rows: int,
                  stats: dict[str, RunningStats], on_commit: Callable[[int, dict, dict], None], *,
                  expected_rows: int = 0, depth: int = 4):
-        self.group, self.location, self.names, self.hook_points = group, location, names, hook_points
-        self.chunk_rows = int(group.attrs["chunk_rows"])
-        self.rows = start_rows  # rows past the last commit (if any) are overwritten: n_tokens is the truth
+        self.group, self.location, self.hook_points = group, location, hook_points
+        self.appender = RowAppender(group, names, int(group.attrs["chunk_rows"]), start_rows, expected_rows)
         self.committed = start_rows
         self.stats = stats
         self.on_commit = on_commit
-        # arrays are sized ahead (one metadata write, not one per chunk) and trimmed to n_tokens at the end
-        self.capacity = group[names[0]].shape[0]
-        self._reserve(max(expected_rows, start_rows))
-        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        self._buffered = 0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="saekit-chunk-writer", daemon=True)
@@ -114,17 +109,7 @@ class ChunkWriter:
         self._thread.join()
         self._check()
         if trim:
-            for name in self.names:
-                array = self.group[name]
-                array.resize((self.rows, *array.shape[1:]))
-
-    def _reserve(self, rows: int) -> None:
-        if rows <= self.capacity:
-            return
-        self.capacity = max(rows, 2 * self.capacity, self.chunk_rows)
-        for name in self.names:
-            array = self.group[name]
-            array.resize((self.capacity, *array.shape[1:]))
+            self.appender.trim()
 
     # -- the thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -136,41 +121,19 @@ class ChunkWriter:
                 continue  # drain: the producer sees the error at its next call
             try:
                 if kind == "rows":
-                    self._add(*item)
+                    rows, stats = item
+                    self.appender.add(rows)
+                    for hook_point in self.hook_points:
+                        self.stats[hook_point].merge(stats[hook_point])
                 else:
-                    self._flush(self._buffered)
-                    self.group.attrs.update({"n_tokens": self.rows,
+                    self.appender.flush()
+                    self.group.attrs.update({"n_tokens": self.appender.rows,
                                              "stats": {h: s.to_dict() for h, s in self.stats.items()}})
-                    self.committed = self.rows
-                    self.on_commit(self.rows, item, self.stats)
+                    self.committed = self.appender.rows
+                    self.on_commit(self.appender.rows, item, self.stats)
             except BaseException as exc:  # noqa: BLE001 - handed to the producer
                 self.error = StorageError(
                     f"writing the store {self.location!r} failed: {type(exc).__name__}: {exc}; the "
                     f"{self.committed:,} rows committed before are intact",
                     suggestion="fix the cause (space, permissions), then job.resume()")
                 self.error.__cause__ = exc
-
-    def _add(self, rows: dict[str, np.ndarray], stats: dict[str, dict]) -> None:
-        count = len(rows[self.names[0]])
-        if not count:
-            return
-        for name in self.names:
-            self._buffer[name].append(rows[name])
-        for hook_point in self.hook_points:
-            self.stats[hook_point].merge(stats[hook_point])
-        self._buffered += count
-        aligned = (self.rows + self._buffered) // self.chunk_rows * self.chunk_rows - self.rows
-        if aligned > 0:
-            self._flush(aligned)
-
-    def _flush(self, count: int) -> None:
-        if count <= 0:
-            return
-        for name in self.names:
-            data = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
-            self._reserve(self.rows + count)
-            self.group[name][self.rows:self.rows + count] = data[:count]
-            self._buffer[name] = [data[count:]] if len(data) > count else []
-        self.rows += count
-        self._buffered -= count
-

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saekit._rows import RowAppender
 from saekit.data.corpus import Corpus, load_corpus
 from saekit.data.tokens import ARRAYS, TokenStore, store_path
 from saekit.errors import ConfigError, JobCancelled
@@ -175,44 +176,6 @@ class _Stats:
         }
 
 
-class _RowWriter:
-    """Appends rows to the store's arrays in whole chunks; ``flush()`` writes the rest (at a commit)."""
-
-    def __init__(self, group, names: list[str], chunk_rows: int, rows: int):
-        self.group, self.names, self.chunk_rows = group, names, chunk_rows
-        self.rows = rows
-        self.buffer: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        self.buffered = 0
-        for n in names:  # drop rows written after the last commit
-            arr = group[n]
-            arr.resize((rows, arr.shape[1]))
-
-    def add(self, rows: dict[str, np.ndarray]) -> None:
-        count = len(rows[self.names[0]])
-        if not count:
-            return
-        for n in self.names:
-            self.buffer[n].append(rows[n])
-        self.buffered += count
-        aligned = (self.rows + self.buffered) // self.chunk_rows * self.chunk_rows - self.rows
-        if aligned > 0:
-            self._write(aligned)
-
-    def _write(self, count: int) -> None:
-        for n in self.names:
-            data = np.concatenate(self.buffer[n])
-            arr = self.group[n]
-            arr.resize((self.rows + count, arr.shape[1]))
-            arr[self.rows:self.rows + count] = data[:count]
-            self.buffer[n] = [data[count:]] if len(data) > count else []
-        self.rows += count
-        self.buffered -= count
-
-    def flush(self) -> None:
-        if self.buffered:
-            self._write(self.buffered)
-
-
 class _Packer:
     """Turns tokenized documents into rows (``input_ids``, ``doc_ids``, ``positions``, ``attention_mask``)."""
 
@@ -364,27 +327,27 @@ def run_tokenize(ctx, spec: dict) -> dict:
         chunk_rows = group["input_ids"].chunks[0]
     stats = _Stats(len(tokenizer), corpus.split_of())
     packer = _Packer(n, spec["packing"], pad_id)
-    writer = _RowWriter(group, names, chunk_rows, resume["rows"] if resume else 0)
+    appender = RowAppender(group, names, chunk_rows, resume["rows"] if resume else 0)
     doc = 0
     if resume:
         with np.load(ctx.dir / resume["checkpoint"]) as saved:
             stats.restore(resume["stats"], saved)
             packer.pending = (saved["pending_ids"], saved["pending_docs"], saved["pending_positions"])
         doc = resume["docs"]
-        ctx.event(f"resuming at document {doc:,} ({writer.rows:,} sequences committed)")
+        ctx.event(f"resuming at document {doc:,} ({appender.rows:,} sequences committed)")
 
     def commit() -> None:
-        writer.flush()
-        name = f"tokenize_checkpoint_{writer.rows}_{doc}.npz"
+        appender.flush()
+        name = f"tokenize_checkpoint_{appender.rows}_{doc}.npz"
         with open(ctx.dir / name, "wb") as f:
             np.savez(f, token_counts=stats.token_counts, length_counts=stats.length_counts, row_counts=stats.row_counts,
                      pending_ids=packer.pending[0], pending_docs=packer.pending[1],
                      pending_positions=packer.pending[2])
             f.flush()
             os.fsync(f.fileno())
-        group.attrs["committed_rows"] = writer.rows
+        group.attrs["committed_rows"] = appender.rows
         previous = (ctx.resume_point or {}).get("checkpoint")
-        ctx.commit({"rows": writer.rows, "docs": doc, "checkpoint": name, "stats": stats.snapshot()})
+        ctx.commit({"rows": appender.rows, "docs": doc, "checkpoint": name, "stats": stats.snapshot()})
         if previous and previous != name:
             (ctx.dir / previous).unlink(missing_ok=True)
 
@@ -408,7 +371,7 @@ def run_tokenize(ctx, spec: dict) -> dict:
             rows = packer.rows(ids, lengths, lo)
             if len(rows["input_ids"]):
                 stats.add_rows(rows["input_ids"], rows["attention_mask"].astype(bool))
-            writer.add({k: rows[k] for k in names})
+            appender.add({k: rows[k] for k in names})
             doc = lo + len(lengths)
             if time.monotonic() - last_commit > spec.get("commit_every", 5.0):
                 commit()
@@ -423,13 +386,14 @@ def run_tokenize(ctx, spec: dict) -> dict:
     last = packer.last_row()
     if len(last["input_ids"]):
         stats.add_rows(last["input_ids"], last["attention_mask"].astype(bool))
-        writer.add({k: last[k] for k in names})
-    writer.flush()
-    padding = writer.rows * n - int(stats.token_counts.sum())
-    final = stats.final(tokenizer, writer.rows, n, padding)
+        appender.add({k: last[k] for k in names})
+    appender.flush()
+    appender.trim()
+    padding = appender.rows * n - int(stats.token_counts.sum())
+    final = stats.final(tokenizer, appender.rows, n, padding)
     group.create_array("token_counts", data=stats.token_counts, overwrite=True)
-    group.attrs.update({"committed_rows": writer.rows, "stats": final, "complete": True})
+    group.attrs.update({"committed_rows": appender.rows, "stats": final, "complete": True})
     for leftover in ctx.dir.glob("tokenize_checkpoint_*.npz"):
         leftover.unlink()
     ctx.progress(n_docs, n_docs, unit="documents", phase="done", tokens=final["tokens"])
-    return {"path": str(path), "sequences": writer.rows, "tokens": final["tokens"], "documents": final["documents"]}
+    return {"path": str(path), "sequences": appender.rows, "tokens": final["tokens"], "documents": final["documents"]}
