@@ -123,6 +123,10 @@ def cmd_gc(args) -> int:
         orphans += [p for p in sorted((ws.path / "jobs").iterdir()) if p.name not in ids]
     if (ws.path / "logs").is_dir():
         orphans += [p for p in sorted((ws.path / "logs").glob("*.log")) if p.stem not in ids]
+    for folder in ("tokens", "activations"):  # stores of deleted jobs (from_array stores have no job)
+        if (ws.path / folder).is_dir():
+            orphans += [p for p in sorted((ws.path / folder).glob("*.zarr"))
+                        if p.name.removesuffix(".zarr") not in ids and not p.name.startswith("array-")]
     for path in orphans:
         print(f"orphan {path}")
         if args.delete:
