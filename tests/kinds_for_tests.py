@@ -73,3 +73,23 @@ def allreduce(ctx, spec):
         return {"world_size": ctx.world_size, "sum": float(x.item())}
     finally:
         dist.destroy_process_group()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def queued_job(ws, job_id: str, *, worker_pid: int, launcher: str = "background", key: str | None = None) -> dict:
+    """A queued `count` job written straight into the registry, as if `worker_pid` were launching it."""
+    from saekit import registry
+
+    row, _ = registry.submit_job(ws, new_id=job_id, kind="count", key=key or f"key-{job_id}", name=None,
+                                 spec='{"n": 1}', entry="kinds_for_tests", entry_path=None, force=False,
+                                 launcher=launcher, worker_pid=worker_pid)
+    return row

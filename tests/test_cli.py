@@ -6,6 +6,7 @@ import sys
 import time
 
 import saekit as sk
+from kinds_for_tests import dead_pid, queued_job
 from saekit import registry
 from saekit.jobs import submit
 
@@ -50,13 +51,7 @@ def test_cancel_resume_delete(ws):
 
 
 def test_gc_reaps_lost_jobs_and_lists_orphans(ws):
-    import subprocess as sp
-
-    dead = sp.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    registry.submit_job(ws, new_id="lost-1", kind="count", key="k-lost", name=None, spec='{"n": 1}',
-                        entry="kinds_for_tests", entry_path=None, force=False, launcher="background",
-                        worker_pid=dead.pid)
+    queued_job(ws, "lost-1", worker_pid=dead_pid())
     (ws.dir("jobs", "ghost-1") / "events.jsonl").write_text("")
     (ws.dir("logs") / "ghost-2.log").write_text("old log")
     (ws.dir("activations", "extract-ghost.zarr") / "zarr.json").write_text("{}")

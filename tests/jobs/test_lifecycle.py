@@ -7,6 +7,7 @@ import time
 import pytest
 
 import saekit as sk
+from kinds_for_tests import dead_pid, queued_job
 from saekit import registry
 from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError
 from saekit.jobs import submit
@@ -101,31 +102,21 @@ def test_delete_removes_rows_and_files_and_refuses_active(ws):
     assert folder.is_dir()
     job.delete()
     assert not folder.exists() and registry.get_job(ws, job.id) is None
-    row, _ = registry.submit_job(ws, new_id="active-1", kind="count", key="k", name=None, spec="{}",
-                                 entry="kinds_for_tests", entry_path=None, force=False, launcher="inprocess",
-                                 worker_pid=os.getpid())
+    queued_job(ws, "active-1", worker_pid=os.getpid(), launcher="inprocess")
     with pytest.raises(JobStateError, match="cancel"):
         sk.job("active-1").delete()
 
 
 def test_queued_job_whose_launcher_died_is_reaped(ws):
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    registry.submit_job(ws, new_id="orphan-1", kind="count", key="k-orphan", name=None, spec='{"n": 1}',
-                        entry="kinds_for_tests", entry_path=None, force=False, launcher="background",
-                        worker_pid=dead.pid)
+    pid = dead_pid()
+    queued_job(ws, "orphan-1", worker_pid=pid)
     job = sk.job("orphan-1")
     assert job.status == "failed"
-    assert job.info()["error_type"] == "worker_lost" and f"pid {dead.pid}" in job.info()["error_message"]
+    assert job.info()["error_type"] == "worker_lost" and f"pid {pid}" in job.info()["error_message"]
 
 
 def test_cancel_of_queued_job_is_immediate(ws):
-    registry.submit_job(ws, new_id="q-1", kind="count", key="k-q", name=None, spec='{"n": 1}',
-                        entry="kinds_for_tests", entry_path=None, force=False, launcher="inprocess",
-                        worker_pid=os.getpid())
+    queued_job(ws, "q-1", worker_pid=os.getpid(), launcher="inprocess")
     job = sk.job("q-1").cancel()
     assert job.status == "cancelled"
     with pytest.raises(JobFailedError, match="cancelled") as err:
@@ -134,9 +125,7 @@ def test_cancel_of_queued_job_is_immediate(ws):
 
 
 def test_end_recorded_only_in_the_log_is_reconciled_by_a_reader(ws):
-    row, _ = registry.submit_job(ws, new_id="late-1", kind="count", key="k-late", name=None, spec='{"n": 1}',
-                                 entry="kinds_for_tests", entry_path=None, force=False, launcher="inprocess",
-                                 worker_pid=os.getpid())
+    queued_job(ws, "late-1", worker_pid=os.getpid(), launcher="inprocess")
     writer = EventWriter(events_path(ws, "late-1"))
     writer.write({"t": "start", "attempt": 1})
     writer.write({"t": "metric", "step": 3, "values": {"loss": 0.25}})
