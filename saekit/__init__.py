@@ -38,6 +38,11 @@ _LAZY = {
     "token_stores": ("saekit.data.tokens", "token_stores"),
     "LanguageModel": ("saekit.models.language_model", "LanguageModel"),
     "load_model": ("saekit.models.loading", "load_model"),
+    "SAE": ("saekit.sae.model", "SAE"),
+    "SAEConfig": ("saekit.sae.config", "SAEConfig"),
+    "TrainConfig": ("saekit.sae.config", "TrainConfig"),
+    "train": ("saekit.sae.training", "train"),
+    "templates": ("saekit.sae.templates", "templates"),
 }
 
 __all__ = sorted([

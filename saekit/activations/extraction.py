@@ -121,6 +121,20 @@ class _BlockReader:
         return {n: a[lo - self.start:hi - self.start] for n, a in self.block.items()}
 
 
+def attention_mask(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The real (not padding) positions of a token-store batch, as bools."""
+    return batch["attention_mask"].astype(bool) if "attention_mask" in batch else batch["doc_ids"] >= 0
+
+
+def kept_tokens(batch: dict[str, np.ndarray], mask: np.ndarray, bos: int | None) -> np.ndarray:
+    """Which positions of a token-store batch are stored as rows: real tokens, not padding, and not a
+    document's leading BOS when ``bos`` is given."""
+    keep = mask & (batch["doc_ids"] >= 0)
+    if bos is not None:
+        keep &= ~((batch["input_ids"] == bos) & (batch["positions"] == 0))
+    return keep
+
+
 def _load_store(ws: Workspace, result: dict) -> ActivationStore:
     return ActivationStore(result["location"], ws)
 
@@ -183,7 +197,7 @@ def run_extract(ctx, spec: dict) -> dict:
         while sequence < tokens.n_sequences and rows < target:
             end = min(sequence + batch_size, tokens.n_sequences)
             batch = reader.rows(sequence, end)
-            mask = batch["attention_mask"].astype(bool) if "attention_mask" in batch else batch["doc_ids"] >= 0
+            mask = attention_mask(batch)
             try:
                 cache = lm.run_with_cache(batch["input_ids"], names, attention_mask=mask.astype(np.int64))
             except Exception as exc:
@@ -196,9 +210,7 @@ def run_extract(ctx, spec: dict) -> dict:
                           level="warning", batch_size=batch_size // 2)
                 batch_size //= 2
                 continue
-            keep = mask & (batch["doc_ids"] >= 0)
-            if bos is not None:
-                keep &= ~((batch["input_ids"] == bos) & (batch["positions"] == 0))
+            keep = kept_tokens(batch, mask, bos)
             count = int(min(keep.sum(), target - rows))
             keep_t = torch.from_numpy(keep).to(device)
             out, out_stats = {}, {}

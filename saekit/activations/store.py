@@ -151,21 +151,23 @@ class ActivationStore:
     # -- streaming ------------------------------------------------------------------------------------
     def batches(self, hook_point: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_step: int = 0,
                 epochs: int | None = 1, buffer_bytes: int = 256 * 2**20, prefetch: int = 2,
-                device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+                device: str | torch.device | None = None, rows: int | None = None) -> Iterator[torch.Tensor]:
         """Batches ``[batch_size, d_model]`` of one hook point, deterministic for a seed.
 
         Rows are read chunk by chunk in a seeded random order; each window of chunks (about
         ``buffer_bytes``) is shuffled as a whole; batches are consecutive slices of that stream, across
         windows and epochs, so every batch is full but the last (``epochs=None`` streams forever).
         ``start_step=k`` resumes exactly at batch k without reading the data before it. A thread
-        prefetches ``prefetch`` windows ahead.
+        prefetches ``prefetch`` windows ahead. ``rows=n`` uses only the first ``n`` rows (the rest can be
+        held out for evaluation).
         """
         self._check_hook_point(hook_point)
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
-        n = self.n_tokens
-        if n == 0:
-            raise DataError(f"activation store {self.id} has no committed rows yet")
+        n = self.n_tokens if rows is None else min(rows, self.n_tokens)
+        if n <= 0:
+            raise DataError(f"activation store {self.id} has no committed rows yet" if rows is None
+                            else f"rows={rows} leaves no rows of activation store {self.id} to read")
         array = self.group[hook_point]
         plan = _WindowPlan(n, array.chunks[0], array.chunks[0] * self.d_model * array.dtype.itemsize, shuffle, seed,
                            buffer_bytes)

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from typing_extensions import Self
+
 from saekit.errors import RegistryBusyError
 
 try:
@@ -93,7 +95,7 @@ class RegistryLock:
         self._fd: int | None = None
         self._fallback = None
 
-    def __enter__(self) -> "RegistryLock":
+    def __enter__(self) -> Self:
         deadline = time.monotonic() + self.timeout
         if fcntl is None:  # pragma: no cover - Windows
             import filelock

@@ -49,6 +49,18 @@ MIGRATIONS: list[list[str]] = [
         )""",
         """CREATE INDEX metrics_job ON metrics (job_id)""",
     ],
+    # 1 -> 2: training templates (configs as JSON)
+    [
+        """CREATE TABLE templates (
+            name VARCHAR PRIMARY KEY,
+            description VARCHAR NOT NULL DEFAULT '',
+            sae_config VARCHAR NOT NULL,
+            train_config VARCHAR NOT NULL,
+            favourite BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

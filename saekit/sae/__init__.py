@@ -1,0 +1,1 @@
+"""Sparse autoencoders: architectures, the training job, evaluation, templates, import/export."""

@@ -1,0 +1,213 @@
+"""The built-in SAE architectures: each owns its activation rule and its training loss.
+
+- ``relu``: ``z = relu(pre)``; loss = MSE + ``l1_coefficient`` * sum(z * ||W_dec row||) (Anthropic, 2024).
+- ``topk``: the ``k`` largest pre-activations per token, ReLU'd; loss = FVU + ``aux_k_coefficient`` * AuxK,
+  where AuxK reconstructs the residual from the top ``aux_k`` *dead* latents (Gao et al., 2024).
+- ``batchtopk``: the ``k * B`` largest over the whole batch while training; a threshold (running mean of
+  the smallest selected activation) at inference (Bussmann et al., 2024); AuxK as TopK.
+- ``jumprelu``: ``z = pre * (pre > threshold)`` per latent, thresholds learned with straight-through
+  (rectangle-kernel) gradients; loss = MSE + ``l0_coefficient`` * L0 (Rajamanoharan et al., 2024).
+
+MSE is summed over ``d_in`` and averaged over tokens; FVU divides the squared error by the batch's
+total variance. TopK and BatchTopK run on sparse codes (``sparse.py``): the decoder and the encoder's
+backward touch only the selected latents.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saekit.sae.model import SAE, TrainingOutput, TrainingState, register_arch
+from saekit.sae.sparse import Codes, gathered_linear, row_dots, sparse_decode
+
+
+def _total_variance(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+class _SparseCodedSAE(SAE):
+    """Shared by TopK and BatchTopK: encoder forward once (dense), everything else on the selected entries."""
+
+    def _select(self, pre: torch.Tensor) -> tuple[Codes, torch.Tensor]:
+        raise NotImplementedError
+
+    def _pre_for_selection(self, sae_in: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.config.encoder_dtype == "bfloat16":
+                return F.linear(sae_in.bfloat16(), self.W_enc.bfloat16(), self.b_enc.bfloat16())
+            return torch.addmm(self.b_enc, sae_in, self.W_enc.t())
+
+    def _entries(self, sae_in: torch.Tensor, pre: torch.Tensor, codes: Codes, values: torch.Tensor) -> torch.Tensor:
+        """Differentiable pre-activations at the entries (recomputed in float32 when the matmul was bf16)."""
+        if values.dtype != torch.float32:
+            with torch.no_grad():
+                values = row_dots(sae_in, self.W_enc, codes) + self.b_enc[codes.cols]
+        return gathered_linear(values, sae_in, self.W_enc, self.b_enc, codes)
+
+    def training_forward(self, x: torch.Tensor, state: TrainingState) -> TrainingOutput:
+        sae_in = x - self.b_dec
+        pre = self._pre_for_selection(sae_in)
+        codes, values = self._select(pre)
+        acts = self._entries(sae_in, pre, codes, values).relu()
+        x_hat = sparse_decode(acts, self.W_dec, codes) + self.b_dec
+        total_variance = _total_variance(x)
+        error = x_hat - x
+        fvu = error.pow(2).sum() / total_variance
+        loss, extra = fvu, {}
+        if state.dead is not None and bool(state.dead.any()):
+            auxk = self._auxk(sae_in, pre, state.dead, (x - x_hat).detach())
+            loss = loss + self.config.aux_k_coefficient * auxk
+            extra["auxk"] = auxk.detach()
+        acts = acts.detach()
+        active = acts > 0
+        fired = torch.bincount(codes.cols[active], minlength=self.d_sae)
+        return TrainingOutput(loss, x_hat.detach(), fired, active.sum() / len(x), {**extra, "l1": acts.sum() / len(x)})
+
+    def _auxk(self, sae_in, pre, dead, residual) -> torch.Tensor:
+        """Reconstruct the residual from the top ``aux_k`` dead latents (their gradients revive them);
+        the squared error is normalized by the residual's, as in Gao et al.'s code."""
+        dead_ids = dead.nonzero().squeeze(1)
+        k_aux = self.config.aux_k or max(1, self.d_in // 2)
+        k = min(k_aux, len(dead_ids))
+        values, local = pre[:, dead_ids].topk(k, dim=1, sorted=False)
+        codes = Codes.from_topk(dead_ids[local], self.d_sae)
+        acts = self._entries(sae_in, pre, codes, values.reshape(-1)).relu()
+        residual_hat = sparse_decode(acts, self.W_dec, codes)
+        return (residual_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+
+
+@register_arch("topk")
+class TopKSAE(_SparseCodedSAE):
+    def _select(self, pre):
+        values, indices = pre.topk(self.config.k, dim=1, sorted=False)
+        return Codes.from_topk(indices, self.d_sae), values.reshape(-1)
+
+    def encode(self, x):
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.config.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+
+@register_arch("batchtopk")
+class BatchTopKSAE(_SparseCodedSAE):
+    THRESHOLD_MOMENTUM = 0.99
+
+    def __init__(self, config, *, device=None):
+        super().__init__(config, device=device)
+        self.register_buffer("threshold", torch.tensor(-1.0, device=device))  # < 0: not estimated yet
+
+    def _select(self, pre):
+        """The ``k * B`` largest entries of the batch, exactly: each row's top ``m`` are the candidates
+        (enough unless a row had all ``m`` selected, then ``m`` doubles)."""
+        b, d_sae = pre.shape
+        total = self.config.k * b
+        m = min(getattr(self, "_candidates", 2 * self.config.k), d_sae)
+        while True:
+            candidates, cols = pre.topk(m, dim=1, sorted=False)
+            values, flat = candidates.reshape(-1).topk(total, sorted=False)
+            rows = flat // m
+            if m == d_sae or int(torch.bincount(rows, minlength=b).max()) < m:
+                break
+            m = min(2 * m, d_sae)
+        self._candidates = m  # the next batch starts with what sufficed
+        latents = cols.reshape(-1)[flat]
+        order = torch.argsort(rows * d_sae + latents)  # by row, then latent: the same codes whatever m was
+        codes = Codes(rows[order], latents[order], b, d_sae)
+        values = values[order]
+        self._update_threshold(values)
+        return codes, values
+
+    @torch.no_grad()
+    def _update_threshold(self, values: torch.Tensor) -> None:
+        positive = values[values > 0]
+        if len(positive) == 0:
+            return
+        smallest = positive.min().float()
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.mul_(self.THRESHOLD_MOMENTUM).add_((1 - self.THRESHOLD_MOMENTUM) * smallest)
+
+    def encode(self, x):
+        pre = self.pre_activations(x)
+        return pre.relu() * (pre > self.threshold.clamp_min(0))
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``pre * (pre > theta)``; d/d theta by a rectangle kernel of width ``bandwidth``."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        bw = ctx.bandwidth
+        near = ((pre - theta).abs() < bw / 2).to(grad.dtype)
+        grad_theta = (-(theta / bw) * near * grad).sum(0)
+        return grad * (pre > theta), grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """``pre > theta`` as a number; d/d theta by the same rectangle kernel (no gradient to ``pre``)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        bw = ctx.bandwidth
+        near = ((pre - theta).abs() < bw / 2).to(grad.dtype)
+        return None, (-(1.0 / bw) * near * grad).sum(0), None
+
+
+@register_arch("jumprelu")
+class JumpReLUSAE(SAE):
+    def __init__(self, config, *, device=None):
+        super().__init__(config, device=device)
+        init = torch.full((config.resolved(config.d_in).d_sae,), float(config.jumprelu_init_threshold), device=device)
+        self.log_threshold = nn.Parameter(init.clamp_min(1e-12).log())
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def encode(self, x):
+        pre = self.pre_activations(x)
+        return pre * (pre > self.threshold)
+
+    def training_forward(self, x, state):
+        pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+        theta, bw = self.threshold, self.config.jumprelu_bandwidth
+        z = _JumpReLU.apply(pre, theta, bw)
+        x_hat = z @ self.W_dec + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l0 = _Step.apply(pre, theta, bw).sum(-1).mean()
+        loss = mse + self.config.l0_coefficient * state.sparsity_scale * l0
+        z = z.detach()
+        active = z != 0
+        return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": z.abs().sum() / len(x)})
+
+
+@register_arch("relu")
+class ReLUSAE(SAE):
+    def encode(self, x):
+        return self.pre_activations(x).relu()
+
+    def training_forward(self, x, state):
+        z = F.linear(x - self.b_dec, self.W_enc, self.b_enc).relu()
+        x_hat = z @ self.W_dec + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        loss = mse + self.config.l1_coefficient * state.sparsity_scale * l1
+        active = z.detach() > 0
+        return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": l1.detach()})

@@ -1,0 +1,89 @@
+"""Held-out evaluation of an SAE: reconstruction (FVU, MSE, L0, latents never active) and, with a model,
+next-token loss with the SAE spliced in vs clean vs zero-ablated, and the KL divergence to clean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from saekit.activations.extraction import attention_mask
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae, batches: Iterable[torch.Tensor]) -> dict:
+    """FVU (1 - explained variance, over all held-out rows), MSE (summed over d_in, mean over tokens), L0,
+    and the fraction of latents that never fired, for raw activations ``batches``."""
+    n, sum_x, sum_x2, sum_err, l0 = 0, None, None, 0.0, 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=sae.device)
+    for x in batches:
+        x = x.to(device=sae.device, dtype=torch.float32)
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        active = z != 0
+        fired |= active.any(0)
+        l0 += float(active.sum())
+        sum_err += float((x_hat - x).double().pow(2).sum())
+        xd = x.double()
+        sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
+        sum_x2 = xd.pow(2).sum(0) if sum_x2 is None else sum_x2 + xd.pow(2).sum(0)
+        n += len(x)
+    if n == 0:
+        return {}
+    total_variance = float((sum_x2 - sum_x.pow(2) / n).sum())
+    return {"fvu": sum_err / max(total_variance, 1e-12), "mse": sum_err / n, "l0": l0 / n,
+            "never_fired_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": n}
+
+
+@torch.no_grad()
+def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, batch_sequences: int = 8,
+                       include_bos: bool = False) -> dict:
+    """Next-token cross-entropy over ``sequences`` of a token store: clean, with the SAE's reconstruction
+    spliced in at ``hook_point``, and with that activation zeroed; ``ce_recovered`` =
+    (zero - sae) / (zero - clean); ``kl`` = mean KL(clean || spliced) per token. A document's leading
+    BOS keeps its activation when the SAE was trained without BOS rows."""
+    bos = None if include_bos else tokens.tokenizer_bos_id()
+    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
+    count = 0
+    for lo in range(sequences.start, sequences.stop, batch_sequences):
+        hi = min(lo + batch_sequences, sequences.stop)
+        batch = {n: np.asarray(tokens[n][lo:hi]) for n in ("input_ids", "doc_ids", "positions", "attention_mask")
+                 if n in tokens.group}
+        mask = attention_mask(batch)
+        ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(lm.device)
+        attn = torch.from_numpy(mask.astype(np.int64)).to(lm.device)
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        if bos is not None:
+            keep = torch.from_numpy(~((batch["input_ids"] == bos) & (batch["positions"] == 0))).to(lm.device)
+        # a position predicts the next one when both are real tokens of the same document
+        same_doc = (batch["doc_ids"][:, 1:] == batch["doc_ids"][:, :-1]) & mask[:, 1:] & mask[:, :-1]
+        target_mask = torch.from_numpy(same_doc).to(lm.device)
+        if not bool(target_mask.any()):
+            continue
+
+        def splice(x, fn, keep=keep):
+            replaced = fn(x)
+            return torch.where(keep[..., None], replaced.to(x.dtype), x)
+
+        logits = {
+            "clean": lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits,
+        }
+        with lm.hooks({hook_point: lambda x: splice(x, lambda a: sae(a.float()))}):
+            logits["sae"] = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        with lm.hooks({hook_point: lambda x: splice(x, torch.zeros_like)}):
+            logits["zero"] = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        targets = ids[:, 1:][target_mask]
+        logp = {k: F.log_softmax(v[:, :-1][target_mask].float(), dim=-1) for k, v in logits.items()}
+        for name in ("clean", "sae", "zero"):
+            totals[name] += float(F.nll_loss(logp[name], targets, reduction="sum"))
+        totals["kl"] += float(F.kl_div(logp["sae"], logp["clean"], log_target=True, reduction="sum"))
+        count += int(target_mask.sum())
+    if count == 0:
+        return {}
+    ce = {k: v / count for k, v in totals.items()}
+    gap = ce["zero"] - ce["clean"]
+    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
+            "ce_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan"),
+            "ce_tokens": count}

@@ -1,0 +1,431 @@
+"""``sk.train``: train one SAE, or a sweep of them on one read of the data, as a resumable job.
+
+Each step takes a global batch from the source (a prefetch thread reads ahead), normalizes it, and
+steps every SAE: loss, backward, the decoder gradient's parallel part removed, Adam (float32 state),
+decoder rows renormalized, dead-latent counters updated. Metrics go to the job's event log every
+``log_every`` steps. Every ``checkpoint_every`` steps (and on cancel) a checkpoint holds the weights,
+optimizers, counters, the data position and the RNG, so a new attempt continues exactly where it
+stopped. At the end the input scale is folded into the weights, the SAEs are evaluated on held-out
+data and saved to ``saes/<job_id>/final/``.
+
+Under ``launcher="torchrun", nproc=N`` each rank steps on its slice of the global batch and gradients
+(and the dead-latent counts) are averaged (summed) over the ranks; rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+
+import torch
+
+from saekit.activations.store import ActivationStore
+from saekit.data.tokens import TokenStore
+from saekit.errors import ConfigError, DataError, JobCancelled, NumericsError
+from saekit.jobs import job_kind, submit
+from saekit.models.loading import load_model_from_ref, resolve_device
+from saekit.sae.config import SAEConfig, TrainConfig
+from saekit.sae.evaluation import downstream_metrics, reconstruction_metrics
+from saekit.sae.model import SAE, TrainingState, geometric_median
+from saekit.sae.sources import ModelSource, StoreSource
+from saekit.workspace import Workspace, as_workspace
+
+log = logging.getLogger("saekit.sae")
+
+INIT_SAMPLE_ROWS = 8192  # rows the input scale and the decoder bias are estimated from (at most one batch)
+CHECKPOINT_FILE = "trainer.pt"
+
+
+# -- the public entry ----------------------------------------------------------------------------------
+def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | None = None,
+          train_config: TrainConfig | None = None, *, template: str | None = None, eval_model=None,
+          background: bool = True, launcher: str | None = None, nproc: int = 1, force: bool = False,
+          name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
+    """Train SAE(s) on ``hook_point`` activations; returns the job at once (``job.result()`` -> ``SAE``,
+    or a list for a sweep).
+
+    ``source`` is an ``ActivationStore`` (or its id), or ``(lm, token_store)`` to train on activations
+    computed on the fly. ``sae_config`` may be a list: every SAE trains on the same batches, each with
+    its own metrics (``sae{i}/fvu`` ...) and result. ``template="name"`` takes the configs saved with
+    ``sk.templates.save`` (arguments given here win). ``eval_model=lm`` adds the downstream evaluation
+    (CE loss recovered, KL) for a store source. ``launcher="torchrun", nproc=N`` trains data-parallel.
+    """
+    ws = as_workspace(workspace)
+    if template is not None:
+        from saekit.sae.templates import templates
+
+        saved = templates.get(template, workspace=ws)
+        sae_config = sae_config if sae_config is not None else saved.sae_config
+        train_config = train_config if train_config is not None else saved.train_config
+    if sae_config is None:
+        raise ConfigError("train needs sae_config (e.g. sk.SAEConfig(arch='topk', k=32)) or template=")
+    configs = list(sae_config) if isinstance(sae_config, (list, tuple)) else [sae_config]
+    if not configs or not all(isinstance(c, SAEConfig) for c in configs):
+        raise ConfigError(f"sae_config must be an SAEConfig or a list of them; got {sae_config!r}")
+    train_config = train_config or TrainConfig()
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(f"train_config must be a TrainConfig; got {type(train_config).__name__}")
+    resolve_device(train_config.device)
+    if not isinstance(nproc, int) or nproc < 1 or train_config.batch_size % nproc:
+        raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over nproc={nproc}")
+
+    spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws)
+    resolved = [c.resolved(d_in) for c in configs]  # ConfigError on a d_in mismatch or k >= d_sae
+    if train_config.batch_size > train_rows:
+        raise ConfigError(f"batch_size={train_config.batch_size} is larger than the {train_rows:,} training rows of "
+                          "the source", suggestion="lower batch_size, lower eval_tokens or extract more tokens")
+    eval_ref = None
+    if eval_model is not None:
+        eval_model._parse(hook_point)
+        eval_ref = eval_model.ref
+    spec = {"source": spec_source, "hook_point": hook_point, "saes": [c.to_dict() for c in resolved],
+            "train": train_config.to_dict(), "eval_model": eval_ref}
+    return submit("train", spec, workspace=ws, background=background, launcher=launcher, nproc=nproc, force=force,
+                  name=name, progress=progress)
+
+
+def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace) -> tuple[dict, int, int]:
+    """The source as a spec reference, its width, and how many rows it can train on."""
+    if isinstance(source, str):
+        source = ActivationStore.open(source, ws)
+    if isinstance(source, ActivationStore):
+        source._check_hook_point(hook_point)
+        if not source.complete:
+            raise DataError(f"activation store {source.id} is not complete; wait for its job first")
+        rows = StoreSource(source, hook_point, tc.eval_tokens).train_rows
+        return {"store": {"id": source.id, "location": source.location}}, source.d_model, rows
+    if isinstance(source, tuple) and len(source) == 2:
+        lm, tokens = source
+        tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
+        lm._parse(hook_point)
+        if not tokens.complete:
+            raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
+        n = tokens.n_sequences
+        held = min(math.ceil(tc.eval_tokens / tokens.context_length), n // 10)
+        rows = int(tokens.stats()["tokens"] * (n - held) / max(n, 1))
+        ref = {"id": tokens.id, "path": str(tokens.path), "corpus": tokens.attrs["corpus"]["fingerprint"],
+               "tokenizer": tokens.attrs["tokenizer"]["fingerprint"]}
+        return {"model": lm.ref, "tokens": ref}, lm.d_model, max(rows, 1)
+    raise ConfigError(f"source must be an ActivationStore, a store id, or (lm, token_store); got {type(source).__name__}")
+
+
+# -- the job -------------------------------------------------------------------------------------------
+class _Run:
+    """One SAE being trained: model, optimizer, dead-latent counter."""
+
+    def __init__(self, index: int, config: SAEConfig, tc: TrainConfig, device: torch.device):
+        torch.manual_seed(tc.seed + index)
+        self.index, self.config = index, config
+        self.sae = SAE(config, device=device)
+        self.lr = tc.lr or 2e-4 / math.sqrt(config.d_sae / 2**14)
+        fused = device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=tuple(tc.adam_betas),
+                                          eps=tc.adam_eps, fused=fused)
+        self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "since_fired": self.since_fired.cpu()}
+
+    def restore(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.since_fired.copy_(state["since_fired"])
+
+
+def _lr_factor(step: int, tc: TrainConfig) -> float:
+    total = tc.total_steps
+    factor = 1.0
+    warmup = tc.steps(tc.lr_warmup)
+    if warmup and step < warmup:
+        factor = (step + 1) / warmup
+    decay_steps = round(tc.lr_decay_fraction * total)
+    start = total - decay_steps
+    if tc.lr_decay != "none" and decay_steps and step >= start:
+        progress = (step - start + 1) / decay_steps
+        factor *= (1 - progress) if tc.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _open_source(spec: dict, tc: TrainConfig, ws: Workspace, device: torch.device):
+    ref = spec["source"]
+    if "store" in ref:
+        store = ActivationStore(ref["store"]["location"], ws)
+        return StoreSource(store, spec["hook_point"], tc.eval_tokens, tc.shuffle_buffer_bytes), None
+    lm = load_model_from_ref(ref["model"], device=tc.device)
+    tokens = TokenStore(ref["tokens"]["path"], ws)
+    return ModelSource(lm, tokens, spec["hook_point"], tc.eval_tokens), lm
+
+
+class _Distributed:
+    """Averaging over torchrun ranks (a no-op on one process)."""
+
+    def __init__(self, ctx, device: torch.device):
+        self.rank, self.world = ctx.rank, ctx.world_size
+        self.active = self.world > 1
+        if self.active:
+            import torch.distributed as dist
+
+            self.dist = dist
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        if self.active:
+            for t in tensors:
+                self.dist.all_reduce(t)
+                t.div_(self.world)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            self.dist.all_reduce(t)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        self.dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.active and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def _load_saes(ws: Workspace, result: dict):
+    saes = [SAE.load(item["path"]) for item in result["saes"]]
+    return saes[0] if len(saes) == 1 else saes
+
+
+def _outputs(ws: Workspace, row: dict) -> list[str]:
+    return [str(ws.path / "saes" / row["id"])]
+
+
+@job_kind("train", load_result=_load_saes, outputs=_outputs)
+def run_train(ctx, spec: dict) -> dict | None:
+    tc = TrainConfig.from_dict(spec["train"])
+    configs = [SAEConfig.from_dict(c) for c in spec["saes"]]
+    device = resolve_device(tc.device)
+    if device.type == "cuda" and ctx.world_size > 1:
+        device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    group = _Distributed(ctx, device)
+    try:
+        return _Trainer(ctx, spec, tc, configs, device, group).run()
+    finally:
+        group.close()
+
+
+class _Trainer:
+    def __init__(self, ctx, spec, tc: TrainConfig, configs: list[SAEConfig], device, group: _Distributed):
+        self.ctx, self.spec, self.tc, self.device, self.group = ctx, spec, tc, device, group
+        self.source, self.lm = _open_source(spec, tc, ctx.workspace, device)
+        if self.source.d_in != configs[0].d_in:
+            raise ConfigError(f"the source's width {self.source.d_in} does not match d_in={configs[0].d_in}")
+        self.runs = [_Run(i, c, tc, device) for i, c in enumerate(configs)]
+        self.folder = ctx.workspace.dir("saes") / ctx.job_id
+        self.scale = 1.0
+        self.step = 0
+
+    # -- metric names ---------------------------------------------------------------------------------
+    def _name(self, run: _Run, metric: str) -> str:
+        return metric if len(self.runs) == 1 else f"sae{run.index}/{metric}"
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        """Write step_N/ (aside, then renamed in), record it as the resume point, keep the last few."""
+        if self.group.rank == 0:
+            for run in self.runs:
+                if not all(bool(torch.isfinite(p).all()) for p in run.sae.parameters()):
+                    raise NumericsError(f"SAE {run.index} has non-finite weights at step {self.step}; "
+                                        "no checkpoint was written", suggestion="lower lr and resume")
+            final = self.folder / f"step_{self.step:08d}"
+            tmp = self.folder / f".step_{self.step:08d}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            for run in self.runs:
+                run.sae.save(tmp / f"sae{run.index}")
+            torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
+                        "source": self.source.state(), "rng": torch.get_rng_state()}, tmp / CHECKPOINT_FILE)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self.ctx.commit({"step": self.step, "checkpoint": final.name})
+            kept = sorted(p for p in self.folder.glob("step_*") if p.is_dir())
+            for old in kept[:-self.tc.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.group.barrier()
+
+    def _restore(self, point: dict) -> dict:
+        from safetensors.torch import load_file
+
+        path = self.folder / point["checkpoint"]
+        state = torch.load(path / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+        for run, run_state in zip(self.runs, state["runs"]):
+            run.sae.load_state_dict(load_file(path / f"sae{run.index}" / "sae.safetensors", device=str(self.device)))
+            run.restore(run_state)
+        torch.set_rng_state(state["rng"])
+        self.step, self.scale = int(state["step"]), float(state["scale"])
+        self.ctx.event(f"resuming from the checkpoint at step {self.step:,}")
+        return state["source"]
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def _initialise(self, sample: torch.Tensor) -> None:
+        """Input scale (mean squared norm -> d_in) and each decoder bias, from the first rows."""
+        sample = sample[:INIT_SAMPLE_ROWS].float()
+        if self.tc.normalize_activations == "expected_norm":
+            self.scale = float(math.sqrt(sample.shape[1] / sample.pow(2).sum(1).mean().clamp_min(1e-12)))
+        sample = sample * self.scale
+        for run in self.runs:
+            init = run.config.b_dec_init
+            if init != "zeros":
+                center = geometric_median(sample.cpu()) if init == "geometric_median" else sample.mean(0)
+                with torch.no_grad():
+                    run.sae.b_dec.copy_(center.to(self.device))
+
+    def run(self) -> dict | None:
+        tc, ctx, group = self.tc, self.ctx, self.group
+        total = tc.total_steps
+        source_state = self._restore(ctx.resume_point) if ctx.resume_point else None
+        if group.rank == 0:
+            passes = tc.total_tokens / max(1, getattr(self.source, "train_rows", 0) or tc.total_tokens)
+            ctx.event(f"training {len(self.runs)} SAE(s) on {self.source.describe()}: {total:,} steps of "
+                      f"{tc.batch_size:,} tokens" + (f" ({passes:.1f} passes over the data)" if passes > 1.01 else ""))
+        batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state)
+        local = tc.batch_size // group.world
+        lo = group.rank * local
+        started, interval_start, interval_tokens = time.monotonic(), time.monotonic(), 0
+        try:
+            for batch in batches:
+                if self.step >= total:
+                    break
+                x = batch.to(device=self.device, dtype=torch.float32)
+                if self.step == 0 and not ctx.resume_point:
+                    self._initialise(x)
+                x = x[lo:lo + local] * self.scale
+                log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == total
+                outputs = [self._step(run, x) for run in self.runs]
+                self.step += 1
+                interval_tokens += tc.batch_size
+                if log_now:
+                    now = time.monotonic()
+                    self._log(outputs, x, interval_tokens / max(now - interval_start, 1e-9))
+                    interval_start, interval_tokens = now, 0
+                cancelled = False
+                if group.rank == 0:
+                    try:
+                        ctx.progress(self.step, total, unit="steps", phase="training", tokens=self.step * tc.batch_size)
+                    except JobCancelled:
+                        cancelled = True
+                if group.any(cancelled):  # every rank stops at the same step
+                    raise JobCancelled(f"job {ctx.job_id} was cancelled")
+                if self.step % tc.checkpoint_every == 0 and self.step < total:
+                    self._checkpoint()
+        except JobCancelled:
+            self._checkpoint()  # keep what was done
+            raise
+        finally:
+            close = getattr(batches, "close", None)
+            if close:
+                close()
+        log.debug("trained %d steps in %.1f s", self.step, time.monotonic() - started)
+        return self._finish()
+
+    def _step(self, run: _Run, x: torch.Tensor):
+        tc = self.tc
+        factor = _lr_factor(self.step, tc)
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.lr * factor
+        warmup = tc.steps(tc.l1_warmup)
+        state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens,
+                              sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
+        out = run.sae.training_forward(x, state)
+        out.loss.backward()
+        self.group.mean_([p.grad for p in run.sae.parameters() if p.grad is not None])
+        run.sae.remove_parallel_decoder_grad()
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.sae.normalize_decoder()
+        fired = self.group.sum_(out.fired.clone())
+        run.since_fired.add_(tc.batch_size).masked_fill_(fired > 0, 0)
+        return out
+
+    def _log(self, outputs, x: torch.Tensor, tokens_per_s: float) -> None:
+        values = {}
+        for run, out in zip(self.runs, outputs):
+            err = (out.x_hat - x).pow(2)
+            numbers = torch.stack([out.loss.detach(), err.sum(-1).mean(), err.sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12),
+                                   out.l0.float(), out.extra.get("l1", torch.tensor(0.0, device=x.device)).float(),
+                                   out.extra.get("auxk", torch.tensor(0.0, device=x.device)).float()]).float()
+            self.group.mean_([numbers])
+            loss, mse, fvu, l0, l1, auxk = numbers.tolist()
+            if not math.isfinite(loss):
+                last = self.ctx.resume_point["step"] if self.ctx.resume_point else None
+                raise NumericsError(
+                    f"the loss of SAE {run.index} became {loss} at step {self.step:,}; "
+                    + (f"the last good checkpoint (step {last:,}) is kept" if last is not None else "no checkpoint was written yet"),
+                    suggestion=f"lower lr (it was {run.lr:g}) or check the activations for inf/NaN, then train again")
+            dead = float((run.since_fired >= self.tc.dead_after_tokens).float().mean())
+            named = {"loss": loss, "mse": mse, "fvu": fvu, "l0": l0, "l1": l1, "dead_fraction": dead,
+                     "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
+            if "auxk" in out.extra:
+                named["auxk"] = auxk
+            values.update({self._name(run, k): v for k, v in named.items()})
+        if self.group.rank == 0:
+            self.ctx.metrics(self.step, **values)
+
+    # -- the end --------------------------------------------------------------------------------------
+    def _finish(self) -> dict | None:
+        if self.group.rank != 0:
+            return None
+        ctx, tc = self.ctx, self.tc
+        ctx.progress(self.step, tc.total_steps, unit="steps", phase="evaluating")
+        lm, tokens, include_bos = self._downstream_model()
+        results = []
+        for run in self.runs:
+            sae = run.sae.eval()
+            sae.fold_input_scale(self.scale)
+            evaluation = reconstruction_metrics(sae, self.source.eval_batches(tc.batch_size))
+            evaluation["dead_fraction"] = float((run.since_fired >= tc.dead_after_tokens).float().mean())
+            if lm is not None:
+                evaluation.update(downstream_metrics(sae, lm, tokens, self.spec["hook_point"], self._ce_sequences(tokens),
+                                                     include_bos=include_bos))
+            path = self.folder / "final" / (f"sae{run.index}" if len(self.runs) > 1 else "")
+            sae.save(path, extra={"hook_point": self.spec["hook_point"], "job_id": ctx.job_id, "input_scale_folded": self.scale,
+                                  "trained_tokens": self.step * tc.batch_size, "source": self.spec["source"],
+                                  "eval": evaluation})
+            results.append({"path": str(path), "eval": evaluation})
+            ctx.event(f"SAE {run.index}: held-out " + ", ".join(f"{k}={v:.4g}" for k, v in evaluation.items()))
+        ctx.metrics(self.step, **{self._name(r, f"eval_{k}"): v for r, item in zip(self.runs, results)
+                                  for k, v in item["eval"].items()})
+        for old in self.folder.glob("step_*"):
+            shutil.rmtree(old, ignore_errors=True)
+        ctx.progress(self.step, tc.total_steps, unit="steps", phase="done")
+        return {"saes": results, "steps": self.step, "tokens": self.step * tc.batch_size,
+                "hook_point": self.spec["hook_point"]}
+
+    def _downstream_model(self):
+        """(model, token store, include_bos) for the CE evaluation, or Nones when there is no model."""
+        if isinstance(self.source, ModelSource):
+            return self.source.lm, self.source.tokens, self.source.bos is None
+        ref = self.spec.get("eval_model")
+        if ref is None:
+            return None, None, False
+        attrs = self.source.store.attrs
+        tokens_ref = attrs.get("tokens")
+        if not tokens_ref:
+            self.ctx.event("the store records no token store; downstream evaluation skipped", level="warning")
+            return None, None, False
+        lm = load_model_from_ref(ref, device=self.tc.device)
+        return lm, TokenStore(tokens_ref["path"], self.ctx.workspace), bool(attrs.get("include_bos", False))
+
+    def _ce_sequences(self, tokens: TokenStore) -> range:
+        n_seq = max(1, math.ceil(min(self.tc.eval_tokens, 8192) / tokens.context_length))
+        if isinstance(self.source, ModelSource):
+            start, stop = self.source.eval_sequence_range()
+            return range(start, min(stop, start + n_seq))
+        return range(max(0, tokens.n_sequences - n_seq), tokens.n_sequences)
+

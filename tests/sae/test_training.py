@@ -1,0 +1,227 @@
+"""sk.train: learning a known dictionary, metrics, sweeps, checkpoints and exact resume, bad input, numerics."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import saekit as sk
+from saekit.errors import ConfigError, HookPointError, JobFailedError
+from saekit.jobs.events import read_all
+from saekit.jobs.lifecycle import events_path
+from saekit.sae.sources import StoreSource
+
+from conftest import dictionary_data, quick
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_recovers_a_known_dictionary(ws, arch):
+    """Tokens made of 4 of 256 random atoms in 64 dims: > 90% of atoms found (best decoder cosine > 0.9)
+    and < 1% dead latents."""
+    x, atoms = dictionary_data(300_000, 64, 256, 4)
+    store = sk.ActivationStore.from_array(x, "dictionary")
+    job = sk.train(store, "dictionary", sk.SAEConfig(arch=arch, d_sae=256, k=4),
+                   sk.TrainConfig(total_tokens=1_500_000, batch_size=1024, lr=3e-3, log_every=100,
+                                  checkpoint_every=10_000, dead_after_tokens=20_000, eval_tokens=8192),
+                   background=False, progress=False)
+    sae = job.result()
+    cosines = torch.nn.functional.normalize(sae.W_dec, dim=1) @ atoms.t()
+    recovered = float((cosines.max(0).values > 0.9).float().mean())
+    evaluation = job.info()["result"]["saes"][0]["eval"]
+    assert recovered > 0.9, (recovered, evaluation)
+    assert evaluation["dead_fraction"] < 0.01
+    assert evaluation["fvu"] < 0.2 and evaluation["l0"] == pytest.approx(4, abs=0.25)
+
+
+def test_metrics_schedule_and_result(ws, small_store):
+    job = sk.train(small_store, "toy", sk.SAEConfig(arch="topk", expansion_factor=4, k=3),
+                   quick(lr_warmup=5, lr_decay="linear", lr_decay_fraction=0.5), background=False, progress=False)
+    sae = job.result()
+    assert isinstance(sae, sk.SAE) and sae.d_in == 16 and sae.d_sae == 64
+    metrics = job.metrics()
+    for name in ("loss", "mse", "fvu", "l0", "l1", "dead_fraction", "lr", "tokens_per_s"):
+        assert metrics[name].notna().sum() >= 7, name
+    assert metrics.index.max() == 40 and (metrics["l0"].dropna() <= 3 + 1e-6).all()
+    lr = metrics["lr"].dropna()
+    assert lr.loc[5] == pytest.approx(3e-3) and lr.loc[40] == pytest.approx(0.0, abs=1e-12)  # warmed up, decayed
+    assert lr.loc[30] == pytest.approx(3e-3 * 0.5)
+    assert metrics["fvu"].dropna().iloc[-1] < metrics["fvu"].dropna().iloc[0]
+    result = job.info()["result"]
+    evaluation = result["saes"][0]["eval"]
+    assert evaluation["eval_tokens"] == 2_000 and 0 <= evaluation["fvu"] < 1
+    assert result["tokens"] == 20_000 and result["steps"] == 40
+    assert sae.metadata["hook_point"] == "toy" and sae.metadata["eval"]["fvu"] == evaluation["fvu"]
+    assert metrics["eval_fvu"].dropna().iloc[0] == pytest.approx(evaluation["fvu"])
+    folder = ws.path / "saes" / job.id
+    assert (folder / "final" / "sae.safetensors").exists() and not list(folder.glob("step_*"))
+    again = sk.train(small_store, "toy", sk.SAEConfig(arch="topk", expansion_factor=4, k=3),
+                     quick(lr_warmup=5, lr_decay="linear", lr_decay_fraction=0.5), background=False, progress=False)
+    assert again.id == job.id  # a finished spec is returned, not trained again
+    job.delete()
+    assert not folder.exists()
+
+
+def test_sweep_trains_several_saes_on_one_read(ws, small_store):
+    configs = [sk.SAEConfig(arch="topk", d_sae=32, k=2), sk.SAEConfig(arch="topk", d_sae=64, k=4),
+               sk.SAEConfig(arch="relu", d_sae=32, l1_coefficient=0.1)]
+    job = sk.train(small_store, "toy", configs, quick(), background=False, progress=False)
+    saes = job.result()
+    assert [s.d_sae for s in saes] == [32, 64, 32] and [s.arch for s in saes] == ["topk", "topk", "relu"]
+    metrics = job.metrics()
+    assert metrics["sae0/l0"].dropna().max() <= 2 + 1e-6 and metrics["sae1/l0"].dropna().max() <= 4 + 1e-6
+    assert "sae2/l1" in metrics and "loss" not in metrics
+    assert len(job.info()["result"]["saes"]) == 3
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_dense_architectures_learn(ws, small_store, arch):
+    config = sk.SAEConfig(arch=arch, d_sae=64, l1_coefficient=0.05, l0_coefficient=0.01, jumprelu_init_threshold=0.05,
+                          jumprelu_bandwidth=0.05)
+    job = sk.train(small_store, "toy", config, quick(total_tokens=60_000, lr=3e-3), background=False, progress=False)
+    sae = job.result()
+    metrics = job.metrics()
+    assert metrics["mse"].dropna().iloc[-1] < 0.5 * metrics["mse"].dropna().iloc[0]
+    evaluation = job.info()["result"]["saes"][0]["eval"]
+    assert evaluation["fvu"] < 0.5 and 0 < evaluation["l0"] < 64
+    if arch == "jumprelu":
+        assert not torch.allclose(sae.threshold, torch.full((64,), 0.05))  # thresholds learned
+
+
+def _commits(ws, job) -> int:
+    return len([r for r in read_all(events_path(ws, job.id)) if r["t"] == "commit"])
+
+
+def _wait_for(predicate, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_killed_cancelled_and_resumed_equals_one_go(ws):
+    """kill -9 mid-run, resume, cancel, resume: the final weights equal an uninterrupted run's."""
+    x, _ = dictionary_data(40_000, 16, 64, 3, seed=5)
+    store = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)
+    args = (store, "toy", sk.SAEConfig(arch="batchtopk", d_sae=256, k=3))
+    tc = quick(total_tokens=1_000_000, checkpoint_every=50, log_every=25, dead_after_tokens=20_000)
+    job = sk.train(*args, tc, progress=False)
+    _wait_for(lambda: _commits(ws, job) >= 2, "two checkpoints")
+    os.kill(job.info()["worker_pid"], signal.SIGKILL)
+    _wait_for(lambda: job.status == "failed", "the kill to be noticed")
+    assert job.info()["error_type"] == "worker_lost"
+    job.resume(progress=False)
+    before = _commits(ws, job)
+    _wait_for(lambda: _commits(ws, job) >= before + 2, "checkpoints after the resume")
+    job.cancel().wait(timeout=60)
+    assert job.status == "cancelled"
+    job.resume(progress=False)
+    resumed = job.result(timeout=300)
+    messages = [e["message"] for e in job.events()]
+    assert sum("resuming from the checkpoint" in m for m in messages) == 2 and job.attempt == 3
+    straight = sk.train(*args, tc, background=False, force=True, progress=False)
+    assert straight.id != job.id
+    expected = straight.result()
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    pd_resumed, pd_straight = job.metrics(), straight.metrics()
+    np.testing.assert_allclose(pd_resumed["loss"].dropna().to_numpy()[-5:], pd_straight["loss"].dropna().to_numpy()[-5:],
+                               rtol=1e-5)
+
+
+def test_bad_input_is_refused_before_anything_starts(ws, small_store):
+    with pytest.raises(ConfigError, match="d_in=32 does not match the data's width 16"):
+        sk.train(small_store, "toy", sk.SAEConfig(d_in=32, k=4), quick())
+    with pytest.raises(ConfigError, match="k=20 must be smaller than d_sae=16"):
+        sk.train(small_store, "toy", sk.SAEConfig(d_sae=16, k=20), quick())
+    with pytest.raises(ConfigError, match="batch_size=19000 is larger than the 18,000 training rows"):
+        sk.train(small_store, "toy", sk.SAEConfig(k=4), quick(batch_size=19_000, total_tokens=50_000))
+    with pytest.raises(ConfigError, match="'blocks.0.resid_post' is not in activation store"):
+        sk.train(small_store, "blocks.0.resid_post", sk.SAEConfig(k=4), quick())
+    with pytest.raises(ConfigError, match="source must be"):
+        sk.train([1, 2, 3], "toy", sk.SAEConfig(k=4), quick())
+    with pytest.raises(ConfigError, match="divide evenly over nproc=3"):
+        sk.train(small_store, "toy", sk.SAEConfig(k=4), quick(), launcher="torchrun", nproc=3)
+    with pytest.raises(ConfigError, match="no template named 'nope'"):
+        sk.train(small_store, "toy", template="nope")
+    assert len(sk.jobs()) == 0  # nothing was submitted
+
+
+def test_non_finite_loss_fails_as_numerics_and_keeps_the_last_checkpoint(ws):
+    x, _ = dictionary_data(20_000, 16, 64, 3, seed=2)
+    tc = quick(checkpoint_every=2, log_every=1)
+    source = StoreSource(sk.ActivationStore.from_array(x, "clean", chunk_bytes=2**16), "clean", tc.eval_tokens)
+    first = next(source.batches(tc.batch_size, tc.seed, 6, torch.device("cpu")))  # the batch of step 6 (the 7th)
+    bad_row = int(np.flatnonzero((x.numpy() == first[0].numpy()).all(1))[0])
+    x[bad_row, 0] = float("inf")
+    store = sk.ActivationStore.from_array(x, "clean", chunk_bytes=2**16)
+    job = sk.train(store, "clean", sk.SAEConfig(k=3, d_sae=32), tc, background=False, progress=False)
+    with pytest.raises(JobFailedError) as failure:
+        job.result()
+    assert failure.value.error_type == "numerics" and "lower lr" in failure.value.suggestion
+    assert "at step 7" in str(failure.value) and "last good checkpoint (step 6)" in str(failure.value)
+    kept = sorted(p.name for p in (ws.path / "saes" / job.id).glob("step_*"))
+    assert kept == ["step_00000004", "step_00000006"]
+    assert all(torch.isfinite(p).all() for p in sk.SAE.load(ws.path / "saes" / job.id / "step_00000006" / "sae0").parameters())
+
+
+def test_templates_feed_train(ws, small_store):
+    sk.templates.save("tiny-topk", sk.SAEConfig(arch="topk", d_sae=32, k=2), quick(), description="for tests")
+    job = sk.train(small_store, "toy", template="tiny-topk", background=False, progress=False)
+    sae = job.result()
+    assert sae.config.k == 2 and sae.d_sae == 32
+    override = sk.train(small_store, "toy", sk.SAEConfig(arch="topk", d_sae=48, k=2), template="tiny-topk",
+                        background=False, progress=False).result()
+    assert override.d_sae == 48
+
+
+def test_train_on_model_activations_with_downstream_evaluation(ws, docs_file, tiny_lm):
+    tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=64, max_documents=300,
+                         background=False, progress=False).result()
+    hook = "blocks.1.resid_post"
+    job = sk.train((tiny_lm, tokens), hook, sk.SAEConfig(arch="topk", d_sae=256, k=8),
+                   sk.TrainConfig(total_tokens=20_000, batch_size=1000, lr=1e-3, log_every=5, checkpoint_every=100,
+                                  eval_tokens=2048), background=False, progress=False)
+    sae = job.result()
+    evaluation = job.info()["result"]["saes"][0]["eval"]
+    assert sae.d_in == tiny_lm.d_model and evaluation["fvu"] < 1
+    assert evaluation["kl"] >= 0 and evaluation["ce_tokens"] > 1000
+    gap = evaluation["ce_zero"] - evaluation["ce_clean"]
+    assert evaluation["ce_recovered"] == pytest.approx((evaluation["ce_zero"] - evaluation["ce_sae"]) / gap)
+    # the splice itself: a perfect reconstruction recovers everything, a zero one nothing
+    from saekit.sae.evaluation import downstream_metrics
+
+    sequences = range(tokens.n_sequences - 8, tokens.n_sequences)
+    perfect = downstream_metrics(lambda a: a, tiny_lm, tokens, hook, sequences)
+    assert perfect["ce_sae"] == pytest.approx(perfect["ce_clean"], abs=1e-6) and perfect["kl"] == pytest.approx(0, abs=1e-6)
+    assert perfect["ce_recovered"] == pytest.approx(1.0, abs=1e-4)
+    zero = downstream_metrics(torch.zeros_like, tiny_lm, tokens, hook, sequences)
+    assert zero["ce_sae"] == pytest.approx(zero["ce_zero"], abs=1e-6) and zero["ce_recovered"] == pytest.approx(0, abs=1e-4)
+    assert zero["ce_clean"] == pytest.approx(perfect["ce_clean"])
+    acts = sk.extract(tiny_lm, tokens, hook, dtype="float32", background=False, progress=False).result()
+    from_store = sk.train(acts, hook, sk.SAEConfig(arch="topk", d_sae=256, k=8),
+                          sk.TrainConfig(total_tokens=10_000, batch_size=1000, lr=1e-3, eval_tokens=2048),
+                          eval_model=tiny_lm, background=False, progress=False)
+    from_store.result()
+    assert "ce_recovered" in from_store.info()["result"]["saes"][0]["eval"]
+    with pytest.raises(HookPointError):
+        sk.train((tiny_lm, tokens), "blocks.9.resid_post", sk.SAEConfig(k=8), quick())
+
+
+def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
+    from saekit.sae.sources import ModelSource
+
+    tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=64, max_documents=100,
+                         background=False, progress=False).result()
+    source = ModelSource(tiny_lm, tokens, "blocks.0.resid_post", eval_tokens=512, sequences_per_forward=3)
+    stream = source.batches(100, 7, 0, torch.device("cpu"))
+    seen = [next(stream) for _ in range(12)]
+    state = source.state()
+    later = [next(stream) for _ in range(4)]
+    again = ModelSource(tiny_lm, tokens, "blocks.0.resid_post", eval_tokens=512, sequences_per_forward=3)
+    restarted = again.batches(100, 7, 12, torch.device("cpu"), state)
+    for expected in later:
+        torch.testing.assert_close(next(restarted), expected, rtol=0, atol=0)
+    assert all(len(b) == 100 for b in seen) and source.train_sequences + source.eval_sequences == tokens.n_sequences
