@@ -177,7 +177,9 @@ class ActivationStore:
         stop_row = None if epochs is None else epochs * n
         if stop_row is not None and start_row >= stop_row:
             return
-        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype), prefetch)
+        # a window in the reading buffer plus (prefetch - 1) windows of pieces in the queue
+        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype),
+                              max(1, prefetch - 1) * plan.pieces_per_window)
         pending, pending_rows = [], 0
         try:
             for rows in windows:
@@ -250,10 +252,14 @@ class _WindowPlan:
     """Which rows come in which order: chunks in a seeded permutation per epoch, windows of chunks
     shuffled as a whole. Pure arithmetic until a window is read, so any step can be the first."""
 
+    PIECE_ROWS = 8192  # a shuffled window is handed over in pieces of this many rows
+
     def __init__(self, n: int, chunk_rows: int, chunk_bytes: int, shuffle: bool, seed: int, buffer_bytes: int):
         self.n, self.chunk_rows, self.shuffle, self.seed = n, chunk_rows, shuffle, seed
         self.n_chunks = -(-n // chunk_rows)
         self.per_window = max(1, buffer_bytes // max(1, chunk_bytes)) if shuffle else 1
+        self.pieces_per_window = max(1, -(-self.per_window * chunk_rows // self.PIECE_ROWS))
+        self._buffer: np.ndarray | None = None
 
     def _chunk_rows(self, c: int) -> int:
         return min(self.chunk_rows, self.n - c * self.chunk_rows)
@@ -263,6 +269,20 @@ class _WindowPlan:
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.n_chunks)
         return [order[i:i + self.per_window].tolist() for i in range(0, self.n_chunks, self.per_window)]
+
+    def _shuffled(self, parts: list[np.ndarray], size: int, rng, offset: int, end: int, dtype: str) -> Iterator[torch.Tensor]:
+        """Rows ``offset:end`` of the window in its shuffled order, gathered a piece at a time from a
+        buffer kept across windows (a fresh window-sized array would page-fault on every window)."""
+        permutation = torch.from_numpy(rng.permutation(size))
+        if self._buffer is None or len(self._buffer) < size or self._buffer.shape[1:] != parts[0].shape[1:]:
+            self._buffer = np.empty((size, *parts[0].shape[1:]), dtype=parts[0].dtype)
+        window = self._buffer[:size]
+        np.concatenate(parts, out=window)
+        bits = window.dtype == np.uint16  # bfloat16 bits: gathered as int16, which torch indexes
+        rows = torch.from_numpy(window.view(np.int16) if bits else window)
+        for lo in range(offset, end, self.PIECE_ROWS):
+            piece = rows.index_select(0, permutation[lo:min(end, lo + self.PIECE_ROWS)]).numpy()
+            yield to_torch(piece.view(np.uint16) if bits else piece, dtype)
 
     def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str) -> Iterator[torch.Tensor]:
         """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time."""
@@ -275,12 +295,12 @@ class _WindowPlan:
                     offset -= size
                     position += size
                     continue
-                rows = np.concatenate([array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)]
-                                       for c in chunks])
-                if self.shuffle:
-                    rows = rows[np.random.default_rng([self.seed, epoch, w]).permutation(len(rows))]
+                parts = [array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)] for c in chunks]
                 end = size if stop_row is None else min(size, stop_row - position)
-                yield to_torch(rows[offset:end], dtype)
+                if self.shuffle:
+                    yield from self._shuffled(parts, size, np.random.default_rng([self.seed, epoch, w]), offset, end, dtype)
+                else:
+                    yield to_torch(np.concatenate(parts)[offset:end], dtype)
                 position += size
                 offset = 0
                 if stop_row is not None and position >= stop_row:

@@ -106,7 +106,7 @@ def test_killed_cancelled_and_resumed_equals_one_go(ws):
     x, _ = dictionary_data(40_000, 16, 64, 3, seed=5)
     store = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)
     args = (store, "toy", sk.SAEConfig(arch="batchtopk", d_sae=256, k=3))
-    tc = quick(total_tokens=1_000_000, checkpoint_every=50, log_every=25, dead_after_tokens=20_000)
+    tc = quick(total_tokens=600_000, checkpoint_every=50, log_every=25, dead_after_tokens=20_000)
     job = sk.train(*args, tc, progress=False)
     _wait_for(lambda: _commits(ws, job) >= 2, "two checkpoints")
     os.kill(job.info()["worker_pid"], signal.SIGKILL)
