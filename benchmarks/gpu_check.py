@@ -1,12 +1,14 @@
 """CUDA checks for a machine with a GPU; prints JSON (one object per check). Run from the repo root:
 
-    python benchmarks/gpu_check.py
+    python benchmarks/gpu_check.py [NAME_PREFIX ...]   # e.g. `train` runs only the training checks
 
 Device placement and dtype of ``load_model("auto")``, hook points in bfloat16 on the GPU against float32
 on the CPU, the memory refusal with the GPU's free memory, pynvml on the real GPU (and whether a worker's
 pid appears in its process list), a background job on the GPU, a real CUDA out-of-memory error
 classified as ``oom``, extraction on the GPU in a background worker, and extraction halving its batch
-on real CUDA out-of-memory errors. Each check reports its own failure and the others go on.
+on real CUDA out-of-memory errors; SAE training on the GPU (a background worker on bfloat16 activations,
+a model-streamed source, and tokens/s of sk.train vs a hand-written TopK loop vs the encoder matmul's
+bound). Each check reports its own failure and the others go on.
 """
 
 from __future__ import annotations
@@ -169,11 +171,78 @@ def main() -> None:
         return {"status": job.status, "warnings": warnings, "n_tokens": job.info()["result"]["n_tokens"]
                 if job.status == "completed" else None, "error": job.info()["error_message"]}
 
+    def train_background_gpu():
+        lm = sk.load_model(model_dir)
+        corpus_file = tmp / "docs.jsonl"
+        if not corpus_file.exists():
+            corpus_file.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+        store = sk.tokenize(sk.load_corpus(corpus_file), lm, context_length=64, background=False, progress=False).result()
+        acts = sk.extract(lm, store, "blocks.2.resid_post", background=False, progress=False).result()
+        t = time.perf_counter()
+        run = sk.train(acts, "blocks.2.resid_post", sk.SAEConfig(arch="topk", expansion_factor=16, k=16),
+                       sk.TrainConfig(total_tokens=2_000_000, batch_size=4096, log_every=20), eval_model=lm)
+        sae = run.result(timeout=300)
+        streamed = sk.train((lm, store), "blocks.2.resid_post", sk.SAEConfig(arch="batchtopk", expansion_factor=8, k=16),
+                            sk.TrainConfig(total_tokens=200_000, batch_size=4096, log_every=10), background=False,
+                            progress=False)
+        return {"seconds_with_worker_start": round(time.perf_counter() - t, 2), "store_dtype": str(acts.dtype),
+                "param_dtypes": sorted({str(p.dtype) for p in sae.parameters()}),
+                "eval": run.info()["result"]["saes"][0]["eval"],
+                "tokens_per_s": float(run.metrics()["tokens_per_s"].dropna().median()),
+                "streamed_eval": streamed.info()["result"]["saes"][0]["eval"], "streamed_status": streamed.status}
+
+    def train_speed():
+        x = torch.randn(262_144, 512)
+        store = sk.ActivationStore.from_array(x, "bench")
+        batch, d_sae, k = 4096, 8192, 32
+        out = {}
+        a, w = torch.randn(batch, 512, device="cuda"), torch.randn(d_sae, 512, device="cuda")
+        for dtype in (torch.float32, torch.bfloat16):
+            aa, ww = a.to(dtype), w.to(dtype)
+            for _ in range(3):
+                aa @ ww.t()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(50):
+                aa @ ww.t()
+            torch.cuda.synchronize()
+            out[f"matmul_bound_tokens_per_s_{str(dtype)[6:]}"] = round(batch * 50 / (time.perf_counter() - t))
+        for encoder_dtype in ("float32", "bfloat16"):
+            run = sk.train(store, "bench", sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, encoder_dtype=encoder_dtype),
+                           sk.TrainConfig(total_tokens=batch * 300, batch_size=batch, lr=1e-4, log_every=50,
+                                          eval_tokens=batch, checkpoint_every=10**9), background=False, progress=False)
+            out[f"saekit_tokens_per_s_{encoder_dtype}"] = round(float(run.metrics()["tokens_per_s"].dropna().iloc[1:].median()))
+        w_enc = (torch.randn(d_sae, 512, device="cuda") / 512**0.5).requires_grad_()
+        w_dec = w_enc.detach().clone().requires_grad_()
+        b_enc = torch.zeros(d_sae, device="cuda", requires_grad=True)
+        b_dec = torch.zeros(512, device="cuda", requires_grad=True)
+        opt = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=1e-4)
+        data = x.cuda()
+        for step in range(120):
+            if step == 20:
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+            xb = data[(step * batch) % (len(data) - batch):][:batch]
+            pre = (xb - b_dec) @ w_enc.t() + b_enc
+            values, indices = pre.topk(k, dim=1, sorted=False)
+            z = torch.zeros_like(pre).scatter(1, indices, values.relu())
+            ((z @ w_dec + b_dec - xb) ** 2).sum(-1).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        out["hand_loop_tokens_per_s"] = round(100 * batch / (time.perf_counter() - t))
+        out["saekit_over_hand"] = round(out["saekit_tokens_per_s_float32"] / out["hand_loop_tokens_per_s"], 2)
+        out["fraction_of_fp32_bound"] = round(out["saekit_tokens_per_s_float32"] / out["matmul_bound_tokens_per_s_float32"], 3)
+        return out
+
+    wanted = sys.argv[1:]
     for name, fn in [("cuda", cuda), ("placement", placement), ("refusal", refusal),
                      ("nvml_and_background_job", nvml_and_job), ("cuda_oom_classified", oom),
                      ("tokenize_background", tokenize_job), ("extract_background_gpu", extract_background),
-                     ("extract_oom_halving", extract_oom_halving)]:
-        check(name, fn)
+                     ("extract_oom_halving", extract_oom_halving), ("train_background_gpu", train_background_gpu),
+                     ("train_speed", train_speed)]:
+        if not wanted or name == "cuda" or any(name.startswith(w) for w in wanted):
+            check(name, fn)
 
 
 if __name__ == "__main__":

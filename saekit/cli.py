@@ -146,7 +146,8 @@ def cmd_worker(args) -> int:
 def cmd_demo(args) -> int:
     from saekit.demo import run_demo
 
-    return run_demo(workspace=args.workspace, max_documents=args.max_documents, max_tokens=args.max_tokens)
+    return run_demo(workspace=args.workspace, max_documents=args.max_documents, max_tokens=args.max_tokens,
+                    train_tokens=args.train_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M, as far as it is built")
     p.add_argument("--max-documents", type=int, default=None, help="tokenize only this many documents")
     p.add_argument("--max-tokens", type=int, default=20_000, help="tokens of activations to extract")
+    p.add_argument("--train-tokens", type=int, default=200_000, help="tokens the demo SAE trains on")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -5,7 +5,9 @@
 3. write a corpus of Python's standard-library docstrings and tokenize it in a background job;
 4. read activations at a few hook points and generate a sentence;
 5. extract ``blocks.6.resid_post`` activations into a Zarr store in a background job, and stream
-   shuffled batches back from it.
+   shuffled batches back from it;
+6. train a TopK SAE on them in a background job, and evaluate it on held-out tokens (FVU, L0, dead
+   latents, and the model's loss with the SAE spliced in).
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -38,7 +40,7 @@ def _corpus_file(ws) -> Path:
 
 
 def run_demo(workspace: str | None = None, max_documents: int | None = None, context_length: int = 128,
-             max_tokens: int = 20_000) -> int:
+             max_tokens: int = 20_000, train_tokens: int = 200_000) -> int:
     import torch
 
     import saekit as sk
@@ -93,8 +95,25 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     batch = next(acts.batches("blocks.6.resid_post", 4096, seed=0))
     print(f"    a shuffled training batch: {tuple(batch.shape)} {batch.dtype}")
 
+    t = _step(6, "train a TopK SAE (8x, k=32) on those activations (a background job), then evaluate it")
+    run = sk.train(acts, "blocks.6.resid_post", sk.SAEConfig(arch="topk", expansion_factor=8, k=32),
+                   sk.TrainConfig(total_tokens=train_tokens, batch_size=2048, lr=1e-3, log_every=10,
+                                  eval_tokens=max_tokens // 10, ce_eval_tokens=1024),
+                   eval_model=lm)
+    sae = run.result(progress=True)
+    timings["train"] = time.perf_counter() - t
+    metrics = run.metrics()
+    evaluation = run.info()["result"]["saes"][0]["eval"]
+    print(f"    {sae}")
+    print(f"    {len(metrics)} logged steps; training tokens/s {metrics['tokens_per_s'].dropna().median():,.0f}; "
+          f"loss {metrics['loss'].dropna().iloc[0]:.3f} -> {metrics['loss'].dropna().iloc[-1]:.3f}")
+    print("    held out: " + ", ".join(f"{k} {evaluation[k]:.3f}" for k in
+                                       ("fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_recovered", "kl")
+                                       if k in evaluation))
+    print(f"    saved in {run.info()['result']['saes'][0]['path']} (sk.SAE.load(path), sae.to_saelens(folder))")
+
     print("\njobs in this workspace (`saekit jobs`):")
     print(sk.jobs())
     print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print("next: SAE training, feature analysis and steering join this demo as they are built.")
+    print("next: feature analysis and steering join this demo as they are built.")
     return 0

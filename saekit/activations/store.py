@@ -9,9 +9,11 @@ source. Arrays are chunked by rows. Zarr has no bfloat16: bfloat16 rows are stor
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +28,7 @@ from saekit.workspace import Workspace, as_workspace
 SOURCE_ARRAYS = ("token_ids", "doc_ids", "positions")
 STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+READER_THREADS = min(8, os.cpu_count() or 2)  # chunks of a window are read and decompressed in parallel
 
 
 def is_url(location: str | Path) -> bool:
@@ -178,7 +181,8 @@ class ActivationStore:
         if stop_row is not None and start_row >= stop_row:
             return
         # a window in the reading buffer plus (prefetch - 1) windows of pieces in the queue
-        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype),
+        readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="saekit-read")
+        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype, readers),
                               max(1, prefetch - 1) * plan.pieces_per_window)
         pending, pending_rows = [], 0
         try:
@@ -195,6 +199,7 @@ class ActivationStore:
                 yield batch.to(target) if target is not None else batch
         finally:
             windows.close()
+            readers.shutdown(wait=False, cancel_futures=True)
 
     # -- management -----------------------------------------------------------------------------------
     @classmethod
@@ -284,8 +289,9 @@ class _WindowPlan:
             piece = rows.index_select(0, permutation[lo:min(end, lo + self.PIECE_ROWS)]).numpy()
             yield to_torch(piece.view(np.uint16) if bits else piece, dtype)
 
-    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str) -> Iterator[torch.Tensor]:
-        """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time."""
+    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str, readers) -> Iterator[torch.Tensor]:
+        """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time, its chunks
+        read (and decompressed) by the ``readers`` thread pool."""
         epoch, offset = divmod(start_row, self.n)
         position = epoch * self.n
         while stop_row is None or position < stop_row:
@@ -295,7 +301,8 @@ class _WindowPlan:
                     offset -= size
                     position += size
                     continue
-                parts = [array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)] for c in chunks]
+                parts = list(readers.map(lambda c: array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)],
+                                         chunks))
                 end = size if stop_row is None else min(size, stop_row - position)
                 if self.shuffle:
                     yield from self._shuffled(parts, size, np.random.default_rng([self.seed, epoch, w]), offset, end, dtype)

@@ -118,7 +118,8 @@ class TrainConfig(_Config):
     ``lr_decay_fraction`` of the run. ``log_every`` and ``checkpoint_every`` count steps. A latent is dead
     once it has not fired for ``dead_after_tokens`` tokens. ``normalize_activations="expected_norm"``
     scales inputs so their mean squared norm is ``d_in`` (the scale is folded into the saved weights).
-    ``eval_tokens`` rows are held out of training and evaluated at the end.
+    ``eval_tokens`` rows are held out of training and evaluated at the end; with a model, the
+    downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
     """
 
     total_tokens: int = 10_000_000
@@ -136,6 +137,7 @@ class TrainConfig(_Config):
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     eval_tokens: int = 65_536
+    ce_eval_tokens: int = 8192
     seed: int = 0
     device: str = "auto"
     shuffle_buffer_bytes: int = field(default=256 * 2**20)
@@ -146,7 +148,7 @@ class TrainConfig(_Config):
             _positive_int(name, getattr(self, name))
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"lr={self.lr!r} must be a positive number or None (automatic)")
-        for name in ("lr_warmup", "l1_warmup", "eval_tokens", "adam_eps"):
+        for name in ("lr_warmup", "l1_warmup", "eval_tokens", "ce_eval_tokens", "adam_eps"):
             _non_negative(name, getattr(self, name))
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"lr_decay={self.lr_decay!r}; use one of {list(LR_DECAYS)}")

@@ -390,7 +390,7 @@ class _Trainer:
             sae.fold_input_scale(self.scale)
             evaluation = reconstruction_metrics(sae, self.source.eval_batches(tc.batch_size))
             evaluation["dead_fraction"] = float((run.since_fired >= tc.dead_after_tokens).float().mean())
-            if lm is not None:
+            if lm is not None and tc.ce_eval_tokens:
                 evaluation.update(downstream_metrics(sae, lm, tokens, self.spec["hook_point"], self._ce_sequences(tokens),
                                                      include_bos=include_bos))
             path = self.folder / "final" / (f"sae{run.index}" if len(self.runs) > 1 else "")
@@ -423,7 +423,7 @@ class _Trainer:
         return lm, TokenStore(tokens_ref["path"], self.ctx.workspace), bool(attrs.get("include_bos", False))
 
     def _ce_sequences(self, tokens: TokenStore) -> range:
-        n_seq = max(1, math.ceil(min(self.tc.eval_tokens, 8192) / tokens.context_length))
+        n_seq = max(1, math.ceil(self.tc.ce_eval_tokens / tokens.context_length))
         if isinstance(self.source, ModelSource):
             start, stop = self.source.eval_sequence_range()
             return range(start, min(stop, start + n_seq))
