@@ -186,9 +186,9 @@ class ActivationStore:
                               max(1, prefetch - 1) * plan.pieces_per_window)
         pending, pending_rows = [], 0
         try:
-            for rows in windows:
-                pending.append(rows)
-                pending_rows += len(rows)
+            for piece in windows:
+                pending.append(piece)
+                pending_rows += len(piece)
                 while pending_rows >= batch_size:
                     joined = torch.cat(pending) if len(pending) > 1 else pending[0]
                     batch, rest = joined[:batch_size], joined[batch_size:]

@@ -120,9 +120,11 @@ class _Run:
         self.index, self.config = index, config
         self.sae = SAE(config, device=device)
         self.lr = tc.lr or 2e-4 / math.sqrt(config.d_sae / 2**14)
-        fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=tuple(tc.adam_betas),
-                                          eps=tc.adam_eps, fused=fused)
+        options = {"lr": self.lr, "betas": tuple(tc.adam_betas), "eps": tc.adam_eps}
+        try:  # one fused kernel (CPU and CUDA in torch >= 2.4): 2.5 ms vs 17 ms per step at 2 x 8192 x 512
+            self.optimizer = torch.optim.Adam(self.sae.parameters(), fused=True, **options)
+        except (RuntimeError, ValueError, TypeError):
+            self.optimizer = torch.optim.Adam(self.sae.parameters(), **options)
         self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
 
     def state(self) -> dict:
@@ -239,11 +241,12 @@ class _Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
         """Write step_N/ (aside, then renamed in), record it as the resume point, keep the last few."""
+        broken = [run.index for run in self.runs if self.group.rank == 0
+                  and not all(bool(torch.isfinite(p).all()) for p in run.sae.parameters())]
+        if self.group.any(bool(broken)):  # every rank raises at the same step
+            raise NumericsError(f"SAE(s) {broken} have non-finite weights at step {self.step}; no checkpoint was "
+                                "written", suggestion="lower lr and train again (force=True)")
         if self.group.rank == 0:
-            for run in self.runs:
-                if not all(bool(torch.isfinite(p).all()) for p in run.sae.parameters()):
-                    raise NumericsError(f"SAE {run.index} has non-finite weights at step {self.step}; "
-                                        "no checkpoint was written", suggestion="lower lr and resume")
             final = self.folder / f"step_{self.step:08d}"
             tmp = self.folder / f".step_{self.step:08d}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,6 +266,9 @@ class _Trainer:
         from safetensors.torch import load_file
 
         path = self.folder / point["checkpoint"]
+        if not (path / CHECKPOINT_FILE).exists():
+            raise DataError(f"the checkpoint {str(path)!r} this job would resume from is gone",
+                            suggestion="train again with force=True")
         state = torch.load(path / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
         for run, run_state in zip(self.runs, state["runs"]):
             run.sae.load_state_dict(load_file(path / f"sae{run.index}" / "sae.safetensors", device=str(self.device)))
@@ -367,7 +373,7 @@ class _Trainer:
                 raise NumericsError(
                     f"the loss of SAE {run.index} became {loss} at step {self.step:,}; "
                     + (f"the last good checkpoint (step {last:,}) is kept" if last is not None else "no checkpoint was written yet"),
-                    suggestion=f"lower lr (it was {run.lr:g}) or check the activations for inf/NaN, then train again")
+                    suggestion=f"lower lr (it was {run.lr:g}) or check the activations for inf/NaN, then train again (force=True)")
             dead = float((run.since_fired >= self.tc.dead_after_tokens).float().mean())
             named = {"loss": loss, "mse": mse, "fvu": fvu, "l0": l0, "l1": l1, "dead_fraction": dead,
                      "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}

@@ -1,10 +1,9 @@
 """Data-parallel training under torchrun (2 CPU ranks, gloo) follows the one-process run."""
 
 import numpy as np
+from conftest import dictionary_data, quick
 
 import saekit as sk
-
-from conftest import dictionary_data, quick
 
 
 def test_two_ranks_follow_the_single_process_loss_curve(ws):

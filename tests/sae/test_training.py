@@ -7,14 +7,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import dictionary_data, quick
 
 import saekit as sk
 from saekit.errors import ConfigError, HookPointError, JobFailedError
 from saekit.jobs.events import read_all
 from saekit.jobs.lifecycle import events_path
 from saekit.sae.sources import StoreSource
-
-from conftest import dictionary_data, quick
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
