@@ -63,11 +63,22 @@ class _Heartbeat(threading.Thread):
         self._writer, self._interval, self._halt = writer, interval, threading.Event()
 
     def run(self) -> None:
+        sampler = None
         while not self._halt.wait(self._interval):
             try:
                 self._writer.write({"t": "heartbeat"})
             except (OSError, ValueError):  # the log was closed or its disk is gone: the lease still speaks
                 return
+            try:  # the worker's own CPU, RSS and GPU use, so a job's resource history outlives it
+                if sampler is None:
+                    from saekit.monitor.system import ProcessSampler
+
+                    sampler = ProcessSampler()
+                self._writer.write(sampler.sample())
+            except (OSError, ValueError):
+                return
+            except Exception:  # noqa: BLE001 - sampling must never stop the heartbeat
+                log.debug("resource sampling failed", exc_info=True)
 
     def stop(self) -> None:
         """Stop and wait, so that no heartbeat is written after the attempt's end (or to a closed log)."""

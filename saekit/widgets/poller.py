@@ -1,0 +1,143 @@
+"""One asyncio task on the kernel's event loop that keeps every live widget current.
+
+Widgets never touch threads: the poller runs on the loop the kernel runs cells on (background threads
+that set widget traits broke under ipykernel 7.0). Each tick it asks every registered widget to
+``poll()``; a widget returns False once there is nothing more to follow (its job ended, it was
+closed), and the task ends when no widget is left. Jobs are tailed once however many widgets show
+them (``JobFeed``): one ``stat`` per job per tick when nothing changed, and a lease check every few
+seconds so a worker killed without a word is seen as gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+
+from saekit.jobs.events import EventTail, LogState
+from saekit.jobs.lease import lease_is_held
+from saekit.jobs.lifecycle import events_path
+from saekit.workspace import Workspace
+
+log = logging.getLogger("saekit.widgets")
+
+TICK_SECONDS = 0.5
+LIVENESS_SECONDS = 5.0
+
+
+class JobFeed:
+    """A job's event log folded into a ``LogState``, read incrementally, shared by its widgets."""
+
+    def __init__(self, workspace: Workspace, job_id: str):
+        self.workspace, self.job_id = workspace, job_id
+        self.tail = EventTail(events_path(workspace, job_id))
+        self.state = LogState()
+        self.records: list[dict] = []  # the records of the last read (widgets take metrics and resources from them)
+        self.version = 0  # counts reads that brought something new
+        self._last_read = -1.0
+        self._last_liveness = time.monotonic()
+
+    def read(self, now: float | None = None) -> bool:
+        """Read what was appended (once per tick for all widgets); True when something new came."""
+        now = time.monotonic() if now is None else now
+        if self._last_read == now:
+            return bool(self.records)
+        self._last_read = now
+        self.records = self.tail.read()
+        if self.records:
+            self.state.update(self.records)
+            self.version += 1
+        return bool(self.records)
+
+    def worker_gone(self, now: float | None = None) -> bool:
+        """Checked every few seconds while the log shows no end: True when no process holds the lease."""
+        now = time.monotonic() if now is None else now
+        if self.state.end is not None or now - self._last_liveness < LIVENESS_SECONDS:
+            return False
+        self._last_liveness = now
+        return self.state.start is not None and not lease_is_held(self.workspace.job_dir(self.job_id))
+
+
+class Poller:
+    """Polls registered widgets from one task on the kernel's event loop (``tick()`` runs one round by hand)."""
+
+    def __init__(self, interval: float = TICK_SECONDS):
+        self.interval = interval
+        self._widgets: weakref.WeakSet = weakref.WeakSet()
+        self._feeds: dict[tuple[str, str], JobFeed] = {}
+        self._task: asyncio.Task | None = None
+        self.ticks = 0
+
+    # -- feeds -----------------------------------------------------------------------------------------
+    def feed(self, workspace: Workspace, job_id: str) -> JobFeed:
+        key = (str(workspace.path), job_id)
+        if key not in self._feeds:
+            self._feeds[key] = JobFeed(workspace, job_id)
+        return self._feeds[key]
+
+    # -- widgets ---------------------------------------------------------------------------------------
+    def add(self, widget) -> None:
+        self._widgets.add(widget)
+        self._ensure_task()
+
+    def discard(self, widget) -> None:
+        self._widgets.discard(widget)
+
+    @property
+    def widgets(self) -> list:
+        return list(self._widgets)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def tick(self) -> None:
+        """One round: every widget polls; those that are done (or failed to poll) are dropped."""
+        self.ticks += 1
+        now = time.monotonic()
+        for widget in list(self._widgets):
+            try:
+                keep = widget.poll(now)
+            except Exception:  # noqa: BLE001 - one broken widget must not stop the others
+                log.exception("a widget failed to update; it stops following")
+                keep = False
+            if not keep:
+                self._widgets.discard(widget)
+        live = {(str(w.workspace.path), w.job_id) for w in self._widgets if getattr(w, "job_id", None)}
+        for key in [k for k in self._feeds if k not in live]:
+            del self._feeds[key]
+
+    async def _run(self) -> None:
+        try:
+            while len(self._widgets):
+                self.tick()
+                await asyncio.sleep(self.interval)
+        finally:
+            self._task = None
+
+    def _ensure_task(self) -> None:
+        if self.running:
+            return
+        loop = _kernel_loop()
+        if loop is None:
+            return  # no event loop (a script): widgets show their state as of now, tick() updates them
+        self._task = loop.create_task(self._run())
+
+
+def _kernel_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop the kernel runs cells on, when there is one."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        from tornado.ioloop import IOLoop
+
+        current = IOLoop.current(instance=False)
+        return getattr(current, "asyncio_loop", None) if current is not None else None
+    except ImportError:
+        return None
+
+
+POLLER = Poller()
