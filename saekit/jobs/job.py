@@ -210,6 +210,19 @@ class Job:
             _remove(path)
 
     # -- display ---------------------------------------------------------------------------------------
+    def widget(self):
+        """A live widget of this job (Jupyter): status, progress, rate and ETA, the latest event, the error
+        and its suggestion, a Cancel button, and metric charts for training jobs. Any number of them, in
+        any kernel, show the same job."""
+        from importlib import import_module  # the display layer sits above jobs: imported only when asked for
+
+        return import_module("saekit.widgets.job_widget").JobWidget(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if in_kernel():
+            return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
+        return {"text/plain": repr(self)}
+
     def __repr__(self) -> str:
         try:
             row = self._load()
@@ -228,6 +241,12 @@ class Job:
 
     def __hash__(self) -> int:
         return hash((self.id, self.workspace))
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (where widgets can be shown), False in scripts and terminals."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _remove(path) -> None:

@@ -48,11 +48,13 @@ class GpuReader:
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             gpu = {"index": index, "name": name.decode() if isinstance(name, bytes) else str(name),
                    "memory_used": int(memory.used), "memory_total": int(memory.total),
-                   "utilization": _optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
-                   "temperature": _optional(lambda: nvml.nvmlDeviceGetTemperature(handle, 0)),
-                   "power_w": _optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),
-                   "processes": []}
-            procs = _optional(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)) or []
+                   "utilization": getattr(_optional(nvml.nvmlDeviceGetUtilizationRates, handle), "gpu", None),
+                   "temperature": _optional(nvml.nvmlDeviceGetTemperature, handle, 0),
+                   "power_w": None, "processes": []}
+            milliwatts = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
+            if milliwatts is not None:
+                gpu["power_w"] = milliwatts / 1000.0
+            procs = _optional(nvml.nvmlDeviceGetComputeRunningProcesses, handle) or []
             for proc in procs:
                 used = getattr(proc, "usedGpuMemory", None)
                 gpu["processes"].append({"pid": int(proc.pid), "memory": int(used) if used is not None else None})
@@ -71,9 +73,9 @@ class GpuReader:
                 "gpu_utilization": max((g["utilization"] or 0 for g in used), default=None)}
 
 
-def _optional(fn):
+def _optional(fn, *args):
     try:
-        return fn()
+        return fn(*args)
     except Exception:  # noqa: BLE001 - a field this GPU or driver does not support
         return None
 

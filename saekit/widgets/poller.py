@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 
 from saekit.jobs.events import EventTail, LogState
 from saekit.jobs.lease import lease_is_held
@@ -24,6 +25,7 @@ log = logging.getLogger("saekit.widgets")
 
 TICK_SECONDS = 0.5
 LIVENESS_SECONDS = 5.0
+RESOURCE_SAMPLES = 240  # a job's resource history kept for its widgets (20 minutes at one per 5 s)
 
 
 class JobFeed:
@@ -33,8 +35,10 @@ class JobFeed:
         self.workspace, self.job_id = workspace, job_id
         self.tail = EventTail(events_path(workspace, job_id))
         self.state = LogState()
-        self.records: list[dict] = []  # the records of the last read (widgets take metrics and resources from them)
+        self.records: list[dict] = []  # the records of the last read
         self.version = 0  # counts reads that brought something new
+        self.first_progress: dict | None = None  # the attempt's first progress record (for rates)
+        self.resources: deque = deque(maxlen=RESOURCE_SAMPLES)
         self._last_read = -1.0
         self._last_liveness = time.monotonic()
 
@@ -45,18 +49,28 @@ class JobFeed:
             return bool(self.records)
         self._last_read = now
         self.records = self.tail.read()
+        for record in self.records:
+            kind = record.get("t")
+            if kind == "start":
+                self.first_progress = None
+            elif kind == "progress" and self.first_progress is None:
+                self.first_progress = record
+            elif kind == "resources":
+                self.resources.append(record)
         if self.records:
             self.state.update(self.records)
             self.version += 1
         return bool(self.records)
 
-    def worker_gone(self, now: float | None = None) -> bool:
-        """Checked every few seconds while the log shows no end: True when no process holds the lease."""
+    def needs_registry(self, now: float | None = None) -> bool:
+        """Every few seconds while the log shows no end: True when the registry must say what happened -
+        the job has not started (it may have been cancelled while queued) or its worker holds no lease
+        (it died without a word)."""
         now = time.monotonic() if now is None else now
         if self.state.end is not None or now - self._last_liveness < LIVENESS_SECONDS:
             return False
         self._last_liveness = now
-        return self.state.start is not None and not lease_is_held(self.workspace.job_dir(self.job_id))
+        return self.state.start is None or not lease_is_held(self.workspace.job_dir(self.job_id))
 
 
 class Poller:
@@ -99,7 +113,7 @@ class Poller:
         for widget in list(self._widgets):
             try:
                 keep = widget.poll(now)
-            except Exception:  # noqa: BLE001 - one broken widget must not stop the others
+            except Exception:
                 log.exception("a widget failed to update; it stops following")
                 keep = False
             if not keep:

@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun (2 CPU ranks, gloo) follows the one-process run."""
 
 import numpy as np
-from conftest import dictionary_data, quick
+from data_for_tests import dictionary_data, quick
 
 import saekit as sk
 

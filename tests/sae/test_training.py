@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import dictionary_data, quick
+from data_for_tests import dictionary_data, quick
 
 import saekit as sk
 from saekit.errors import ConfigError, HookPointError, JobFailedError

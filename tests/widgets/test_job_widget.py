@@ -1,0 +1,129 @@
+"""The job widget's synced traits follow the registry and the event log; Cancel writes the flag; one
+poller (one asyncio task) serves many widgets and stops when there is nothing left to follow."""
+
+import asyncio
+import os
+import signal
+import time
+
+from data_for_tests import toy_store
+
+import saekit as sk
+from saekit.jobs import submit
+from saekit.jobs.lifecycle import cancel_path
+from saekit.widgets import poller as poller_module
+from saekit.widgets.job_widget import JobWidget
+from saekit.widgets.poller import Poller
+
+
+def _tick_until(poller, predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        poller.tick()
+        time.sleep(0.05)
+
+
+def test_traits_follow_a_running_job_to_its_end(ws):
+    poller = Poller()
+    job = submit("count", {"n": 40, "delay": 0.05}, progress=False)
+    widget = JobWidget(job, poller=poller)
+    assert widget.job_id == job.id and widget.kind == "count" and widget in poller.widgets
+    _tick_until(poller, lambda: widget.status == "running" and widget.done > 5, what="progress to show")
+    assert widget.total == 40 and widget.unit == "steps" and widget.phase == "counting"
+    first = widget.done
+    _tick_until(poller, lambda: widget.done > first, what="progress to rise")
+    _tick_until(poller, lambda: widget.status == "completed", what="the end")
+    assert widget.done == 40 and widget.rate > 0 and widget.ended_at >= widget.started_at
+    assert widget.last_event == "counted to 40"
+    poller.tick()
+    assert widget not in poller.widgets  # nothing more to follow
+    again = JobWidget(sk.job(job.id), poller=poller)  # re-attached later: the final state at once
+    assert again.status == "completed" and again.done == 40 and again not in poller.widgets
+
+
+def test_cancel_button_writes_the_flag_and_the_widget_shows_the_end(ws):
+    poller = Poller()
+    job = submit("count", {"n": 10_000, "delay": 0.01}, progress=False)
+    widget = JobWidget(job, poller=poller)
+    _tick_until(poller, lambda: widget.status == "running", what="the start")
+    widget._on_message(widget, {"type": "cancel"}, [])  # what the button sends
+    assert cancel_path(ws, job.id).exists() and widget.cancel_requested
+    _tick_until(poller, lambda: widget.status == "cancelled", what="the cancel to land")
+    assert sk.job(job.id).status == "cancelled" and widget.done < 10_000
+
+
+def test_one_poller_one_feed_for_many_widgets(ws, monkeypatch):
+    poller = Poller()
+    job = submit("count", {"n": 30, "delay": 0.05}, progress=False)
+    widgets = [JobWidget(job, poller=poller) for _ in range(5)]
+    other = JobWidget(submit("count", {"n": 5, "tag": "b"}, progress=False), poller=poller)
+    assert len(poller.widgets) >= 5
+    reads = []
+    original = poller_module.EventTail.read
+    monkeypatch.setattr(poller_module.EventTail, "read", lambda self: reads.append(self.path) or original(self))
+    poller.tick()
+    assert len(reads) <= 2  # one read per job, not per widget
+    _tick_until(poller, lambda: all(w.final for w in [*widgets, other]), what="both jobs to end")
+    assert {w.done for w in widgets} == {30} and len({id(w._feed) for w in widgets}) == 1
+    poller.tick()
+    assert poller.widgets == [] and poller._feeds == {}
+
+
+def test_closing_a_widget_stops_its_polling(ws):
+    poller = Poller()
+    job = submit("count", {"n": 10_000, "delay": 0.01}, progress=False)
+    widget = JobWidget(job, poller=poller)
+    widget.close()
+    poller.tick()
+    assert widget not in poller.widgets
+    job.cancel().wait(timeout=30)
+
+
+def test_a_killed_worker_shows_as_failed(ws, monkeypatch):
+    monkeypatch.setattr(poller_module, "LIVENESS_SECONDS", 0.0)
+    poller = Poller()
+    job = submit("count", {"n": 10_000, "delay": 0.01}, progress=False)
+    widget = JobWidget(job, poller=poller)
+    _tick_until(poller, lambda: widget.status == "running", what="the start")
+    os.kill(job.info()["worker_pid"], signal.SIGKILL)
+    _tick_until(poller, lambda: widget.status == "failed", what="the loss to be seen")
+    assert widget.error_type == "worker_lost" and widget.suggestion and widget not in poller.widgets
+
+
+def test_training_metrics_reach_the_charts(ws):
+    store = toy_store()
+    job = sk.train(store, "toy", sk.SAEConfig(arch="topk", d_sae=32, k=2),
+                   sk.TrainConfig(total_tokens=20_000, batch_size=500, lr=3e-3, log_every=5, eval_tokens=2_000),
+                   background=False, progress=False)
+    widget = JobWidget(job, poller=Poller())
+    assert set(widget.metrics) == {"loss", "fvu", "l0", "dead_fraction"}
+    assert [p[0] for p in widget.metrics["fvu"]] == list(range(5, 41, 5))
+    assert widget.status == "completed" and widget.done == widget.total == 40
+
+
+def test_the_poller_is_one_task_on_the_running_loop_and_ends(ws, monkeypatch):
+    monkeypatch.setattr(poller_module, "TICK_SECONDS", 0.05)
+
+    async def main():
+        poller = Poller(interval=0.05)
+        jobs = [submit("count", {"n": 20, "delay": 0.02, "tag": i}, progress=False) for i in range(3)]
+        widgets = [JobWidget(j, poller=poller) for j in jobs for _ in range(2)]
+        task = poller._task
+        assert task is not None and poller.running
+        assert all(poller._task is task for _ in widgets)  # one task, however many widgets
+        deadline = time.monotonic() + 60
+        while poller.running:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        return widgets, poller
+
+    widgets, poller = asyncio.run(main())
+    assert all(w.status == "completed" and w.done == 20 for w in widgets) and poller.ticks > 2
+
+
+def test_job_repr_outside_a_kernel_is_text(ws):
+    job = submit("count", {"n": 3}, background=False, progress=False)
+    bundle = job._repr_mimebundle_()
+    assert list(bundle) == ["text/plain"] and job.id in bundle["text/plain"]
+    assert isinstance(job.widget(), JobWidget)
