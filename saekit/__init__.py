@@ -43,6 +43,9 @@ _LAZY = {
     "TrainConfig": ("saekit.sae.config", "TrainConfig"),
     "train": ("saekit.sae.training", "train"),
     "templates": ("saekit.sae.templates", "templates"),
+    "SystemMonitor": ("saekit.widgets.system_widget", "SystemMonitor"),
+    "dashboard": ("saekit.widgets.dashboard", "dashboard"),
+    "compare": ("saekit.widgets.dashboard", "compare"),
 }
 
 __all__ = sorted([

@@ -1,0 +1,53 @@
+// The operations dashboard: active jobs with progress and resources, then the latest finished ones.
+function render({ model, el }) {
+  const root = h("div", { class: "saekit-panel saekit-dashboard" });
+  el.appendChild(root);
+
+  function draw() {
+    const active = model.get("active") || [], recent = model.get("recent") || [];
+    const now = Date.now() / 1000;
+    root.replaceChildren(h("div", { class: "saekit-head" }, [
+      h("span", { class: "saekit-title", text: "saekit jobs" }),
+      h("span", { class: "saekit-muted", text: model.get("workspace_path") }),
+    ]));
+    if (!active.length && !recent.length) {
+      root.appendChild(h("div", { class: "saekit-empty", text:
+        "No jobs in this workspace yet. Start one with sk.tokenize(corpus, lm), sk.extract(lm, tokens, hook_points) or sk.train(acts, hook_point, sk.SAEConfig(...)); it appears here live." }));
+      return;
+    }
+    root.appendChild(h("div", { class: "saekit-chart-title", text: active.length ? `active (${active.length})` : "no active jobs" }));
+    if (active.length) {
+      const rows = active.map((j) => {
+        const bar = h("progress", { class: "saekit-progress", max: 100 });
+        if (j.percent !== null && j.percent !== undefined) bar.value = j.percent;
+        const progress = j.total ? `${fmtCount(j.done)} / ${fmtCount(j.total)} ${j.unit || ""}` : (j.phase || "");
+        const resources = [j.cpu_percent !== null && j.cpu_percent !== undefined ? `CPU ${fmtCount(j.cpu_percent)}%` : "",
+          j.rss ? `RSS ${fmtBytes(j.rss)}` : "", j.gpu_memory ? `GPU ${fmtBytes(j.gpu_memory)}` : ""].filter(Boolean).join(" · ");
+        return h("tr", { "data-job": j.id }, [
+          h("td", {}, [h("span", { text: j.name || j.kind })]), h("td", { class: "saekit-muted", text: j.id }),
+          h("td", {}, [badge(j.status)]), h("td", {}, [bar]), h("td", { text: progress }), h("td", { text: j.phase || "" }),
+          h("td", { text: j.started_at ? fmtDuration(now - j.started_at) : "" }), h("td", { class: "saekit-muted", text: resources }),
+        ]);
+      });
+      root.appendChild(h("table", { class: "saekit-table" }, [
+        h("tr", {}, ["job", "id", "status", "progress", "", "phase", "elapsed", "resources"].map((t) => h("th", { text: t }))), ...rows]));
+    }
+    if (recent.length) {
+      root.appendChild(h("div", { class: "saekit-chart-title", text: "recently finished" }));
+      const rows = recent.map((j) => h("tr", {}, [
+        h("td", { text: j.name || j.kind }), h("td", { class: "saekit-muted", text: j.id }), h("td", {}, [badge(j.status)]),
+        h("td", { text: j.error_type || "" }), h("td", { text: j.seconds !== null ? fmtDuration(j.seconds) : "" }),
+        h("td", { class: "saekit-muted", text: j.finished_at ? `${fmtDuration(now - j.finished_at)} ago` : "" }),
+      ]));
+      root.appendChild(h("table", { class: "saekit-table" }, [
+        h("tr", {}, ["job", "id", "status", "error", "took", "ended"].map((t) => h("th", { text: t }))), ...rows]));
+    }
+  }
+
+  draw();
+  model.on("change", draw);
+  const clock = setInterval(draw, 1000);
+  return () => { clearInterval(clock); model.off("change", draw); };
+}
+
+export default { render };
