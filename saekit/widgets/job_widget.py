@@ -134,7 +134,7 @@ class JobWidget(anywidget.AnyWidget):
             if state.last_time:
                 self.updated_at = float(state.last_time)
             if state.metrics:
-                self.metrics = chart_series(state)
+                self.metrics = feed.charts(chart_series)
             if feed.resources:
                 self.resources = [{k: r.get(k) for k in ("time", "cpu_percent", "rss", "gpu_memory", "gpu_utilization")}
                                   for r in feed.resources]

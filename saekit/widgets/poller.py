@@ -37,6 +37,8 @@ class JobFeed:
         self.state = LogState()
         self.records: list[dict] = []  # the records of the last read
         self.version = 0  # counts reads that brought something new
+        self.metrics_version = 0  # counts reads that brought metrics
+        self._charts: tuple[int, dict] | None = None
         self.first_progress: dict | None = None  # the attempt's first progress record (for rates)
         self.resources: deque = deque(maxlen=RESOURCE_SAMPLES)
         self._last_read = -1.0
@@ -60,7 +62,15 @@ class JobFeed:
         if self.records:
             self.state.update(self.records)
             self.version += 1
+            if any(r.get("t") == "metric" for r in self.records):
+                self.metrics_version += 1
         return bool(self.records)
+
+    def charts(self, build) -> dict:
+        """``build(state)`` computed once per new batch of metrics, shared by the job's widgets."""
+        if self._charts is None or self._charts[0] != self.metrics_version:
+            self._charts = (self.metrics_version, build(self.state))
+        return self._charts[1]
 
     def needs_registry(self, now: float | None = None) -> bool:
         """Every few seconds while the log shows no end: True when the registry must say what happened -

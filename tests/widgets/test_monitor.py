@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from data_for_tests import quick, toy_store
 
 import saekit as sk
 from saekit.errors import ConfigError
@@ -17,8 +18,6 @@ from saekit.monitor.system import ProcessSampler, SystemSampler
 from saekit.widgets.dashboard import Compare, Dashboard
 from saekit.widgets.poller import Poller
 from saekit.widgets.system_widget import SystemMonitor
-
-from data_for_tests import quick, toy_store
 
 
 class FakeNVML:
