@@ -235,12 +235,32 @@ def main() -> None:
         out["fraction_of_fp32_bound"] = round(out["saekit_tokens_per_s_float32"] / out["matmul_bound_tokens_per_s_float32"], 3)
         return out
 
+    def monitor_panel():
+        from saekit.jobs import submit
+        from saekit.widgets.job_widget import JobWidget
+        from saekit.widgets.system_widget import SystemMonitor
+
+        os.environ["SAEKIT_HEARTBEAT"] = "1"
+        job = submit("gpu_hold", {"mib": 2048, "seconds": 8})
+        deadline = time.time() + 60
+        while (job.progress or 0) < 40 and time.time() < deadline:
+            time.sleep(0.2)
+        panel = SystemMonitor(interval=1.0)
+        sample = panel.samples[-1]
+        widget = JobWidget(job)
+        out = {"gpu_reason": panel.gpu_reason, "gpus": sample["gpus"], "gpu_jobs": panel.gpu_jobs,
+               "worker_pid": job.info()["worker_pid"], "cpu_percent": sample["cpu_percent"],
+               "ram_used": sample["ram_used"], "job_widget_resources": widget.resources[-2:]}
+        job.wait(timeout=60)
+        panel.close()
+        return out
+
     wanted = sys.argv[1:]
     for name, fn in [("cuda", cuda), ("placement", placement), ("refusal", refusal),
                      ("nvml_and_background_job", nvml_and_job), ("cuda_oom_classified", oom),
                      ("tokenize_background", tokenize_job), ("extract_background_gpu", extract_background),
                      ("extract_oom_halving", extract_oom_halving), ("train_background_gpu", train_background_gpu),
-                     ("train_speed", train_speed)]:
+                     ("train_speed", train_speed), ("monitor_panel", monitor_panel)]:
         if not wanted or name == "cuda" or any(name.startswith(w) for w in wanted):
             check(name, fn)
 

@@ -90,18 +90,20 @@ def _bar_value(page, cell: int) -> float | None:
 
 def _run_cell(page, cell: int) -> None:
     """Select the cell and press the toolbar's Run button until the cell shows it ran (or runs)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     target = page.locator(".jp-Notebook .jp-CodeCell").nth(cell)
     for _ in range(10):
         target.locator(".jp-InputPrompt").click()
         page.locator(".jp-NotebookPanel-toolbar [data-command='notebook:run-cell-and-select-next']").click()
         try:
             page.wait_for_function(
-                """(cell) => {
+                r"""(cell) => {
                     const prompt = document.querySelectorAll('.jp-Notebook .jp-CodeCell')[cell].querySelector('.jp-InputPrompt');
                     return prompt && /\[(\*|\d+)\]/.test(prompt.textContent);
                 }""", arg=cell, timeout=10_000)
             return
-        except Exception:  # noqa: BLE001 - the kernel was not ready yet: press again (submitting is idempotent)
+        except PlaywrightTimeout:  # the kernel was not ready yet: press again (submitting is idempotent)
             continue
     raise AssertionError(f"cell {cell} never ran")
 

@@ -38,6 +38,11 @@ function render({ model, el }) {
     ].filter(Boolean);
     root.appendChild(h("div", { class: "saekit-row" }, [bar, h("span", { class: "saekit-stats", text: parts.join("  ·  ") })]));
 
+    const updated = get("updated_at");
+    if (!FINAL.has(status) && updated && now - updated > 20) {  // workers write at least a heartbeat every 5 s
+      root.appendChild(h("div", { class: "saekit-event saekit-warning", text:
+        `no news from the job for ${fmtDuration(now - updated)}: this view may have lost its kernel (run sk.job("${get("job_id")}") again), or the worker is busy` }));
+    }
     if (get("last_event")) {
       root.appendChild(h("div", { class: `saekit-event saekit-${get("last_event_level")}`, text: get("last_event") }));
     }
