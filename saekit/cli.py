@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -28,21 +29,32 @@ def _bars(table) -> list[str]:
     return lines
 
 
+def _listing(args, ws) -> str:
+    table = list_jobs(kind=args.kind, status=args.status, workspace=ws, limit=args.limit)
+    return "\n".join([repr(table), "", *_bars(table)]).rstrip()
+
+
 def cmd_jobs(args) -> int:
     ws = _ws(args)
-    while True:
-        table = list_jobs(kind=args.kind, status=args.status, workspace=ws, limit=args.limit)
-        text = "\n".join([repr(table), "", *_bars(table)]).rstrip()
-        if not args.watch:
-            print(text)
-            return 0
-        sys.stdout.write("\x1b[2J\x1b[H" + f"saekit jobs in {ws.path}  ({time.strftime('%H:%M:%S')}, Ctrl-C stops)\n\n"
-                         + text + "\n")
-        sys.stdout.flush()
-        try:
-            time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+    if not args.watch:
+        print(_listing(args, ws))
+        return 0
+    # Ctrl-C sets a flag checked between refreshes: DuckDB turns a SIGINT that lands inside a query into its
+    # own exception, so a KeyboardInterrupt cannot be relied on to stop the loop
+    stop = []
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            text = _listing(args, ws)
+            sys.stdout.write("\x1b[2J\x1b[H" + f"saekit jobs in {ws.path}  ({time.strftime('%H:%M:%S')}, Ctrl-C stops)\n\n"
+                             + text + "\n")
+            sys.stdout.flush()
+            deadline = time.monotonic() + args.interval
+            while not stop and time.monotonic() < deadline:
+                time.sleep(min(0.05, args.interval))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
 
 
 def cmd_show(args) -> int:
