@@ -207,11 +207,13 @@ def main() -> None:
                 aa @ ww.t()
             torch.cuda.synchronize()
             out[f"matmul_bound_tokens_per_s_{str(dtype)[6:]}"] = round(batch * 50 / (time.perf_counter() - t))
-        for encoder_dtype in ("float32", "bfloat16"):
+        for encoder_dtype, preload in (("float32", None), ("bfloat16", None), ("float32", False)):
             run = sk.train(store, "bench", sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, encoder_dtype=encoder_dtype),
                            sk.TrainConfig(total_tokens=batch * 300, batch_size=batch, lr=1e-4, log_every=50,
-                                          eval_tokens=batch, checkpoint_every=10**9), background=False, progress=False)
-            out[f"saekit_tokens_per_s_{encoder_dtype}"] = round(float(run.metrics()["tokens_per_s"].dropna().iloc[1:].median()))
+                                          eval_tokens=batch, checkpoint_every=10**9, preload=preload),
+                           background=False, progress=False)
+            label = encoder_dtype + ("_streamed" if preload is False else "")
+            out[f"saekit_tokens_per_s_{label}"] = round(float(run.metrics()["tokens_per_s"].dropna().iloc[1:].median()))
         w_enc = (torch.randn(d_sae, 512, device="cuda") / 512**0.5).requires_grad_()
         w_dec = w_enc.detach().clone().requires_grad_()
         b_enc = torch.zeros(d_sae, device="cuda", requires_grad=True)

@@ -154,7 +154,8 @@ class ActivationStore:
     # -- streaming ------------------------------------------------------------------------------------
     def batches(self, hook_point: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_step: int = 0,
                 epochs: int | None = 1, buffer_bytes: int = 256 * 2**20, prefetch: int = 2,
-                device: str | torch.device | None = None, rows: int | None = None) -> Iterator[torch.Tensor]:
+                device: str | torch.device | None = None, rows: int | None = None,
+                preload: bool = False) -> Iterator[torch.Tensor]:
         """Batches ``[batch_size, d_model]`` of one hook point, deterministic for a seed.
 
         Rows are read chunk by chunk in a seeded random order; each window of chunks (about
@@ -162,7 +163,8 @@ class ActivationStore:
         windows and epochs, so every batch is full but the last (``epochs=None`` streams forever).
         ``start_step=k`` resumes exactly at batch k without reading the data before it. A thread
         prefetches ``prefetch`` windows ahead. ``rows=n`` uses only the first ``n`` rows (the rest can be
-        held out for evaluation).
+        held out for evaluation). ``preload=True`` reads those rows once onto ``device`` (a GPU whose memory
+        holds them) and gathers every batch there: the same batches, no reading while training.
         """
         self._check_hook_point(hook_point)
         if batch_size < 1:
@@ -179,6 +181,9 @@ class ActivationStore:
         start_row = start_step * batch_size
         stop_row = None if epochs is None else epochs * n
         if stop_row is not None and start_row >= stop_row:
+            return
+        if preload:
+            yield from self._preloaded(hook_point, n, plan, start_row, stop_row, batch_size, target)
             return
         # a window in the reading buffer plus (prefetch - 1) windows of pieces in the queue
         readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="saekit-read")
@@ -200,6 +205,23 @@ class ActivationStore:
         finally:
             windows.close()
             readers.shutdown(wait=False, cancel_futures=True)
+
+    def _preloaded(self, hook_point: str, n: int, plan: "_WindowPlan", start_row: int, stop_row: int | None,
+                   batch_size: int, target: torch.device | None) -> Iterator[torch.Tensor]:
+        data = self.read(hook_point, 0, n)
+        if target is not None:
+            data = data.to(target)
+        pending, pending_rows = [], 0
+        for ids in plan.indices_from(start_row, stop_row):
+            pending.append(ids)
+            pending_rows += len(ids)
+            while pending_rows >= batch_size:
+                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                take, rest = joined[:batch_size], joined[batch_size:]
+                pending, pending_rows = ([rest] if len(rest) else []), len(rest)
+                yield data.index_select(0, torch.from_numpy(take).to(data.device))
+        if pending_rows:
+            yield data.index_select(0, torch.from_numpy(np.concatenate(pending)).to(data.device))
 
     # -- management -----------------------------------------------------------------------------------
     @classmethod
@@ -275,10 +297,11 @@ class _WindowPlan:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.n_chunks)
         return [order[i:i + self.per_window].tolist() for i in range(0, self.n_chunks, self.per_window)]
 
-    def _shuffled(self, parts: list[np.ndarray], size: int, rng, offset: int, end: int, dtype: str) -> Iterator[torch.Tensor]:
-        """Rows ``offset:end`` of the window in its shuffled order, gathered a piece at a time from a
+    def _shuffled(self, parts: list[np.ndarray], size: int, order: np.ndarray, offset: int, end: int,
+                  dtype: str) -> Iterator[torch.Tensor]:
+        """Rows ``offset:end`` of the window in its shuffled ``order``, gathered a piece at a time from a
         buffer kept across windows (a fresh window-sized array would page-fault on every window)."""
-        permutation = torch.from_numpy(rng.permutation(size))
+        permutation = torch.from_numpy(order)
         if self._buffer is None or len(self._buffer) < size or self._buffer.shape[1:] != parts[0].shape[1:]:
             self._buffer = np.empty((size, *parts[0].shape[1:]), dtype=parts[0].dtype)
         window = self._buffer[:size]
@@ -289,9 +312,9 @@ class _WindowPlan:
             piece = rows.index_select(0, permutation[lo:min(end, lo + self.PIECE_ROWS)]).numpy()
             yield to_torch(piece.view(np.uint16) if bits else piece, dtype)
 
-    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str, readers) -> Iterator[torch.Tensor]:
-        """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time, its chunks
-        read (and decompressed) by the ``readers`` thread pool."""
+    def _windows(self, start_row: int, stop_row: int | None):
+        """The windows the stream passes from ``start_row`` (to ``stop_row``): (epoch, index, chunks, size,
+        offset, end) with rows ``offset:end`` of the (shuffled) window in the stream; pure arithmetic."""
         epoch, offset = divmod(start_row, self.n)
         position = epoch * self.n
         while stop_row is None or position < stop_row:
@@ -301,18 +324,36 @@ class _WindowPlan:
                     offset -= size
                     position += size
                     continue
-                parts = list(readers.map(lambda c: array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)],
-                                         chunks))
                 end = size if stop_row is None else min(size, stop_row - position)
-                if self.shuffle:
-                    yield from self._shuffled(parts, size, np.random.default_rng([self.seed, epoch, w]), offset, end, dtype)
-                else:
-                    yield to_torch(np.concatenate(parts)[offset:end], dtype)
+                yield epoch, w, chunks, size, offset, end
                 position += size
                 offset = 0
                 if stop_row is not None and position >= stop_row:
                     return
             epoch += 1
+
+    def _permutation(self, epoch: int, w: int, size: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, w]).permutation(size)
+
+    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str, readers) -> Iterator[torch.Tensor]:
+        """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time, its chunks
+        read (and decompressed) by the ``readers`` thread pool."""
+        for epoch, w, chunks, size, offset, end in self._windows(start_row, stop_row):
+            parts = list(readers.map(lambda c: array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)],
+                                     chunks))
+            if self.shuffle:
+                yield from self._shuffled(parts, size, self._permutation(epoch, w, size), offset, end, dtype)
+            else:
+                yield to_torch(np.concatenate(parts)[offset:end], dtype)
+
+    def indices_from(self, start_row: int, stop_row: int | None) -> Iterator[np.ndarray]:
+        """The same stream as row numbers (for data already in memory), one window at a time."""
+        for epoch, w, chunks, size, offset, end in self._windows(start_row, stop_row):
+            ids = np.concatenate([np.arange(c * self.chunk_rows, c * self.chunk_rows + self._chunk_rows(c))
+                                  for c in chunks])
+            if self.shuffle:
+                ids = ids[self._permutation(epoch, w, size)]
+            yield ids[offset:end]
 
 
 class _Prefetcher:

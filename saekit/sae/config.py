@@ -120,6 +120,8 @@ class TrainConfig(_Config):
     scales inputs so their mean squared norm is ``d_in`` (the scale is folded into the saved weights).
     ``eval_tokens`` rows are held out of training and evaluated at the end; with a model, the
     downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
+    ``preload`` reads a store's training rows onto the device once and gathers batches there (the same
+    batches): ``None`` does it on a GPU whose free memory holds them four times over.
     """
 
     total_tokens: int = 10_000_000
@@ -141,6 +143,7 @@ class TrainConfig(_Config):
     seed: int = 0
     device: str = "auto"
     shuffle_buffer_bytes: int = field(default=256 * 2**20)
+    preload: bool | None = None
 
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -156,6 +159,8 @@ class TrainConfig(_Config):
             raise ConfigError(f"lr_decay_fraction={self.lr_decay_fraction!r} must be within [0, 1]")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
+        if self.preload not in (None, True, False):
+            raise ConfigError(f"preload={self.preload!r}; use None (automatic), True or False")
         if self.normalize_activations not in NORMALIZATIONS:
             raise ConfigError(f"normalize_activations={self.normalize_activations!r}; use one of {list(NORMALIZATIONS)}")
         if self.batch_size > self.total_tokens:

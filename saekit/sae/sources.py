@@ -21,8 +21,9 @@ from saekit.data.tokens import TokenStore
 class StoreSource:
     """Batches of one hook point of an activation store; the last ``eval_rows`` rows are held out."""
 
-    def __init__(self, store: ActivationStore, hook_point: str, eval_tokens: int, buffer_bytes: int = 256 * 2**20):
-        self.store, self.hook_point, self.buffer_bytes = store, hook_point, buffer_bytes
+    def __init__(self, store: ActivationStore, hook_point: str, eval_tokens: int, buffer_bytes: int = 256 * 2**20,
+                 preload: bool | None = False):
+        self.store, self.hook_point, self.buffer_bytes, self.preload = store, hook_point, buffer_bytes, preload
         n = store.n_tokens
         self.eval_rows = min(int(eval_tokens), n // 10)
         self.train_rows = n - self.eval_rows
@@ -31,7 +32,18 @@ class StoreSource:
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
                 state: dict | None = None) -> Iterator[torch.Tensor]:
         return self.store.batches(self.hook_point, batch_size, seed=seed, start_step=start_step, epochs=None,
-                                  rows=self.train_rows, buffer_bytes=self.buffer_bytes, device=device)
+                                  rows=self.train_rows, buffer_bytes=self.buffer_bytes, device=device,
+                                  preload=self._preload(device))
+
+    def _preload(self, device: torch.device) -> bool:
+        """``preload=None``: on a GPU whose free memory holds the training rows four times over."""
+        if self.preload is not None:
+            return self.preload
+        if device.type != "cuda":
+            return False
+        need = self.train_rows * self.d_in * self.store.dtype.itemsize
+        free, _ = torch.cuda.mem_get_info(device)
+        return need * 4 <= free
 
     def state(self) -> dict:
         return {}  # the step number says where the stream is

@@ -153,7 +153,7 @@ def _open_source(spec: dict, tc: TrainConfig, ws: Workspace, device: torch.devic
     ref = spec["source"]
     if "store" in ref:
         store = ActivationStore(ref["store"]["location"], ws)
-        return StoreSource(store, spec["hook_point"], tc.eval_tokens, tc.shuffle_buffer_bytes), None
+        return StoreSource(store, spec["hook_point"], tc.eval_tokens, tc.shuffle_buffer_bytes, tc.preload), None
     lm = load_model_from_ref(ref["model"], device=tc.device)
     tokens = TokenStore(ref["tokens"]["path"], ws)
     return ModelSource(lm, tokens, spec["hook_point"], tc.eval_tokens), lm

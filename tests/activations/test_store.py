@@ -75,3 +75,16 @@ def test_batches_bad_input(ws):
         next(store.batches("other", 4))
     with pytest.raises(ConfigError, match="batch_size=0"):
         next(store.batches("h", 0))
+
+
+def test_preloaded_batches_are_the_streamed_batches(ws):
+    """preload=True (data read once, batches gathered in memory) gives the same stream, from any step."""
+    for dtype in (torch.float32, torch.bfloat16):
+        store = sk.ActivationStore.from_array(torch.randn(10_000, 24).to(dtype), "p", chunk_bytes=2**12)
+        for shuffle in (True, False):
+            for start in (0, 7):
+                kw = dict(shuffle=shuffle, seed=3, start_step=start, epochs=2, rows=9000, buffer_bytes=2**14)
+                streamed = list(store.batches("p", 300, **kw))
+                preloaded = list(store.batches("p", 300, preload=True, **kw))
+                assert len(streamed) == len(preloaded) == 60 - start
+                assert all(torch.equal(a, b) for a, b in zip(streamed, preloaded))

@@ -224,3 +224,11 @@ def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
     for expected in later:
         torch.testing.assert_close(next(restarted), expected, rtol=0, atol=0)
     assert all(len(b) == 100 for b in seen) and source.train_sequences + source.eval_sequences == tokens.n_sequences
+
+
+def test_preloading_the_store_trains_the_same_sae(ws, small_store):
+    config = sk.SAEConfig(arch="topk", d_sae=32, k=2)
+    streamed = sk.train(small_store, "toy", config, quick(preload=False), background=False, progress=False).result()
+    preloaded = sk.train(small_store, "toy", config, quick(preload=True), background=False, progress=False).result()
+    for name, value in streamed.state_dict().items():
+        torch.testing.assert_close(preloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
