@@ -18,29 +18,10 @@ from saekit.registry.jobs import (
     transition,
     utcnow,
 )
-from saekit.registry.schema import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    JOB_STATES,
-    SCHEMA_VERSION,
-)
+from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES, SCHEMA_VERSION
 
 __all__ = [
-    "ACTIVE_STATES",
-    "FINAL_STATES",
-    "JOB_STATES",
-    "SCHEMA_VERSION",
-    "delete_job",
-    "finish_job",
-    "get_job",
-    "get_metrics",
-    "job_ids",
-    "job_table",
-    "list_jobs",
-    "request_cancel",
-    "resume_job",
-    "submit_job",
-    "transaction",
-    "transition",
-    "utcnow",
+    "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "SCHEMA_VERSION", "delete_job", "finish_job", "get_job",
+    "get_metrics", "job_ids", "job_table", "list_jobs", "request_cancel", "resume_job", "submit_job", "transition",
+    "transaction", "utcnow",
 ]

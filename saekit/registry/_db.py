@@ -7,9 +7,8 @@ DuckDB's own lock errors: the OS lock is what serialises processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 
@@ -24,7 +23,7 @@ from saekit.workspace import Workspace
 class Tx:
     """One open transaction: ``rows`` returns dicts, ``execute`` returns DuckDB's cursor."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: "duckdb.DuckDBPyConnection"):
         self._con = con
 
     def execute(self, sql: str, params: Any = None):
@@ -40,7 +39,7 @@ class Tx:
         return found[0] if found else None
 
 
-def _connect(ws: Workspace, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(ws: Workspace, *, read_only: bool) -> "duckdb.DuckDBPyConnection":
     path = ws.registry_path
     try:
         return duckdb.connect(str(path), read_only=read_only, config={"threads": 1})
@@ -57,7 +56,7 @@ def _connect(ws: Workspace, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         ) from exc
 
 
-def _version(con: duckdb.DuckDBPyConnection, ws: Workspace) -> int:
+def _version(con: "duckdb.DuckDBPyConnection", ws: Workspace) -> int:
     try:
         row = con.execute("SELECT value FROM saekit_meta WHERE key = 'schema_version'").fetchone()
     except duckdb.CatalogException:  # a new, empty database
@@ -73,7 +72,7 @@ def _version(con: duckdb.DuckDBPyConnection, ws: Workspace) -> int:
     return version
 
 
-def _migrate(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
+def _migrate(con: "duckdb.DuckDBPyConnection", ws: Workspace) -> None:
     version = _version(con, ws)
     if version == SCHEMA_VERSION:
         return

@@ -15,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-from typing_extensions import Self
-
 from saekit.errors import RegistryBusyError
 
 try:
@@ -95,7 +93,7 @@ class RegistryLock:
         self._fd: int | None = None
         self._fallback = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "RegistryLock":
         deadline = time.monotonic() + self.timeout
         if fcntl is None:  # pragma: no cover - Windows
             import filelock

@@ -7,7 +7,7 @@ State changes are compare-and-set (``UPDATE ... WHERE id = ? AND status IN (...)
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from typing import Iterable, Sequence
 
 from saekit.errors import JobStateError
 from saekit.registry._db import Tx, transaction
