@@ -86,7 +86,10 @@ class ModelSource:
         return cache[self.hook_point][keep].to(device=device, dtype=torch.float32)
 
     def _order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng([seed, epoch]).permutation(self.train_sequences)
+        if getattr(self, "_order_key", None) != (seed, epoch):
+            self._order_key = (seed, epoch)
+            self._order_cache = np.random.default_rng([seed, epoch]).permutation(self.train_sequences)
+        return self._order_cache
 
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
                 state: dict | None = None) -> Iterator[torch.Tensor]:
