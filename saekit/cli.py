@@ -139,6 +139,8 @@ def cmd_gc(args) -> int:
         if (ws.path / folder).is_dir():
             orphans += [p for p in sorted((ws.path / folder).glob("*.zarr"))
                         if p.name.removesuffix(".zarr") not in ids and not p.name.startswith("array-")]
+    if (ws.path / "saes").is_dir():  # SAE checkpoints and results of deleted training jobs
+        orphans += [p for p in sorted((ws.path / "saes").iterdir()) if p.name not in ids]
     for path in orphans:
         print(f"orphan {path}")
         if args.delete:

@@ -55,13 +55,15 @@ def test_gc_reaps_lost_jobs_and_lists_orphans(ws):
     (ws.dir("jobs", "ghost-1") / "events.jsonl").write_text("")
     (ws.dir("logs") / "ghost-2.log").write_text("old log")
     (ws.dir("activations", "extract-ghost.zarr") / "zarr.json").write_text("{}")
+    (ws.dir("saes", "train-ghost", "final") / "cfg.json").write_text("{}")
     out = saekit(ws, "gc").stdout
     assert "reaped lost-1: queued -> failed" in out
     assert "orphan" in out and "ghost-1" in out and "ghost-2.log" in out and "extract-ghost.zarr" in out
+    assert "saes/train-ghost" in out
     assert ws.job_dir("ghost-1").exists()
     saekit(ws, "gc", "--delete")
     assert not ws.job_dir("ghost-1").exists() and not (ws.path / "logs" / "ghost-2.log").exists()
-    assert not (ws.path / "activations" / "extract-ghost.zarr").exists()
+    assert not (ws.path / "activations" / "extract-ghost.zarr").exists() and not (ws.path / "saes" / "train-ghost").exists()
     assert sk.job("lost-1").status == "failed"
 
 
