@@ -8,7 +8,9 @@ activation store (a workspace on /dev/shm) vs a minimal hand-written PyTorch Top
 forward matmul ``[batch, d_in] @ [d_in, d_sae]`` - the one dense product exact TopK cannot avoid - so
 tokens/s is also reported as a fraction of that bound. ``sk.train``'s steady tokens/s is the median of
 its logged intervals after the first; its end-to-end figure includes setup (decoder-bias geometric
-median, the held-out evaluation, saving). ``--bf16`` adds a run with ``encoder_dtype="bfloat16"``.
+median, the held-out evaluation, saving). The store (128 MiB) is read into memory once, as ``sk.train`` does
+by default for stores up to 1 GiB; ``--streamed`` adds a run streaming it (``TrainConfig(preload=False)``),
+``--bf16`` one with ``encoder_dtype="bfloat16"``.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def run_saekit(args) -> dict:
         steps = args.warmup + args.steps
         config = sk.SAEConfig(arch="topk", d_sae=args.d_sae, k=args.k, encoder_dtype=args.encoder_dtype)
         tc = sk.TrainConfig(total_tokens=steps * args.batch, batch_size=args.batch, lr=1e-4, log_every=args.warmup,
-                            checkpoint_every=10**9, eval_tokens=args.batch, lr_decay="none", lr_warmup=0)
+                            checkpoint_every=10**9, eval_tokens=args.batch, lr_decay="none", lr_warmup=0,
+                            preload=False if args.stream_store else None)
         start = time.perf_counter()
         job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws)
         job.result()
@@ -117,7 +120,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--bf16", action="store_true", help="also run sk.train with encoder_dtype='bfloat16'")
+    parser.add_argument("--streamed", action="store_true",
+                        help="also run sk.train streaming the store (preload=False) instead of reading it in once")
     parser.add_argument("--encoder-dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-store", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["hand", "saekit"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -128,9 +134,13 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"hand": [], "saekit": []}
     if args.bf16:
         runs["saekit_bf16"] = []
+    if args.streamed:
+        runs["saekit_streamed"] = []
+    children = {"saekit_bf16": ["--child", "saekit", "--encoder-dtype", "bfloat16"],
+                "saekit_streamed": ["--child", "saekit", "--stream-store"]}
     for _ in range(args.repeats):
         for name in runs:
-            extra = ["--child", "saekit", "--encoder-dtype", "bfloat16"] if name == "saekit_bf16" else ["--child", name]
+            extra = children.get(name, ["--child", name])
             out = subprocess.run([sys.executable, __file__, *shape, *extra], capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     summary = {}
@@ -142,6 +152,8 @@ def main() -> None:
                          "fraction_of_matmul_bound": round(best["tokens_per_s"] / bound, 3)}
     summary["saekit_over_hand"] = round(summary["saekit"]["tokens_per_s"] / summary["hand"]["tokens_per_s"], 2)
     summary["saekit_over_sparsify_7100"] = round(summary["saekit"]["tokens_per_s"] / 7100, 2)
+    if args.streamed:
+        summary["preloaded_over_streamed"] = round(summary["saekit"]["tokens_per_s"] / summary["saekit_streamed"]["tokens_per_s"], 2)
     if args.bf16:
         summary["bf16_over_fp32"] = round(summary["saekit_bf16"]["tokens_per_s"] / summary["saekit"]["tokens_per_s"], 2)
     print(json.dumps({"shape": {"d_in": args.d_in, "d_sae": args.d_sae, "k": args.k, "batch": args.batch,

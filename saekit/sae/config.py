@@ -121,7 +121,8 @@ class TrainConfig(_Config):
     ``eval_tokens`` rows are held out of training and evaluated at the end; with a model, the
     downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
     ``preload`` reads a store's training rows onto the device once and gathers batches there (the same
-    batches): ``None`` does it on a GPU whose free memory holds them four times over.
+    batches): ``None`` does it on a GPU whose free memory holds them four times over, and on the CPU for
+    stores of at most 1 GiB (and an eighth of the available memory).
     """
 
     total_tokens: int = 10_000_000

@@ -17,6 +17,8 @@ from saekit.activations.extraction import TOKENS_PER_BATCH, attention_mask, kept
 from saekit.activations.store import ActivationStore
 from saekit.data.tokens import TokenStore
 
+PRELOAD_CPU_BYTES = 2**30  # stores up to this size are read into memory once when training on the CPU
+
 
 class StoreSource:
     """Batches of one hook point of an activation store; the last ``eval_rows`` rows are held out."""
@@ -36,14 +38,20 @@ class StoreSource:
                                   preload=self._preload(device))
 
     def _preload(self, device: torch.device) -> bool:
-        """``preload=None``: on a GPU whose free memory holds the training rows four times over."""
+        """``preload=None``: on a GPU whose free memory holds the training rows four times over; on the CPU
+        when they take at most 1 GiB and an eighth of the available memory (streaming keeps memory flat
+        for anything larger)."""
         if self.preload is not None:
             return self.preload
-        if device.type != "cuda":
-            return False
         need = self.train_rows * self.d_in * self.store.dtype.itemsize
-        free, _ = torch.cuda.mem_get_info(device)
-        return need * 4 <= free
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return need * 4 <= free
+        if device.type == "cpu":
+            import psutil
+
+            return need <= min(PRELOAD_CPU_BYTES, psutil.virtual_memory().available // 8)
+        return False
 
     def state(self) -> dict:
         return {}  # the step number says where the stream is
