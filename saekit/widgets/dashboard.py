@@ -39,7 +39,6 @@ class Dashboard(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.workspace = as_workspace(workspace)
         self.workspace_path = str(self.workspace.path)
-        self.job_id = None
         self._poller = poller
         self._rows: list[dict] = []
         self._read_at = -REGISTRY_SECONDS
@@ -58,6 +57,11 @@ class Dashboard(anywidget.AnyWidget):
                 "started_at": _epoch(row["started_at"]), "updated_at": state.last_time,
                 "cpu_percent": resources.get("cpu_percent"), "rss": resources.get("rss"),
                 "gpu_memory": resources.get("gpu_memory"), "worker_pid": row["worker_pid"]}
+
+    def followed(self) -> set[tuple[str, str]]:
+        from saekit import registry
+
+        return {(str(self.workspace.path), r["id"]) for r in self._rows if r["status"] in registry.ACTIVE_STATES}
 
     def poll(self, now: float | None = None) -> bool:
         if self.comm is None:
@@ -105,7 +109,6 @@ class Compare(anywidget.AnyWidget):
 
         super().__init__(**kwargs)
         self.workspace = as_workspace(workspace)
-        self.job_id = None
         self.jobs = [j if isinstance(j, Job) else get_job(j, self.workspace) for j in jobs]
         if not self.jobs:
             raise ConfigError("compare needs at least one job (handles or ids)")
@@ -132,6 +135,9 @@ class Compare(anywidget.AnyWidget):
             elif record.get("t") == "progress" and record.get("total"):
                 start = self._starts.setdefault(job_id, record["time"])
                 points.append([record["time"] - start, 100.0 * float(record.get("done") or 0) / float(record["total"])])
+
+    def followed(self) -> set[tuple[str, str]]:
+        return {(str(j.workspace.path), j.id) for j in self.jobs}
 
     def _label(self, job) -> str:
         return f"{job.name or job.kind} {job.id}"

@@ -148,6 +148,9 @@ class JobWidget(anywidget.AnyWidget):
                 if self.status == "completed" and self.total:
                     self.done = self.total
 
+    def followed(self) -> set[tuple[str, str]]:
+        return {(str(self.workspace.path), self.job_id)}
+
     def poll(self, now: float | None = None) -> bool:
         """Bring the traits up to date; False once the job has ended (nothing more to follow)."""
         if self.comm is None:

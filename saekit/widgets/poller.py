@@ -84,7 +84,10 @@ class JobFeed:
 
 
 class Poller:
-    """Polls registered widgets from one task on the kernel's event loop (``tick()`` runs one round by hand)."""
+    """Polls registered widgets from one task on the kernel's event loop (``tick()`` runs one round by hand).
+
+    A widget has ``poll(now) -> bool`` (False: stop polling it) and ``followed()``, the (workspace path,
+    job id) pairs whose feeds it reads."""
 
     def __init__(self, interval: float = TICK_SECONDS):
         self.interval = interval
@@ -128,8 +131,8 @@ class Poller:
                 keep = False
             if not keep:
                 self._widgets.discard(widget)
-        live = {(str(w.workspace.path), w.job_id) for w in self._widgets if getattr(w, "job_id", None)}
-        for key in [k for k in self._feeds if k not in live]:
+        live = set().union(*(w.followed() for w in self._widgets))
+        for key in [k for k in self._feeds if k not in live]:  # feeds no widget follows any more
             del self._feeds[key]
 
     async def _run(self) -> None:

@@ -59,7 +59,6 @@ class SystemMonitor(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.interval = self._checked(interval)
         self.workspace = as_workspace(workspace)
-        self.job_id = None
         self._sampler = SystemSampler(GpuReader(nvml))
         self.gpu_reason = "" if self._sampler.gpus.available else (self._sampler.gpus.reason or "no GPU")
         self._next_sample = 0.0
@@ -96,6 +95,9 @@ class SystemMonitor(anywidget.AnyWidget):
                              "job_id": job["id"] if job else None, "kind": job["kind"] if job else None,
                              "name": job["name"] if job else None})
         return rows
+
+    def followed(self) -> set:
+        return set()  # reads no job logs
 
     def poll(self, now: float | None = None) -> bool:
         """Take a sample when the interval has passed; False once the widget was closed."""

@@ -144,6 +144,14 @@ def test_dashboard_lists_active_and_finished_jobs(ws):
         time.sleep(0.05)
     assert [j["id"] for j in board.active] == [running.id] and [j["id"] for j in board.recent] == [done.id]
     assert board.active[0]["unit"] == "steps" and board.recent[0]["status"] == "completed"
+    feed = poller._feeds[(str(ws.path), running.id)]
+    chart = Compare([running], "progress", poller=poller)
+    for _ in range(6):
+        time.sleep(0.1)
+        poller.tick()
+    assert poller._feeds[(str(ws.path), running.id)] is feed  # kept while followed, not re-read from the start
+    xs = [x for x, _ in next(iter(chart.series.values()))]
+    assert len(xs) >= 2 and all(a < b for a, b in zip(xs, xs[1:]))  # no point twice
     running.cancel().wait(timeout=30)
     board._read_at = -10
     poller.tick()
