@@ -189,19 +189,9 @@ class ActivationStore:
         readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="saekit-read")
         windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype, readers),
                               max(1, prefetch - 1) * plan.pieces_per_window)
-        pending, pending_rows = [], 0
         try:
-            for piece in windows:
-                pending.append(piece)
-                pending_rows += len(piece)
-                while pending_rows >= batch_size:
-                    joined = torch.cat(pending) if len(pending) > 1 else pending[0]
-                    batch, rest = joined[:batch_size], joined[batch_size:]
-                    pending, pending_rows = ([rest] if len(rest) else []), len(rest)
-                    yield batch.to(target, non_blocking=True) if target is not None else batch
-            if pending_rows:
-                batch = torch.cat(pending)
-                yield batch.to(target) if target is not None else batch
+            for batch in _rebatch(windows, batch_size, torch.cat):
+                yield batch.to(target, non_blocking=True) if target is not None else batch
         finally:
             windows.close()
             readers.shutdown(wait=False, cancel_futures=True)
@@ -211,17 +201,8 @@ class ActivationStore:
         data = self.read(hook_point, 0, n)
         if target is not None:
             data = data.to(target)
-        pending, pending_rows = [], 0
-        for ids in plan.indices_from(start_row, stop_row):
-            pending.append(ids)
-            pending_rows += len(ids)
-            while pending_rows >= batch_size:
-                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                take, rest = joined[:batch_size], joined[batch_size:]
-                pending, pending_rows = ([rest] if len(rest) else []), len(rest)
-                yield data.index_select(0, torch.from_numpy(take).to(data.device))
-        if pending_rows:
-            yield data.index_select(0, torch.from_numpy(np.concatenate(pending)).to(data.device))
+        for take in _rebatch(plan.indices_from(start_row, stop_row), batch_size, np.concatenate):
+            yield data.index_select(0, torch.from_numpy(take).to(data.device))
 
     # -- management -----------------------------------------------------------------------------------
     @classmethod
@@ -273,6 +254,22 @@ class ActivationStore:
         state = "" if self.complete else ", incomplete"
         return (f"ActivationStore({self.id!r}, {self.n_tokens:,} tokens x {self.d_model}, "
                 f"{', '.join(self.hook_points)}, {self.group.attrs['dtype']}{state})")
+
+
+def _rebatch(pieces: Iterator, size: int, concat) -> Iterator:
+    """Pieces of any lengths (tensors or arrays) cut into consecutive runs of ``size`` rows; the last
+    may be shorter."""
+    pending, pending_rows = [], 0
+    for piece in pieces:
+        pending.append(piece)
+        pending_rows += len(piece)
+        while pending_rows >= size:
+            joined = concat(pending) if len(pending) > 1 else pending[0]
+            batch, rest = joined[:size], joined[size:]
+            pending, pending_rows = ([rest] if len(rest) else []), len(rest)
+            yield batch
+    if pending_rows:
+        yield concat(pending) if len(pending) > 1 else pending[0]
 
 
 class _WindowPlan:

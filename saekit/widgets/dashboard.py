@@ -9,20 +9,12 @@ import time
 import anywidget
 import traitlets
 
-from saekit.widgets.job_widget import HERE, esm
+from saekit.widgets.job_widget import HERE, chart_series, epoch_seconds, esm
 from saekit.widgets.poller import POLLER, Poller
 from saekit.workspace import Workspace, as_workspace
 
 REGISTRY_SECONDS = 2.0  # how often the dashboard reads the job list
 RECENT = 10
-
-
-def _epoch(value) -> float | None:
-    if value is None:
-        return None
-    from datetime import timezone
-
-    return value.replace(tzinfo=timezone.utc).timestamp()
 
 
 class Dashboard(anywidget.AnyWidget):
@@ -54,7 +46,7 @@ class Dashboard(anywidget.AnyWidget):
         return {"id": row["id"], "kind": row["kind"], "name": row["name"], "status": row["status"],
                 "attempt": row["attempt"], "phase": progress.get("phase"), "done": progress.get("done"),
                 "total": progress.get("total"), "unit": progress.get("unit"), "percent": state.percent(),
-                "started_at": _epoch(row["started_at"]), "updated_at": state.last_time,
+                "started_at": epoch_seconds(row["started_at"]), "updated_at": state.last_time,
                 "cpu_percent": resources.get("cpu_percent"), "rss": resources.get("rss"),
                 "gpu_memory": resources.get("gpu_memory"), "worker_pid": row["worker_pid"]}
 
@@ -75,7 +67,7 @@ class Dashboard(anywidget.AnyWidget):
             self._rows = [refresh(self.workspace, r) for r in registry.list_jobs(self.workspace, limit=200)]
         active = [self._active_row(r, now) for r in self._rows if r["status"] in registry.ACTIVE_STATES]
         recent = [{"id": r["id"], "kind": r["kind"], "name": r["name"], "status": r["status"],
-                   "error_type": r["error_type"], "finished_at": _epoch(r["finished_at"]),
+                   "error_type": r["error_type"], "finished_at": epoch_seconds(r["finished_at"]),
                    "seconds": (r["finished_at"] - r["started_at"]).total_seconds()
                    if r["finished_at"] and r["started_at"] else None}
                   for r in self._rows if r["status"] in registry.FINAL_STATES][:RECENT]
@@ -155,10 +147,8 @@ class Compare(anywidget.AnyWidget):
             if self.metric == "progress":
                 series[self._label(job)] = self._progress[job.id]
                 continue
-            for (step, name), value in sorted(feed.state.metrics.items()):
-                if name == self.metric or name.endswith("/" + self.metric):
-                    label = self._label(job) + ("" if name == self.metric else " " + name.split("/")[0])
-                    series.setdefault(label, []).append([step, value])
+            for name, points in chart_series(feed.state, (self.metric,)).items():
+                series[self._label(job) + ("" if name == self.metric else " " + name.split("/")[0])] = points
         if series != self.series:
             self.series = series
         return not ended

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import timezone
 from pathlib import Path
 
 import anywidget
@@ -32,6 +33,11 @@ def _thin(points: list[list[float]], limit: int = MAX_POINTS) -> list[list[float
         return points
     stride = math.ceil(len(points) / limit)
     return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
+def epoch_seconds(value) -> float | None:
+    """A registry timestamp (naive UTC) as epoch seconds."""
+    return None if value is None else value.replace(tzinfo=timezone.utc).timestamp()
 
 
 def chart_series(state, names: tuple[str, ...] = CHART_METRICS) -> dict[str, list[list[float]]]:
@@ -101,11 +107,8 @@ class JobWidget(anywidget.AnyWidget):
         self.error_message = row.get("error_message") or ""
         self.suggestion = row.get("suggestion") or ""
         for field, trait in (("started_at", "started_at"), ("finished_at", "ended_at")):
-            value = row.get(field)
-            if value is not None and hasattr(value, "timestamp"):
-                from datetime import timezone
-
-                setattr(self, trait, value.replace(tzinfo=timezone.utc).timestamp())
+            if row.get(field) is not None:
+                setattr(self, trait, epoch_seconds(row[field]))
 
     def _apply_feed(self) -> None:
         feed, state = self._feed, self._feed.state
