@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saekit-installed
 
-.PHONY: demo test test-quick bench clean
+INTEROP ?= .venv-interop
+INTEROP_STAMP := $(INTEROP)/.installed
+
+.PHONY: demo test test-quick bench clean interop-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +22,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser"
+	$(BIN)/python -m pytest -m "not slow and not browser and not heavy" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/registry.py
 
+# the peers' own packages (sae-lens, eai-sparsify) in an environment of their own, for tests/interop
+$(INTEROP_STAMP):
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install --quiet torch==2.13.0
+	$(INTEROP)/bin/python -m pip install --quiet sae-lens eai-sparsify
+	touch $(INTEROP_STAMP)
+
+interop-env: $(INTEROP_STAMP)
+
 clean:
-	rm -rf $(VENV) saekit-workspace *.egg-info
+	rm -rf $(VENV) $(INTEROP) saekit-workspace *.egg-info

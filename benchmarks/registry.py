@@ -57,7 +57,7 @@ def _timed(fn, *args, **kw):
 
 def _create(ws: Workspace, key: str):
     return registry.submit_job(ws, new_id=f"job-{key}", kind="bench", key=key, name=None, spec="{}",
-                               entry="benchmarks", entry_path=None, force=False, launcher="background",
+                               entry="benchmarks", force=False, launcher="background",
                                worker_pid=os.getpid())
 
 
@@ -69,16 +69,17 @@ def role_writer(a: dict) -> None:
     _wait_until(a["at"])
     for i in range(a["writes"] // 2):
         (row, outcome), ms = _timed(_create, ws, f"w{a['writer']}-{i}")
-        _emit(op="create", id=row["id"], outcome=outcome, ms=ms)
-        moved, ms = _timed(registry.transition, ws, row["id"], row["attempt"], ("queued",), "running",
+        _emit(op="create", id=row.id, outcome=outcome, ms=ms)
+        moved, ms = _timed(registry.transition, ws, row.id, row.attempt, ("queued",), "running",
                            worker_host="bench-host")
-        _emit(op="transition", id=row["id"], ok=moved is not None, ms=ms)
+        _emit(op="transition", id=row.id, ok=moved is not None, ms=ms)
 
 
 def role_reader(a: dict) -> None:
+    """`reads` listings (a count, not a deadline: a busy machine slows the readers, it does not skip them)."""
     ws = Workspace(a["ws"])
     _wait_until(a["at"])
-    while time.time() < a["until"]:
+    for _ in range(a["reads"]):
         _, ms = _timed(registry.list_jobs, ws, status="running")
         _emit(op="list", ms=ms)
 
@@ -115,8 +116,8 @@ def _spawn(role: str, **args) -> subprocess.Popen:
 
 # -- the contention workload ---------------------------------------------------------------------------
 
-def contention(ws_path: str, *, writers: int = 8, writes: int = 50, readers: int = 2, appenders: int = 4,
-               tailers: int = 4, hz: float = 10.0, lines: int = 30) -> dict:
+def contention(ws_path: str, *, writers: int = 8, writes: int = 50, readers: int = 2, reads: int = 40,
+               appenders: int = 4, tailers: int = 4, hz: float = 10.0, lines: int = 30) -> dict:
     """Run the contention workload; returns latencies, acknowledged writes and any error output."""
     ws = Workspace(ws_path)
     registry.list_jobs(ws)  # create the registry before the clock starts
@@ -125,7 +126,7 @@ def contention(ws_path: str, *, writers: int = 8, writes: int = 50, readers: int
     at = time.time() + 1.5
     until = at + (lines / hz) + 2.0
     procs = [_spawn("writer", ws=ws_path, writer=w, writes=writes, at=at) for w in range(writers)]
-    procs += [_spawn("reader", ws=ws_path, at=at, until=until) for _ in range(readers)]
+    procs += [_spawn("reader", ws=ws_path, at=at, reads=reads) for _ in range(readers)]
     paths = [str(logs / f"log{i}.jsonl") for i in range(appenders)]
     procs += [_spawn("appender", path=p, n=lines, hz=hz, at=at) for p in paths]
     procs += [_spawn("tailer", path=paths[i % appenders], n=lines, timeout=until - time.time() + 30)
@@ -160,9 +161,9 @@ def alone(ws: Workspace, n: int = 50) -> dict:
     for i in range(n):
         (row, _), ms = _timed(_create, ws, f"alone-{i}")
         times["create"].append(ms)
-        _, ms = _timed(registry.transition, ws, row["id"], 1, ("queued",), "running")
+        _, ms = _timed(registry.transition, ws, row.id, 1, ("queued",), "running")
         times["transition"].append(ms)
-        _, ms = _timed(registry.get_job, ws, row["id"])
+        _, ms = _timed(registry.get_job, ws, row.id)
         times["get"].append(ms)
         _, ms = _timed(registry.list_jobs, ws)
         times["list"].append(ms)
@@ -222,7 +223,7 @@ def many_jobs(ws: Workspace, n_jobs: int, n_active: int = 20, repeats: int = 15)
 
     leases = []
     for row in registry.list_jobs(ws, status="queued"):
-        lease = Lease(ws.job_dir(row["id"]))
+        lease = Lease(ws.job_dir(row.id))
         lease.acquire(1)
         leases.append(lease)
     active, listing = [], []
@@ -252,7 +253,7 @@ def main() -> None:
         out = {"alone": alone(Workspace(tmp / "alone"), n=10 if opts.quick else 50)}
         result = contention(str(tmp / "contention"), writes=10 if opts.quick else 50,
                             lines=10 if opts.quick else 30)
-        missing = set(result["acked_creates"]) - {r["id"] for r in registry.list_jobs(Workspace(tmp / "contention"))}
+        missing = set(result["acked_creates"]) - {r.id for r in registry.list_jobs(Workspace(tmp / "contention"))}
         out["contention"] = {"latency": result["latency"], "errors": result["errors"],
                              "acknowledged_writes": len(result["acked_creates"]) + len(result["acked_transitions"]),
                              "acknowledged_but_missing": len(missing)}

@@ -10,7 +10,9 @@ tokens/s is also reported as a fraction of that bound. ``sk.train``'s steady tok
 its logged intervals after the first; its end-to-end figure includes setup (decoder-bias geometric
 median, the held-out evaluation, saving). The store (128 MiB) is read into memory once, as ``sk.train`` does
 by default for stores up to 1 GiB; ``--streamed`` adds a run streaming it (``TrainConfig(preload=False)``),
-``--bf16`` one with ``encoder_dtype="bfloat16"``.
+``--bf16`` one with ``encoder_dtype="bfloat16"``. When a Python with EleutherAI's sparsify is at hand
+(``make interop-env``, or ``--peer-python``) its SparseCoder trains the same shapes in the same run, and the
+ratio to it is printed; without one, no ratio to it is.
 """
 
 from __future__ import annotations
@@ -78,6 +80,45 @@ def run_hand(args) -> dict:
     return {"tokens_per_s": args.steps * args.batch / seconds}
 
 
+def run_sparsify(args) -> dict:
+    """EleutherAI's sparsify on the same shapes: its SparseCoder's forward (fused encoder, sparse decoder),
+    backward, the decoder-gradient projection and renormalisation its trainer does, Adam. Runs in whatever
+    Python has sparsify (``--peer-python``, by default .venv-interop: make interop-env)."""
+    import torch
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    data = _data(args)
+    torch.manual_seed(0)
+    sae = SparseCoder(args.d_in, SparseCoderConfig(k=args.k, num_latents=args.d_sae))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+
+    def step(i):
+        lo = (i * args.batch) % (args.rows - args.batch)
+        out = sae(data[lo:lo + args.batch])
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.set_decoder_norm_to_unit_norm()
+
+    for i in range(args.warmup):
+        step(i)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        step(args.warmup + i)
+    return {"tokens_per_s": args.steps * args.batch / (time.perf_counter() - start)}
+
+
+def _peer_python(requested: str | None) -> str | None:
+    """A Python that can import sparsify, or None (then no sparsify figure and no ratio are printed)."""
+    default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-interop", "bin", "python")
+    for python in ([requested] if requested else [default, sys.executable]):
+        if python and os.path.exists(python) and subprocess.run(
+                [python, "-c", "import sparsify"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
 def run_saekit(args) -> dict:
     import logging
 
@@ -103,7 +144,7 @@ def run_saekit(args) -> dict:
 
 
 def child(args) -> None:
-    result = {"hand": run_hand, "saekit": run_saekit}[args.child](args)
+    result = {"hand": run_hand, "saekit": run_saekit, "sparsify": run_sparsify}[args.child](args)
     result["matmul_s"] = _matmul_seconds(args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -124,7 +165,9 @@ def main() -> None:
                         help="also run sk.train streaming the store (preload=False) instead of reading it in once")
     parser.add_argument("--encoder-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--stream-store", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--child", choices=["hand", "saekit"], help=argparse.SUPPRESS)
+    parser.add_argument("--peer-python", default=None,
+                        help="a Python with eai-sparsify installed (default: .venv-interop/bin/python, then this one)")
+    parser.add_argument("--child", choices=["hand", "saekit", "sparsify"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -136,12 +179,16 @@ def main() -> None:
         runs["saekit_bf16"] = []
     if args.streamed:
         runs["saekit_streamed"] = []
+    peer = _peer_python(args.peer_python)
+    if peer:
+        runs["sparsify"] = []
     children = {"saekit_bf16": ["--child", "saekit", "--encoder-dtype", "bfloat16"],
                 "saekit_streamed": ["--child", "saekit", "--stream-store"]}
     for _ in range(args.repeats):
         for name in runs:
             extra = children.get(name, ["--child", name])
-            out = subprocess.run([sys.executable, __file__, *shape, *extra], capture_output=True, text=True, check=True)
+            python = peer if name == "sparsify" else sys.executable
+            out = subprocess.run([python, __file__, *shape, *extra], capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     summary = {}
     for name, items in runs.items():
@@ -151,7 +198,10 @@ def main() -> None:
                          "all_tokens_per_s": [round(r["tokens_per_s"]) for r in items],
                          "fraction_of_matmul_bound": round(best["tokens_per_s"] / bound, 3)}
     summary["saekit_over_hand"] = round(summary["saekit"]["tokens_per_s"] / summary["hand"]["tokens_per_s"], 2)
-    summary["saekit_over_sparsify_7100"] = round(summary["saekit"]["tokens_per_s"] / 7100, 2)
+    if peer:  # measured in this run, each in its own process, alternating
+        summary["saekit_over_sparsify"] = round(summary["saekit"]["tokens_per_s"] / summary["sparsify"]["tokens_per_s"], 2)
+    else:
+        summary["sparsify"] = "not installed (make interop-env, or --peer-python): no ratio to it"
     if args.streamed:
         summary["preloaded_over_streamed"] = round(summary["saekit"]["tokens_per_s"] / summary["saekit_streamed"]["tokens_per_s"], 2)
     if args.bf16:

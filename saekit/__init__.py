@@ -19,11 +19,12 @@ from saekit.errors import (
     StorageError,
     WorkspaceError,
 )
-from saekit.workspace import Workspace, set_workspace, workspace
+from saekit import workspace  # the module, callable: sk.workspace() is the current workspace
+from saekit.workspace import Workspace, set_workspace
 
-# bound after the import of the saekit.jobs package, whose name `jobs` would otherwise shadow the function
-from saekit.jobs.job import Job, get_job as job  # noqa: E402
-from saekit.jobs.table import list_jobs as jobs  # noqa: E402
+from saekit import jobs  # the package, callable: sk.jobs() lists the jobs  # noqa: E402
+from saekit.jobs.job import Job, get_job as job, submit  # noqa: E402
+from saekit.jobs.kinds import job_kind  # noqa: E402
 
 _logging.configure()
 
@@ -51,6 +52,7 @@ _LAZY = {
 __all__ = sorted([
     "ConfigError", "DataError", "HookPointError", "JobFailedError", "JobNotFoundError", "ModelLoadError",
     "SaekitError", "StorageError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", "Job", "job", "jobs",
+    "job_kind", "submit",
     *_LAZY,
 ])
 

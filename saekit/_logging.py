@@ -1,6 +1,8 @@
-"""saekit's log: the "saekit" logger writes INFO and above to stderr unless the application configured it.
+"""saekit's log is the "saekit" logger, left to the application (a library adds only a ``NullHandler``).
 
-``$SAEKIT_LOG_LEVEL`` (e.g. WARNING) changes the level.
+What a user needs to see of a job goes to the job's events, its widget and its text bar, not to this log.
+Background workers are applications: they log INFO and above, with timestamps, into their log file
+(``configure_worker``); ``$SAEKIT_LOG_LEVEL`` changes their level.
 """
 
 from __future__ import annotations
@@ -10,17 +12,14 @@ import os
 import sys
 
 
-def configure(*, timestamps: bool = False) -> None:
-    """Give the "saekit" logger a stderr handler (workers ask for timestamps in their log files)."""
+def configure() -> None:
+    """The library's setup: a ``NullHandler``, so records go wherever the application sends them."""
     root = logging.getLogger("saekit")
-    if timestamps:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if timestamps else "saekit: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("SAEKIT_LOG_LEVEL", "INFO").upper())
-    root.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+
+
+def configure_worker() -> None:
+    """A worker process's setup: timestamped records on stderr (its log file)."""
+    logging.basicConfig(level=os.environ.get("SAEKIT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from saekit._zarr import writable
+
 
 class RowAppender:
     """Buffers rows and writes them chunk-aligned; ``flush()`` writes what is left (a partial chunk,
@@ -16,8 +18,9 @@ class RowAppender:
 
     def __init__(self, group, names: list[str], chunk_rows: int, rows: int, expected_rows: int = 0):
         self.group, self.names, self.chunk_rows = group, names, chunk_rows
+        self.arrays = {n: writable(group[n]) for n in names}  # every chunk is written, also all-zero ones
         self.rows = rows
-        self.capacity = group[names[0]].shape[0]
+        self.capacity = self.arrays[names[0]].shape[0]
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in names}
         self.buffered = 0
         self._reserve(max(expected_rows, rows))
@@ -38,8 +41,7 @@ class RowAppender:
             self._write(self.buffered)
 
     def trim(self) -> None:
-        for name in self.names:
-            array = self.group[name]
+        for array in self.arrays.values():
             array.resize((self.rows, *array.shape[1:]))
         self.capacity = self.rows
 
@@ -47,15 +49,14 @@ class RowAppender:
         if rows <= self.capacity:
             return
         self.capacity = max(rows, 2 * self.capacity, self.chunk_rows)
-        for name in self.names:
-            array = self.group[name]
+        for array in self.arrays.values():
             array.resize((self.capacity, *array.shape[1:]))
 
     def _write(self, count: int) -> None:
         self._reserve(self.rows + count)
         for name in self.names:
             data = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
-            self.group[name][self.rows:self.rows + count] = data[:count]
+            self.arrays[name][self.rows:self.rows + count] = data[:count]
             self._buffer[name] = [data[count:]] if len(data) > count else []
         self.rows += count
         self.buffered -= count

@@ -9,9 +9,11 @@ import sys
 import time
 
 from saekit import registry
+from saekit._fs import remove
 from saekit.errors import SaekitError
 from saekit.jobs import get_job, list_jobs
 from saekit.jobs.events import LogState, read_all
+from saekit.jobs.gc import orphan_files
 from saekit.jobs.lifecycle import events_path, log_tail, refresh
 from saekit.jobs.textbar import render
 from saekit.workspace import Workspace
@@ -123,30 +125,19 @@ def cmd_delete(args) -> int:
 def cmd_gc(args) -> int:
     """Record the end of jobs whose workers are gone, and list (or delete) files no job owns."""
     ws = _ws(args)
+    if args.rebuild:
+        print(f"rebuilt {ws.registry_path} from the event logs: {registry.rebuild_registry(ws)}")
     reaped = 0
     for row in registry.list_jobs(ws, status=registry.ACTIVE_STATES):
         fresh = refresh(ws, row)
-        if fresh["status"] != row["status"]:
+        if fresh.status != row.status:
             reaped += 1
-            print(f"reaped {row['id']}: {row['status']} -> {fresh['status']} ({fresh.get('error_type') or ''})")
-    ids = set(registry.job_ids(ws))
-    orphans = []
-    if (ws.path / "jobs").is_dir():
-        orphans += [p for p in sorted((ws.path / "jobs").iterdir()) if p.name not in ids]
-    if (ws.path / "logs").is_dir():
-        orphans += [p for p in sorted((ws.path / "logs").glob("*.log")) if p.stem not in ids]
-    for folder in ("tokens", "activations"):  # stores of deleted jobs (from_array stores have no job)
-        if (ws.path / folder).is_dir():
-            orphans += [p for p in sorted((ws.path / folder).glob("*.zarr"))
-                        if p.name.removesuffix(".zarr") not in ids and not p.name.startswith("array-")]
-    if (ws.path / "saes").is_dir():  # SAE checkpoints and results of deleted training jobs
-        orphans += [p for p in sorted((ws.path / "saes").iterdir()) if p.name not in ids]
+            print(f"reaped {row.id}: {row.status} -> {fresh.status} ({fresh.error_type or ''})")
+    orphans = orphan_files(ws)
     for path in orphans:
         print(f"orphan {path}")
         if args.delete:
-            from saekit.jobs.job import _remove
-
-            _remove(path)
+            remove(path)
     print(f"{reaped} stale job(s) reaped, {len(orphans)} orphan file(s){' deleted' if args.delete else ''}")
     return 0
 
@@ -199,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gc", help="reap jobs whose workers are gone; list files no job owns")
     p.add_argument("--delete", action="store_true", help="delete the orphan files too")
+    p.add_argument("--rebuild", action="store_true",
+                   help="move a damaged registry.duckdb aside and rebuild the job catalog from the event logs")
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("worker", help="run a queued job in this process (what background workers do)")

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from saekit._fs import write_atomic
+
 HOOK_POINTS = ["blocks.6.resid_pre", "blocks.6.attn_out", "blocks.6.mlp_out", "blocks.6.resid_post"]
 
 
@@ -31,11 +33,7 @@ def _corpus_file(ws) -> Path:
 
     path = ws.dir("demo") / "stdlib_docstrings.jsonl"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for doc in stdlib_docstrings():
-                f.write(json.dumps({"text": doc}) + "\n")
-        tmp.rename(path)
+        write_atomic(path, "".join(json.dumps({"text": doc}) + "\n" for doc in stdlib_docstrings()))
     return path
 
 

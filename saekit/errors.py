@@ -17,7 +17,7 @@ class SaekitError(Exception):
         self.suggestion = suggestion
 
     def __str__(self) -> str:
-        text = super().__str__()
+        text = Exception.__str__(self)  # not KeyError's, which would quote the message
         if self.suggestion and self.suggestion not in text:
             text = f"{text} ({self.suggestion})"
         return text
@@ -114,5 +114,4 @@ class HookPointError(SaekitError, KeyError):
 
     error_type = "validation"
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return SaekitError.__str__(self)
+    __str__ = SaekitError.__str__  # KeyError's would quote the message

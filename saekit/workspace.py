@@ -1,4 +1,7 @@
-"""The workspace: one folder holding the registry, the job folders, stores, checkpoints and logs."""
+"""The workspace: one folder holding the registry, the job folders, stores, checkpoints and logs.
+
+Calling this module returns the current workspace: ``saekit.workspace()`` is ``sk.workspace()``.
+"""
 
 from __future__ import annotations
 
@@ -103,3 +106,8 @@ def as_workspace(value: str | os.PathLike | Workspace | None) -> Workspace:
     if isinstance(value, Workspace):
         return value
     return Workspace(value)
+
+
+from saekit._modules import make_callable  # noqa: E402
+
+make_callable(__name__, workspace)

@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+# the test job kinds are a plug-in: every process the tests start (workers, the CLI) is told where they are
+os.environ["SAEKIT_PLUGINS"] = "kinds_for_tests"
+os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 import kinds_for_tests  # noqa: E402,F401  (registers the test job kinds)
 

@@ -14,12 +14,14 @@ def _validate_count(spec: dict) -> dict:
     if not isinstance(n, int) or n < 0:
         raise ConfigError(f"n={n!r} is not a count; give an integer >= 0")
     return {"n": n, "delay": float(spec.get("delay", 0.0)), "commit_every": int(spec.get("commit_every", 10)),
-            "fail_at": spec.get("fail_at"), "tag": spec.get("tag")}
+            "fail_at": spec.get("fail_at"), "tag": spec.get("tag"), "gate": spec.get("gate"),
+            "burst": int(spec.get("burst", 0))}
 
 
 @job_kind("count", validate=_validate_count, volatile=("delay",))
 def count(ctx, spec):
-    """Count to n, appending each number to work.txt; commit every `commit_every` steps."""
+    """Count to n, appending each number to work.txt; commit every `commit_every` steps. With `gate` (a path),
+    wait for that file to exist before the last step: the job stays running until the test opens the gate."""
     out = ctx.dir / "work.txt"
     start = ctx.resume_point["done"] if ctx.resume_point else 0
     with open(out, "a") as f:
@@ -27,6 +29,11 @@ def count(ctx, spec):
         for i in range(start, spec["n"]):
             if spec["fail_at"] is not None and i == spec["fail_at"] and ctx.attempt == 1:
                 raise DataError(f"planned failure at {i}", suggestion="resume it")
+            while spec["gate"] and i == spec["n"] - 1 and not os.path.exists(spec["gate"]):
+                ctx.check_cancelled()
+                time.sleep(0.01)
+            if spec["burst"] and i == spec["n"] - 1:  # a large record at the last step (a full-disk test)
+                ctx.event("x" * spec["burst"])
             f.write(f"{i}\n")
             ctx.metrics(i, value=float(i), square=float(i * i))
             ctx.progress(i + 1, spec["n"], unit="steps", phase="counting")
@@ -90,6 +97,6 @@ def queued_job(ws, job_id: str, *, worker_pid: int, launcher: str = "background"
     from saekit import registry
 
     row, _ = registry.submit_job(ws, new_id=job_id, kind="count", key=key or f"key-{job_id}", name=None,
-                                 spec='{"n": 1}', entry="kinds_for_tests", entry_path=None, force=False,
+                                 spec='{"n": 1}', entry="kinds_for_tests", force=False,
                                  launcher=launcher, worker_pid=worker_pid)
     return row

@@ -13,6 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import kinds_for_tests  # noqa: E402,F401
+
 from saekit.jobs import submit  # noqa: E402
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +22,24 @@ from saekit.activations.store import (
 )
 from saekit.activations.writer import compressors, create_store
 from saekit.data.tokens import TokenStore
-from saekit.errors import ConfigError, DataError, JobCancelled, StorageError
+from saekit.errors import ConfigError, DataError, StorageError
 from saekit.jobs import job_kind, submit
 from saekit.jobs.failures import is_oom
-from saekit.models.loading import format_bytes, load_model_from_ref, resolve_device
+from saekit.jobs.resumable import ResumableOutput
+from saekit._checks import check_positive_int, is_int, is_number
+from saekit._fs import format_bytes
+from saekit.config import config
+from saekit.models.loading import load_model_from_ref, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
 log = logging.getLogger("saekit.activations")
 
-TOKENS_PER_BATCH = {"cpu": 2048, "cuda": 32768}
+
+
+def tokens_per_batch(device) -> int:
+    """Tokens per forward pass when ``batch_size="auto"`` (settings ``extract_tokens_per_batch_cpu|cuda``)."""
+    return config.get("extract_tokens_per_batch_cuda" if device.type == "cuda" else "extract_tokens_per_batch_cpu")
 SOURCE_BYTES = 4 + 8 + 4  # token_ids, doc_ids, positions per row
-
-
-def _tokens_available(tokens: TokenStore, include_bos: bool) -> int:
-    stats = tokens.stats()
-    n = int(stats["tokens"])
-    bos = tokens.tokenizer_bos_id()
-    if not include_bos and bos is not None and "token_counts" in tokens.group:
-        n -= int(tokens.group["token_counts"][bos])
-    return n
 
 
 def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | None = None,
@@ -65,19 +63,22 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
     if len(set(names)) != len(names):
         raise ConfigError(f"hook_points {names} names one twice")
     for hook_point in names:
-        lm._parse(hook_point)  # HookPointError names the valid ones
+        lm.parse_hook_point(hook_point)  # HookPointError names the valid ones
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not a storage dtype; use one of {sorted(STORAGE_DTYPES)}")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ConfigError(f"max_tokens={max_tokens!r} must be a positive integer or None")
-    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+    check_positive_int("max_tokens", max_tokens, allow_none=True)
+    if batch_size != "auto" and not (is_int(batch_size) and batch_size >= 1):
         raise ConfigError(f"batch_size={batch_size!r} must be 'auto' or a positive number of sequences")
+    check_positive_int("chunk_bytes", chunk_bytes)
+    if not is_number(commit_every) or commit_every <= 0:
+        raise ConfigError(f"commit_every={commit_every!r} must be a positive number of seconds")
     compressors(compression)  # raises on an unknown codec
     resolve_device(device)
     tokens = token_store if isinstance(token_store, TokenStore) else TokenStore.open(token_store, ws)
     if not tokens.complete:
         raise DataError(f"token store {tokens.id} is not complete; wait for its job (sk.job({tokens.id!r}).wait())")
-    available = _tokens_available(tokens, include_bos)
+    lm.check_token_store(tokens)
+    available = tokens.tokens_available(include_bos)
     n_rows = available if max_tokens is None else min(max_tokens, available)
     need = n_rows * (lm.d_model * torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size() * len(names) + SOURCE_BYTES)
     where = root or str(ws.path / "activations")
@@ -86,53 +87,21 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
         while not folder.exists():
             folder = folder.parent
         free = shutil.disk_usage(folder).free
-        log.info("extraction of %s tokens x %s at %d hook point(s) in %s needs %s on disk (%s free at %s)",
-                 f"{n_rows:,}", lm.d_model, len(names), dtype, format_bytes(need), format_bytes(free), folder)
+        log.debug("extraction of %s tokens x %s at %d hook point(s) in %s needs %s on disk (%s free at %s)",
+                  f"{n_rows:,}", lm.d_model, len(names), dtype, format_bytes(need), format_bytes(free), folder)
         if need > free:
             raise StorageError(f"extracting {n_rows:,} tokens needs {format_bytes(need)} but {folder} has "
                                f"{format_bytes(free)} free",
                                suggestion="lower max_tokens, use dtype='bfloat16', or choose another root=")
     else:
-        log.info("extraction of %s tokens needs %s at %s", f"{n_rows:,}", format_bytes(need), where)
+        log.debug("extraction of %s tokens needs %s at %s", f"{n_rows:,}", format_bytes(need), where)
     spec = {
-        "model": lm.ref, "tokens": {"id": tokens.id, "path": str(tokens.path), "corpus": tokens.attrs["corpus"]["fingerprint"],
-                                    "tokenizer": tokens.attrs["tokenizer"]["fingerprint"]},
+        "model": lm.ref, "tokens": tokens.reference(),
         "hook_points": names, "max_tokens": max_tokens, "dtype": dtype, "include_bos": bool(include_bos), "root": root,
         "batch_size": batch_size, "device": device, "compression": compression, "chunk_bytes": int(chunk_bytes),
-        "commit_every": float(commit_every),
+        "commit_every": float(commit_every), "disk_bytes": int(need),
     }
     return submit("extract", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
-
-
-class _BlockReader:
-    """Token-store rows read a block of chunks at a time (one Zarr read per array per block, not per batch)."""
-
-    def __init__(self, tokens: TokenStore, block_rows: int | None = None):
-        self.tokens = tokens
-        self.names = [n for n in ("input_ids", "doc_ids", "positions", "attention_mask") if n in tokens.group]
-        self.block_rows = block_rows or max(tokens["input_ids"].chunks[0], 1024)
-        self.start, self.block = 0, {}
-
-    def rows(self, lo: int, hi: int) -> dict[str, np.ndarray]:
-        if not self.block or lo < self.start or hi > self.start + len(self.block["input_ids"]):
-            self.start = lo
-            stop = min(lo + max(self.block_rows, hi - lo), self.tokens.n_sequences)
-            self.block = {n: np.asarray(self.tokens[n][lo:stop]) for n in self.names}
-        return {n: a[lo - self.start:hi - self.start] for n, a in self.block.items()}
-
-
-def attention_mask(batch: dict[str, np.ndarray]) -> np.ndarray:
-    """The real (not padding) positions of a token-store batch, as bools."""
-    return batch["attention_mask"].astype(bool) if "attention_mask" in batch else batch["doc_ids"] >= 0
-
-
-def kept_tokens(batch: dict[str, np.ndarray], mask: np.ndarray, bos: int | None) -> np.ndarray:
-    """Which positions of a token-store batch are stored as rows: real tokens, not padding, and not a
-    document's leading BOS when ``bos`` is given."""
-    keep = mask & (batch["doc_ids"] >= 0)
-    if bos is not None:
-        keep &= ~((batch["input_ids"] == bos) & (batch["positions"] == 0))
-    return keep
 
 
 def _load_store(ws: Workspace, result: dict) -> ActivationStore:
@@ -140,31 +109,30 @@ def _load_store(ws: Workspace, result: dict) -> ActivationStore:
 
 
 def _outputs(ws: Workspace, row: dict) -> list[str]:
-    import json
 
-    return [store_location(ws, row["id"], json.loads(row["spec"]).get("root"))]
+    return [store_location(ws, row.id, row.spec_dict.get("root"))]
 
 
-@job_kind("extract", load_result=_load_store, outputs=_outputs,
-          volatile=("batch_size", "device", "compression", "chunk_bytes", "commit_every"))
+@job_kind("extract", load_result=_load_store, outputs=_outputs, output_dirs={"activations": "array-*"},
+          volatile=("batch_size", "device", "compression", "chunk_bytes", "commit_every", "disk_bytes"))
 def run_extract(ctx, spec: dict) -> dict:
     """The extract job: token-store sequences -> activation rows in a Zarr store, committed as it goes."""
     from saekit.activations.writer import ChunkWriter
 
+    names, dtype = spec["hook_points"], spec["dtype"]
+    location = store_location(ctx.workspace, ctx.job_id, spec["root"])
+    out = ResumableOutput(ctx, location=location, exists=lambda: exists(location),
+                          owner=lambda: open_group(location, mode="r").attrs.get("job_id"),
+                          commit_every=spec["commit_every"])
+    if not out.fresh and open_group(location, mode="r").attrs.get("complete"):
+        return _result(open_group(location, mode="r"), location, names)  # it ended, but the end was not recorded
+    ctx.progress(0, None, unit="tokens", phase="loading the model")
     lm = load_model_from_ref(spec["model"], device=spec["device"])
     if lm.ref.get("fingerprint") != spec["model"].get("fingerprint"):
         raise DataError(f"the model {spec['model']['name_or_path']!r} changed since the job was submitted")
     tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
-    names, dtype = spec["hook_points"], spec["dtype"]
-    location = store_location(ctx.workspace, ctx.job_id, spec["root"])
-    resume = ctx.resume_point
-    if exists(location):
-        owner = open_group(location, mode="r").attrs.get("job_id")
-        if owner != ctx.job_id:
-            raise StorageError(f"{location!r} already holds a store made by {owner or 'something else'}; "
-                               "it is never overwritten: delete it or choose another root")
-    if resume is None or not exists(location):
-        resume = None
+    resume = out.resume
+    if out.fresh:
         if not is_url(location):
             Path(location).parent.mkdir(parents=True, exist_ok=True)
         group = create_store(location, names, lm.d_model, dtype, spec["chunk_bytes"], compression=spec["compression"],
@@ -175,7 +143,7 @@ def run_extract(ctx, spec: dict) -> dict:
     device = lm.device
     batch_size = resume["batch_size"] if resume else (
         spec["batch_size"] if spec["batch_size"] != "auto"
-        else max(1, TOKENS_PER_BATCH.get(device.type, 2048) // tokens.context_length))
+        else max(1, tokens_per_batch(device) // tokens.context_length))
     stats = ({h: RunningStats.from_dict(resume["stats"][h]) for h in names} if resume
              else {h: RunningStats(lm.d_model) for h in names})
 
@@ -183,60 +151,64 @@ def run_extract(ctx, spec: dict) -> dict:
         ctx.commit({**state, "rows": rows, "stats": {h: s.to_dict() for h, s in current.items()}})
 
     sequence, rows = (resume["sequences"], resume["rows"]) if resume else (0, 0)
-    target = min(spec["max_tokens"] or np.inf, _tokens_available(tokens, spec["include_bos"]))
+    target = min(spec["max_tokens"] or np.inf, tokens.tokens_available(spec["include_bos"]))
     writer = ChunkWriter(group, location, [*names, *SOURCE_ARRAYS], names, rows, stats, on_commit,
                          expected_rows=int(target))
-    bos = None if spec["include_bos"] else tokens.tokenizer_bos_id()
+    bos = tokens.excluded_bos(spec["include_bos"])
     storage = TORCH_DTYPES[dtype]
     if resume:
         ctx.event(f"resuming at sequence {sequence:,} ({rows:,} tokens committed, batch size {batch_size})")
-    last_commit = time.monotonic()
-    reader = _BlockReader(tokens)
+    else:
+        ctx.event(f"extracting {int(target):,} tokens at {len(names)} hook point(s) in {dtype}: about "
+                  f"{format_bytes(spec.get('disk_bytes', 0))} on disk at {location}")
+    reader = tokens.reader()
     try:
-        ctx.progress(rows, int(target), unit="tokens", phase="extracting")
-        while sequence < tokens.n_sequences and rows < target:
-            end = min(sequence + batch_size, tokens.n_sequences)
-            batch = reader.rows(sequence, end)
-            mask = attention_mask(batch)
-            try:
-                cache = lm.run_with_cache(batch["input_ids"], names, attention_mask=mask.astype(np.int64))
-            except Exception as exc:
-                if not is_oom(exc) or batch_size == 1:
-                    raise
-                del exc
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                ctx.event(f"out of memory at batch size {batch_size}; continuing with {batch_size // 2}",
-                          level="warning", batch_size=batch_size // 2)
-                batch_size //= 2
-                continue
-            keep = kept_tokens(batch, mask, bos)
-            count = int(min(keep.sum(), target - rows))
-            keep_t = torch.from_numpy(keep).to(device)
-            out, out_stats = {}, {}
-            for hook_point in names:
-                stored = cache[hook_point][keep_t][:count].to(storage)
-                out_stats[hook_point] = batch_stats(stored)
-                host = stored.cpu()
-                out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()
-            for source in SOURCE_ARRAYS:
-                key = "input_ids" if source == "token_ids" else source
-                out[source] = batch[key][keep][:count].astype(np.int64 if source == "doc_ids" else np.int32)
-            writer.put(out, out_stats)
-            rows += count
-            sequence = end
-            if time.monotonic() - last_commit > spec["commit_every"]:
-                writer.commit({"sequences": sequence, "batch_size": batch_size})
-                last_commit = time.monotonic()
+        with out.committing(lambda: writer.commit({"sequences": sequence, "batch_size": batch_size})):
             ctx.progress(rows, int(target), unit="tokens", phase="extracting")
-    except JobCancelled:
-        writer.close({"sequences": sequence, "batch_size": batch_size})  # keep what was done
-        raise
+            while sequence < tokens.n_sequences and rows < target:
+                end = min(sequence + batch_size, tokens.n_sequences)
+                batch = reader.rows(sequence, end)
+                mask = batch.mask
+                try:
+                    cache = lm.run_with_cache(batch.input_ids, names, attention_mask=mask.astype(np.int64))
+                except Exception as exc:
+                    if not is_oom(exc) or batch_size == 1:
+                        raise
+                    del exc
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    ctx.event(f"out of memory at batch size {batch_size}; continuing with {batch_size // 2}",
+                              level="warning", batch_size=batch_size // 2)
+                    batch_size //= 2
+                    continue
+                keep = batch.kept(bos)
+                count = int(min(keep.sum(), target - rows))
+                keep_t = torch.from_numpy(keep).to(device)
+                rows_out, out_stats = {}, {}
+                for hook_point in names:
+                    stored = cache[hook_point][keep_t][:count].to(storage)
+                    out_stats[hook_point] = batch_stats(stored)
+                    host = stored.cpu()
+                    rows_out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()
+                rows_out.update({name: values[:count] for name, values in batch.sources(keep).items()})
+                writer.put(rows_out, out_stats)
+                rows += count
+                sequence = end
+                out.tick()
+                ctx.progress(rows, int(target), unit="tokens", phase="extracting")
     except BaseException:
-        writer.close()  # stop the thread; rows after the last commit are dropped on resume
+        writer.close()  # stop the thread (after a cancel's commit); rows after the last commit are dropped on resume
         raise
     writer.close({"sequences": sequence, "batch_size": batch_size}, trim=True)
+    nonfinite = {h: stats[h].nonfinite for h in names if stats[h].nonfinite}
+    if nonfinite:
+        ctx.event(f"the model produced NaN or infinite activations in {nonfinite} row(s); they are stored as they "
+                  "are and left out of the statistics", level="warning", nonfinite=nonfinite)
     group.attrs.update({"complete": True, "batch_size": batch_size})
     ctx.progress(rows, rows, unit="tokens", phase="done")
-    return {"location": location, "n_tokens": rows, "hook_points": names,
-            "stats": {h: stats[h].summary() for h in names}}
+    return _result(group, location, names)
+
+
+def _result(group, location: str, names: list[str]) -> dict:
+    stats = {h: RunningStats.from_dict(group.attrs["stats"][h]).summary() for h in names}
+    return {"location": location, "n_tokens": int(group.attrs["n_tokens"]), "hook_points": names, "stats": stats}

@@ -9,14 +9,20 @@ import torch
 def batch_stats(x) -> dict:
     """Count, mean, sum of squared deviations, sum of row norms and max |x| of rows ``x`` [n, d], computed
     where ``x`` lives (on a GPU the rows never leave it for this). Within a batch the sums are float32
-    (numerically stable two-pass ``var_mean``; float64 costs 3x on CPUs); batches merge in float64."""
+    (numerically stable two-pass ``var_mean``; float64 costs 3x on CPUs); batches merge in float64.
+    Rows holding NaN or infinity are counted (``nonfinite``) and left out of the rest."""
     x = torch.as_tensor(x).detach().float()
+    finite = torch.isfinite(x).all(dim=1)
+    nonfinite = int(x.shape[0] - int(finite.sum()))
+    if nonfinite:
+        x = x[finite]
     n = x.shape[0]
     if n == 0:
-        return {"count": 0}
+        return {"count": 0, "nonfinite": nonfinite}
     var, mean = torch.var_mean(x, dim=0, correction=0)
     return {"count": n, "mean": mean.double().cpu().numpy(), "m2": (var.double() * n).cpu().numpy(),
-            "norm_sum": float(torch.linalg.vector_norm(x, dim=1).double().sum()), "max_abs": float(x.abs().max())}
+            "norm_sum": float(torch.linalg.vector_norm(x, dim=1).double().sum()), "max_abs": float(x.abs().max()),
+            "nonfinite": nonfinite}
 
 
 class RunningStats:
@@ -28,6 +34,7 @@ class RunningStats:
         self.m2 = np.zeros(d, np.float64)  # sum of squared deviations from the mean
         self.norm_sum = 0.0
         self.max_abs = 0.0
+        self.nonfinite = 0  # rows with NaN or infinity, left out of the rest
 
     def update(self, x) -> None:
         """Add rows ``x`` [n, d] (numpy or torch, any float dtype)."""
@@ -35,6 +42,7 @@ class RunningStats:
 
     def merge(self, batch: dict) -> None:
         """Add the statistics of a batch (from ``batch_stats``)."""
+        self.nonfinite += int(batch.get("nonfinite", 0))
         n = batch["count"]
         if n == 0:
             return
@@ -53,7 +61,7 @@ class RunningStats:
     def to_dict(self) -> dict:
         """JSON-able state (restored exactly by ``from_dict``)."""
         return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
-                "norm_sum": self.norm_sum, "max_abs": self.max_abs}
+                "norm_sum": self.norm_sum, "max_abs": self.max_abs, "nonfinite": self.nonfinite}
 
     @classmethod
     def from_dict(cls, state: dict) -> "RunningStats":
@@ -62,10 +70,11 @@ class RunningStats:
         stats.mean = np.asarray(state["mean"], np.float64)
         stats.m2 = np.asarray(state["m2"], np.float64)
         stats.norm_sum, stats.max_abs = float(state["norm_sum"]), float(state["max_abs"])
+        stats.nonfinite = int(state.get("nonfinite", 0))
         return stats
 
     def summary(self) -> dict:
         """What a user reads: count, mean norm, max |x|, and the mean over dimensions of mean and variance."""
         return {"count": self.count, "mean_norm": self.norm_sum / self.count if self.count else 0.0,
                 "max_abs": self.max_abs, "mean_of_means": float(self.mean.mean()),
-                "mean_variance": float(self.var.mean())}
+                "mean_variance": float(self.var.mean()), "nonfinite": self.nonfinite}

@@ -8,10 +8,10 @@ source. Arrays are chunked by rows. Zarr has no bfloat16: bfloat16 rows are stor
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 import queue
-import shutil
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +20,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from saekit._fs import is_url, publishing, remove
 from saekit._table import Table
+from saekit._zarr import read_rows, verify_rows, writable
+from saekit.config import config
 from saekit.activations.stats import RunningStats
 from saekit.errors import ConfigError, DataError
 from saekit.workspace import Workspace, as_workspace
@@ -28,11 +31,6 @@ from saekit.workspace import Workspace, as_workspace
 SOURCE_ARRAYS = ("token_ids", "doc_ids", "positions")
 STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-READER_THREADS = min(8, os.cpu_count() or 2)  # chunks of a window are read and decompressed in parallel
-
-
-def is_url(location: str | Path) -> bool:
-    return "://" in str(location)
 
 
 def open_group(location: str | Path, mode: str):
@@ -55,21 +53,17 @@ def exists(location: str | Path) -> bool:
     return (Path(location) / "zarr.json").exists()
 
 
-def remove(location: str | Path) -> None:
-    if is_url(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(str(location))
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    else:
-        shutil.rmtree(location, ignore_errors=True)
-
-
 def to_torch(rows: np.ndarray, dtype: str) -> torch.Tensor:
     """Stored rows as a tensor of their true dtype (bfloat16 bits are viewed, not copied)."""
     tensor = torch.from_numpy(np.ascontiguousarray(rows))
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def check_array_name(name) -> None:
+    """A hook point (or other array) name must be a plain name: letters, digits, ``_ . -``, no ``..``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name) or ".." in name:
+        raise ConfigError(f"{name!r} is not a usable array name; use letters, digits, '_', '.' and '-' "
+                          "(e.g. 'blocks.6.resid_post'), without '/' or '..'")
 
 
 def store_location(ws: Workspace, store_id: str, root: str | Path | None = None) -> str:
@@ -90,6 +84,8 @@ class ActivationStore:
         self.group = open_group(self.location, mode="r")
         if self.group.attrs.get("saekit") != "activation_store":
             raise DataError(f"{self.location!r} is a Zarr group but not a saekit activation store")
+        arrays = [*self.hook_points, *(a for a in SOURCE_ARRAYS if a in self.group)]
+        verify_rows(self.location, self.group, arrays, self.n_tokens, "activation store")
 
     @classmethod
     def open(cls, store_id_or_location: str | Path, workspace: Workspace | str | None = None) -> "ActivationStore":
@@ -135,19 +131,31 @@ class ActivationStore:
                            f"{self.hook_points + [a for a in SOURCE_ARRAYS if a in self.group]}")
         return self.group[name]
 
-    def _check_hook_point(self, hook_point: str) -> None:
+    def check_hook_point(self, hook_point: str) -> None:
         if hook_point not in self.hook_points:
             raise ConfigError(f"{hook_point!r} is not in activation store {self.id}; it holds {self.hook_points}")
 
     def read(self, hook_point: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of a hook point as a tensor of the stored dtype."""
-        self._check_hook_point(hook_point)
+        self.check_hook_point(hook_point)
         stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
-        return to_torch(self.group[hook_point][start:stop], self.group.attrs["dtype"])
+        return to_torch(self._read(hook_point, start, stop), self.group.attrs["dtype"])
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        return read_rows(self.group[name], start, stop, location=self.location, name=name)
+
+    def sources(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """``token_ids``, ``doc_ids`` and ``positions`` of rows ``start:stop`` (what each row came from)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        missing = [a for a in SOURCE_ARRAYS if a not in self.group]
+        if missing:
+            raise DataError(f"activation store {self.id} has no {missing} arrays (made by from_array?): its rows "
+                            "cannot be traced back to tokens", suggestion="extract activations with sk.extract")
+        return {a: self._read(a, start, stop) for a in SOURCE_ARRAYS}
 
     def stats(self, hook_point: str) -> dict:
         """Mean and variance per dimension (numpy), mean norm, max |x| and count, over all committed rows."""
-        self._check_hook_point(hook_point)
+        self.check_hook_point(hook_point)
         stats = RunningStats.from_dict(self.group.attrs["stats"][hook_point])
         return {**stats.summary(), "mean": stats.mean, "var": stats.var}
 
@@ -166,7 +174,7 @@ class ActivationStore:
         held out for evaluation). ``preload=True`` reads those rows once onto ``device`` (a GPU whose memory
         holds them) and gathers every batch there: the same batches, no reading while training.
         """
-        self._check_hook_point(hook_point)
+        self.check_hook_point(hook_point)
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
         n = self.n_tokens if rows is None else min(rows, self.n_tokens)
@@ -186,8 +194,9 @@ class ActivationStore:
             yield from self._preloaded(hook_point, n, plan, start_row, stop_row, batch_size, target)
             return
         # a window in the reading buffer plus (prefetch - 1) windows of pieces in the queue
-        readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="saekit-read")
-        windows = _Prefetcher(plan.windows_from(start_row, stop_row, array, dtype, readers),
+        readers = ThreadPoolExecutor(max_workers=config.get("reader_threads"), thread_name_prefix="saekit-read")
+        read = functools.partial(read_rows, array, location=self.location, name=hook_point)
+        windows = _Prefetcher(plan.windows_from(start_row, stop_row, read, dtype, readers),
                               max(1, prefetch - 1) * plan.pieces_per_window)
         try:
             for batch in _rebatch(windows, batch_size, torch.cat):
@@ -211,6 +220,7 @@ class ActivationStore:
         """Wrap activations you already have (numpy or torch, ``[..., d_model]``) as a store named by their
         content, under ``<workspace>/activations/``; the same data twice is the same store."""
         ws = as_workspace(workspace)
+        check_array_name(hook_point)
         tensor = torch.as_tensor(x).detach().cpu()
         if tensor.ndim < 2:
             raise ConfigError(f"from_array needs rows of activations [..., d_model]; got shape {tuple(tensor.shape)}")
@@ -218,6 +228,12 @@ class ActivationStore:
         names = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
         if tensor.dtype not in names:
             tensor = tensor.float()
+        bad = ~torch.isfinite(tensor).all(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().squeeze(1)
+            raise DataError(f"from_array: {len(rows):,} of {len(tensor):,} rows hold NaN or infinity (the first is row "
+                            f"{int(rows[0])}); activations must be finite",
+                            suggestion="drop or fix those rows (e.g. x[torch.isfinite(x).all(-1)]) before wrapping them")
         dtype = names[tensor.dtype]
         bits = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
         digest = hashlib.sha256(bits.tobytes()).hexdigest()[:12]
@@ -227,17 +243,16 @@ class ActivationStore:
             from saekit.activations.writer import create_store
 
             ws.dir("activations")
-            tmp = f"{location}.tmp"
-            remove(tmp)
-            group = create_store(tmp, [hook_point], tensor.shape[1], dtype, chunk_bytes, sources=False,
-                                 attrs={"source": "array", "job_id": None})
-            group[hook_point].resize(bits.shape)  # from_array writes once: no need to size ahead
-            group[hook_point][:] = bits
-            stats = RunningStats(tensor.shape[1])
-            for lo in range(0, len(bits), 65536):
-                stats.update(tensor[lo:lo + 65536])
-            group.attrs.update({"n_tokens": len(bits), "stats": {hook_point: stats.to_dict()}, "complete": True})
-            Path(tmp).rename(location)
+            with publishing(location) as tmp:  # all or nothing; the same array made twice at once: one wins
+                group = create_store(str(tmp), [hook_point], tensor.shape[1], dtype, chunk_bytes, sources=False,
+                                     attrs={"source": "array", "job_id": None})
+                array = writable(group[hook_point])
+                array.resize(bits.shape)  # from_array writes once: no need to size ahead
+                array[:] = bits
+                stats = RunningStats(tensor.shape[1])
+                for lo in range(0, len(bits), 65536):
+                    stats.update(tensor[lo:lo + 65536])
+                group.attrs.update({"n_tokens": len(bits), "stats": {hook_point: stats.to_dict()}, "complete": True})
         return cls(location, ws)
 
     def delete(self) -> None:
@@ -332,11 +347,11 @@ class _WindowPlan:
     def _permutation(self, epoch: int, w: int, size: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch, w]).permutation(size)
 
-    def windows_from(self, start_row: int, stop_row: int | None, array, dtype: str, readers) -> Iterator[torch.Tensor]:
+    def windows_from(self, start_row: int, stop_row: int | None, read, dtype: str, readers) -> Iterator[torch.Tensor]:
         """The stream's rows from ``start_row`` (to ``stop_row``), one shuffled window at a time, its chunks
-        read (and decompressed) by the ``readers`` thread pool."""
+        read (and decompressed: ``read(lo, hi)``) by the ``readers`` thread pool."""
         for epoch, w, chunks, size, offset, end in self._windows(start_row, stop_row):
-            parts = list(readers.map(lambda c: array[c * self.chunk_rows:c * self.chunk_rows + self._chunk_rows(c)],
+            parts = list(readers.map(lambda c: read(c * self.chunk_rows, c * self.chunk_rows + self._chunk_rows(c)),
                                      chunks))
             if self.shuffle:
                 yield from self._shuffled(parts, size, self._permutation(epoch, w, size), offset, end, dtype)
@@ -401,18 +416,17 @@ STORE_COLUMNS = ("id", "status", "model", "tokens", "hook_points", "n_tokens", "
 def activation_stores(workspace: Workspace | str | None = None) -> Table:
     """Every activation store of the workspace: extraction jobs (any state) merged with stores found on
     disk that no job record knows, listed as ``orphan`` (or ``array`` for ``from_array`` stores)."""
-    import json
 
     from saekit import registry
 
     ws = as_workspace(workspace)
     rows, seen = [], set()
     for job_row in registry.list_jobs(ws, kind="extract", with_spec=True):
-        spec = json.loads(job_row["spec"])
-        location = store_location(ws, job_row["id"], spec.get("root"))
+        spec = job_row.spec_dict
+        location = store_location(ws, job_row.id, spec.get("root"))
         seen.add(location)
         attrs = open_group(location, "r").attrs if exists(location) else {}
-        rows.append(_store_row(job_row["id"], job_row["status"], spec, attrs, job_row["created_at"]))
+        rows.append(_store_row(job_row.id, str(job_row.status), spec, attrs, job_row.created_at))
     folder = ws.path / "activations"
     for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         if str(path) in seen:

@@ -17,21 +17,26 @@ import numpy as np
 from saekit._rows import RowAppender
 from saekit.activations.stats import RunningStats
 from saekit.activations.store import SOURCE_ARRAYS, STORAGE_DTYPES, open_group
-from saekit.errors import StorageError
+from saekit._zarr import create_checked_array
+from saekit.errors import ConfigError, StorageError
 
 SOURCE_DTYPES = {"token_ids": "int32", "doc_ids": "int64", "positions": "int32"}
 
 
-def compressors(name: str):
+COMPRESSIONS = ("zstd", "lz4", "none")
+
+
+def compressors(name: str) -> list:
+    """The compressors of ``compression=name`` (a crc32c checksum is added after them)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if name == "zstd":
-        return ZstdCodec(level=1)
+        return [ZstdCodec(level=1)]
     if name == "lz4":
-        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
     if name == "none":
-        return None
-    raise ValueError(f"compression={name!r}; use 'zstd', 'lz4' or 'none'")
+        return []
+    raise ConfigError(f"compression={name!r} is not one of {list(COMPRESSIONS)}")
 
 
 def chunk_rows_for(d_model: int, itemsize: int, chunk_bytes: int) -> int:
@@ -45,11 +50,11 @@ def create_store(location: str, hook_points: list[str], d_model: int, dtype: str
     storage = STORAGE_DTYPES[dtype]
     rows = chunk_rows_for(d_model, np.dtype(storage).itemsize, chunk_bytes)
     for name in hook_points:
-        group.create_array(name, shape=(0, d_model), chunks=(rows, d_model), dtype=storage,
-                           compressors=compressors(compression))
+        create_checked_array(group, name, shape=(0, d_model), chunks=(rows, d_model), dtype=storage,
+                             compressors=compressors(compression))
     if sources:
         for name in SOURCE_ARRAYS:
-            group.create_array(name, shape=(0,), chunks=(rows,), dtype=SOURCE_DTYPES[name])
+            create_checked_array(group, name, shape=(0,), chunks=(rows,), dtype=SOURCE_DTYPES[name])
     group.attrs.update({"saekit": "activation_store", "format_version": 1, "hook_points": list(hook_points),
                         "d_model": d_model, "dtype": dtype, "chunk_rows": rows, "compression": compression,
                         "n_tokens": 0, "complete": False, **(attrs or {})})

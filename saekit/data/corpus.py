@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from saekit._fs import publishing
 from saekit.errors import ConfigError, DataError
 from saekit.workspace import Workspace, as_workspace
 
@@ -29,17 +29,28 @@ def _builder_for(files: list[str]) -> str:
     return kinds.pop()
 
 
+TEXT_DTYPES = ("string", "large_string")
+
+
 def _pick_text_column(columns: list[str], text_column: str | None, features) -> str:
     if text_column is not None:
         if text_column not in columns:
             raise DataError(f"text_column={text_column!r} is not a column of this corpus; its columns are {columns}")
-        return text_column
-    if "text" in columns:
-        return "text"
-    strings = [c for c in columns if getattr(features.get(c), "dtype", None) in ("string", "large_string")]
-    if len(strings) == 1:
-        return strings[0]
-    raise DataError(f"this corpus has no 'text' column; pass text_column= one of its columns {columns}")
+        chosen = text_column
+    elif "text" in columns:
+        chosen = "text"
+    else:
+        strings = [c for c in columns if getattr(features.get(c), "dtype", None) in TEXT_DTYPES]
+        if len(strings) != 1:
+            raise DataError(f"this corpus has no 'text' column; pass text_column= one of its columns {columns}")
+        chosen = strings[0]
+    dtype = getattr(features.get(chosen), "dtype", None)
+    if dtype not in (*TEXT_DTYPES, "null"):  # null: no values at all (an empty corpus, said elsewhere)
+        raise DataError(f"the text column {chosen!r} holds {dtype or type(features.get(chosen)).__name__}, not text "
+                        "(it would be turned into strings silently)",
+                        suggestion="convert it deliberately, e.g. ds.map(lambda r: {'text': str(r['text'])}), or pick "
+                                   "another text_column=")
+    return chosen
 
 
 class Corpus:
@@ -89,11 +100,10 @@ class Corpus:
             folder = ws.path / "corpora" / self.fingerprint
             if not (folder / "saekit_corpus.json").exists():
                 ws.dir("corpora")
-                tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-                for name, ds in self.splits.items():
-                    ds.save_to_disk(str(tmp / name))
-                (tmp / "saekit_corpus.json").write_text(json.dumps({"splits": list(self.splits)}))
-                os.replace(tmp, folder)
+                with publishing(folder) as tmp:  # a concurrent first save of the same corpus: one wins
+                    for name, ds in self.splits.items():
+                        ds.save_to_disk(str(tmp / name))
+                    (tmp / "saekit_corpus.json").write_text(json.dumps({"splits": list(self.splits)}))
             self.ref = {"path": str(folder), "saved": True, "splits": list(self.splits)}
         return {"ref": self.ref, "text_column": self.text_column, "fingerprint": self.fingerprint}
 
@@ -186,8 +196,11 @@ def _load_from_source(source: str, data_files, split, text_column, kwargs) -> Co
         else:
             builder, builder_files = (_builder_for([source]), [source]) if path.is_file() else (source, files)
             data = datasets.load_dataset(builder, data_files=builder_files, split=split, **kwargs)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot load corpus {source!r}: {exc}") from exc
+    except (FileNotFoundError, ValueError, KeyError, StopIteration) as exc:
+        empty = [f for f in (files or ([source] if path.is_file() else [])) if Path(f).is_file() and not Path(f).stat().st_size]
+        if empty:
+            raise DataError(f"corpus file(s) {empty} are empty; a corpus needs documents") from exc
+        raise DataError(f"cannot load corpus {source!r}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # hub and network errors come in many types
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"cannot load corpus {source!r} (offline, only local files and cached datasets load): "
@@ -195,5 +208,7 @@ def _load_from_source(source: str, data_files, split, text_column, kwargs) -> Co
     splits = dict(data) if isinstance(data, datasets.DatasetDict) else {split or "train": data}
     first_split = next(iter(splits.values()))
     column = _pick_text_column(first_split.column_names, text_column, first_split.features)
+    # datasets has no public content fingerprint: `_fingerprint` is the one its own cache is keyed by (a hash
+    # of the data files and the processing), so it changes when the files do; hashing the text would read it all
     fingerprint = hashlib.sha256("|".join(f"{n}:{d._fingerprint}" for n, d in splits.items()).encode()).hexdigest()[:16]
     return Corpus(splits, column, ref, fingerprint)

@@ -9,20 +9,21 @@ is committed with a checkpoint of the statistics, so a killed job resumes where 
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
-import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
+from saekit._checks import check_choice, check_positive_int, is_number
+from saekit._fs import publishing
 from saekit._rows import RowAppender
 from saekit.data.corpus import Corpus, load_corpus
-from saekit.data.tokens import ARRAYS, TokenStore, store_path
-from saekit.errors import ConfigError, JobCancelled
+from saekit.data.tokens import ARRAYS, TokenStore, store_path, tokenizer_fingerprint
+from saekit._zarr import create_checked_array
+from saekit.errors import ConfigError, DataError
 from saekit.jobs import job_kind, submit
+from saekit.jobs.resumable import ResumableOutput
 from saekit.workspace import Workspace, as_workspace
 
 PACKINGS = ("concat", "truncate")
@@ -55,15 +56,12 @@ def _fast_tokenizer(model_or_tokenizer):
 
 def tokenizer_spec(tokenizer, source: str, ws: Workspace) -> dict:
     """Save the tokenizer into the workspace (once per content) and return its reference."""
-    content = json.dumps([type(tokenizer).__name__, tokenizer.backend_tokenizer.to_str(),
-                          tokenizer.special_tokens_map], sort_keys=True, default=str)
-    fingerprint = hashlib.sha256(content.encode()).hexdigest()[:16]
+    fingerprint = tokenizer_fingerprint(tokenizer)
     folder = ws.path / "tokenizers" / fingerprint
     if not folder.exists():
         ws.dir("tokenizers")
-        tmp = folder.with_name(f"{fingerprint}.tmp{os.getpid()}")
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, folder)
+        with publishing(folder) as tmp:  # a concurrent first save of the same tokenizer: one wins
+            tokenizer.save_pretrained(str(tmp))
     return {"path": str(folder), "source": str(source), "fingerprint": fingerprint}
 
 
@@ -82,17 +80,12 @@ def tokenize(corpus, model_or_tokenizer, context_length: int = 128, *, add_speci
     time and a resume point is committed every ``commit_every`` seconds. The same request twice is the
     same job (these three tuning knobs do not change the result, so they are not part of its key).
     """
-    if not isinstance(context_length, int) or context_length < 1:
-        raise ConfigError(f"context_length={context_length!r} is not a positive number of tokens; e.g. 128")
-    if packing not in PACKINGS:
-        raise ConfigError(f"packing={packing!r} is not one of {PACKINGS}")
-    if max_documents is not None and (not isinstance(max_documents, int) or max_documents < 1):
-        raise ConfigError(f"max_documents={max_documents!r} must be a positive integer or None")
-    if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
-        raise ConfigError(f"num_proc={num_proc!r} must be a positive integer or None")
-    if not isinstance(batch_documents, int) or batch_documents < 1:
-        raise ConfigError(f"batch_documents={batch_documents!r} must be a positive integer")
-    if not commit_every > 0:
+    check_positive_int("context_length", context_length, example="128")
+    check_choice("packing", packing, PACKINGS)
+    check_positive_int("max_documents", max_documents, allow_none=True)
+    check_positive_int("num_proc", num_proc, allow_none=True)
+    check_positive_int("batch_documents", batch_documents)
+    if not is_number(commit_every) or commit_every <= 0:
         raise ConfigError(f"commit_every={commit_every!r} must be a positive number of seconds")
     tokenizer, source, max_context = _fast_tokenizer(model_or_tokenizer)
     if max_context is not None and context_length > max_context:
@@ -284,15 +277,27 @@ def _load_store(ws: Workspace, result: dict) -> TokenStore:
 
 
 def _outputs(ws: Workspace, row: dict) -> list[Path]:
-    return [store_path(ws, row["id"])]
+    return [store_path(ws, row.id)]
 
 
-@job_kind("tokenize", load_result=_load_store, outputs=_outputs, volatile=("num_proc", "batch_documents", "commit_every"))
+@job_kind("tokenize", load_result=_load_store, outputs=_outputs, output_dirs={"tokens": None},
+          volatile=("num_proc", "batch_documents", "commit_every"))
 def run_tokenize(ctx, spec: dict) -> dict:
     """The tokenize job: documents -> rows in a Zarr token store, committed every few seconds."""
     import zarr
     from transformers import AutoTokenizer
 
+    path = store_path(ctx.workspace, ctx.job_id)
+    out = ResumableOutput(ctx, location=str(path), exists=lambda: (path / "zarr.json").exists(),
+                          owner=lambda: zarr.open_group(str(path), mode="r").attrs.get("job_id"),
+                          commit_every=spec.get("commit_every", 5.0))
+    def clean_up() -> None:
+        for checkpoint in ctx.dir.glob("tokenize_checkpoint_*.npz"):
+            checkpoint.unlink(missing_ok=True)
+
+    if not out.fresh and zarr.open_group(str(path), mode="r").attrs.get("complete"):
+        ctx.after_end(clean_up)
+        return _result(zarr.open_group(str(path), mode="r"), path)  # it ended, but the end was not recorded
     corpus = Corpus.from_spec(spec["corpus"])
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"]["path"])
     n = spec["context_length"]
@@ -304,17 +309,15 @@ def run_tokenize(ctx, spec: dict) -> dict:
         ctx.event(f"the tokenizer has no pad token; padding with id {pad_id} "
                   f"({'eos' if tokenizer.eos_token_id is not None else 'token 0'}); padded positions have "
                   "attention_mask 0, doc_ids -1 and positions -1", level="warning")
-    path = store_path(ctx.workspace, ctx.job_id)
     ctx.workspace.dir("tokens")
-    resume = ctx.resume_point
-    if resume is None or not path.exists():
-        resume = None
+    resume = out.resume
+    if out.fresh:
         group = zarr.open_group(str(path), mode="w")
         chunk_rows = max(1, CHUNK_BYTES // (4 * n))
         for name, dtype in (("input_ids", "int32"), ("doc_ids", "int64"), ("positions", "int32"),
                             ("attention_mask", "uint8")):
             if name in names:
-                group.create_array(name, shape=(0, n), chunks=(chunk_rows, n), dtype=dtype)
+                create_checked_array(group, name, shape=(0, n), chunks=(chunk_rows, n), dtype=dtype)
         group.attrs.update({
             "saekit": "token_store", "format_version": 1, "job_id": ctx.job_id, "corpus": spec["corpus"],
             "tokenizer": spec["tokenizer"], "context_length": n, "packing": spec["packing"],
@@ -361,25 +364,20 @@ def run_tokenize(ctx, spec: dict) -> dict:
         pool = ProcessPoolExecutor(spec["num_proc"], initializer=_init_worker,
                                    initargs=(spec["tokenizer"]["path"], spec["add_special_tokens"], encoder.fast))
     try:
-        starts = range(doc, n_docs, batch_docs)
-        texts = (corpus.texts(lo, min(lo + batch_docs, n_docs)) for lo in starts)
-        encoded = _bounded_map(pool, texts, window=2 * spec["num_proc"]) if pool is not None else map(encoder, texts)
-        last_commit = time.monotonic()
-        ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
-        for lo, (ids, lengths) in zip(starts, encoded):
-            stats.add_documents(lo, lengths, n, spec["packing"] == "truncate")
-            rows = packer.rows(ids, lengths, lo)
-            if len(rows["input_ids"]):
-                stats.add_rows(rows["input_ids"], rows["attention_mask"].astype(bool))
-            appender.add({k: rows[k] for k in names})
-            doc = lo + len(lengths)
-            if time.monotonic() - last_commit > spec.get("commit_every", 5.0):
-                commit()
-                last_commit = time.monotonic()
+        with out.committing(commit):
+            starts = range(doc, n_docs, batch_docs)
+            texts = (corpus.texts(lo, min(lo + batch_docs, n_docs)) for lo in starts)
+            encoded = _bounded_map(pool, texts, window=2 * spec["num_proc"]) if pool is not None else map(encoder, texts)
             ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
-    except JobCancelled:
-        commit()  # keep what was done: a resume continues from here
-        raise
+            for lo, (ids, lengths) in zip(starts, encoded):
+                stats.add_documents(lo, lengths, n, spec["packing"] == "truncate")
+                rows = packer.rows(ids, lengths, lo)
+                if len(rows["input_ids"]):
+                    stats.add_rows(rows["input_ids"], rows["attention_mask"].astype(bool))
+                appender.add({k: rows[k] for k in names})
+                doc = lo + len(lengths)
+                out.tick()
+                ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -388,12 +386,20 @@ def run_tokenize(ctx, spec: dict) -> dict:
         stats.add_rows(last["input_ids"], last["attention_mask"].astype(bool))
         appender.add({k: last[k] for k in names})
     appender.flush()
+    if stats.token_counts.sum() == 0:
+        raise DataError(f"the corpus gave no tokens: its {n_docs:,} document(s) are empty after tokenization",
+                        suggestion="check the text column (text_column=) and that the documents are not empty")
     appender.trim()
     padding = appender.rows * n - int(stats.token_counts.sum())
     final = stats.final(tokenizer, appender.rows, n, padding)
-    group.create_array("token_counts", data=stats.token_counts, overwrite=True)
+    create_checked_array(group, "token_counts", data=stats.token_counts, overwrite=True)
     group.attrs.update({"committed_rows": appender.rows, "stats": final, "complete": True})
-    for leftover in ctx.dir.glob("tokenize_checkpoint_*.npz"):
-        leftover.unlink()
+    ctx.after_end(clean_up)
     ctx.progress(n_docs, n_docs, unit="documents", phase="done", tokens=final["tokens"])
-    return {"path": str(path), "sequences": appender.rows, "tokens": final["tokens"], "documents": final["documents"]}
+    return _result(group, path)
+
+
+def _result(group, path: Path) -> dict:
+    final = group.attrs["stats"]
+    return {"path": str(path), "sequences": int(group.attrs["committed_rows"]), "tokens": final["tokens"],
+            "documents": final["documents"]}

@@ -15,14 +15,80 @@ from typing import Iterator
 import numpy as np
 
 from saekit._table import Table
+from saekit._zarr import read_rows, read_selection, verify_rows
 from saekit.errors import DataError
 from saekit.workspace import Workspace, as_workspace
 
 ARRAYS = ("input_ids", "doc_ids", "positions", "attention_mask")
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what a tokenizer does: its class, its whole backend (vocabulary, merges, normalizers,
+    added tokens) and its special tokens."""
+    import hashlib
+    import json
+
+    content = json.dumps([type(tokenizer).__name__, tokenizer.backend_tokenizer.to_str(),
+                          tokenizer.special_tokens_map], sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
 def store_path(ws: Workspace, store_id: str) -> Path:
     return ws.path / "tokens" / f"{store_id}.zarr"
+
+
+class TokenRows:
+    """Some sequences of a token store: ``arrays`` by name (``[n, context_length]`` each), which positions
+    hold real tokens (``mask``), and which of those become activation rows (``kept(bos)``)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def __len__(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.arrays["input_ids"]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Real (not padding) positions, as bools."""
+        if "attention_mask" in self.arrays:
+            return self.arrays["attention_mask"].astype(bool)
+        return self.arrays["doc_ids"] >= 0
+
+    def kept(self, bos: int | None) -> np.ndarray:
+        """Positions stored as activation rows: real tokens of a document, and not a document's leading BOS
+        when ``bos`` (the id from ``TokenStore.excluded_bos``) is given."""
+        keep = self.mask & (self.arrays["doc_ids"] >= 0)
+        if bos is not None:
+            keep &= ~((self.arrays["input_ids"] == bos) & (self.arrays["positions"] == 0))
+        return keep
+
+    def sources(self, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """``token_ids``, ``doc_ids`` and ``positions`` of the kept positions, in row order."""
+        return {"token_ids": self.arrays["input_ids"][keep].astype(np.int32),
+                "doc_ids": self.arrays["doc_ids"][keep].astype(np.int64),
+                "positions": self.arrays["positions"][keep].astype(np.int32)}
+
+
+class TokenReader:
+    """Sequences read a block of chunks at a time (one Zarr read per array per block, not per batch)."""
+
+    def __init__(self, store: "TokenStore", block_rows: int | None = None):
+        self.store = store
+        self.block_rows = block_rows or max(store["input_ids"].chunks[0], 1024)
+        self.start, self.block = 0, None
+
+    def rows(self, lo: int, hi: int) -> TokenRows:
+        if self.block is None or lo < self.start or hi > self.start + len(self.block):
+            self.start = lo
+            self.block = self.store.rows(lo, min(lo + max(self.block_rows, hi - lo), self.store.n_sequences))
+        return TokenRows({n: a[lo - self.start:hi - self.start] for n, a in self.block.arrays.items()})
 
 
 class TokenStore:
@@ -41,6 +107,7 @@ class TokenStore:
             raise DataError(f"no token store at {str(self.path)!r}; sk.token_stores() lists them") from exc
         if self.group.attrs.get("saekit") != "token_store":
             raise DataError(f"{str(self.path)!r} is a Zarr group but not a saekit token store")
+        verify_rows(str(self.path), self.group, self.array_names, self.n_sequences, "token store")
 
     @classmethod
     def open(cls, store_id_or_path: str | Path, workspace: Workspace | str | None = None) -> "TokenStore":
@@ -92,6 +159,47 @@ class TokenStore:
             return self.group.attrs["bos_token_id"]
         return self.tokenizer().bos_token_id
 
+    # -- reading sequences ------------------------------------------------------------------------
+    @property
+    def array_names(self) -> list[str]:
+        return [n for n in ARRAYS if n in self.group]
+
+    def rows(self, lo: int, hi: int) -> TokenRows:
+        """Sequences ``lo:hi`` (clipped to the committed ones), one read per array."""
+        hi = min(hi, self.n_sequences)
+        return TokenRows({n: read_rows(self.group[n], lo, hi, location=str(self.path), name=n) for n in self.array_names})
+
+    def take(self, indices) -> TokenRows:
+        """The sequences at ``indices`` (any order; read in sorted order, returned in the order asked)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(indices, kind="stable")
+        inverse = np.argsort(order, kind="stable")
+        picked = indices[order].tolist()
+        return TokenRows({n: read_selection(self.group[n], (picked, slice(None)), location=str(self.path), name=n)[inverse]
+                          for n in self.array_names})
+
+    def reader(self, block_rows: int | None = None) -> TokenReader:
+        """A reader of consecutive sequences that reads a block of chunks at a time."""
+        return TokenReader(self, block_rows)
+
+    def excluded_bos(self, include_bos: bool) -> int | None:
+        """The BOS id that is left out of activation rows (a document's leading BOS), or None when BOS is kept
+        (``include_bos``) or the tokenizer has none: the rule extraction, training and evaluation share."""
+        return None if include_bos else self.tokenizer_bos_id()
+
+    def tokens_available(self, include_bos: bool) -> int:
+        """How many activation rows the whole store gives (real tokens, leading BOS left out unless kept)."""
+        n = int(self.stats()["tokens"])
+        bos = self.excluded_bos(include_bos)
+        if bos is not None and "token_counts" in self.group:
+            n -= int(self.group["token_counts"][bos])
+        return n
+
+    def reference(self) -> dict:
+        """How a job spec refers to this store: id, path, and the corpus and tokenizer fingerprints."""
+        return {"id": self.id, "path": str(self.path), "corpus": self.attrs["corpus"]["fingerprint"],
+                "tokenizer": self.attrs["tokenizer"]["fingerprint"]}
+
     def tokenizer(self):
         """The tokenizer that made this store (saved in the workspace)."""
         from transformers import AutoTokenizer
@@ -107,10 +215,8 @@ class TokenStore:
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Sequences ``start:stop`` in order, ``batch_size`` at a time, as numpy arrays by name."""
         stop = self.n_sequences if stop is None else min(stop, self.n_sequences)
-        names = [n for n in ARRAYS if n in self.group]
         for lo in range(start, stop, batch_size):
-            hi = min(lo + batch_size, stop)
-            yield {n: np.asarray(self.group[n][lo:hi]) for n in names}
+            yield self.rows(lo, min(lo + batch_size, stop)).arrays
 
     def delete(self) -> None:
         """Delete this store and the job that made it."""
@@ -135,18 +241,16 @@ STORE_COLUMNS = ("id", "status", "corpus", "tokenizer", "context_length", "packi
 def token_stores(workspace: Workspace | str | None = None) -> Table:
     """Every token store of the workspace, with its corpus, tokenizer and settings. Stores on disk that no
     job record knows are listed as ``orphan``."""
-    import json
 
     from saekit import registry
 
     ws = as_workspace(workspace)
     rows, seen = [], set()
     for job_row in registry.list_jobs(ws, kind="tokenize", with_spec=True):
-        seen.add(job_row["id"])
-        path = store_path(ws, job_row["id"])
+        seen.add(job_row.id)
+        path = store_path(ws, job_row.id)
         stats = TokenStore(path, ws).group.attrs.get("stats") if path.exists() else None
-        rows.append(_store_row(job_row["id"], job_row["status"], json.loads(job_row["spec"]), stats,
-                               job_row["created_at"]))
+        rows.append(_store_row(job_row.id, str(job_row.status), job_row.spec_dict, stats, job_row.created_at))
     folder = ws.path / "tokens"
     for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         store_id = path.name.removesuffix(".zarr")

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from saekit.config import config
 from saekit.errors import JobCancelled
 from saekit.jobs.events import EventWriter
 from saekit.workspace import Workspace
 
 log = logging.getLogger("saekit.jobs")
 
-PROGRESS_INTERVAL = 0.5  # seconds between progress lines (a phase change or the last step is always written)
 
 
 class JobContext:
@@ -24,7 +24,8 @@ class JobContext:
     - ``ctx.metrics(step, loss=..., ...)``, ``ctx.event("message", level="warning", **data)``;
     - ``ctx.commit(state)`` records a resume point once the work it describes is safely on disk;
       a later attempt of the same job finds it as ``ctx.resume_point``;
-    - ``ctx.check_cancelled()`` raises ``JobCancelled`` once someone cancelled the job (a ``stat``).
+    - ``ctx.check_cancelled()`` raises ``JobCancelled`` once someone cancelled the job (a ``stat``);
+    - ``ctx.after_end(fn)`` defers a cleanup until the job's end is recorded.
 
     On torchrun ranks other than 0 the voice is silent: only rank 0 writes the event log.
     """
@@ -44,6 +45,8 @@ class JobContext:
         self._listeners = listeners
         self._cancel_path = self.dir / "cancel"
         self._last_progress = (0.0, None, None)  # time, phase, total
+        self._progress_interval = config.get("progress_interval")
+        self.cleanups: list[Callable[[], None]] = []
 
     def _write(self, record: dict, durable: bool = False) -> None:
         if self._writer is None:
@@ -54,14 +57,16 @@ class JobContext:
             listener(record)
 
     def progress(self, done: float, total: float | None = None, *, unit: str | None = None,
-                 phase: str | None = None, **extra: float) -> None:
+                 phase: str | None = None, check_cancel: bool = True, **extra: float) -> None:
         """Report ``done`` of ``total`` units (``extra`` numbers ride along, e.g. ``tokens=``);
-        raises ``JobCancelled`` if the job was cancelled."""
-        self.check_cancelled()
+        raises ``JobCancelled`` if the job was cancelled (unless ``check_cancel=False``: a job that agrees on
+        cancelling across ranks checks ``ctx.cancelled`` itself)."""
+        if check_cancel:
+            self.check_cancelled()
         now = time.monotonic()
         last_time, last_phase, last_total = self._last_progress
         final = total is not None and done >= total
-        if now - last_time < PROGRESS_INTERVAL and phase == last_phase and total == last_total and not final:
+        if now - last_time < self._progress_interval and phase == last_phase and total == last_total and not final:
             return
         self._last_progress = (now, phase, total)
         self._write({"t": "progress", "done": done, "total": total, "unit": unit, "phase": phase, **extra})
@@ -82,6 +87,11 @@ class JobContext:
         """Record a resume point (JSON). Call it only after the work it describes is durable."""
         self.resume_point = state
         self._write({"t": "commit", "state": state}, durable=True)
+
+    def after_end(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` once the job's successful end is recorded (e.g. removing its checkpoints): until
+        then every file a resume may need stays, so a kill at any instant leaves the job resumable."""
+        self.cleanups.append(cleanup)
 
     @property
     def cancelled(self) -> bool:

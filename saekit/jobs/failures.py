@@ -18,12 +18,19 @@ SUGGESTIONS = {
 }
 
 
+OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is running out of memory (host or CUDA)."""
     if isinstance(exc, MemoryError):
         return True
-    name = type(exc).__name__
-    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError (and torch.OutOfMemoryError)
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()  # torch raises a plain RuntimeError for the host allocator and some backends
+    return any(phrase in text for phrase in OOM_PHRASES)
 
 
 def classify(exc: BaseException) -> tuple[str, str, str | None]:

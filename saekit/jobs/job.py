@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import secrets
-import shutil
 import sys
 import time
 from typing import Any
 
 from saekit import registry
+from saekit._fs import remove
 from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError
-from saekit.jobs.events import EventTail, LogState, read_all
+from saekit.eventlog import EventTail, EventWriter, LogState, read_all
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.launchers import LAUNCHERS, run_here, start_worker
-from saekit.jobs.lifecycle import cancel_path, events_path, refresh
+from saekit.jobs.lifecycle import cancel_path, epoch, events_path, refresh
 from saekit.jobs.spec import canonical_json, normalize, spec_key
 from saekit.jobs.textbar import TextProgress, render
 from saekit.workspace import Workspace, as_workspace
+
+log = logging.getLogger("saekit.jobs")
 
 
 class Job:
@@ -30,8 +33,8 @@ class Job:
     number of processes, see the same job.
     """
 
-    def __init__(self, job_id: str, workspace: Workspace | str | None = None, *, _row: dict | None = None):
-        """Attach to job ``job_id``; ``_row`` (some columns of its registry row) saves the first read."""
+    def __init__(self, job_id: str, workspace: Workspace | str | None = None, *, _row: registry.JobRecord | None = None):
+        """Attach to job ``job_id``; ``_row`` (its record, perhaps from a listing) saves the first read."""
         self.workspace = as_workspace(workspace)
         self.id = job_id
         self._row = _row
@@ -41,7 +44,7 @@ class Job:
             self._load()
 
     # -- state -----------------------------------------------------------------------------------
-    def _load(self) -> dict:
+    def _load(self) -> registry.JobRecord:
         row = registry.get_job(self.workspace, self.id)
         if row is None:
             raise _not_found(self.workspace, self.id)
@@ -53,18 +56,18 @@ class Job:
         return self._log
 
     def info(self) -> dict:
-        """The job's registry row (spec and result parsed from JSON), after a fresh read."""
-        row = dict(self._load())
-        for field in ("spec", "result"):
-            if row.get(field) is not None:
-                row[field] = json.loads(row[field])
-        return row
+        """The job's registry row as plain values (spec and result parsed from JSON), after a fresh read."""
+        return self._load().to_dict()
+
+    def record(self) -> registry.JobRecord:
+        """The job's registry record (``JobRecord``), after a fresh read."""
+        return self._load()
 
     def _field(self, name: str):
-        """A column that never changes (kind, name, spec): from the row at hand, else a fresh read."""
-        if self._row is None or name not in self._row:
+        """A column that never changes (kind, name, spec): from the record at hand, else a fresh read."""
+        if self._row is None or (name == "spec" and self._row.spec is None):  # listings carry no spec
             self._load()
-        return self._row[name]
+        return getattr(self._row, name)
 
     @property
     def kind(self) -> str:
@@ -75,12 +78,12 @@ class Job:
         return self._field("name")
 
     @property
-    def status(self) -> str:
-        return self._load()["status"]
+    def status(self) -> registry.Status:
+        return self._load().status
 
     @property
     def attempt(self) -> int:
-        return self._load()["attempt"]
+        return self._load().attempt
 
     @property
     def spec(self) -> dict:
@@ -89,7 +92,7 @@ class Job:
     @property
     def progress(self) -> float | None:
         """Percent done (0-100) of the current attempt; 100 once completed; None before a total is known."""
-        if self._load()["status"] == "completed":
+        if self._load().status == "completed":
             return 100.0
         return self._sync_log().percent()
 
@@ -108,7 +111,7 @@ class Job:
         import pandas as pd
 
         row = self._load()
-        if row["status"] in registry.ACTIVE_STATES:
+        if row.active:
             rows = self._sync_log().metric_rows()
         else:
             rows = registry.get_metrics(self.workspace, self.id) or LogState().update(
@@ -142,11 +145,11 @@ class Job:
             now = time.monotonic()
             if ended or now - last_check >= check_every:
                 last_check = now
-                if self._load()["status"] in registry.FINAL_STATES:
+                if self._load().status.final:
                     return self
             if deadline is not None and now >= deadline:
                 raise JobTimeoutError(
-                    f"job {self.id} is still {self._row['status']} after {timeout} s; "
+                    f"job {self.id} is still {self._row.status} after {timeout} s; "
                     "wait longer, or job.cancel()", suggestion=None,
                 )
             time.sleep(poll)
@@ -160,13 +163,13 @@ class Job:
         """Wait for the job, then return its result (a store, an SAE, ... per kind); raises
         ``JobFailedError`` if it failed or was cancelled."""
         row = self.wait(timeout, progress=progress)._row
-        if row["status"] != "completed":
+        if row.status != "completed":
             raise JobFailedError(
-                f"job {self.id} ({row['kind']}) {row['status']}: [{row['error_type']}] {row['error_message']}",
-                error_type=row["error_type"] or "unknown", suggestion=row["suggestion"], job_id=self.id,
+                f"job {self.id} ({row.kind}) {row.status}: [{row.error_type}] {row.error_message}",
+                error_type=row.error_type or "unknown", suggestion=row.suggestion, job_id=self.id,
             )
-        value = None if row["result"] is None else json.loads(row["result"])
-        kind = get_kind(row["kind"], row["entry"], row["entry_path"])
+        kind = get_kind(row.kind)
+        value = row.result_value
         return kind.load_result(self.workspace, value) if kind.load_result else value
 
     # -- control -------------------------------------------------------------------------------------
@@ -191,6 +194,7 @@ class Job:
             raise _not_found(self.workspace, self.id)
         self._row = row
         if requeued:
+            _record_submission(self.workspace, registry.get_job(self.workspace, self.id))
             _launch(self.workspace, row, launcher, nproc, progress)
             self._load()
         return self
@@ -198,16 +202,20 @@ class Job:
     def delete(self) -> None:
         """Remove the job's registry rows and its files (event log, worker log, outputs); refuses while it is active."""
         row = self._load()
-        if row["status"] in registry.ACTIVE_STATES:
-            raise JobStateError(f"job {self.id} is {row['status']}; job.cancel() and job.wait() first, then delete it")
+        if row.active:
+            raise JobStateError(f"job {self.id} is {row.status}; job.cancel() and job.wait() first, then delete it")
+        if row.spec is None:
+            row = registry.get_job(self.workspace, self.id)
         try:
-            kind = get_kind(row["kind"], row["entry"], row["entry_path"])
-            outputs = list(kind.outputs(self.workspace, row)) if kind.outputs else []
-        except ConfigError:
-            outputs = []
+            kind = get_kind(row.kind)
+        except ConfigError as exc:  # a kind this process does not know: its outputs are unknown here
+            log.warning("job %s: %s; its registry rows, event log and worker log are deleted, its outputs are not",
+                        self.id, exc)
+            kind = None
+        outputs = list(kind.outputs(self.workspace, row)) if kind is not None and kind.outputs else []
         registry.delete_job(self.workspace, self.id)
         for path in [self.workspace.job_dir(self.id), self.workspace.log_path(self.id), *outputs]:
-            _remove(path)
+            remove(path)
 
     # -- display ---------------------------------------------------------------------------------------
     def widget(self):
@@ -229,11 +237,11 @@ class Job:
         except JobNotFoundError:
             return f"<Job {self.id} (deleted)>"
         state = self._sync_log()
-        text = f"<Job {self.id} {row['kind']} {row['status']}"
-        if row["status"] in registry.ACTIVE_STATES or state.progress:
-            text += f"  {render(state, status=row['status'], width=20)}"
-        if row["error_message"]:
-            text += f"\n  {row['error_type']}: {row['error_message'].splitlines()[0]}"
+        text = f"<Job {self.id} {row.kind} {row.status}"
+        if row.active or state.progress:
+            text += f"  {render(state, status=str(row.status), width=20)}"
+        if row.error_message:
+            text += f"\n  {row.error_type}: {row.error_message.splitlines()[0]}"
         return text + ">"
 
     def __eq__(self, other: object) -> bool:
@@ -247,23 +255,6 @@ def in_kernel() -> bool:
     """True inside a Jupyter kernel (where widgets can be shown), False in scripts and terminals."""
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _remove(path) -> None:
-    """Delete a file or folder, local or at an fsspec URL (``memory://``, ``s3://`` ...)."""
-    if path is not None and "://" in str(path):
-        import fsspec
-
-        fs, inner = fsspec.core.url_to_fs(str(path))
-        if fs.exists(inner):
-            fs.rm(inner, recursive=True)
-        return
-    if path is None or not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        os.remove(path)
 
 
 def _not_found(ws: Workspace, job_id: str) -> JobNotFoundError:
@@ -280,10 +271,10 @@ def _launcher(background: bool, launcher: str | None) -> str:
     return launcher
 
 
-def _launch(ws: Workspace, row: dict, launcher: str, nproc: int, progress: bool) -> None:
-    cancel_path(ws, row["id"]).unlink(missing_ok=True)  # a new attempt starts uncancelled
+def _launch(ws: Workspace, row: registry.JobRecord, launcher: str, nproc: int, progress: bool) -> None:
+    cancel_path(ws, row.id).unlink(missing_ok=True)  # a new attempt starts uncancelled
     if launcher == "inprocess":
-        run_here(ws, row["id"], progress=progress)
+        run_here(ws, row.id, progress=progress)
     else:
         start_worker(ws, row, launcher=launcher, nproc=nproc)
 
@@ -300,7 +291,9 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
     ws = as_workspace(workspace)
     info = get_kind(kind)
     launcher = _launcher(background, launcher)
-    if info.entry == "__main__" and launcher != "inprocess":
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
+    if info.module == "__main__" and launcher != "inprocess":
         raise ConfigError(
             f"job kind {kind!r} is defined in __main__, which a background worker cannot import; "
             "define it in a module, or run it with background=False"
@@ -310,17 +303,30 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
         spec = normalize(info.validate(spec))
     row, outcome = registry.submit_job(
         ws, new_id=f"{kind}-{secrets.token_hex(4)}", kind=kind, key=spec_key(kind, spec, info.volatile), name=name,
-        spec=canonical_json(spec), entry=info.entry, entry_path=info.entry_path, force=force, launcher=launcher,
-        worker_pid=os.getpid(),
+        spec=canonical_json(spec), entry=info.module, force=force, launcher=launcher, worker_pid=os.getpid(),
     )
     if outcome in ("created", "resumed"):
+        _record_submission(ws, row, spec)
         _launch(ws, row, launcher, nproc, progress)
-    return Job(row["id"], ws)
+    return Job(row.id, ws)
+
+
+def _record_submission(ws: Workspace, row: registry.JobRecord, spec: dict | None = None) -> None:
+    """The attempt's ``submit`` record in the event log: what the registry row is rebuilt from if it is lost."""
+    writer = EventWriter(events_path(ws, row.id))
+    try:
+        writer.write({"t": "submit", "attempt": row.attempt, "kind": row.kind, "key": row.key, "name": row.name,
+                      "spec": spec if spec is not None else row.spec_dict, "entry": row.entry,
+                      "launcher": row.launcher, "created_at": epoch(row.created_at)}, durable=True)
+    finally:
+        writer.close()
 
 
 def get_job(job_id: str, workspace: Workspace | str | None = None) -> Job:
     """Re-attach to a job by id (a unique prefix is enough), from any process."""
     ws = as_workspace(workspace)
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise JobNotFoundError(f"job id {job_id!r} is empty; give a job id (or a unique prefix of one): sk.jobs() lists them")
     try:
         return Job(job_id, ws)
     except JobNotFoundError:

@@ -1,80 +1,107 @@
 """Job kinds: functions ``(ctx, spec) -> result`` registered by name by the layer that owns them.
 
-The registry row of a job stores the module that registers its kind (its *entry*), so a worker imports
-only that module, and ``saekit.jobs`` never imports a higher layer.
+A job row stores only its kind's name. The code behind the name comes from saekit itself (the
+modules in ``BUILTIN``, imported on first use, so ``saekit.jobs`` never imports a higher layer and a
+worker imports only what its job needs), from installed packages (entry points of the
+``saekit.job_kinds`` group: ``name = "module"``), or from plug-in modules the caller names (see
+``saekit._trust``) - never from anything a workspace holds.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
+from saekit._trust import load_plugins, note_registration
 from saekit.errors import ConfigError
+
+# saekit's own kinds and the modules that register them
+BUILTIN = {
+    "tokenize": "saekit.data.tokenization",
+    "fetch_model": "saekit.models.fetch",
+    "extract": "saekit.activations.extraction",
+    "train": "saekit.sae.training",
+}
+ENTRY_POINT_GROUP = "saekit.job_kinds"
 
 
 @dataclass(frozen=True)
 class JobKind:
     name: str
     fn: Callable[..., Any]
-    entry: str  # the module that registers the kind
-    entry_path: str | None  # the sys.path folder that module is found under
+    module: str  # the module that registers the kind (recorded in job rows for people to read, never imported)
     validate: Callable[[dict], dict] | None = None  # normalise a spec; raise ConfigError on bad input
     load_result: Callable[[Any, Any], Any] | None = None  # (workspace, result JSON) -> user object
-    outputs: Callable[[Any, dict], list] | None = None  # (workspace, job row) -> paths that job.delete() removes
+    outputs: Callable[[Any, Any], list] | None = None  # (workspace, job record) -> paths that job.delete() removes
+    output_dirs: tuple[tuple[str, str | None], ...] = ()  # workspace folders holding its outputs, for `saekit gc`
     volatile: tuple[str, ...] = ()  # spec fields that do not change the result (left out of the key)
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
-def _module_root(module_name: str) -> str | None:
-    module = sys.modules.get(module_name)
-    file = getattr(module, "__file__", None)
-    if not file:
-        return None
-    path = Path(file).resolve()
-    depth = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
-    return str(path.parents[depth])
+def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
+             volatile: tuple[str, ...] = ()):
+    """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
-
-def job_kind(name: str, *, validate=None, load_result=None, outputs=None, volatile: tuple[str, ...] = ()):
-    """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``."""
+    ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
+    ``output_dirs`` maps the workspace folders those live in to a glob of entries there that belong
+    to no job (e.g. ``{"activations": "array-*"}``), so ``saekit gc`` can tell orphans apart.
+    A background worker finds the kind by importing the same module, so define it in a module (see
+    ``saekit._trust`` for how the worker learns of it).
+    """
 
     def register(fn):
         module = fn.__module__
+        existing = _KINDS.get(name)
+        if existing is not None and (existing.module, existing.fn.__qualname__) != (module, fn.__qualname__):
+            raise ConfigError(f"a job kind named {name!r} is registered already by {existing.module}; choose another name")
         _KINDS[name] = JobKind(
-            name=name, fn=fn, entry=module, entry_path=_module_root(module), validate=validate,
-            load_result=load_result, outputs=outputs, volatile=tuple(volatile),
+            name=name, fn=fn, module=module, validate=validate, load_result=load_result, outputs=outputs,
+            output_dirs=tuple((output_dirs or {}).items()), volatile=tuple(volatile),
         )
+        note_registration(module)
         return fn
 
     return register
 
 
-def get_kind(name: str, entry: str | None = None, entry_path: str | None = None) -> JobKind:
-    """The kind registered as ``name``, importing ``entry`` (the module that registers it) when needed."""
-    if name not in _KINDS and entry and entry != "__main__":
-        try:
-            importlib.import_module(entry)
-        except ModuleNotFoundError:
-            if not entry_path or entry_path in sys.path:
-                raise
-            sys.path.insert(0, entry_path)
-            importlib.import_module(entry)
+def _import_provider(name: str) -> None:
+    """Import the module that registers kind ``name``: saekit's own, an installed package's, or a plug-in."""
+    if name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+        return
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            importlib.import_module(ep.value.split(":")[0])
+            return
+    except ImportError:  # an installed package whose module is broken or gone: said below
+        pass
+    load_plugins()
+
+
+def get_kind(name: str) -> JobKind:
+    """The kind registered as ``name``, importing the module that provides it when needed."""
     if name not in _KINDS:
-        known = ", ".join(sorted(_KINDS)) or "none"
-        hint = (
-            "it was defined in __main__ (a notebook or script), which another process cannot import; "
-            "define it in a module"
-            if entry == "__main__"
-            else f"import the module that registers it{f' ({entry})' if entry else ''}"
+        _import_provider(name)
+    if name not in _KINDS:
+        known = ", ".join(sorted(set(_KINDS) | set(BUILTIN))) or "none"
+        raise ConfigError(
+            f"unknown job kind {name!r} (known here: {known}); saekit imports the code of a kind only from "
+            "itself, installed packages (entry points of 'saekit.job_kinds') or plug-in modules its caller names",
+            suggestion=f"import the module that registers {name!r} in this process, or name it in $SAEKIT_PLUGINS "
+                       "(a kind defined in a notebook or script runs only there, with background=False)",
         )
-        raise ConfigError(f"unknown job kind {name!r} (registered here: {known}); {hint}")
     return _KINDS[name]
 
 
 def kinds() -> list[str]:
-    return sorted(_KINDS)
+    return sorted(set(_KINDS) | set(BUILTIN))
+
+
+def builtin_kinds() -> list[JobKind]:
+    """saekit's own kinds (their modules imported), e.g. for ``saekit gc`` to read their output folders."""
+    return [get_kind(name) for name in BUILTIN]

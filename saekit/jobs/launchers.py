@@ -11,6 +11,7 @@ import threading
 import time
 
 from saekit import registry
+from saekit._trust import worker_environment
 from saekit.config import settings
 from saekit.errors import ConfigError
 from saekit.jobs.events import EventTail
@@ -23,7 +24,7 @@ log = logging.getLogger("saekit.jobs")
 LAUNCHERS = ("inprocess", "background", "torchrun")
 
 
-def run_here(ws: Workspace, job_id: str, *, progress: bool = True) -> dict | None:
+def run_here(ws: Workspace, job_id: str, *, progress: bool = True) -> registry.JobRecord | None:
     """Run the queued attempt in this process, blocking, with a text progress bar on stderr."""
     listeners = (TextProgress(job_id).update,) if progress else ()
     return execute(ws, job_id, launcher="inprocess", listeners=listeners)
@@ -42,18 +43,19 @@ def _reap(proc: subprocess.Popen) -> None:
     threading.Thread(target=proc.wait, name=f"saekit-reap-{proc.pid}", daemon=True).start()
 
 
-def start_worker(ws: Workspace, row: dict, *, launcher: str = "background", nproc: int = 1) -> dict:
+def start_worker(ws: Workspace, row: registry.JobRecord, *, launcher: str = "background",
+                 nproc: int = 1) -> registry.JobRecord:
     """Spawn a detached worker for the queued attempt of ``row`` and wait until it has taken the job.
 
     The worker runs in its own session (it outlives this process) and logs to ``logs/<job_id>.log``.
     A worker that cannot be spawned, or exits before it takes its lease, fails the job at once with
     the reason and its log's tail.
     """
-    job_id, attempt = row["id"], row["attempt"]
+    job_id, attempt = row.id, row.attempt
     ws.dir("jobs", job_id)
     log_path = ws.dir("logs") / f"{job_id}.log"
     tail = EventTail(events_path(ws, job_id), from_end=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = worker_environment(dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         with open(log_path, "ab") as log_file:
             log_file.write(f"--- attempt {attempt}: {' '.join(worker_command(ws, job_id, launcher, nproc))}\n".encode())
@@ -75,7 +77,7 @@ def start_worker(ws: Workspace, row: dict, *, launcher: str = "background", npro
             if any(r.get("t") == "start" and r.get("attempt") == attempt for r in tail.read()):
                 return registry.get_job(ws, job_id)
             current = registry.get_job(ws, job_id)
-            if current["status"] != "queued" or current["attempt"] != attempt:
+            if current.status != "queued" or current.attempt != attempt:
                 return current  # it ended (cancelled before it started, or another worker took it)
             return _fail_start(ws, row, f"the worker exited with code {code} before it took the job")
         time.sleep(0.02)
@@ -84,11 +86,11 @@ def start_worker(ws: Workspace, row: dict, *, launcher: str = "background", npro
     return registry.get_job(ws, job_id)
 
 
-def _fail_start(ws: Workspace, row: dict, why: str) -> dict:
-    tail = log_tail(ws, row["id"])
+def _fail_start(ws: Workspace, row: registry.JobRecord, why: str) -> registry.JobRecord:
+    tail = log_tail(ws, row.id)
     message = why + (f"; last lines of its log:\n{tail}" if tail else "")
     failed = registry.finish_job(
-        ws, row["id"], row["attempt"], "failed", result=None, error_type="worker_lost", error_message=message,
-        suggestion=f"read {ws.log_path(row['id'])}, fix the cause, then job.resume()", finished_at=registry.utcnow(),
+        ws, row.id, row.attempt, "failed", result=None, error_type="worker_lost", error_message=message,
+        suggestion=f"read {ws.log_path(row.id)}, fix the cause, then job.resume()", finished_at=registry.utcnow(),
     )
-    return failed if failed is not None else registry.get_job(ws, row["id"])
+    return failed if failed is not None else registry.get_job(ws, row.id)

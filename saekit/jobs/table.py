@@ -10,6 +10,7 @@ from saekit.errors import ConfigError
 from saekit.jobs.events import LogState, read_last
 from saekit.jobs.job import Job
 from saekit.jobs.lifecycle import events_path, refresh
+from saekit.registry import JobRecord
 from saekit.workspace import Workspace, as_workspace
 
 COLUMNS = ("id", "kind", "name", "status", "progress", "attempt", "created_at", "finished_at", "error_type")
@@ -39,15 +40,23 @@ class JobTable(Table):
             row.setdefault("progress", self._percent(row["id"], row["status"]))
         return rows
 
-    def __iter__(self) -> Iterator[Job]:
-        return (Job(self._records[i][0], self.workspace, _row=self.row(i)) for i in range(len(self)))
+    def _job(self, index: int) -> Job:
+        return Job(self._records[index][0], self.workspace, _row=JobRecord.from_row(self.row(index)))
 
-    def __getitem__(self, index: int | str) -> Job:
+    def __iter__(self) -> Iterator[Job]:
+        return (self._job(i) for i in range(len(self)))
+
+    def __getitem__(self, index: int | slice | str):
+        """``table[0]`` (a ``Job``), ``table[:3]`` (a list of them) or ``table["job-id"]``."""
+        if isinstance(index, slice):
+            return [self._job(i) for i in range(len(self))[index]]
         if isinstance(index, str):
             if index not in self.ids:
                 raise KeyError(index)
             index = self.ids.index(index)
-        return Job(self._records[index][0], self.workspace, _row=self.row(index))
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"job index {index} out of range for {len(self)} job(s)")
+        return self._job(index % len(self))
 
     @property
     def ids(self) -> list[str]:
@@ -84,13 +93,13 @@ def list_jobs(kind: str | None = None, status: str | Sequence[str] | None = None
     progress, changed = {}, {}
     for row in active:  # record what a vanished worker cannot
         fresh = refresh(ws, row)
-        if fresh["status"] != row["status"]:
-            changed[row["id"]] = fresh
-        elif fresh["status"] in registry.ACTIVE_STATES:
-            progress[row["id"]] = LogState().update(read_last(events_path(ws, row["id"]), 16384)).percent()
+        if fresh.status != row.status:
+            changed[row.id] = fresh
+        elif fresh.active:
+            progress[row.id] = LogState().update(read_last(events_path(ws, row.id), 16384)).percent()
     if changed:
         names = registry.jobs.TABLE_COLUMNS
-        records = [tuple(changed[r[0]][n] for n in names) if r[0] in changed else r for r in records]
+        records = [tuple(getattr(changed[r[0]], n) for n in names) if r[0] in changed else r for r in records]
         if states:
             records = [r for r in records if r[names.index("status")] in states]
     return JobTable(records, ws, progress)

@@ -26,14 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_id")
     parser.add_argument("--workspace", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _logging.configure(timestamps=True)
+    _logging.configure_worker()
     signal.signal(signal.SIGTERM, _terminate)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1 else "background"
     row = execute(Workspace(args.workspace), args.job_id, launcher=launcher, rank=rank, world_size=world_size)
     if row is not None and rank == 0:
-        logging.getLogger("saekit.jobs").info("job %s ended %s", args.job_id, row["status"])
+        logging.getLogger("saekit.jobs").info("job %s ended %s", args.job_id, row.status)
     return 0
 
 

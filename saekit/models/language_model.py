@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saekit.errors import ConfigError
+from saekit.errors import ConfigError, DataError
 from saekit.models.hookpoints import architecture_of, get_module, hook_point_names, parse
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -67,15 +67,39 @@ class LanguageModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """What identifies the tokenizer (the fingerprint token stores record)."""
+        if getattr(self, "_tokenizer_fingerprint", None) is None:
+            from saekit.data.tokens import tokenizer_fingerprint
+
+            self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
+        return self._tokenizer_fingerprint
+
+    def check_token_store(self, tokens) -> None:
+        """Refuse, before anything runs, a token store this model cannot read as it was meant: one made by
+        another tokenizer (another vocabulary), or with sequences longer than the model's positions."""
+        if tokens.attrs["tokenizer"]["fingerprint"] != self.tokenizer_fingerprint \
+                and tokens.tokenizer().get_vocab() != self.tokenizer.get_vocab():
+            raise DataError(
+                f"token store {tokens.id} was made by another tokenizer ({tokens.attrs['tokenizer'].get('source')!r}, "
+                f"a different vocabulary) than {self.name}'s; its token ids would mean other tokens to this model",
+                suggestion="tokenize the corpus with this model: sk.tokenize(corpus, lm)")
+        if self.max_context is not None and tokens.context_length > self.max_context:
+            raise DataError(
+                f"token store {tokens.id} holds sequences of {tokens.context_length} tokens but {self.name} has "
+                f"{self.max_context} positions", suggestion=f"tokenize again with context_length <= {self.max_context}")
+
     def hook_points(self) -> list[str]:
         return hook_point_names(self.arch, self.n_layers)
 
-    def _parse(self, name: str) -> tuple[int, str]:
+    def parse_hook_point(self, name: str) -> tuple[int, str]:
+        """``(block, site)`` of a hook point; ``HookPointError`` (naming the valid ones) when it is not one."""
         return parse(name, self.arch, self.n_layers, self.name)
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _register(self, name: str, fn: HookFn):
-        layer, site = self._parse(name)
+        layer, site = self.parse_hook_point(name)
         block = self.blocks[layer]
         if site == "resid_pre":
             def pre_hook(module, args, kwargs):
@@ -103,7 +127,7 @@ class LanguageModel:
     def hooks(self, fns: Mapping[str, HookFn]) -> Iterator["LanguageModel"]:
         """Within the block, call ``fn(activation)`` at each hook point; a tensor it returns replaces the activation."""
         for name in fns:
-            self._parse(name)  # every name is checked before any hook is added
+            self.parse_hook_point(name)  # every name is checked before any hook is added
         handles = [self._register(name, fn) for name, fn in fns.items()]
         try:
             yield self
@@ -133,7 +157,7 @@ class LanguageModel:
         names = [hook_points] if isinstance(hook_points, str) else list(hook_points)
         if not names:
             raise ConfigError("hook_points is empty; name at least one, e.g. lm.hook_points()[0]")
-        layers = [self._parse(n)[0] for n in names]
+        layers = [self.parse_hook_point(n)[0] for n in names]
         cache: dict[str, torch.Tensor] = {}
         fns = {n: (lambda x, n=n: cache.__setitem__(n, x.detach())) for n in names}
         stop = max(layers) if stop_at is None else (None if stop_at is False else int(stop_at))

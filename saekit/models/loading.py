@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from saekit._fs import format_bytes
+from saekit._trust import REMOTE_CODE_ENV, grant_remote_code, remote_code_allowed
 from saekit.errors import ConfigError, ModelLoadError
 from saekit.models.language_model import LanguageModel
 
@@ -120,13 +122,6 @@ def available_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 _LIVE: "weakref.WeakValueDictionary[tuple, LanguageModel]" = weakref.WeakValueDictionary()
 
 
@@ -175,6 +170,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
     except Exception as exc:
         raise ModelLoadError(f"cannot load the weights or tokenizer of {name!r}: {exc}") from exc
     model.to(device).eval().requires_grad_(False)
+    if trust_remote_code:
+        grant_remote_code(source)  # the workers this process starts may run this model's code too
     ref = {"name_or_path": source, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code,
            "revision": revision, "dtype": dtype_name(torch_dtype),
            "fingerprint": fingerprint(source, gguf_file, revision, config)}
@@ -190,5 +187,12 @@ def load_model_from_ref(ref: dict, device: str | torch.device = "auto") -> Langu
     live = _LIVE.get(_live_key(ref))
     if live is not None and (device == "auto" or live.device == resolve_device(device)):
         return live
-    return load_model(ref["name_or_path"], device=device, dtype=ref.get("dtype", "auto"), gguf_file=ref.get("gguf_file"),
-                      trust_remote_code=ref.get("trust_remote_code", False), revision=ref.get("revision"))
+    source = ref["name_or_path"]
+    trust = bool(ref.get("trust_remote_code")) and remote_code_allowed(source)
+    if ref.get("trust_remote_code") and not trust:
+        raise ModelLoadError(
+            f"model {source!r} runs its own code (trust_remote_code), and a job spec is not enough to allow that",
+            suggestion=f"load it with sk.load_model(..., trust_remote_code=True) in the process that starts the job, "
+                       f"or set ${REMOTE_CODE_ENV}={source}")
+    return load_model(source, device=device, dtype=ref.get("dtype", "auto"), gguf_file=ref.get("gguf_file"),
+                      trust_remote_code=trust, revision=ref.get("revision"))

@@ -3,7 +3,7 @@
 Every function here is one transaction under the registry's OS lock; no connection is kept open.
 """
 
-from saekit.registry._db import transaction
+from saekit.registry._db import RegistryRebuiltWarning, rebuild_registry, transaction
 from saekit.registry.jobs import (
     delete_job,
     finish_job,
@@ -18,10 +18,12 @@ from saekit.registry.jobs import (
     transition,
     utcnow,
 )
+from saekit.registry.records import JobRecord, Status
 from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES, SCHEMA_VERSION
 
 __all__ = [
-    "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "SCHEMA_VERSION", "delete_job", "finish_job", "get_job",
-    "get_metrics", "job_ids", "job_table", "list_jobs", "request_cancel", "resume_job", "submit_job", "transition",
+    "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "JobRecord", "SCHEMA_VERSION", "Status", "delete_job", "finish_job", "get_job",
+    "get_metrics", "job_ids", "job_table", "list_jobs", "rebuild_registry", "RegistryRebuiltWarning", "request_cancel",
+    "resume_job", "submit_job", "transition",
     "transaction", "utcnow",
 ]

@@ -10,6 +10,7 @@ package's exclusive lock serves reads and writes alike.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -63,9 +64,26 @@ class _Waiter:
             return False
 
 
-def _acquire(path: Path, op: int, deadline: float) -> int:
-    """Open ``path`` and lock it with ``op``; returns the descriptor that holds the lock."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+def _open(path: Path, reader: bool) -> int | None:
+    """A descriptor of the lock file. A reader in a folder it cannot write gets a read-only one (flock works
+    on it), or None when the file does not exist there: nobody can write that workspace, so there is no one
+    to exclude."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if not reader or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
+def _acquire(path: Path, op: int, deadline: float, reader: bool = False) -> int | None:
+    """Open ``path`` and lock it with ``op``; returns the descriptor that holds the lock (None: see ``_open``)."""
+    fd = _open(path, reader)
+    if fd is None:
+        return None
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
         return fd
@@ -104,12 +122,13 @@ class RegistryLock:
             except filelock.Timeout as exc:
                 raise _busy(self.path) from exc
             return self
-        turn = _acquire(self.path.with_name(self.path.name + ".turn"), fcntl.LOCK_EX, deadline)
+        reader = not self.write
+        turn = _acquire(self.path.with_name(self.path.name + ".turn"), fcntl.LOCK_EX, deadline, reader)
         try:
-            if not self.write:  # a reader only passes through the turnstile
+            if not self.write and turn is not None:  # a reader only passes through the turnstile
                 os.close(turn)
                 turn = None
-            self._fd = _acquire(self.path, fcntl.LOCK_EX if self.write else fcntl.LOCK_SH, deadline)
+            self._fd = _acquire(self.path, fcntl.LOCK_EX if self.write else fcntl.LOCK_SH, deadline, reader)
         finally:
             if turn is not None:
                 os.close(turn)  # a writer holds the turnstile until it holds the lock itself

@@ -11,12 +11,13 @@ from typing import Iterable, Sequence
 
 from saekit.errors import JobStateError
 from saekit.registry._db import Tx, transaction
+from saekit.registry.records import JobRecord
 from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES
 from saekit.workspace import Workspace
 
 # what listings need: no spec, no result (they can be large)
 LIST_COLUMNS = (
-    "id, kind, name, status, attempt, error_type, error_message, launcher, worker_pid, worker_host, "
+    "id, kind, name, status, attempt, error_type, error_message, suggestion, launcher, worker_pid, worker_host, "
     "cancel_requested, created_at, queued_at, started_at, finished_at"
 )
 
@@ -32,22 +33,21 @@ def _in(states: Sequence[str]) -> str:
 
 
 def _requeue(tx: Tx, job_id: str, launcher: str, worker_pid: int, spec: str | None = None,
-             entry: str | None = None, entry_path: str | None = None) -> dict | None:
+             entry: str | None = None) -> JobRecord | None:
     """Start a new attempt of a failed or cancelled job (same id, attempt + 1)."""
-    return tx.one(
+    return JobRecord.from_row(tx.one(
         f"""UPDATE jobs SET status = 'queued', active_key = key, attempt = attempt + 1,
-               spec = coalesce(?, spec), entry = coalesce(?, entry), entry_path = coalesce(?, entry_path),
+               spec = coalesce(?, spec), entry = coalesce(?, entry),
                result = NULL, error_type = NULL, error_message = NULL, suggestion = NULL,
                cancel_requested = FALSE, launcher = ?, worker_pid = ?, worker_host = NULL,
                started_at = NULL, finished_at = NULL, queued_at = ?
            WHERE id = ? AND status IN {_in(('failed', 'cancelled'))} RETURNING *""",
-        [spec, entry, entry_path, launcher, worker_pid, utcnow(), job_id],
-    )
+        [spec, entry, launcher, worker_pid, utcnow(), job_id],
+    ))
 
 
 def submit_job(ws: Workspace, *, new_id: str, kind: str, key: str, name: str | None, spec: str,
-               entry: str, entry_path: str | None, force: bool, launcher: str,
-               worker_pid: int) -> tuple[dict, str]:
+               entry: str, force: bool, launcher: str, worker_pid: int) -> tuple[JobRecord, str]:
     """Find or create the job for ``key`` in one transaction.
 
     Returns ``(row, outcome)``; outcome is ``"active"`` (a queued/running job has the key),
@@ -60,32 +60,32 @@ def submit_job(ws: Workspace, *, new_id: str, kind: str, key: str, name: str | N
     with transaction(ws, write=True) as tx:
         active = tx.one("SELECT * FROM jobs WHERE active_key = ?", [key])
         if active is not None:
-            return active, "active"
+            return JobRecord.from_row(active), "active"
         if not force:
             latest = tx.one("SELECT * FROM jobs WHERE key = ? ORDER BY created_at DESC LIMIT 1", [key])
             if latest is not None and latest["status"] == "completed":
-                return latest, "completed"
+                return JobRecord.from_row(latest), "completed"
             if latest is not None:
-                return _requeue(tx, latest["id"], launcher, worker_pid, spec, entry, entry_path), "resumed"
+                return _requeue(tx, latest["id"], launcher, worker_pid, spec, entry), "resumed"
         row = tx.one(
-            """INSERT INTO jobs (id, kind, key, active_key, name, status, spec, entry, entry_path,
+            """INSERT INTO jobs (id, kind, key, active_key, name, status, spec, entry,
                                   launcher, worker_pid, created_at, queued_at)
-               VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
-            [new_id, kind, key, key, name, spec, entry, entry_path, launcher, worker_pid, now, now],
+               VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *""",
+            [new_id, kind, key, key, name, spec, entry, launcher, worker_pid, now, now],
         )
-        return row, "created"
+        return JobRecord.from_row(row), "created"
 
 
-def resume_job(ws: Workspace, job_id: str, *, launcher: str, worker_pid: int) -> tuple[dict | None, bool]:
-    """Re-queue a failed or cancelled job as a new attempt. Returns ``(row, requeued)``;
+def resume_job(ws: Workspace, job_id: str, *, launcher: str, worker_pid: int) -> tuple[JobRecord | None, bool]:
+    """Re-queue a failed or cancelled job as a new attempt. Returns ``(record, requeued)``;
     an active job is returned unchanged, a completed one refused."""
     with transaction(ws, write=True) as tx:
-        row = tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        row = JobRecord.from_row(tx.one("SELECT * FROM jobs WHERE id = ?", [job_id]))
         if row is None:
             return None, False
-        if row["status"] in ACTIVE_STATES:
+        if row.active:
             return row, False
-        if row["status"] == "completed":
+        if row.status == "completed":
             raise JobStateError(
                 f"job {job_id!r} is completed, and completed is final; "
                 "start it again with force=True to run the same spec anew"
@@ -94,22 +94,22 @@ def resume_job(ws: Workspace, job_id: str, *, launcher: str, worker_pid: int) ->
 
 
 def transition(ws: Workspace, job_id: str, attempt: int, from_states: Sequence[str], to: str,
-               **fields) -> dict | None:
-    """Compare-and-set the state of one attempt; returns the new row, or None if it was not in ``from_states``."""
+               **fields) -> JobRecord | None:
+    """Compare-and-set the state of one attempt; returns the new record, or None if it was not in ``from_states``."""
     sets = {"status": to, **fields}
     assignments = ", ".join(f"{name} = ?" for name in sets)
     active_key = "key" if to in ACTIVE_STATES else "NULL"
     with transaction(ws, write=True) as tx:
-        return tx.one(
+        return JobRecord.from_row(tx.one(
             f"""UPDATE jobs SET {assignments}, active_key = {active_key}
                 WHERE id = ? AND attempt = ? AND status IN {_in(from_states)} RETURNING *""",
             [*sets.values(), job_id, attempt],
-        )
+        ))
 
 
 def finish_job(ws: Workspace, job_id: str, attempt: int, status: str, *, result: str | None,
                error_type: str | None, error_message: str | None, suggestion: str | None,
-               finished_at: dt.datetime, metrics: Iterable[tuple[int, str, float]] | None = None) -> dict | None:
+               finished_at: dt.datetime, metrics: Iterable[tuple[int, str, float]] | None = None) -> JobRecord | None:
     """End an attempt and compact its metrics into the registry, in one transaction.
 
     ``metrics`` replaces the job's compacted metrics (all attempts'); None leaves them as they are.
@@ -124,7 +124,7 @@ def finish_job(ws: Workspace, job_id: str, attempt: int, status: str, *, result:
         )
         if row is not None and metrics is not None:
             _replace_metrics(tx, job_id, list(metrics))
-        return row
+        return JobRecord.from_row(row)
 
 
 def _replace_metrics(tx: Tx, job_id: str, metrics: list[tuple[int, str, float]]) -> None:
@@ -138,7 +138,7 @@ def _replace_metrics(tx: Tx, job_id: str, metrics: list[tuple[int, str, float]])
     )
 
 
-def request_cancel(ws: Workspace, job_id: str) -> dict | None:
+def request_cancel(ws: Workspace, job_id: str) -> JobRecord | None:
     """Cancel a queued job at once; flag a running one for its worker. Returns the row (None if unknown)."""
     with transaction(ws, write=True) as tx:
         row = tx.one(
@@ -152,18 +152,18 @@ def request_cancel(ws: Workspace, job_id: str) -> dict | None:
                 "UPDATE jobs SET cancel_requested = TRUE WHERE id = ? AND status = 'running' RETURNING *",
                 [job_id],
             )
-        return row or tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return JobRecord.from_row(row or tx.one("SELECT * FROM jobs WHERE id = ?", [job_id]))
 
 
-def delete_job(ws: Workspace, job_id: str) -> dict | None:
-    """Remove a finished job's rows; refuses an active job. Returns the deleted row."""
+def delete_job(ws: Workspace, job_id: str) -> JobRecord | None:
+    """Remove a finished job's rows; refuses an active job. Returns the deleted record."""
     with transaction(ws, write=True) as tx:
-        row = tx.one(f"SELECT {LIST_COLUMNS} FROM jobs WHERE id = ?", [job_id])
+        row = JobRecord.from_row(tx.one(f"SELECT {LIST_COLUMNS} FROM jobs WHERE id = ?", [job_id]))
         if row is None:
             return None
-        if row["status"] in ACTIVE_STATES:
+        if row.active:
             raise JobStateError(
-                f"job {job_id!r} is {row['status']}; cancel it first (job.cancel() or `saekit cancel {job_id}`), "
+                f"job {job_id!r} is {row.status}; cancel it first (job.cancel() or `saekit cancel {job_id}`), "
                 "then delete it"
             )
         tx.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
@@ -171,20 +171,20 @@ def delete_job(ws: Workspace, job_id: str) -> dict | None:
         return row
 
 
-def get_job(ws: Workspace, job_id: str) -> dict | None:
+def get_job(ws: Workspace, job_id: str) -> JobRecord | None:
     with transaction(ws) as tx:
-        return tx.one("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return JobRecord.from_row(tx.one("SELECT * FROM jobs WHERE id = ?", [job_id]))
 
 
 def list_jobs(ws: Workspace, *, kind: str | None = None, status: str | Sequence[str] | None = None,
-              limit: int | None = None, with_spec: bool = False) -> list[dict]:
+              limit: int | None = None, with_spec: bool = False) -> list[JobRecord]:
     """Jobs newest first, without their spec and result (``with_spec=True`` adds the spec)."""
     where, params = _filters(kind, status)
     sql = f"SELECT {LIST_COLUMNS}{', spec' if with_spec else ''} FROM jobs{where} ORDER BY created_at DESC, id"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     with transaction(ws) as tx:
-        return tx.rows(sql, params)
+        return [JobRecord.from_row(r) for r in tx.rows(sql, params)]
 
 
 def _filters(kind: str | None, status: str | Sequence[str] | None) -> tuple[str, list]:
@@ -202,7 +202,7 @@ TABLE_COLUMNS = ("id", "kind", "name", "status", "attempt", "error_type", "creat
 
 
 def job_table(ws: Workspace, *, kind: str | None = None, status: str | Sequence[str] | None = None,
-              limit: int | None = None) -> tuple[list[tuple], list[dict]]:
+              limit: int | None = None) -> tuple[list[tuple], list[JobRecord]]:
     """For listings, in one transaction: every matching job as a tuple of ``TABLE_COLUMNS`` (newest first),
     and the full rows (``LIST_COLUMNS``) of the active ones among them."""
     where, params = _filters(kind, status)
@@ -210,7 +210,7 @@ def job_table(ws: Workspace, *, kind: str | None = None, status: str | Sequence[
     with transaction(ws) as tx:
         records = tx.execute(f"SELECT {', '.join(TABLE_COLUMNS)} FROM jobs{where}{order}", params).fetchall()
         active_where = (where + " AND " if where else " WHERE ") + "active_key IS NOT NULL"
-        active = tx.rows(f"SELECT {LIST_COLUMNS} FROM jobs{active_where}", params)
+        active = [JobRecord.from_row(r) for r in tx.rows(f"SELECT {LIST_COLUMNS} FROM jobs{active_where}", params)]
     return records, active
 
 

@@ -1,1 +1,12 @@
-"""Sparse autoencoders: architectures, the training job, evaluation, templates, import/export."""
+"""Sparse autoencoders: architectures, the training job, evaluation, templates, import/export.
+
+An architecture is a plug-in: an ``SAE`` subclass registered with ``@register_arch(name, ParamsClass)``,
+where ``ParamsClass`` is a frozen dataclass subclassing ``ArchParams`` that holds (and validates) the
+architecture's own settings. ``SAEConfig(arch=name, **settings)`` then builds it, and training, saving,
+loading and the SAELens export work for it as for the built-in ones.
+"""
+
+from saekit.sae.config import ArchParams, SAEConfig, TrainConfig
+from saekit.sae.model import SAE, TrainingOutput, TrainingState, archs, register_arch
+
+__all__ = ["ArchParams", "SAE", "SAEConfig", "TrainConfig", "TrainingOutput", "TrainingState", "archs", "register_arch"]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saekit.sae.config import JumpReLUParams, ReLUParams, SparseCodedParams
 from saekit.sae.model import SAE, TrainingOutput, TrainingState, register_arch
 from saekit.sae.sparse import Codes, gathered_linear, row_dots, sparse_decode
 
@@ -78,8 +79,17 @@ class _SparseCodedSAE(SAE):
         return (residual_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
 
 
-@register_arch("topk")
+@register_arch("topk", SparseCodedParams)
 class TopKSAE(_SparseCodedSAE):
+    saelens_architecture, saelens_imports = "topk", ("topk",)
+
+    @classmethod
+    def saelens_settings(cls, cfg):
+        return {"k": int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {})["k"])}
+
+    def saelens_cfg(self):
+        return {"k": self.config.k}
+
     def _select(self, pre):
         values, indices = pre.topk(self.config.k, dim=1, sorted=False)
         return Codes.from_topk(indices, self.d_sae), values.reshape(-1)
@@ -90,9 +100,15 @@ class TopKSAE(_SparseCodedSAE):
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
 
-@register_arch("batchtopk")
+@register_arch("batchtopk", SparseCodedParams)
 class BatchTopKSAE(_SparseCodedSAE):
+    """Exported to SAELens as the JumpReLU it is at inference (one threshold for every latent), as SAELens does."""
+
     THRESHOLD_MOMENTUM = 0.99
+    saelens_architecture = "jumprelu"
+
+    def saelens_tensors(self):
+        return {**super().saelens_tensors(), "threshold": self.threshold.detach().clamp_min(0).expand(self.d_sae).clone()}
 
     def __init__(self, config, *, device=None):
         super().__init__(config, device=device)
@@ -170,11 +186,21 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / bw) * near * grad).sum(0), None
 
 
-@register_arch("jumprelu")
+@register_arch("jumprelu", JumpReLUParams)
 class JumpReLUSAE(SAE):
+    saelens_architecture, saelens_imports = "jumprelu", ("jumprelu",)
+
+    def saelens_tensors(self):
+        return {**super().saelens_tensors(), "threshold": self.threshold.detach()}
+
+    @classmethod
+    def state_from_saelens(cls, tensors, cfg):
+        return {**super().state_from_saelens(tensors, cfg),
+                "log_threshold": tensors["threshold"].float().clamp_min(1e-12).log()}
+
     def __init__(self, config, *, device=None):
         super().__init__(config, device=device)
-        init = torch.full((config.resolved(config.d_in).d_sae,), float(config.jumprelu_init_threshold), device=device)
+        init = torch.full((self.d_sae,), float(config.jumprelu_init_threshold), device=device)
         self.log_threshold = nn.Parameter(init.clamp_min(1e-12).log())
 
     @property
@@ -198,8 +224,10 @@ class JumpReLUSAE(SAE):
         return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": z.abs().sum() / len(x)})
 
 
-@register_arch("relu")
+@register_arch("relu", ReLUParams)
 class ReLUSAE(SAE):
+    saelens_architecture, saelens_imports = "standard", ("standard", "relu")
+
     def encode(self, x):
         return self.pre_activations(x).relu()
 

@@ -1,16 +1,28 @@
-"""``SAEConfig`` (what an SAE is) and ``TrainConfig`` (how it is trained): frozen, validated, JSON-safe."""
+"""``SAEConfig`` (what an SAE is) and ``TrainConfig`` (how it is trained): frozen, validated, JSON-safe.
+
+An ``SAEConfig`` holds what every architecture shares (widths, decoder constraint, decoder-bias init)
+and ``params``, the settings of its architecture: a frozen dataclass that the architecture registered
+with ``register_arch(name, params_cls)`` and that validates itself. ``SAEConfig(arch="topk", k=32)``
+builds the params from the keyword arguments; ``config.k`` reads them back; ``to_dict()`` is flat.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from saekit._checks import check_choice, check_finite, check_non_negative, check_positive_int
 from saekit.errors import ConfigError
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 LR_DECAYS = ("none", "linear", "cosine")
 NORMALIZATIONS = ("expected_norm", "none")
+
+# settings of the built-in architectures that configs written by saekit <= 0.1 held for every architecture
+# (a flat config): when such a config is read, those that do not belong to its architecture are dropped
+LEGACY_FIELDS = frozenset({"k", "l1_coefficient", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_init_threshold",
+                           "aux_k", "aux_k_coefficient", "encoder_dtype"})
 
 
 class _Config:
@@ -21,6 +33,8 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: dict):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict takes a dict; got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -32,81 +46,170 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
-def _positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
-
-
-def _non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{name}={value!r} must be a number >= 0")
-
-
 @dataclass(frozen=True)
+class ArchParams(_Config):
+    """Base of an architecture's own settings. ``check(d_in, d_sae)`` validates them against the widths
+    once these are known (``__post_init__`` validates each field alone)."""
+
+    def check(self, d_in: int | None, d_sae: int | None) -> None:
+        """Raise ``ConfigError`` when a setting does not fit the widths (called with None while unknown)."""
+
+
+@dataclass(frozen=True, init=False)
 class SAEConfig(_Config):
     """What an SAE is.
 
-    ``arch``: ``relu`` (L1 penalty weighted by decoder norms), ``topk``, ``batchtopk`` (top ``k * batch``
-    over the whole batch while training, a learned threshold at inference) or ``jumprelu`` (per-latent
-    thresholds learned with straight-through gradients and an L0 penalty). ``d_in`` may be left out:
-    training takes it from the data. Width is ``d_sae``, or ``expansion_factor * d_in`` (16 when
-    neither is given). Parameters are float32 whatever the activations' dtype;
-    ``encoder_dtype="bfloat16"`` runs the TopK encoder's matmul in bfloat16 (about 2x faster on CPUs
-    with AVX512-BF16; check held-out FVU before relying on it).
+    ``arch`` names a registered architecture: built in are ``relu`` (L1 penalty weighted by decoder norms),
+    ``topk``, ``batchtopk`` (top ``k * batch`` over the whole batch while training, a learned threshold at
+    inference) and ``jumprelu`` (per-latent thresholds learned with straight-through gradients and an L0
+    penalty); ``saekit.sae.register_arch`` adds more. ``d_in`` may be left out: training takes it from the
+    data. Width is ``d_sae``, or ``expansion_factor * d_in`` (16 when neither is given). Every other keyword
+    is a setting of the architecture (``k``, ``l1_coefficient``, ...), validated by its parameter class.
+    Parameters are float32 whatever the activations' dtype.
     """
 
     arch: str = "topk"
     d_in: int | None = None
     d_sae: int | None = None
     expansion_factor: int | None = None
-    k: int | None = None
-    l1_coefficient: float = 5.0
-    l0_coefficient: float = 1.0
-    jumprelu_bandwidth: float = 0.001
-    jumprelu_init_threshold: float = 0.001
-    aux_k: int | None = None
-    aux_k_coefficient: float = 1 / 32
     normalize_decoder: bool = True
     b_dec_init: str = "geometric_median"
-    encoder_dtype: str = "float32"
+    params: ArchParams = field(default=None)
 
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ConfigError(f"arch={self.arch!r} is not an SAE architecture; use one of {list(ARCHS)}")
-        _positive_int("d_in", self.d_in, allow_none=True)
-        _positive_int("d_sae", self.d_sae, allow_none=True)
-        _positive_int("expansion_factor", self.expansion_factor, allow_none=True)
+    def __init__(self, arch: str = "topk", *, d_in: int | None = None, d_sae: int | None = None,
+                 expansion_factor: int | None = None, normalize_decoder: bool = True,
+                 b_dec_init: str = "geometric_median", params: ArchParams | None = None, **arch_params):
+        from saekit.sae.model import arch_class
+
+        cls = arch_class(arch)
+        if params is None:
+            params = _params_from(cls, arch_params)
+        elif arch_params:
+            raise ConfigError(f"give the settings of arch={arch!r} either as params= or as keywords, not both "
+                              f"({sorted(arch_params)})")
+        elif not isinstance(params, cls.params_cls):
+            raise ConfigError(f"params of arch={arch!r} must be a {cls.params_cls.__name__}; got {type(params).__name__}")
+        for name, value in (("arch", arch), ("d_in", d_in), ("d_sae", d_sae), ("expansion_factor", expansion_factor),
+                            ("normalize_decoder", normalize_decoder), ("b_dec_init", b_dec_init), ("params", params)):
+            object.__setattr__(self, name, value)
+        self._validate()
+
+    def _validate(self) -> None:
+        check_positive_int("d_in", self.d_in, allow_none=True)
+        check_positive_int("d_sae", self.d_sae, allow_none=True)
+        check_positive_int("expansion_factor", self.expansion_factor, allow_none=True)
         if self.d_sae is not None and self.expansion_factor is not None and self.d_in is not None \
                 and self.d_sae != self.d_in * self.expansion_factor:
             raise ConfigError(f"d_sae={self.d_sae} and expansion_factor={self.expansion_factor} disagree for "
                               f"d_in={self.d_in}; give one of them")
-        if self.arch in ("topk", "batchtopk"):
-            if self.k is None:
-                raise ConfigError(f"arch={self.arch!r} needs k (latents active per token), e.g. k=32")
-            _positive_int("k", self.k)
-        elif self.k is not None:
-            raise ConfigError(f"k={self.k} only applies to topk and batchtopk, not arch={self.arch!r}")
-        if self.d_sae is not None and self.k is not None and self.k >= self.d_sae:
-            raise ConfigError(f"k={self.k} must be smaller than d_sae={self.d_sae}")
-        _positive_int("aux_k", self.aux_k, allow_none=True)
-        for name in ("l1_coefficient", "l0_coefficient", "aux_k_coefficient", "jumprelu_init_threshold"):
-            _non_negative(name, getattr(self, name))
-        if not self.jumprelu_bandwidth > 0:
-            raise ConfigError(f"jumprelu_bandwidth={self.jumprelu_bandwidth!r} must be > 0")
-        if self.b_dec_init not in B_DEC_INITS:
-            raise ConfigError(f"b_dec_init={self.b_dec_init!r}; use one of {list(B_DEC_INITS)}")
-        if self.encoder_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"encoder_dtype={self.encoder_dtype!r}; use 'float32' or 'bfloat16'")
+        if not isinstance(self.normalize_decoder, bool):
+            raise ConfigError(f"normalize_decoder={self.normalize_decoder!r} must be True or False")
+        check_choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        self.params.check(self.d_in, self.d_sae)
 
-    def resolved(self, d_in: int) -> SAEConfig:
+    def __getattr__(self, name: str):
+        """The architecture's settings read as attributes: ``config.k``, ``config.l1_coefficient``."""
+        params = self.__dict__.get("params")
+        if params is not None and name in {f.name for f in dataclasses.fields(params)}:
+            return getattr(params, name)
+        raise AttributeError(f"SAEConfig(arch={self.__dict__.get('arch')!r}) has no setting {name!r}")
+
+    def to_dict(self) -> dict:
+        """Flat: the shared fields and the architecture's settings side by side."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        return {**shared, **self.params.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SAEConfig":
+        from saekit.sae.model import arch_class
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"SAEConfig.from_dict takes a dict; got {type(data).__name__}")
+        arch = data.get("arch", "topk")
+        own = {f.name for f in dataclasses.fields(arch_class(arch).params_cls)}
+        shared = {f.name for f in dataclasses.fields(cls)} - {"params"}
+        kept = {k: v for k, v in data.items() if k in shared or k in own or k not in LEGACY_FIELDS}
+        return cls(**kept)
+
+    def replace(self, **changes) -> "SAEConfig":
+        """A copy with ``changes`` applied (shared fields or settings of the architecture), validated again."""
+        return SAEConfig.from_dict({**self.to_dict(), **changes})
+
+    def resolved(self, d_in: int) -> "SAEConfig":
         """This config for inputs of width ``d_in``: ``d_in`` and ``d_sae`` filled in and checked."""
         if self.d_in is not None and self.d_in != d_in:
             raise ConfigError(f"SAEConfig.d_in={self.d_in} does not match the data's width {d_in}",
                               suggestion=f"use d_in={d_in} or leave d_in out")
         d_sae = self.d_sae if self.d_sae is not None else d_in * (self.expansion_factor or 16)
         return self.replace(d_in=d_in, d_sae=d_sae, expansion_factor=None)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"SAEConfig({items})"
+
+
+def _params_from(cls, values: dict) -> ArchParams:
+    names = {f.name for f in dataclasses.fields(cls.params_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        elsewhere = [k for k in unknown if k in LEGACY_FIELDS]
+        hint = (f"; {', '.join(f'{k}={values[k]!r}' for k in elsewhere)} only applies to other architectures"
+                if elsewhere else "")
+        raise ConfigError(f"arch={cls.arch!r} has no setting(s) {unknown}; its settings are {sorted(names)}{hint}")
+    return cls.params_cls(**values)
+
+
+# -- the built-in architectures' settings ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SparseCodedParams(ArchParams):
+    """TopK and BatchTopK: ``k`` latents per token (on average over the batch for BatchTopK); AuxK
+    reconstructs the residual from the top ``aux_k`` dead latents (default ``d_in // 2``), weighted by
+    ``aux_k_coefficient``. ``encoder_dtype="bfloat16"`` runs the encoder's matmul in bfloat16 (about 2x
+    faster on CPUs with AVX512-BF16; check held-out FVU before relying on it)."""
+
+    k: int | None = None
+    aux_k: int | None = None
+    aux_k_coefficient: float = 1 / 32
+    encoder_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.k is None:
+            raise ConfigError("this architecture needs k (latents active per token), e.g. k=32")
+        check_positive_int("k", self.k)
+        check_positive_int("aux_k", self.aux_k, allow_none=True)
+        check_non_negative("aux_k_coefficient", self.aux_k_coefficient)
+        check_choice("encoder_dtype", self.encoder_dtype, ("float32", "bfloat16"))
+
+    def check(self, d_in, d_sae):
+        if d_sae is not None and self.k >= d_sae:
+            raise ConfigError(f"k={self.k} must be smaller than d_sae={d_sae}")
+
+
+@dataclass(frozen=True)
+class ReLUParams(ArchParams):
+    """ReLU: the L1 penalty's weight (on activations times decoder-row norms)."""
+
+    l1_coefficient: float = 5.0
+
+    def __post_init__(self):
+        check_non_negative("l1_coefficient", self.l1_coefficient)
+
+
+@dataclass(frozen=True)
+class JumpReLUParams(ArchParams):
+    """JumpReLU: the L0 penalty's weight, the straight-through kernel's width and the initial threshold."""
+
+    l0_coefficient: float = 1.0
+    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = 0.001
+
+    def __post_init__(self):
+        check_non_negative("l0_coefficient", self.l0_coefficient)
+        check_non_negative("jumprelu_init_threshold", self.jumprelu_init_threshold)
+        check_finite("jumprelu_bandwidth", self.jumprelu_bandwidth)
+        if not self.jumprelu_bandwidth > 0:
+            raise ConfigError(f"jumprelu_bandwidth={self.jumprelu_bandwidth!r} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -149,21 +252,28 @@ class TrainConfig(_Config):
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                      "dead_after_tokens", "shuffle_buffer_bytes"):
-            _positive_int(name, getattr(self, name))
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"lr={self.lr!r} must be a positive number or None (automatic)")
-        for name in ("lr_warmup", "l1_warmup", "eval_tokens", "ce_eval_tokens", "adam_eps"):
-            _non_negative(name, getattr(self, name))
-        if self.lr_decay not in LR_DECAYS:
-            raise ConfigError(f"lr_decay={self.lr_decay!r}; use one of {list(LR_DECAYS)}")
+            check_positive_int(name, getattr(self, name))
+        if self.lr is not None:
+            check_finite("lr", self.lr)
+            if not self.lr > 0:
+                raise ConfigError(f"lr={self.lr!r} must be a positive number or None (automatic)")
+        for name in ("lr_warmup", "l1_warmup", "adam_eps"):
+            check_non_negative(name, getattr(self, name))
+        for name in ("eval_tokens", "ce_eval_tokens"):
+            check_positive_int(name, getattr(self, name), allow_zero=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed={self.seed!r} must be an integer")
+        check_choice("lr_decay", self.lr_decay, LR_DECAYS)
+        check_finite("lr_decay_fraction", self.lr_decay_fraction)
         if not 0 <= self.lr_decay_fraction <= 1:
             raise ConfigError(f"lr_decay_fraction={self.lr_decay_fraction!r} must be within [0, 1]")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+        if (not isinstance(self.adam_betas, tuple) or len(self.adam_betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b < 1
+                           for b in self.adam_betas)):
             raise ConfigError(f"adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
         if self.preload not in (None, True, False):
             raise ConfigError(f"preload={self.preload!r}; use None (automatic), True or False")
-        if self.normalize_activations not in NORMALIZATIONS:
-            raise ConfigError(f"normalize_activations={self.normalize_activations!r}; use one of {list(NORMALIZATIONS)}")
+        check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
         if self.batch_size > self.total_tokens:
             raise ConfigError(f"batch_size={self.batch_size} is larger than total_tokens={self.total_tokens}")
 

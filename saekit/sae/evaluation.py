@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saekit.activations.extraction import attention_mask
 
 
 @torch.no_grad()
@@ -44,19 +43,17 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
     spliced in at ``hook_point``, and with that activation zeroed; ``ce_recovered`` =
     (zero - sae) / (zero - clean); ``kl`` = mean KL(clean || spliced) per token. A document's leading
     BOS keeps its activation when the SAE was trained without BOS rows."""
-    bos = None if include_bos else tokens.tokenizer_bos_id()
+    bos = tokens.excluded_bos(include_bos)
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
     count = 0
     for lo in range(sequences.start, sequences.stop, batch_sequences):
         hi = min(lo + batch_sequences, sequences.stop)
-        batch = {n: np.asarray(tokens[n][lo:hi]) for n in ("input_ids", "doc_ids", "positions", "attention_mask")
-                 if n in tokens.group}
-        mask = attention_mask(batch)
-        ids = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(lm.device)
+        batch = tokens.rows(lo, hi)
+        mask = batch.mask
+        ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(lm.device)
         attn = torch.from_numpy(mask.astype(np.int64)).to(lm.device)
-        keep = torch.ones_like(ids, dtype=torch.bool)
-        if bos is not None:
-            keep = torch.from_numpy(~((batch["input_ids"] == bos) & (batch["positions"] == 0))).to(lm.device)
+        # the SAE replaces what it was trained on; a document's leading BOS (not trained on) keeps its activation
+        keep = torch.from_numpy(batch.kept(bos) | ~mask).to(lm.device)
         # a position predicts the next one when both are real tokens of the same document
         same_doc = (batch["doc_ids"][:, 1:] == batch["doc_ids"][:, :-1]) & mask[:, 1:] & mask[:, :-1]
         target_mask = torch.from_numpy(same_doc).to(lm.device)
@@ -84,6 +81,24 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
         return {}
     ce = {k: v / count for k, v in totals.items()}
     gap = ce["zero"] - ce["clean"]
-    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
-            "ce_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan"),
-            "ce_tokens": count}
+    out = {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
+           "ce_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan"),
+           "ce_tokens": count}
+    warnings = ce_warnings(out)
+    if warnings:
+        out["warnings"] = warnings
+    return out
+
+
+def ce_warnings(evaluation: dict) -> list[str]:
+    """Why the CE figures of an evaluation should not be read at face value (an empty list when they can)."""
+    out = []
+    gap = evaluation["ce_zero"] - evaluation["ce_clean"]
+    if gap <= 1e-9:
+        out.append(f"zero-ablating the hook point does not raise the loss (clean {evaluation['ce_clean']:.4g}, "
+                   f"zero-ablated {evaluation['ce_zero']:.4g}): ce_recovered has no meaning here; read ce_sae and kl")
+    elif not 0.0 <= evaluation["ce_recovered"] <= 1.0:
+        out.append(f"ce_recovered={evaluation['ce_recovered']:.4g} is outside [0, 1]: the SAE's loss "
+                   f"({evaluation['ce_sae']:.4g}) is " + ("below the clean loss" if evaluation["ce_recovered"] > 1
+                                                          else "above the zero-ablated loss"))
+    return out

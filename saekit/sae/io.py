@@ -1,12 +1,15 @@
-"""Other libraries' SAE folders: export to and import from SAELens, import from EleutherAI's sparsify.
+"""Other libraries' SAE folders: export to and import from SAELens, import from EleutherAI's sparsify,
+and ``from_pretrained``, which recognises the layout of a folder (or a hub repo) and loads it.
 
-- SAELens: ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``k`` for TopK, ``apply_b_dec_to_input``,
-  ``normalize_activations``, ``metadata``) + ``sae_weights.safetensors`` with ``W_enc [d_in, d_sae]``,
-  ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec`` and ``threshold`` for JumpReLU. saekit's ``relu`` is
-  SAELens' ``standard``; a ``batchtopk`` SAE is exported as the JumpReLU it is at inference (one
-  threshold for every latent), as SAELens does.
-- sparsify: ``cfg.json`` (``k``, ``d_in``, ``num_latents`` or ``expansion_factor``) + ``sae.safetensors``
-  with ``encoder.weight [d_sae, d_in]``, ``encoder.bias``, ``W_dec``, ``b_dec``.
+- SAELens (6.x): ``cfg.json`` (``architecture``, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``,
+  ``normalize_activations``, architecture fields such as ``k``, and ``metadata`` with ``sae_lens_version``,
+  ``hook_name`` and ``model_name``) + ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``, ``W_dec``,
+  ``b_enc``, ``b_dec``, and e.g. ``threshold``). Each architecture class says what it is called there
+  (``saelens_architecture``, ``saelens_imports``) and how its tensors map (``saelens_tensors``,
+  ``state_from_saelens``), so this module does not branch on architecture names.
+- sparsify: ``cfg.json`` (``activation``, ``k``, ``d_in``, ``num_latents`` or ``expansion_factor``) +
+  ``sae.safetensors`` with ``encoder.weight [d_sae, d_in]``, ``encoder.bias``, ``W_dec``, ``b_dec``.
+  Only ``activation="topk"`` SAEs have a saekit equivalent; others are refused by name.
 """
 
 from __future__ import annotations
@@ -18,80 +21,89 @@ import torch
 
 from saekit.errors import DataError
 from saekit.sae.config import SAEConfig
-from saekit.sae.model import SAE
+from saekit.sae.model import _ARCHS, CONFIG_FILE, SAE, WEIGHTS_FILE, arch_class
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_ARCHS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+SAELENS_FORMAT_VERSION = "6.0.0"  # the layout written: SAELens >= 6 reads hook and model names from metadata
 
 
-def _config_json(folder: Path, weights: str, library: str) -> dict:
-    if not (folder / "cfg.json").exists() or not (folder / weights).exists():
-        raise DataError(f"{str(folder)!r} is not a {library} SAE folder (expected cfg.json and {weights})")
-    return json.loads((folder / "cfg.json").read_text())
-
-
-def _thresholds(sae: SAE) -> torch.Tensor | None:
-    if sae.arch == "jumprelu":
-        return sae.threshold.detach()
-    if sae.arch == "batchtopk":
-        return sae.threshold.detach().clamp_min(0).expand(sae.d_sae).clone()
+def detect_layout(folder: str | Path) -> str | None:
+    """``"saekit"``, ``"saelens"``, ``"sparsify"``, or None when ``folder`` holds none of them."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    if (folder / SAELENS_WEIGHTS).is_file():
+        return "saelens"
+    if (folder / WEIGHTS_FILE).is_file():
+        try:
+            cfg = json.loads((folder / CONFIG_FILE).read_text())
+        except ValueError:
+            return None
+        return "saekit" if isinstance(cfg, dict) and "arch" in cfg else "sparsify"
     return None
 
 
+def _config_json(folder: Path, weights: str, library: str) -> dict:
+    if not (folder / CONFIG_FILE).exists() or not (folder / weights).exists():
+        layout = detect_layout(folder)
+        found = f"; it holds a {layout} SAE" if layout else ""
+        raise DataError(f"{str(folder)!r} is not a {library} SAE folder (expected {CONFIG_FILE} and {weights}){found}",
+                        suggestion="sk.SAE.from_pretrained(folder) recognises the layout")
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError as exc:
+        raise DataError(f"{str(folder / CONFIG_FILE)!r} is not valid JSON: {exc}") from None
+
+
 def to_saelens(sae: SAE, folder: str | Path, *, hook_name: str | None = None, model_name: str | None = None) -> Path:
-    """Write ``sae`` as a SAELens folder (loadable with ``sae_lens.SAE.load_from_disk``)."""
+    """Write ``sae`` as a SAELens folder (``sae_lens.SAE.load_from_disk`` reads it)."""
     from safetensors.torch import save_file
 
+    if sae.saelens_architecture is None:
+        raise DataError(f"arch={sae.arch!r} has no SAELens equivalent (its class sets no saelens_architecture)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metadata = getattr(sae, "metadata", {}) or {}
-    architecture = SAELENS_ARCHS[sae.arch]
-    cfg = {"architecture": architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-           "metadata": {"hook_name": hook_name or metadata.get("hook_point"), "model_name": model_name,
-                        "saekit_arch": sae.arch}}
-    if architecture == "topk":
-        cfg["k"] = sae.config.k
-    tensors = {"W_enc": sae.W_enc.detach().t().contiguous().cpu(), "W_dec": sae.W_dec.detach().contiguous().cpu(),
-               "b_enc": sae.b_enc.detach().cpu(), "b_dec": sae.b_dec.detach().cpu()}
-    threshold = _thresholds(sae)
-    if threshold is not None:
-        tensors["threshold"] = threshold.contiguous().cpu()
+    cfg = {"architecture": sae.saelens_architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
+           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+           "reshape_activations": "none", **sae.saelens_cfg(),
+           "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "hook_name": hook_name or metadata.get("hook_point"),
+                        "model_name": model_name or metadata.get("model_name"), "saekit_arch": sae.arch}}
+    tensors = {name: t.detach().contiguous().cpu().float() for name, t in sae.saelens_tensors().items()}
     save_file(tensors, folder / SAELENS_WEIGHTS)
-    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2))
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
     return folder
 
 
+def _saelens_class(architecture: str, folder: Path) -> type[SAE]:
+    for cls in _ARCHS.values():
+        if architecture in cls.saelens_imports:
+            return cls
+    known = sorted({name for cls in _ARCHS.values() for name in cls.saelens_imports})
+    raise DataError(f"SAELens architecture {architecture!r} in {str(folder)!r} has no saekit equivalent; "
+                    f"saekit imports {known}", suggestion="register an architecture that lists it in saelens_imports")
+
+
 def from_saelens(folder: str | Path, *, device: str | torch.device | None = None) -> SAE:
-    """Load a SAELens folder (``standard``/``relu``, ``topk``, ``jumprelu``) as a saekit ``SAE``."""
+    """Load a SAELens folder as a saekit ``SAE``."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg = _config_json(folder, SAELENS_WEIGHTS, "SAELens")
     architecture = cfg.get("architecture", "standard")
-    arch = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}.get(architecture)
-    if arch is None:
-        raise DataError(f"SAELens architecture {architecture!r} in {str(folder)!r} has no saekit equivalent; "
-                        "saekit imports standard, topk and jumprelu")
+    cls = _saelens_class(architecture, folder)
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise DataError(f"{str(folder)!r} expects activations normalized by SAELens "
                         f"({cfg['normalize_activations']!r}); saekit SAEs take raw activations",
                         suggestion="fold the normalization into the weights before importing")
-    weights = load_file(folder / SAELENS_WEIGHTS)
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    config = SAEConfig(arch=arch, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), k=int(k) if arch == "topk" else None,
-                       normalize_decoder=False)
-    sae = SAE(config, device="meta")
-    w_enc = weights["W_enc"].float()  # [d_in, d_sae]
-    b_enc, b_dec = weights["b_enc"].float(), weights["b_dec"].float()
-    if not cfg.get("apply_b_dec_to_input", True):  # W(x) + b == W(x - b_dec) + (b + W b_dec)
-        b_enc = b_enc + b_dec @ w_enc
-    state = {"W_enc": w_enc.t().contiguous(), "b_enc": b_enc, "W_dec": weights["W_dec"].float().contiguous(), "b_dec": b_dec}
-    if arch == "jumprelu":
-        state["log_threshold"] = weights["threshold"].float().clamp_min(1e-12).log()
-    sae.load_state_dict(state, assign=True)
-    sae.metadata = {"imported_from": "saelens", "hook_point": (cfg.get("metadata") or {}).get("hook_name", cfg.get("hook_name")),
-                    "model_name": (cfg.get("metadata") or {}).get("model_name", cfg.get("model_name"))}
+    tensors = load_file(folder / SAELENS_WEIGHTS)
+    config = SAEConfig(arch=cls.arch, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), normalize_decoder=False,
+                       **cls.saelens_settings(cfg))
+    sae = cls(config, device="meta")
+    sae.load_state_dict(cls.state_from_saelens(tensors, cfg), assign=True)
+    meta = cfg.get("metadata") or {}
+    sae.metadata = {"imported_from": "saelens", "hook_point": meta.get("hook_name", cfg.get("hook_name")),
+                    "model_name": meta.get("model_name", cfg.get("model_name"))}
     return sae.to(device) if device is not None else sae
 
 
@@ -100,8 +112,16 @@ def from_sparsify(folder: str | Path, *, device: str | torch.device | None = Non
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg = _config_json(folder, "sae.safetensors", "sparsify")
-    weights = load_file(folder / "sae.safetensors")
+    cfg = _config_json(folder, WEIGHTS_FILE, "sparsify")
+    if "arch" in cfg:
+        raise DataError(f"{str(folder)!r} is a saekit SAE folder, not a sparsify one", suggestion="use sk.SAE.load(folder)")
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise DataError(f"{str(folder)!r} is a sparsify SAE with activation={activation!r}; saekit imports "
+                        "activation='topk' only (a groupmax SAE is not a TopK SAE)")
+    if cfg.get("multi_topk"):
+        raise DataError(f"{str(folder)!r} was trained with multi_topk; saekit imports plain TopK SAEs")
+    weights = load_file(folder / WEIGHTS_FILE)
     if "W_skip" in weights or cfg.get("skip_connection") or cfg.get("transcode"):
         raise DataError(f"{str(folder)!r} is a sparsify transcoder/skip-connection model; saekit imports plain SAEs")
     if "encoder.weight" not in weights:
@@ -109,8 +129,44 @@ def from_sparsify(folder: str | Path, *, device: str | torch.device | None = Non
     d_sae, d_in = weights["encoder.weight"].shape
     config = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=int(cfg["k"]),
                        normalize_decoder=bool(cfg.get("normalize_decoder", True)))
-    sae = SAE(config, device="meta")
+    sae = arch_class("topk")(config, device="meta")
     sae.load_state_dict({"W_enc": weights["encoder.weight"].float(), "b_enc": weights["encoder.bias"].float(),
                          "W_dec": weights["W_dec"].float(), "b_dec": weights["b_dec"].float()}, assign=True)
-    sae.metadata = {"imported_from": "sparsify"}
+    sae.metadata = {"imported_from": "sparsify", "hook_point": folder.name}
     return sae.to(device) if device is not None else sae
+
+
+LOADERS = {"saekit": SAE.load, "saelens": from_saelens, "sparsify": from_sparsify}
+
+
+def from_pretrained(path_or_repo: str | Path, *, subfolder: str | None = None, revision: str | None = None,
+                    device: str | torch.device | None = None) -> SAE:
+    """An SAE from a local folder or a hub repo in any of the three layouts (see ``SAE.from_pretrained``)."""
+    folder = Path(path_or_repo).expanduser()
+    if not folder.exists():
+        folder = _download(str(path_or_repo), subfolder, revision)
+    elif subfolder:
+        folder = folder / subfolder
+    layout = detect_layout(folder)
+    if layout is None:
+        inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and detect_layout(p)) if folder.is_dir() else []
+        hint = (f"it holds several SAEs: pick one with subfolder= one of {inside[:10]}" if inside
+                else "expected cfg.json with sae.safetensors (saekit, sparsify) or sae_weights.safetensors (SAELens)")
+        raise DataError(f"{str(folder)!r} holds no SAE that saekit recognises; {hint}")
+    return LOADERS[layout](folder, device=device)
+
+
+def _download(repo: str, subfolder: str | None, revision: str | None) -> Path:
+    """A hub repo's SAE files (only those of ``subfolder`` when given) in the local hub cache."""
+    if repo.startswith(("/", ".", "~")):
+        raise DataError(f"SAE folder {repo!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"{subfolder.strip('/')}/*"] if subfolder else None
+        root = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown repo, auth: many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot fetch SAE repo {repo!r} from the Hugging Face hub: {first}",
+                        suggestion="check the name; offline, only local folders and repos already in the hub cache load") from exc
+    return root / subfolder if subfolder else root

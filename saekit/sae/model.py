@@ -8,6 +8,7 @@ Every architecture has ``W_enc [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_in]
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saekit._fs import publish, staging_path, write_atomic
+from saekit._trust import load_plugins, note_registration
 from saekit.errors import ConfigError, DataError
-from saekit.sae.config import SAEConfig
+from saekit.sae.config import ArchParams, SAEConfig
 
 _ARCHS: dict[str, type[SAE]] = {}
 
@@ -25,15 +28,45 @@ WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
 
 
-def register_arch(name: str):
-    """Class decorator: ``SAE(SAEConfig(arch=name, ...))`` builds this class."""
+def register_arch(name: str, params_cls: type[ArchParams]):
+    """Class decorator: make ``SAEConfig(arch=name, **settings)`` build this ``SAE`` subclass.
+
+    ``params_cls`` is a frozen dataclass (a subclass of ``saekit.sae.ArchParams``) holding the
+    architecture's own settings and validating them. A name can be registered once; a module outside
+    saekit that registers one is a plug-in (see ``saekit._trust`` for how background workers find it).
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"architecture name {name!r} must be an identifier, e.g. 'gated'")
+    if not (isinstance(params_cls, type) and issubclass(params_cls, ArchParams) and dataclasses.is_dataclass(params_cls)):
+        raise ConfigError(f"register_arch({name!r}, ...) needs a dataclass subclass of ArchParams; got {params_cls!r}")
 
     def register(cls):
-        cls.arch = name
+        if name in _ARCHS:
+            raise ConfigError(f"an SAE architecture named {name!r} is registered already ({_ARCHS[name].__module__}."
+                              f"{_ARCHS[name].__qualname__}); choose another name")
+        if not (isinstance(cls, type) and issubclass(cls, SAE)):
+            raise ConfigError(f"@register_arch({name!r}) decorates SAE subclasses; got {cls!r}")
+        cls.arch, cls.params_cls = name, params_cls
         _ARCHS[name] = cls
+        note_registration(cls.__module__)
         return cls
 
     return register
+
+
+def arch_class(name: str) -> type[SAE]:
+    """The class registered as ``name`` (plug-ins are loaded first when the name is unknown)."""
+    if name not in _ARCHS:
+        load_plugins()
+    if name not in _ARCHS:
+        raise ConfigError(f"arch={name!r} is not an SAE architecture; registered: {sorted(_ARCHS)}",
+                          suggestion="a plug-in architecture must be imported first (or named in $SAEKIT_PLUGINS)")
+    return _ARCHS[name]
+
+
+def archs() -> list[str]:
+    """The names of the registered architectures."""
+    return sorted(_ARCHS)
 
 
 @dataclass
@@ -59,16 +92,18 @@ class SAE(nn.Module):
     any float dtype are converted."""
 
     arch = "base"
-
-    def __new__(cls, config: SAEConfig | None = None, *args, **kwargs):
-        if cls is SAE:
-            if config is None:
-                raise ConfigError("SAE(config) needs an SAEConfig, e.g. sk.SAEConfig(arch='topk', d_in=512, k=32)")
-            return super().__new__(_ARCHS[config.arch])
-        return super().__new__(cls)
+    params_cls: type[ArchParams] = ArchParams
+    saelens_architecture: str | None = None  # the name SAELens gives this architecture (export); None: no export
+    saelens_imports: tuple[str, ...] = ()  # SAELens architectures this class loads
 
     def __init__(self, config: SAEConfig, *, device: str | torch.device | None = None):
+        if type(self) is SAE:
+            raise ConfigError("sk.SAE is the base class of the architectures; build one with "
+                              "sk.SAE.from_config(sk.SAEConfig(arch='topk', d_in=512, k=32))")
         super().__init__()
+        if not isinstance(config, SAEConfig) or config.arch != self.arch:
+            raise ConfigError(f"{type(self).__name__} is arch={self.arch!r}; got {config!r}",
+                              suggestion="build SAEs with sk.SAE.from_config(config)")
         if config.d_in is None:
             raise ConfigError("an SAE needs d_in; set SAEConfig(d_in=...) or use config.resolved(d_in)")
         config = config.resolved(config.d_in)
@@ -82,6 +117,13 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, device=device))
         self.metadata: dict = {}  # what a saved SAE's cfg.json says beyond its config (hook point, eval, ...)
+
+    @classmethod
+    def from_config(cls, config: SAEConfig, *, device: str | torch.device | None = None) -> SAE:
+        """A new SAE of the architecture ``config.arch`` names (randomly initialised)."""
+        if not isinstance(config, SAEConfig):
+            raise ConfigError(f"SAE.from_config needs an sk.SAEConfig; got {type(config).__name__}")
+        return arch_class(config.arch)(config, device=device)
 
     # -- facts -----------------------------------------------------------------------------------------
     @property
@@ -147,30 +189,45 @@ class SAE(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
-        save_file(tensors, folder / f"{WEIGHTS_FILE}.tmp")
-        (folder / f"{CONFIG_FILE}.tmp").write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2))
-        (folder / f"{WEIGHTS_FILE}.tmp").replace(folder / WEIGHTS_FILE)
-        (folder / f"{CONFIG_FILE}.tmp").replace(folder / CONFIG_FILE)
+        staged = staging_path(folder / WEIGHTS_FILE)
+        save_file(tensors, staged)
+        publish(staged, folder / WEIGHTS_FILE, replace=True)
+        write_atomic(folder / CONFIG_FILE, json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | torch.device | None = None) -> SAE:
-        """Load an SAE saved by ``save`` (what ``sk.job(id).result()`` does). SAELens and sparsify
-        folders load with ``SAE.from_saelens`` / ``SAE.from_sparsify``."""
+        """Load an SAE saved by ``save`` (what ``sk.job(id).result()`` does). A SAELens or sparsify folder
+        is recognised and refused with the loader to use (``SAE.from_pretrained`` takes any of the three)."""
         from safetensors.torch import load_file
 
+        from saekit.sae.io import detect_layout
+
         folder = Path(folder)
-        if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
-            raise DataError(f"{str(folder)!r} holds no saekit SAE (expected {CONFIG_FILE} and {WEIGHTS_FILE})",
-                            suggestion="for SAELens or sparsify folders use sk.SAE.from_saelens / sk.SAE.from_sparsify")
+        layout = detect_layout(folder)
+        if layout != "saekit":
+            loader = {"saelens": "sk.SAE.from_saelens(folder)", "sparsify": "sk.SAE.from_sparsify(folder)"}.get(layout)
+            raise DataError(f"{str(folder)!r} " + (f"is a {layout} SAE folder, not a saekit one" if loader else
+                            f"holds no saekit SAE (expected {CONFIG_FILE} and {WEIGHTS_FILE})"),
+                            suggestion=f"load it with {loader}, or sk.SAE.from_pretrained(folder) for any layout"
+                            if loader else "sk.SAE.from_pretrained(folder) reads saekit, SAELens and sparsify folders")
         raw = json.loads((folder / CONFIG_FILE).read_text())
-        fields = set(SAEConfig.__dataclass_fields__)
-        config = SAEConfig.from_dict({k: v for k, v in raw.items() if k in fields})
-        sae = SAE(config, device="meta")
+        config_keys = config_fields(raw.get("arch", "topk"))
+        config = SAEConfig.from_dict({k: v for k, v in raw.items() if k in config_keys})
+        sae = cls.from_config(config, device="meta")
         state = load_file(folder / WEIGHTS_FILE, device=str(device or "cpu"))
         sae.load_state_dict(state, assign=True)
-        sae.metadata = {k: v for k, v in raw.items() if k not in fields}
+        sae.metadata = {k: v for k, v in raw.items() if k not in config_keys}
         return sae
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, *, subfolder: str | None = None, revision: str | None = None,
+                        device: str | torch.device | None = None) -> SAE:
+        """Load an SAE from a local folder or a Hugging Face hub repo, in saekit's, SAELens' or sparsify's
+        layout (detected). ``subfolder`` picks one SAE of a repo or folder that holds several."""
+        from saekit.sae.io import from_pretrained
+
+        return from_pretrained(path_or_repo, subfolder=subfolder, revision=revision, device=device)
 
     def to_saelens(self, folder: str | Path, **kwargs) -> Path:
         """Write a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``); see ``saekit.sae.io``."""
@@ -190,9 +247,43 @@ class SAE(nn.Module):
 
         return from_sparsify(folder, device=device)
 
+    # -- SAELens' layout (each architecture may extend these) ------------------------------------------
+    @classmethod
+    def saelens_settings(cls, cfg: dict) -> dict:
+        """This architecture's settings read from a SAELens ``cfg.json`` (none by default)."""
+        return {}
+
+    def saelens_cfg(self) -> dict:
+        """Fields of this architecture for a SAELens ``cfg.json`` (none by default)."""
+        return {}
+
+    def saelens_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights in SAELens' names and shapes (``W_enc`` is ``[d_in, d_sae]`` there)."""
+        return {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
+                "b_enc": self.b_enc.detach(), "b_dec": self.b_dec.detach()}
+
+    @classmethod
+    def state_from_saelens(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
+        """Our ``state_dict`` from SAELens tensors (``apply_b_dec_to_input=False`` is folded into ``b_enc``)."""
+        w_enc = tensors["W_enc"].float()  # [d_in, d_sae]
+        b_enc, b_dec = tensors["b_enc"].float(), tensors["b_dec"].float()
+        if not cfg.get("apply_b_dec_to_input", True):  # W(x) + b == W(x - b_dec) + (b + W b_dec)
+            b_enc = b_enc + b_dec @ w_enc
+        return {"W_enc": w_enc.t().contiguous(), "b_enc": b_enc, "W_dec": tensors["W_dec"].float().contiguous(),
+                "b_dec": b_dec}
+
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}" + (
-            f", k={self.config.k}" if self.config.k else "")
+        k = getattr(self.config, "k", None)
+        return f"arch={self.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}" + (f", k={k}" if k else "")
+
+
+def config_fields(arch: str) -> set[str]:
+    """The keys of a saved ``cfg.json`` that belong to the config of ``arch`` (the rest is metadata)."""
+    from saekit.sae.config import LEGACY_FIELDS
+
+    shared = {f.name for f in dataclasses.fields(SAEConfig)} - {"params"}
+    own = {f.name for f in dataclasses.fields(arch_class(arch).params_cls)}
+    return shared | own | LEGACY_FIELDS
 
 
 def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from saekit.activations.extraction import TOKENS_PER_BATCH, attention_mask, kept_tokens
+from saekit.activations.extraction import tokens_per_batch
 from saekit.activations.store import ActivationStore
+from saekit.config import config
 from saekit.data.tokens import TokenStore
 
-PRELOAD_CPU_BYTES = 2**30  # stores up to this size are read into memory once when training on the CPU
 
 
 class StoreSource:
@@ -50,7 +50,7 @@ class StoreSource:
         if device.type == "cpu":
             import psutil
 
-            return need <= min(PRELOAD_CPU_BYTES, psutil.virtual_memory().available // 8)
+            return need <= min(config.get("preload_cpu_bytes"), psutil.virtual_memory().available // 8)
         return False
 
     def state(self) -> dict:
@@ -76,21 +76,16 @@ class ModelSource:
         n = tokens.n_sequences
         self.eval_sequences = min(math.ceil(int(eval_tokens) / tokens.context_length), n // 10)
         self.train_sequences = n - self.eval_sequences
-        self.bos = None if include_bos else tokens.tokenizer_bos_id()
+        self.bos = tokens.excluded_bos(include_bos)
         self.per_forward = sequences_per_forward or max(
-            1, TOKENS_PER_BATCH.get(lm.device.type, 2048) // tokens.context_length)
+            1, tokens_per_batch(lm.device) // tokens.context_length)
         self.d_in = lm.d_model
         self.cursor, self.leftover = 0, None
 
     def _rows(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
-        order = np.argsort(indices)
-        names = [n for n in ("input_ids", "doc_ids", "positions", "attention_mask") if n in self.tokens.group]
-        batch = {n: np.asarray(self.tokens[n].oindex[indices[order].tolist(), :]) for n in names}
-        inverse = np.argsort(order)
-        batch = {n: a[inverse] for n, a in batch.items()}
-        mask = attention_mask(batch)
-        cache = self.lm.run_with_cache(batch["input_ids"], self.hook_point, attention_mask=mask.astype(np.int64))
-        keep = torch.from_numpy(kept_tokens(batch, mask, self.bos)).to(self.lm.device)
+        batch = self.tokens.take(indices)
+        cache = self.lm.run_with_cache(batch.input_ids, self.hook_point, attention_mask=batch.mask.astype(np.int64))
+        keep = torch.from_numpy(batch.kept(self.bos)).to(self.lm.device)
         return cache[self.hook_point][keep].to(device=device, dtype=torch.float32)
 
     def _order(self, seed: int, epoch: int) -> np.ndarray:

@@ -87,7 +87,7 @@ class Templates:
             t = _from_row(row)
             table.append({"name": t.name, "favourite": "★" if t.favourite else "", "arch": t.sae_config.arch,
                           "d_sae": t.sae_config.d_sae or (f"x{t.sae_config.expansion_factor}" if t.sae_config.expansion_factor else None),
-                          "k": t.sae_config.k, "total_tokens": t.train_config.total_tokens, "lr": t.train_config.lr,
+                          "k": getattr(t.sae_config, "k", None), "total_tokens": t.train_config.total_tokens, "lr": t.train_config.lr,
                           "description": t.description, "updated_at": t.updated_at})
         return Table(table, ("name", "favourite", "arch", "d_sae", "k", "total_tokens", "lr", "description", "updated_at"),
                      empty="no templates yet; sk.templates.save('name', sk.SAEConfig(...), sk.TrainConfig(...))")
@@ -141,10 +141,10 @@ class Templates:
             raise ConfigError(f"not a templates JSON document: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ConfigError(f"not a saekit templates document (expected format {FORMAT!r})")
-        parsed = [Template(name=_check_name(item["name"]), description=item.get("description", ""),
-                           favourite=bool(item.get("favourite", False)),
-                           sae_config=SAEConfig.from_dict(item["sae_config"]),
-                           train_config=TrainConfig.from_dict(item["train_config"])) for item in doc["templates"]]
+        items = doc.get("templates")
+        if not isinstance(items, list):
+            raise ConfigError("a templates document needs a list under 'templates'")
+        parsed = [_parse_item(item, i) for i, item in enumerate(items)]
         clashes = sorted({t.name for t in parsed} & set(rows.template_names(ws)))
         if clashes and not overwrite:
             raise ConfigError(f"templates {clashes} exist in this workspace", suggestion="pass overwrite=True to replace them")
@@ -156,6 +156,20 @@ class Templates:
 
     def _repr_html_(self) -> str:
         return self.list()._repr_html_()
+
+
+def _parse_item(item, index: int) -> Template:
+    """One template of an imported document; a malformed one is a ConfigError naming its place."""
+    if not isinstance(item, dict) or not all(k in item for k in ("name", "sae_config", "train_config")):
+        raise ConfigError(f"templates[{index}] must be an object with name, sae_config and train_config")
+    try:
+        return Template(name=_check_name(item["name"]), description=str(item.get("description", "")),
+                        favourite=bool(item.get("favourite", False)), sae_config=SAEConfig.from_dict(item["sae_config"]),
+                        train_config=TrainConfig.from_dict(item["train_config"]))
+    except ConfigError as exc:
+        raise ConfigError(f"templates[{index}] ({item.get('name')!r}): {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"templates[{index}] ({item.get('name')!r}) is malformed: {exc}") from None
 
 
 def _check_train(train_config) -> TrainConfig:

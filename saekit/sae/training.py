@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from saekit._checks import is_int
+from saekit._fs import publishing
 from saekit.activations.store import ActivationStore
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError, JobCancelled, NumericsError
@@ -68,7 +70,9 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
     if not isinstance(train_config, TrainConfig):
         raise ConfigError(f"train_config must be a TrainConfig; got {type(train_config).__name__}")
     resolve_device(train_config.device)
-    if not isinstance(nproc, int) or nproc < 1 or train_config.batch_size % nproc:
+    if not is_int(nproc) or nproc < 1:
+        raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
+    if train_config.batch_size % nproc:
         raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over nproc={nproc}")
 
     spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws)
@@ -78,7 +82,7 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
                           "the source", suggestion="lower batch_size, lower eval_tokens or extract more tokens")
     eval_ref = None
     if eval_model is not None:
-        eval_model._parse(hook_point)
+        eval_model.parse_hook_point(hook_point)
         eval_ref = eval_model.ref
     spec = {"source": spec_source, "hook_point": hook_point, "saes": [c.to_dict() for c in resolved],
             "train": train_config.to_dict(), "eval_model": eval_ref}
@@ -91,23 +95,26 @@ def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace) ->
     if isinstance(source, str):
         source = ActivationStore.open(source, ws)
     if isinstance(source, ActivationStore):
-        source._check_hook_point(hook_point)
+        source.check_hook_point(hook_point)
         if not source.complete:
             raise DataError(f"activation store {source.id} is not complete; wait for its job first")
+        nonfinite = source.stats(hook_point).get("nonfinite", 0)
+        if nonfinite:
+            raise DataError(f"activation store {source.id} holds {nonfinite:,} rows with NaN or infinity at {hook_point}",
+                            suggestion="extract again in float32 (dtype='float32'), or drop those rows")
         rows = StoreSource(source, hook_point, tc.eval_tokens).train_rows
         return {"store": {"id": source.id, "location": source.location}}, source.d_model, rows
     if isinstance(source, tuple) and len(source) == 2:
         lm, tokens = source
         tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
-        lm._parse(hook_point)
+        lm.parse_hook_point(hook_point)
         if not tokens.complete:
             raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
+        lm.check_token_store(tokens)
         n = tokens.n_sequences
         held = min(math.ceil(tc.eval_tokens / tokens.context_length), n // 10)
         rows = int(tokens.stats()["tokens"] * (n - held) / max(n, 1))
-        ref = {"id": tokens.id, "path": str(tokens.path), "corpus": tokens.attrs["corpus"]["fingerprint"],
-               "tokenizer": tokens.attrs["tokenizer"]["fingerprint"]}
-        return {"model": lm.ref, "tokens": ref}, lm.d_model, max(rows, 1)
+        return {"model": lm.ref, "tokens": tokens.reference()}, lm.d_model, max(rows, 1)
     raise ConfigError(f"source must be an ActivationStore, a store id, or (lm, token_store); got {type(source).__name__}")
 
 
@@ -118,7 +125,7 @@ class _Run:
     def __init__(self, index: int, config: SAEConfig, tc: TrainConfig, device: torch.device):
         torch.manual_seed(tc.seed + index)
         self.index, self.config = index, config
-        self.sae = SAE(config, device=device)
+        self.sae = SAE.from_config(config, device=device)
         self.lr = tc.lr or 2e-4 / math.sqrt(config.d_sae / 2**14)
         options = {"lr": self.lr, "betas": tuple(tc.adam_betas), "eps": tc.adam_eps}
         try:  # one fused kernel (CPU and CUDA in torch >= 2.4): 2.5 ms vs 17 ms per step at 2 x 8192 x 512
@@ -173,15 +180,24 @@ class _Distributed:
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     def mean_(self, tensors: list[torch.Tensor]) -> None:
-        if self.active:
-            for t in tensors:
-                self.dist.all_reduce(t)
-                t.div_(self.world)
+        self.reduce_(mean=tensors)
 
-    def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            self.dist.all_reduce(t)
-        return t
+    def reduce_(self, *, mean: list[torch.Tensor] = (), total: list[torch.Tensor] = (), flag: bool = False) -> bool:
+        """One all-reduce for a whole step: ``mean`` tensors averaged and ``total`` ones summed in place over
+        the ranks, and ``flag`` (e.g. "cancelled") true on every rank when it is on any."""
+        if not self.active:
+            return flag
+        parts = [t.reshape(-1).float() for t in (*mean, *total)]
+        device = parts[0].device if parts else torch.device("cpu")
+        flat = torch.cat([*parts, torch.tensor([1.0 if flag else 0.0], device=device)])
+        self.dist.all_reduce(flat)
+        offset = 0
+        for i, t in enumerate((*mean, *total)):
+            n = t.numel()
+            piece = flat[offset:offset + n].view(t.shape)
+            t.copy_(piece / self.world if i < len(mean) else piece.round())
+            offset += n
+        return bool(flat[-1] > 0)
 
     def any(self, flag: bool) -> bool:
         if not self.active:
@@ -205,10 +221,10 @@ def _load_saes(ws: Workspace, result: dict):
 
 
 def _outputs(ws: Workspace, row: dict) -> list[str]:
-    return [str(ws.path / "saes" / row["id"])]
+    return [str(ws.path / "saes" / row.id)]
 
 
-@job_kind("train", load_result=_load_saes, outputs=_outputs)
+@job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None})
 def run_train(ctx, spec: dict) -> dict | None:
     tc = TrainConfig.from_dict(spec["train"])
     configs = [SAEConfig.from_dict(c) for c in spec["saes"]]
@@ -248,14 +264,11 @@ class _Trainer:
                                 "written", suggestion="lower lr and train again (force=True)")
         if self.group.rank == 0:
             final = self.folder / f"step_{self.step:08d}"
-            tmp = self.folder / f".step_{self.step:08d}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            for run in self.runs:
-                run.sae.save(tmp / f"sae{run.index}")
-            torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
-                        "source": self.source.state(), "rng": torch.get_rng_state()}, tmp / CHECKPOINT_FILE)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            with publishing(final, replace=True) as tmp:
+                for run in self.runs:
+                    run.sae.save(tmp / f"sae{run.index}")
+                torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
+                            "source": self.source.state(), "rng": torch.get_rng_state()}, tmp / CHECKPOINT_FILE)
             self.ctx.commit({"step": self.step, "checkpoint": final.name})
             kept = sorted(p for p in self.folder.glob("step_*") if p.is_dir())
             for old in kept[:-self.tc.keep_checkpoints]:
@@ -313,21 +326,24 @@ class _Trainer:
                     self._initialise(x)
                 x = x[lo:lo + local] * self.scale
                 log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == total
-                outputs = [self._step(run, x) for run in self.runs]
+                outputs = [self._forward_backward(run, x) for run in self.runs]
+                fired = [out.fired.clone() for out in outputs]
+                grads = [p.grad for run in self.runs for p in run.sae.parameters() if p.grad is not None]
+                # gradients (mean), fired counts (sum) and the cancel flag in one all-reduce: every rank stops together
+                cancelled = group.reduce_(mean=grads, total=fired, flag=group.rank == 0 and ctx.cancelled)
+                for run, count in zip(self.runs, fired):
+                    self._apply(run, count)
                 self.step += 1
                 interval_tokens += tc.batch_size
                 if log_now:
                     now = time.monotonic()
                     self._log(outputs, x, interval_tokens / max(now - interval_start, 1e-9))
                     interval_start, interval_tokens = now, 0
-                cancelled = False
-                if group.rank == 0:
-                    try:
-                        ctx.progress(self.step, total, unit="steps", phase="training", tokens=self.step * tc.batch_size)
-                    except JobCancelled:
-                        cancelled = True
-                if group.any(cancelled):  # every rank stops at the same step
+                if cancelled:
                     raise JobCancelled(f"job {ctx.job_id} was cancelled")
+                if group.rank == 0:
+                    ctx.progress(self.step, total, unit="steps", phase="training", tokens=self.step * tc.batch_size,
+                                 check_cancel=False)
                 if self.step % tc.checkpoint_every == 0 and self.step < total:
                     self._checkpoint()
         except JobCancelled:
@@ -340,24 +356,25 @@ class _Trainer:
         log.debug("trained %d steps in %.1f s", self.step, time.monotonic() - started)
         return self._finish()
 
-    def _step(self, run: _Run, x: torch.Tensor):
+    def _forward_backward(self, run: _Run, x: torch.Tensor):
         tc = self.tc
-        factor = _lr_factor(self.step, tc)
-        for group in run.optimizer.param_groups:
-            group["lr"] = run.lr * factor
         warmup = tc.steps(tc.l1_warmup)
         state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens,
                               sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
         out = run.sae.training_forward(x, state)
         out.loss.backward()
-        self.group.mean_([p.grad for p in run.sae.parameters() if p.grad is not None])
+        return out
+
+    def _apply(self, run: _Run, fired: torch.Tensor) -> None:
+        """The optimizer step of one SAE once its gradients (and fired counts) are those of the global batch."""
+        factor = _lr_factor(self.step, self.tc)
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.lr * factor
         run.sae.remove_parallel_decoder_grad()
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.sae.normalize_decoder()
-        fired = self.group.sum_(out.fired.clone())
-        run.since_fired.add_(tc.batch_size).masked_fill_(fired > 0, 0)
-        return out
+        run.since_fired.add_(self.tc.batch_size).masked_fill_(fired > 0, 0)
 
     def _log(self, outputs, x: torch.Tensor, tokens_per_s: float) -> None:
         values = {}
@@ -370,10 +387,19 @@ class _Trainer:
             loss, mse, fvu, l0, l1, auxk = numbers.tolist()
             if not math.isfinite(loss):
                 last = self.ctx.resume_point["step"] if self.ctx.resume_point else None
+                kept = (f"the last good checkpoint (step {last:,}) is kept" if last is not None
+                        else "no checkpoint was written yet")
+                bad_rows = int((~torch.isfinite(x).all(dim=1)).sum())
+                if bad_rows:  # the data, not the optimisation
+                    raise DataError(
+                        f"the activations hold NaN or infinity ({bad_rows:,} of the {len(x):,} rows of the batch at "
+                        f"step {self.step:,}), so the loss of SAE {run.index} became {loss}; {kept}",
+                        suggestion="the source is the cause, not the learning rate: check the store "
+                                   "(acts.stats(hook_point)['nonfinite']) or extract again in float32")
                 raise NumericsError(
-                    f"the loss of SAE {run.index} became {loss} at step {self.step:,}; "
-                    + (f"the last good checkpoint (step {last:,}) is kept" if last is not None else "no checkpoint was written yet"),
-                    suggestion=f"lower lr (it was {run.lr:g}) or check the activations for inf/NaN, then train again (force=True)")
+                    f"the loss of SAE {run.index} became {loss} at step {self.step:,} on finite activations: the "
+                    f"training diverged; {kept}",
+                    suggestion=f"lower lr (it was {run.lr:g}), then train again (force=True)")
             dead = float((run.since_fired >= self.tc.dead_after_tokens).float().mean())
             named = {"loss": loss, "mse": mse, "fvu": fvu, "l0": l0, "l1": l1, "dead_fraction": dead,
                      "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
@@ -404,11 +430,13 @@ class _Trainer:
                                   "trained_tokens": self.step * tc.batch_size, "source": self.spec["source"],
                                   "eval": evaluation})
             results.append({"path": str(path), "eval": evaluation})
-            ctx.event(f"SAE {run.index}: held-out " + ", ".join(f"{k}={v:.4g}" for k, v in evaluation.items()))
+            numbers = {k: v for k, v in evaluation.items() if isinstance(v, (int, float))}
+            ctx.event(f"SAE {run.index}: held-out " + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+            for warning in evaluation.get("warnings", []):
+                ctx.event(f"SAE {run.index}: {warning}", level="warning")
         ctx.metrics(self.step, **{self._name(r, f"eval_{k}"): v for r, item in zip(self.runs, results)
-                                  for k, v in item["eval"].items()})
-        for old in self.folder.glob("step_*"):
-            shutil.rmtree(old, ignore_errors=True)
+                                  for k, v in item["eval"].items() if isinstance(v, (int, float))})
+        ctx.after_end(lambda: [shutil.rmtree(old, ignore_errors=True) for old in self.folder.glob("step_*")])
         ctx.progress(self.step, tc.total_steps, unit="steps", phase="done")
         return {"saes": results, "steps": self.step, "tokens": self.step * tc.batch_size,
                 "hook_point": self.spec["hook_point"]}

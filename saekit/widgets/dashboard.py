@@ -9,11 +9,11 @@ import time
 import anywidget
 import traitlets
 
+from saekit.config import config
 from saekit.widgets.job_widget import HERE, chart_series, epoch_seconds, esm
 from saekit.widgets.poller import POLLER, Poller
 from saekit.workspace import Workspace, as_workspace
 
-REGISTRY_SECONDS = 2.0  # how often the dashboard reads the job list
 RECENT = 10
 
 
@@ -33,27 +33,26 @@ class Dashboard(anywidget.AnyWidget):
         self.workspace_path = str(self.workspace.path)
         self._poller = poller
         self._rows: list[dict] = []
-        self._read_at = -REGISTRY_SECONDS
+        self._read_at = -float("inf")
         self.poll()
         poller.add(self)
 
     def _active_row(self, row: dict, now: float) -> dict:
-        feed = self._poller.feed(self.workspace, row["id"])
+        feed = self._poller.feed(self.workspace, row.id)
         feed.read(now)
         state = feed.state
         progress = state.progress or {}
         resources = state.resources or {}
-        return {"id": row["id"], "kind": row["kind"], "name": row["name"], "status": row["status"],
-                "attempt": row["attempt"], "phase": progress.get("phase"), "done": progress.get("done"),
+        return {"id": row.id, "kind": row.kind, "name": row.name, "status": str(row.status),
+                "attempt": row.attempt, "phase": progress.get("phase"), "done": progress.get("done"),
                 "total": progress.get("total"), "unit": progress.get("unit"), "percent": state.percent(),
-                "started_at": epoch_seconds(row["started_at"]), "updated_at": state.last_time,
+                "started_at": epoch_seconds(row.started_at), "updated_at": state.last_time,
                 "cpu_percent": resources.get("cpu_percent"), "rss": resources.get("rss"),
-                "gpu_memory": resources.get("gpu_memory"), "worker_pid": row["worker_pid"]}
+                "gpu_memory": resources.get("gpu_memory"), "worker_pid": row.worker_pid}
 
     def followed(self) -> set[tuple[str, str]]:
-        from saekit import registry
 
-        return {(str(self.workspace.path), r["id"]) for r in self._rows if r["status"] in registry.ACTIVE_STATES}
+        return {(str(self.workspace.path), r.id) for r in self._rows if r.active}
 
     def poll(self, now: float | None = None) -> bool:
         if self.comm is None:
@@ -62,15 +61,15 @@ class Dashboard(anywidget.AnyWidget):
         from saekit.jobs.lifecycle import refresh
 
         now = time.monotonic() if now is None else now
-        if now - self._read_at >= REGISTRY_SECONDS:
+        if now - self._read_at >= config.get("dashboard_refresh"):
             self._read_at = now
             self._rows = [refresh(self.workspace, r) for r in registry.list_jobs(self.workspace, limit=200)]
-        active = [self._active_row(r, now) for r in self._rows if r["status"] in registry.ACTIVE_STATES]
-        recent = [{"id": r["id"], "kind": r["kind"], "name": r["name"], "status": r["status"],
-                   "error_type": r["error_type"], "finished_at": epoch_seconds(r["finished_at"]),
-                   "seconds": (r["finished_at"] - r["started_at"]).total_seconds()
-                   if r["finished_at"] and r["started_at"] else None}
-                  for r in self._rows if r["status"] in registry.FINAL_STATES][:RECENT]
+        active = [self._active_row(r, now) for r in self._rows if r.active]
+        recent = [{"id": r.id, "kind": r.kind, "name": r.name, "status": str(r.status),
+                   "error_type": r.error_type, "finished_at": epoch_seconds(r.finished_at),
+                   "seconds": (r.finished_at - r.started_at).total_seconds()
+                   if r.finished_at and r.started_at else None}
+                  for r in self._rows if not r.active][:RECENT]
         with self.hold_sync():
             if active != self.active:
                 self.active = active

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import timezone
 from pathlib import Path
 
 import anywidget
 import traitlets
 
+from saekit.jobs.lifecycle import epoch as epoch_seconds
 from saekit.widgets.poller import POLLER, JobFeed, Poller
 
 HERE = Path(__file__).parent
@@ -33,11 +33,6 @@ def _thin(points: list[list[float]], limit: int = MAX_POINTS) -> list[list[float
         return points
     stride = math.ceil(len(points) / limit)
     return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
-
-
-def epoch_seconds(value) -> float | None:
-    """A registry timestamp (naive UTC) as epoch seconds."""
-    return None if value is None else value.replace(tzinfo=timezone.utc).timestamp()
 
 
 def chart_series(state, names: tuple[str, ...] = CHART_METRICS) -> dict[str, list[list[float]]]:
@@ -81,9 +76,8 @@ class JobWidget(anywidget.AnyWidget):
     def __init__(self, job, *, poller: Poller = POLLER, **kwargs):
         super().__init__(**kwargs)
         self.workspace, self.job_id = job.workspace, job.id
-        row = job.info()
-        self.name, self.kind, self.attempt = row.get("name") or "", row["kind"], int(row["attempt"])
-        self._row_status = row["status"]
+        row = job.record()
+        self.name, self.kind, self.attempt = row.name or "", row.kind, int(row.attempt)
         self._poller = poller
         self._feed: JobFeed = poller.feed(job.workspace, job.id)
         self._seen = -1
@@ -100,15 +94,15 @@ class JobWidget(anywidget.AnyWidget):
         return self.status in ("completed", "failed", "cancelled")
 
     # -- state from the registry row and the event log ----------------------------------------------
-    def _apply_row(self, row: dict) -> None:
-        self.status = row["status"]
-        self.cancel_requested = bool(row.get("cancel_requested"))
-        self.error_type = row.get("error_type") or ""
-        self.error_message = row.get("error_message") or ""
-        self.suggestion = row.get("suggestion") or ""
+    def _apply_row(self, row) -> None:
+        self.status = str(row.status)
+        self.cancel_requested = row.cancel_requested
+        self.error_type = row.error_type or ""
+        self.error_message = row.error_message or ""
+        self.suggestion = row.suggestion or ""
         for field, trait in (("started_at", "started_at"), ("finished_at", "ended_at")):
-            if row.get(field) is not None:
-                setattr(self, trait, epoch_seconds(row[field]))
+            if getattr(row, field) is not None:
+                setattr(self, trait, epoch_seconds(getattr(row, field)))
 
     def _apply_feed(self) -> None:
         feed, state = self._feed, self._feed.state
@@ -165,8 +159,8 @@ class JobWidget(anywidget.AnyWidget):
         if self._feed.needs_registry(now):
             from saekit.jobs.job import Job
 
-            row = Job(self.job_id, self.workspace).info()  # reading it records a lost worker as failed
-            if row["status"] != "running" or self._feed.state.start is None:
+            row = Job(self.job_id, self.workspace).record()  # reading it records a lost worker as failed
+            if row.status != "running" or self._feed.state.start is None:
                 self._apply_row(row)
             return not self.final
         return True

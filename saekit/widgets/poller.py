@@ -16,6 +16,7 @@ import time
 import weakref
 from collections import deque
 
+from saekit.config import config
 from saekit.jobs.events import EventTail, LogState
 from saekit.jobs.lease import lease_is_held
 from saekit.jobs.lifecycle import events_path
@@ -23,8 +24,6 @@ from saekit.workspace import Workspace
 
 log = logging.getLogger("saekit.widgets")
 
-TICK_SECONDS = 0.5
-LIVENESS_SECONDS = 5.0
 RESOURCE_SAMPLES = 240  # a job's resource history kept for its widgets (20 minutes at one per 5 s)
 
 
@@ -77,7 +76,7 @@ class JobFeed:
         the job has not started (it may have been cancelled while queued) or its worker holds no lease
         (it died without a word)."""
         now = time.monotonic() if now is None else now
-        if self.state.end is not None or now - self._last_liveness < LIVENESS_SECONDS:
+        if self.state.end is not None or now - self._last_liveness < config.get("widget_liveness"):
             return False
         self._last_liveness = now
         return self.state.start is None or not lease_is_held(self.workspace.job_dir(self.job_id))
@@ -89,8 +88,8 @@ class Poller:
     A widget has ``poll(now) -> bool`` (False: stop polling it) and ``followed()``, the (workspace path,
     job id) pairs whose feeds it reads."""
 
-    def __init__(self, interval: float = TICK_SECONDS):
-        self.interval = interval
+    def __init__(self, interval: float | None = None):
+        self.interval = interval if interval is not None else config.get("widget_tick")
         self._widgets: weakref.WeakSet = weakref.WeakSet()
         self._feeds: dict[tuple[str, str], JobFeed] = {}
         self._task: asyncio.Task | None = None

@@ -25,8 +25,8 @@ def worker_pids(ws: Workspace) -> dict[int, dict]:
     """pid -> {id, kind, name} of the workspace's active jobs' workers."""
     from saekit import registry
 
-    return {int(r["worker_pid"]): {"id": r["id"], "kind": r["kind"], "name": r["name"]}
-            for r in registry.list_jobs(ws, status=registry.ACTIVE_STATES) if r["worker_pid"]}
+    return {int(r.worker_pid): {"id": r.id, "kind": r.kind, "name": r.name}
+            for r in registry.list_jobs(ws, status=registry.ACTIVE_STATES) if r.worker_pid}
 
 
 def job_of_pid(pid: int, workers: dict[int, dict]) -> dict | None:

@@ -77,6 +77,7 @@ def test_batches_bad_input(ws):
         next(store.batches("h", 0))
 
 
+@pytest.mark.heavy
 def test_preloaded_batches_are_the_streamed_batches(ws):
     """preload=True (data read once, batches gathered in memory) gives the same stream, from any step."""
     for dtype in (torch.float32, torch.bfloat16):

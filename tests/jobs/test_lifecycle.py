@@ -1,13 +1,12 @@
 """Job semantics in one process: idempotency, force, attempts, resume points, errors, deletion."""
 
-import json
 import os
 import time
 
 import pytest
+from kinds_for_tests import dead_pid, queued_job
 
 import saekit as sk
-from kinds_for_tests import dead_pid, queued_job
 from saekit import registry
 from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError
 from saekit.jobs import submit
@@ -32,7 +31,7 @@ def test_in_process_job_runs_and_records_everything(ws):
     assert len(registry.get_metrics(ws, job.id)) == 50
     assert [e["message"] for e in job.events()] == ["counted to 25"]
     kinds = [r["t"] for r in job.events(all_records=True)]
-    assert kinds[0] == "start" and kinds[-1] == "end" and "commit" in kinds
+    assert kinds[:2] == ["submit", "start"] and kinds[-1] == "end" and "commit" in kinds
 
 
 def test_same_spec_returns_the_completed_job_without_work(ws):
@@ -132,7 +131,7 @@ def test_end_recorded_only_in_the_log_is_reconciled_by_a_reader(ws):
     writer.write({"t": "end", "attempt": 1, "status": "completed", "result": {"ok": True}})
     writer.close()
     fresh = refresh(ws, registry.get_job(ws, "late-1"))
-    assert fresh["status"] == "completed" and json.loads(fresh["result"]) == {"ok": True}
+    assert fresh.status == "completed" and fresh.result_value == {"ok": True}
     assert registry.get_metrics(ws, "late-1") == [(3, "loss", 0.25)]
 
 

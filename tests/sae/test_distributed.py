@@ -1,11 +1,13 @@
 """Data-parallel training under torchrun (2 CPU ranks, gloo) follows the one-process run."""
 
 import numpy as np
+import pytest
 from data_for_tests import dictionary_data, quick
 
 import saekit as sk
 
 
+@pytest.mark.heavy
 def test_two_ranks_follow_the_single_process_loss_curve(ws):
     x, _ = dictionary_data(40_000, 16, 64, 3, seed=7)
     store = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)

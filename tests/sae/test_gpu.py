@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from data_for_tests import quick
 
 import saekit as sk
-from data_for_tests import quick
 
 pytestmark = pytest.mark.gpu
 

@@ -15,7 +15,7 @@ ARCHS = {"relu": {}, "topk": {"k": 4}, "batchtopk": {"k": 4}, "jumprelu": {}}
 
 def _sae(arch, d_in=16, d_sae=48, seed=0):
     torch.manual_seed(seed)
-    sae = sk.SAE(sk.SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, **ARCHS[arch]))
+    sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, **ARCHS[arch]))
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -25,8 +25,8 @@ def _sae(arch, d_in=16, d_sae=48, seed=0):
 
 
 def test_config_refuses_bad_values_by_name():
-    with pytest.raises(ConfigError, match="arch='gated'"):
-        sk.SAEConfig(arch="gated")
+    with pytest.raises(ConfigError, match="arch='matryoshka-xl' is not an SAE architecture"):
+        sk.SAEConfig(arch="matryoshka-xl")
     with pytest.raises(ConfigError, match="needs k"):
         sk.SAEConfig(arch="topk")
     with pytest.raises(ConfigError, match="k=64 must be smaller than d_sae=64"):
@@ -66,9 +66,35 @@ def test_save_load_round_trip_and_shapes(tmp_path, arch):
     torch.testing.assert_close(sae(x.bfloat16()), sae(x.bfloat16().float()))  # any float input is converted
 
 
-def test_load_refuses_other_folders(tmp_path):
-    with pytest.raises(DataError, match="from_saelens"):
+def test_load_names_the_loader_of_other_layouts(tmp_path):
+    with pytest.raises(DataError, match="holds no saekit SAE.*from_pretrained"):
         sk.SAE.load(tmp_path)
+    lens = _sae("topk").to_saelens(tmp_path / "lens")
+    with pytest.raises(DataError, match="is a saelens SAE folder.*from_saelens"):
+        sk.SAE.load(lens)
+    sparsify = tmp_path / "sparsify"
+    sparsify.mkdir()
+    save_file({"encoder.weight": torch.randn(8, 4), "encoder.bias": torch.zeros(8), "W_dec": torch.randn(8, 4),
+               "b_dec": torch.zeros(4)}, sparsify / "sae.safetensors")
+    (sparsify / "cfg.json").write_text(json.dumps({"k": 2, "d_in": 4, "num_latents": 8}))
+    with pytest.raises(DataError, match="is a sparsify SAE folder.*from_sparsify"):
+        sk.SAE.load(sparsify)  # was a raw torch RuntimeError
+    assert isinstance(sk.SAE.from_pretrained(sparsify), sk.SAE)
+    assert sk.SAE.from_pretrained(lens).config.k == 4
+    with pytest.raises(DataError, match="holds no SAE"):
+        sk.SAE.from_pretrained(tmp_path)
+
+
+def test_the_base_class_is_not_an_architecture():
+    with pytest.raises(ConfigError, match="from_config"):
+        sk.SAE(sk.SAEConfig(arch="topk", d_in=8, k=2))
+    with pytest.raises(ConfigError, match="registered already"):
+        from saekit.sae import register_arch
+        from saekit.sae.config import ReLUParams
+
+        @register_arch("relu", ReLUParams)
+        class Again(sk.SAE):
+            pass
 
 
 def test_folding_the_input_scale_keeps_the_function():
@@ -126,6 +152,9 @@ def test_sparsify_import(tmp_path):
     torch.testing.assert_close(sae(x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(DataError, match="not a sparsify SAE folder"):
         sk.SAE.from_sparsify(tmp_path / "nothing")
+    (tmp_path / "cfg.json").write_text(json.dumps({"activation": "groupmax", "k": 5, "d_in": 16}))
+    with pytest.raises(DataError, match="activation='groupmax'"):
+        sk.SAE.from_sparsify(tmp_path)  # was loaded as a TopK SAE
 
 
 def test_geometric_median_resists_outliers():

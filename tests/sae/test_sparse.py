@@ -27,7 +27,7 @@ def _dense_reference(sae, x, mask, dead, k_aux):
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_sparse_gradients_equal_dense_autograd(arch):
     torch.manual_seed(0)
-    sae = sk.SAE(sk.SAEConfig(arch=arch, d_in=32, d_sae=128, k=4, aux_k=8))
+    sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=32, d_sae=128, k=4, aux_k=8))
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
@@ -56,7 +56,7 @@ def test_sparse_gradients_equal_dense_autograd(arch):
 def test_batchtopk_selection_is_exact_when_rows_hold_many():
     """One row holding far more than its share still gets all its entries (candidates grow)."""
     torch.manual_seed(1)
-    sae = sk.SAE(sk.SAEConfig(arch="batchtopk", d_in=8, d_sae=64, k=2))
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="batchtopk", d_in=8, d_sae=64, k=2))
     pre = torch.randn(16, 64)
     pre[3] += 10  # row 3 wins almost every slot
     codes, values = sae._select(pre)

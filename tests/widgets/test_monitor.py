@@ -120,7 +120,7 @@ def test_system_monitor_maps_gpu_processes_to_jobs(ws):
     assert len(panel.samples) == 2  # then waits for it
     with pytest.raises(ConfigError, match="interval=7"):
         SystemMonitor(interval=7)
-    job.cancel().wait(timeout=30)
+    job.cancel().wait(timeout=120)
     plain = SystemMonitor(nvml=FakeNVML(missing=True), poller=poller)
     assert plain.gpu_reason.startswith("no NVIDIA driver") and plain.samples[-1]["gpus"] == []
     plain.close()
@@ -152,7 +152,7 @@ def test_dashboard_lists_active_and_finished_jobs(ws):
     assert poller._feeds[(str(ws.path), running.id)] is feed  # kept while followed, not re-read from the start
     xs = [x for x, _ in next(iter(chart.series.values()))]
     assert len(xs) >= 2 and all(a < b for a, b in zip(xs, xs[1:]))  # no point twice
-    running.cancel().wait(timeout=30)
+    running.cancel().wait(timeout=120)
     board._read_at = -10
     poller.tick()
     assert board.active == [] and {j["id"] for j in board.recent} == {done.id, running.id}
