@@ -1,4 +1,6 @@
 # `make demo` and `make test` each set up .venv (torch==2.13.0 first, then saekit with its extras) and run.
+# `make test` runs the whole suite under coverage (every process it starts counts: workers, torchrun ranks, the
+# CLI, notebook kernels), prints the table and fails below the floor in pyproject.toml; `make coverage` is its name too.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,9 @@ STAMP := $(VENV)/.saekit-installed
 INTEROP ?= .venv-interop
 INTEROP_STAMP := $(INTEROP)/.installed
 
-.PHONY: demo test test-quick bench clean interop-env
+COVERAGE := $(BIN)/python -m coverage
+
+.PHONY: demo test coverage test-quick test-plain bench clean interop-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,15 @@ demo: $(STAMP)
 	$(BIN)/saekit demo
 
 test: $(STAMP)
+	@rm -f .coverage .coverage.*
+	$(COVERAGE) run -m pytest; tests=$$?; \
+	$(COVERAGE) combine -q; \
+	$(COVERAGE) report --sort=cover; floor=$$?; \
+	exit $$(( tests ? tests : floor ))
+
+coverage: test
+
+test-plain: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-quick: $(STAMP)
@@ -37,4 +50,4 @@ $(INTEROP_STAMP):
 interop-env: $(INTEROP_STAMP)
 
 clean:
-	rm -rf $(VENV) $(INTEROP) saekit-workspace *.egg-info
+	rm -rf $(VENV) $(INTEROP) saekit-workspace *.egg-info .coverage .coverage.*

@@ -1,4 +1,5 @@
-"""A small table of dict rows: text repr for terminals, HTML for Jupyter, ``to_pandas()`` for analysis."""
+"""A small table of dict rows: a sequence (iterate, index, slice), text repr for terminals, HTML for Jupyter,
+``to_pandas()`` for analysis. ``ObjectTable`` yields objects (stores, jobs) instead of rows."""
 
 from __future__ import annotations
 
@@ -51,6 +52,17 @@ class Table:
     def __len__(self) -> int:
         return len(self._records)
 
+    def __iter__(self):
+        return (self.row(i) for i in range(len(self)))
+
+    def __getitem__(self, index: int | slice):
+        """``table[0]`` (a row), ``table[:3]`` (a list of them)."""
+        if isinstance(index, slice):
+            return [self.row(i) for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} row(s)")
+        return self.row(index % len(self))
+
     def cells(self, row: dict) -> list[str]:
         return [format_cell(row.get(c)) for c in self.columns]
 
@@ -91,3 +103,23 @@ class Table:
             body.append("<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in cells) + "</tr>")
         tail = f"<p>{html.escape(more)}</p>" if more else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{tail}"
+
+
+class ObjectTable(Table):
+    """A table whose items are objects: ``open(row)`` makes the object of a row (a store, ...), so
+    ``for store in sk.token_stores()`` iterates stores and ``sk.token_stores()[0]`` is one; ``.rows`` and
+    ``to_pandas()`` keep the rows."""
+
+    def __init__(self, rows: list, columns: Sequence[str], *, open, empty: str = "nothing here yet"):
+        super().__init__(rows, columns, empty=empty)
+        self._open = open
+
+    def __iter__(self):
+        return (self._open(self.row(i)) for i in range(len(self)))
+
+    def __getitem__(self, index: int | slice):
+        if isinstance(index, slice):
+            return [self._open(self.row(i)) for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"item {index} out of range for {len(self)} item(s)")
+        return self._open(self.row(index % len(self)))

@@ -15,7 +15,7 @@ from saekit.jobs import get_job, list_jobs
 from saekit.jobs.events import LogState, read_all
 from saekit.jobs.gc import orphan_files
 from saekit.jobs.lifecycle import events_path, log_tail, refresh
-from saekit.jobs.textbar import render
+from saekit.jobs.textbar import render_log
 from saekit.workspace import Workspace
 
 
@@ -24,11 +24,9 @@ def _ws(args) -> Workspace:
 
 
 def _bars(table) -> list[str]:
-    lines = []
-    for job_id in table.active_ids:
-        state = LogState().update(read_all(events_path(table.workspace, job_id)))
-        lines.append(f"{job_id}  {render(state)}")
-    return lines
+    """A live line per active job: bar, done/total, elapsed<ETA, rate and the latest metrics."""
+    return [f"{job_id}  {render_log(read_all(events_path(table.workspace, job_id)), width=100)}"
+            for job_id in table.active_ids]
 
 
 def _listing(args, ws) -> str:
@@ -59,6 +57,11 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def _indented(value) -> str:
+    """JSON over several lines, indented under the field's name."""
+    return json.dumps(value, sort_keys=True, indent=2).replace("\n", "\n           ")
+
+
 def cmd_show(args) -> int:
     ws = _ws(args)
     job = get_job(args.job_id, ws)
@@ -67,15 +70,15 @@ def cmd_show(args) -> int:
     state = LogState().update(records)
     print(f"job        {info['id']}  ({info['kind']}{', ' + info['name'] if info['name'] else ''})")
     print(f"status     {info['status']}  attempt {info['attempt']}")
-    print(f"progress   {render(state, status=info['status'])}")
+    print(f"progress   {render_log(records, status=info['status'], width=100)}")
     for field in ("created_at", "started_at", "finished_at"):
         if info.get(field):
             print(f"{field:<10} {info[field]:%Y-%m-%d %H:%M:%S} UTC")
     if info.get("worker_pid"):
         print(f"worker     pid {info['worker_pid']} on {info['worker_host'] or '?'} ({info['launcher']})")
-    print(f"spec       {json.dumps(info['spec'], sort_keys=True)}")
+    print("spec       " + _indented(info["spec"]))
     if info.get("result") is not None:
-        print(f"result     {json.dumps(info['result'], sort_keys=True)}")
+        print("result     " + _indented(info["result"]))
     if info.get("error_type"):
         print(f"error      {info['error_type']}: {info['error_message']}")
         if info.get("suggestion"):
@@ -85,6 +88,13 @@ def cmd_show(args) -> int:
         last[name] = (step, value)
     if last:
         print("metrics    " + ", ".join(f"{n}={v:.4g} (step {s})" for n, (s, v) in sorted(last.items())))
+    if info["kind"] == "train":
+        from saekit.sae.health import assess
+
+        evaluations = [s.get("eval", {}) for s in (info.get("result") or {}).get("saes", [])]
+        health = assess(state.metrics, evaluations)
+        if health["level"] != "ok":
+            print(f"health     {health['level']}: " + "; ".join(health["reasons"]))
     events = [r for r in records if r.get("t") == "event"][-args.events:]
     if events:
         print("events")

@@ -209,5 +209,13 @@ class LogState:
         value = 100.0 * float(p.get("done") or 0) / float(p["total"])
         return max(0.0, min(100.0, value)) if math.isfinite(value) else None
 
+    def last_percent(self) -> float | None:
+        """Where the current attempt's progress stood last (also after it failed or was cancelled)."""
+        p = self.progress
+        if not p or not p.get("total"):
+            return None
+        value = 100.0 * float(p.get("done") or 0) / float(p["total"])
+        return max(0.0, min(100.0, value)) if math.isfinite(value) else None
+
     def metric_rows(self) -> list[tuple[int, str, float]]:
         return [(step, name, value) for (step, name), value in sorted(self.metrics.items())]

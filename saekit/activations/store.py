@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from saekit._fs import is_url, publishing, remove
-from saekit._table import Table
+from saekit._table import ObjectTable
 from saekit._zarr import read_rows, verify_rows, writable
 from saekit.config import config
 from saekit.activations.stats import RunningStats
@@ -413,7 +413,7 @@ class _Prefetcher:
 STORE_COLUMNS = ("id", "status", "model", "tokens", "hook_points", "n_tokens", "d_model", "dtype", "created_at")
 
 
-def activation_stores(workspace: Workspace | str | None = None) -> Table:
+def activation_stores(workspace: Workspace | str | None = None) -> ObjectTable:
     """Every activation store of the workspace: extraction jobs (any state) merged with stores found on
     disk that no job record knows, listed as ``orphan`` (or ``array`` for ``from_array`` stores)."""
 
@@ -426,7 +426,7 @@ def activation_stores(workspace: Workspace | str | None = None) -> Table:
         location = store_location(ws, job_row.id, spec.get("root"))
         seen.add(location)
         attrs = open_group(location, "r").attrs if exists(location) else {}
-        rows.append(_store_row(job_row.id, str(job_row.status), spec, attrs, job_row.created_at))
+        rows.append(_store_row(job_row.id, str(job_row.status), spec, attrs, job_row.created_at, location))
     folder = ws.path / "activations"
     for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         if str(path) in seen:
@@ -436,13 +436,14 @@ def activation_stores(workspace: Workspace | str | None = None) -> Table:
         except DataError:
             continue
         status = "array" if store.attrs.get("source") == "array" else "orphan"
-        rows.append(_store_row(store.id, status, store.attrs, store.attrs, None))
-    return Table(rows, STORE_COLUMNS, empty=f"no activation stores in {str(ws.path)!r}; make one with sk.extract(lm, tokens, [...])")
+        rows.append(_store_row(store.id, status, store.attrs, store.attrs, None, str(path)))
+    return ObjectTable(rows, STORE_COLUMNS, open=lambda row: ActivationStore(row["location"], ws),
+                       empty=f"no activation stores in {str(ws.path)!r}; make one with sk.extract(lm, tokens, [...])")
 
 
-def _store_row(store_id: str, status: str, spec: dict, attrs, created) -> dict:
+def _store_row(store_id: str, status: str, spec: dict, attrs, created, location: str) -> dict:
     model = (spec.get("model") or {}).get("name_or_path")
     return {"id": store_id, "status": status, "model": Path(model).name if model else None,
             "tokens": (spec.get("tokens") or {}).get("id"), "hook_points": ", ".join(spec.get("hook_points", [])),
             "n_tokens": attrs.get("n_tokens"), "d_model": attrs.get("d_model"), "dtype": spec.get("dtype"),
-            "created_at": created}
+            "created_at": created, "location": location}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit._fs import publishing
+from saekit._quiet import quietly
 from saekit.errors import ConfigError, DataError
 from saekit.workspace import Workspace, as_workspace
 
@@ -93,6 +94,7 @@ class Corpus:
     def head(self, n: int = 3) -> list[str]:
         return self.texts(0, n)
 
+    @quietly
     def spec(self, workspace: Workspace | str | None = None) -> dict:
         """What a job spec holds: the reference and the fingerprint (saving an in-memory corpus first)."""
         if self.ref is None:
@@ -108,6 +110,7 @@ class Corpus:
         return {"ref": self.ref, "text_column": self.text_column, "fingerprint": self.fingerprint}
 
     @classmethod
+    @quietly
     def from_spec(cls, spec: dict) -> "Corpus":
         """Load the corpus a job spec refers to; refuses data that changed since the job was submitted."""
         ref = spec["ref"]
@@ -142,6 +145,7 @@ def _content_fingerprint(splits: dict, text_column: str) -> str:
     return h.hexdigest()[:16]
 
 
+@quietly
 def load_corpus(path_or_name: Any, data_files: str | list[str] | None = None, split: str | None = None,
                 text_column: str | None = None, **kwargs) -> Corpus:
     """A corpus from local files or folders (text, json/jsonl, csv, parquet), a hub dataset id, a builder

@@ -17,6 +17,7 @@ import numpy as np
 
 from saekit._checks import check_choice, check_positive_int, is_number
 from saekit._fs import publishing
+from saekit._quiet import quietly
 from saekit._rows import RowAppender
 from saekit.data.corpus import Corpus, load_corpus
 from saekit.data.tokens import ARRAYS, TokenStore, store_path, tokenizer_fingerprint
@@ -54,6 +55,7 @@ def _fast_tokenizer(model_or_tokenizer):
     return tokenizer, getattr(tokenizer, "name_or_path", None) or "in memory", limit if limit and limit < 10**8 else None
 
 
+@quietly
 def tokenizer_spec(tokenizer, source: str, ws: Workspace) -> dict:
     """Save the tokenizer into the workspace (once per content) and return its reference."""
     fingerprint = tokenizer_fingerprint(tokenizer)

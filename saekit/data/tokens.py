@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from saekit._table import Table
+from saekit._table import ObjectTable
 from saekit._zarr import read_rows, read_selection, verify_rows
 from saekit.errors import DataError
 from saekit.workspace import Workspace, as_workspace
@@ -260,7 +260,8 @@ def token_stores(workspace: Workspace | str | None = None) -> Table:
             except DataError:
                 continue
             rows.append(_store_row(store_id, "orphan", store.attrs, store.attrs.get("stats"), None))
-    return Table(rows, STORE_COLUMNS, empty=f"no token stores in {str(ws.path)!r}; make one with sk.tokenize(corpus, lm)")
+    return ObjectTable(rows, STORE_COLUMNS, open=lambda row: TokenStore(store_path(ws, row["id"]), ws),
+                       empty=f"no token stores in {str(ws.path)!r}; make one with sk.tokenize(corpus, lm)")
 
 
 def _store_row(store_id: str, status: str, spec: dict, stats: dict | None, created) -> dict:

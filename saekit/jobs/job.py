@@ -126,33 +126,58 @@ class Job:
     def wait(self, timeout: float | None = None, *, progress: bool | None = None, poll: float = 0.05) -> "Job":
         """Block until the job ends (completed, failed or cancelled); ``JobTimeoutError`` after ``timeout`` s.
 
-        ``progress`` draws a text progress bar on stderr (default: when stderr is a terminal).
+        While it waits it shows the job's progress (``progress=False`` turns that off): in Jupyter the live
+        widget, on a terminal one updating line, written to a file one line every few seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         check_every, last_check = 1.0, 0.0
-        if progress is None:
-            progress = sys.stderr.isatty()
-        bar = TextProgress(self.id) if progress else None
-        if bar is not None:  # the history so far, then live
-            for record in read_all(events_path(self.workspace, self.id)):
-                bar.state.update([record])
-        while True:
-            records = self._tail_records()
-            if bar is not None:
-                for record in records:
-                    bar.update(record)
-            ended = any(r.get("t") == "end" for r in records)
-            now = time.monotonic()
-            if ended or now - last_check >= check_every:
-                last_check = now
-                if self._load().status.final:
-                    return self
-            if deadline is not None and now >= deadline:
-                raise JobTimeoutError(
-                    f"job {self.id} is still {self._row.status} after {timeout} s; "
-                    "wait longer, or job.cancel()", suggestion=None,
-                )
-            time.sleep(poll)
+        show = self._progress_view() if progress is not False else None
+        try:
+            while True:
+                records = self._tail_records()
+                if show is not None:
+                    show(records)
+                ended = any(r.get("t") == "end" for r in records)
+                now = time.monotonic()
+                if ended or now - last_check >= check_every:
+                    last_check = now
+                    if self._load().status.final:
+                        return self
+                if deadline is not None and now >= deadline:
+                    raise JobTimeoutError(
+                        f"job {self.id} is still {self._row.status} after {timeout} s; "
+                        "wait longer, or job.cancel()", suggestion=None,
+                    )
+                time.sleep(poll)
+        finally:
+            if show is not None:
+                show([], final=True)
+
+    def _progress_view(self):
+        """``show(new_records, final=False)``: the live widget in a kernel (polled from this loop: the kernel is
+        busy here, so the poller's task cannot run), else a text bar; None when the job has ended already."""
+        if self._load().status.final:
+            return None
+        if in_kernel():
+            from IPython.display import display
+
+            widget = self.widget()
+            display(widget)
+            last = [0.0]
+
+            def show(records, final=False):
+                if final or time.monotonic() - last[0] >= 0.5:
+                    last[0] = time.monotonic()
+                    widget.poll()
+            return show
+        bar = TextProgress(self.id)
+        for record in read_all(events_path(self.workspace, self.id)):  # the history so far, then live
+            bar.state.update([record])
+
+        def show(records, final=False):
+            for record in records:
+                bar.update(record)
+        return show
 
     def _tail_records(self) -> list[dict]:
         records = self._tail.read()
@@ -260,7 +285,7 @@ def in_kernel() -> bool:
 def _not_found(ws: Workspace, job_id: str) -> JobNotFoundError:
     ids = registry.job_ids(ws)
     close = [i for i in ids if i.startswith(job_id)] or difflib.get_close_matches(job_id, ids, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else "; sk.jobs() lists them"
+    hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else "; `saekit jobs` (sk.jobs() in Python) lists them"
     return JobNotFoundError(f"no job {job_id!r} in workspace {str(ws.path)!r}{hint}")
 
 
@@ -274,9 +299,27 @@ def _launcher(background: bool, launcher: str | None) -> str:
 def _launch(ws: Workspace, row: registry.JobRecord, launcher: str, nproc: int, progress: bool) -> None:
     cancel_path(ws, row.id).unlink(missing_ok=True)  # a new attempt starts uncancelled
     if launcher == "inprocess":
-        run_here(ws, row.id, progress=progress)
+        run_here(ws, row.id, listeners=_listeners(ws, row.id) if progress else ())
     else:
         start_worker(ws, row, launcher=launcher, nproc=nproc)
+
+
+def _listeners(ws: Workspace, job_id: str) -> tuple:
+    """What shows an in-process job's progress: its live widget in a kernel (updated from the job's own
+    records, on this thread), else a text bar."""
+    if not in_kernel():
+        return (TextProgress(job_id).update,)
+    from IPython.display import display
+
+    widget = Job(job_id, ws).widget()
+    display(widget)
+    last = [0.0]
+
+    def update(record: dict) -> None:
+        if record.get("t") == "end" or time.monotonic() - last[0] >= 0.5:
+            last[0] = time.monotonic()
+            widget.poll()
+    return (update,)
 
 
 def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, name: str | None = None,
@@ -326,7 +369,7 @@ def get_job(job_id: str, workspace: Workspace | str | None = None) -> Job:
     """Re-attach to a job by id (a unique prefix is enough), from any process."""
     ws = as_workspace(workspace)
     if not isinstance(job_id, str) or not job_id.strip():
-        raise JobNotFoundError(f"job id {job_id!r} is empty; give a job id (or a unique prefix of one): sk.jobs() lists them")
+        raise JobNotFoundError(f"job id {job_id!r} is empty; give a job id (or a unique prefix of one): `saekit jobs` (sk.jobs()) lists them")
     try:
         return Job(job_id, ws)
     except JobNotFoundError:

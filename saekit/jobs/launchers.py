@@ -24,9 +24,11 @@ log = logging.getLogger("saekit.jobs")
 LAUNCHERS = ("inprocess", "background", "torchrun")
 
 
-def run_here(ws: Workspace, job_id: str, *, progress: bool = True) -> registry.JobRecord | None:
-    """Run the queued attempt in this process, blocking, with a text progress bar on stderr."""
-    listeners = (TextProgress(job_id).update,) if progress else ()
+def run_here(ws: Workspace, job_id: str, *, listeners=None) -> registry.JobRecord | None:
+    """Run the queued attempt in this process, blocking; ``listeners`` see each record (default: a text
+    progress bar on stderr)."""
+    if listeners is None:
+        listeners = (TextProgress(job_id).update,)
     return execute(ws, job_id, launcher="inprocess", listeners=listeners)
 
 

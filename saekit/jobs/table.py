@@ -19,14 +19,23 @@ COLUMNS = ("id", "kind", "name", "status", "progress", "attempt", "created_at", 
 class JobTable(Table):
     """Jobs, newest first. Iterating gives ``Job`` handles; ``to_pandas()`` gives a DataFrame."""
 
-    def __init__(self, records: list[tuple], workspace: Workspace, active_progress: dict[str, float | None]):
+    def __init__(self, records: list[tuple], workspace: Workspace, active_progress: dict[str, float | None],
+                 empty: str | None = None):
         super().__init__(records, COLUMNS, names=registry.jobs.TABLE_COLUMNS,
-                         empty=f"no jobs in {str(workspace.path)!r} yet")
+                         empty=empty or f"no jobs in {str(workspace.path)!r} yet")
         self.workspace = workspace
         self._active_progress = active_progress
+        self._ended_progress: dict[str, float | None] = {}
 
     def _percent(self, job_id: str, status: str) -> float | None:
-        return 100.0 if status == "completed" else self._active_progress.get(job_id)
+        """100 once completed; the live figure while active; where a failed or cancelled job stopped."""
+        if status == "completed":
+            return 100.0
+        if job_id in self._active_progress:
+            return self._active_progress[job_id]
+        if job_id not in self._ended_progress:  # read for the rows shown only (a few dozen), once
+            self._ended_progress[job_id] = LogState().update(read_last(events_path(self.workspace, job_id), 16384)).last_percent()
+        return self._ended_progress[job_id]
 
     def row(self, index: int) -> dict:
         row = super().row(index)
@@ -102,4 +111,6 @@ def list_jobs(kind: str | None = None, status: str | Sequence[str] | None = None
         records = [tuple(getattr(changed[r[0]], n) for n in names) if r[0] in changed else r for r in records]
         if states:
             records = [r for r in records if r[names.index("status")] in states]
-    return JobTable(records, ws, progress)
+    what = " ".join(filter(None, ["/".join(states) if states else None, f"{kind!r}" if kind else None]))
+    empty = f"no {what + ' ' if what else ''}jobs in {str(ws.path)!r}" + ("" if what else " yet")
+    return JobTable(records, ws, progress, empty=empty)

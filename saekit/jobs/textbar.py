@@ -63,8 +63,21 @@ def render(state: LogState, *, status: str | None = None, width: int | None = No
     if p.get("time") and first.get("time") and p["time"] > first["time"]:
         rate = (float(p.get("done") or 0) - float(first.get("done") or 0)) / (p["time"] - first["time"])
     unit = f" {p['unit']}" if p.get("unit") else ""
-    return tqdm.format_meter(done, float(total) if total else None, elapsed, ncols=width, prefix=label, unit=unit,
+    whole = lambda x: int(x) if float(x).is_integer() else float(x)  # noqa: E731  "40/40 steps", not "40.0/40.0"
+    return tqdm.format_meter(whole(done), whole(total) if total else None, elapsed, ncols=width, prefix=label, unit=unit,
                              rate=rate if rate and rate > 0 else None, postfix=_postfix(state) or None)
+
+
+def render_log(records: list[dict], *, status: str | None = None, width: int | None = None) -> str:
+    """``render`` of a whole event log, its rate measured from the current phase's first progress record."""
+    state, first = LogState(), None
+    for record in records:
+        state.update([record])
+        if record.get("t") == "start":
+            first = None
+        elif record.get("t") == "progress" and (first is None or record.get("phase") != first.get("phase")):
+            first = record
+    return render(state, status=status, width=width, first=first)
 
 
 class TextProgress:

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", required=True)
     args = parser.parse_args(argv)
     _logging.configure_worker()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a worker's log shows saekit's records, not bars
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     signal.signal(signal.SIGTERM, _terminate)
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1 else "background"

@@ -16,6 +16,7 @@ import psutil
 import torch
 
 from saekit._fs import format_bytes
+from saekit._quiet import quietly
 from saekit._trust import REMOTE_CODE_ENV, grant_remote_code, remote_code_allowed
 from saekit.errors import ConfigError, ModelLoadError
 from saekit.models.language_model import LanguageModel
@@ -129,6 +130,7 @@ def _live_key(ref: dict) -> tuple:
     return (ref["name_or_path"], ref.get("gguf_file"), ref.get("dtype"), ref.get("fingerprint"))
 
 
+@quietly
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                gguf_file: str | None = None, trust_remote_code: bool = False, revision: str | None = None) -> LanguageModel:
     """Load a causal LM and its tokenizer from a hub id, a local folder, or a GGUF file in a folder.

@@ -12,6 +12,8 @@ import inspect
 import warnings
 from pathlib import Path
 
+from saekit._quiet import quietly
+
 # standard-library modules whose docstrings make a small English corpus present on every machine
 _DOC_MODULES = (
     "abc argparse array ast asyncio base64 bisect calendar cmd codecs collections colorsys configparser "
@@ -104,6 +106,7 @@ def tiny_config(arch: str = "llama", *, vocab_size: int = 512, d_model: int = 64
     return AutoConfig.for_model(arch, **common, **kw, **overrides)
 
 
+@quietly
 def make_tiny_model(path: str | Path, arch: str = "llama", *, seed: int = 0, texts: list[str] | None = None,
                     vocab_size: int = 512, pad_token: bool = True, **config_overrides) -> Path:
     """Write a tiny random ``arch`` model and its offline-trained tokenizer to ``path``; returns the path."""

@@ -434,8 +434,9 @@ class _Trainer:
             ctx.event(f"SAE {run.index}: held-out " + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
             for warning in evaluation.get("warnings", []):
                 ctx.event(f"SAE {run.index}: {warning}", level="warning")
-        ctx.metrics(self.step, **{self._name(r, f"eval_{k}"): v for r, item in zip(self.runs, results)
-                                  for k, v in item["eval"].items() if isinstance(v, (int, float))})
+        ctx.metrics(self.step, **{self._name(r, k if k.startswith("eval_") else f"eval_{k}"): v  # eval_tokens stays
+                                  for r, item in zip(self.runs, results) for k, v in item["eval"].items()
+                                  if isinstance(v, (int, float))})
         ctx.after_end(lambda: [shutil.rmtree(old, ignore_errors=True) for old in self.folder.glob("step_*")])
         ctx.progress(self.step, tc.total_steps, unit="steps", phase="done")
         return {"saes": results, "steps": self.step, "tokens": self.step * tc.batch_size,

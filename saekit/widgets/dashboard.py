@@ -1,27 +1,40 @@
-"""``sk.dashboard()``: every active job of the workspace (whoever started it) with its progress and the
-resources its worker uses, recently finished jobs below; and ``sk.compare(jobs, metric)``: one chart
-overlaying a metric (or progress over time) of several runs."""
+"""``sk.dashboard()``: every active job of the workspace (whoever started it) with its progress, ETA, latest
+metric and the resources its worker uses, recently finished jobs below with their final metrics; and
+``sk.compare(jobs, metric)``: one chart overlaying a metric (or progress over time) of several runs,
+labelled by their names and the settings that differ between them, with a table of final values."""
 
 from __future__ import annotations
 
 import time
 
-import anywidget
 import traitlets
 
 from saekit.config import config
-from saekit.widgets.job_widget import HERE, chart_series, epoch_seconds, esm
+from saekit.jobs.lifecycle import epoch as epoch_seconds
+from saekit.jobs.textbar import latest_metrics
+from saekit.widgets import snapshot
+from saekit.widgets._base import SnapshotWidget, esm, thin
+from saekit.widgets.job_widget import chart_series
 from saekit.widgets.poller import POLLER, Poller
 from saekit.workspace import Workspace, as_workspace
 
 RECENT = 10
+FINAL_METRICS = ("fvu", "l0", "dead_fraction")  # shown for finished training runs (held out when evaluated)
 
 
-class Dashboard(anywidget.AnyWidget):
+def _final_metrics(row, state) -> dict[str, float]:
+    """The held-out evaluation of a finished training run (its first SAE), else its last logged values."""
+    result = row.result_value if row.result else None
+    if isinstance(result, dict) and result.get("saes"):
+        evaluation = result["saes"][0].get("eval", {})
+        return {k: evaluation[k] for k in FINAL_METRICS if isinstance(evaluation.get(k), (int, float))}
+    return {k.rsplit("/", 1)[-1]: v for k, v in latest_metrics(state).items()}
+
+
+class Dashboard(SnapshotWidget):
     """Active jobs with progress and resources, and the latest finished ones; live until closed."""
 
     _esm = esm("dashboard.js")
-    _css = (HERE / "js" / "widgets.css").read_text()
 
     workspace_path = traitlets.Unicode("").tag(sync=True)
     active = traitlets.List([]).tag(sync=True)
@@ -32,26 +45,46 @@ class Dashboard(anywidget.AnyWidget):
         self.workspace = as_workspace(workspace)
         self.workspace_path = str(self.workspace.path)
         self._poller = poller
-        self._rows: list[dict] = []
+        self._rows: list = []
+        self._results: dict[str, object] = {}
         self._read_at = -float("inf")
         self.poll()
         poller.add(self)
 
-    def _active_row(self, row: dict, now: float) -> dict:
+    def _active_row(self, row, now: float) -> dict:
         feed = self._poller.feed(self.workspace, row.id)
         feed.read(now)
         state = feed.state
         progress = state.progress or {}
         resources = state.resources or {}
+        rate, eta = None, None
+        first = feed.first_progress
+        if first and progress.get("time") and first.get("time") and progress["time"] > first["time"]:
+            rate = (float(progress.get("done") or 0) - float(first.get("done") or 0)) / (progress["time"] - first["time"])
+            if rate > 0 and progress.get("total"):
+                eta = (float(progress["total"]) - float(progress.get("done") or 0)) / rate
         return {"id": row.id, "kind": row.kind, "name": row.name, "status": str(row.status),
                 "attempt": row.attempt, "phase": progress.get("phase"), "done": progress.get("done"),
                 "total": progress.get("total"), "unit": progress.get("unit"), "percent": state.percent(),
-                "started_at": epoch_seconds(row.started_at), "updated_at": state.last_time,
+                "rate": rate, "eta": eta, "started_at": epoch_seconds(row.started_at), "updated_at": state.last_time,
+                "latest": ", ".join(f"{k}={v:.3g}" for k, v in latest_metrics(state, 2).items()),
                 "cpu_percent": resources.get("cpu_percent"), "rss": resources.get("rss"),
                 "gpu_memory": resources.get("gpu_memory"), "worker_pid": row.worker_pid}
 
-    def followed(self) -> set[tuple[str, str]]:
+    def _recent_row(self, row) -> dict:
+        if row.id not in self._results:  # finished rows never change: read their final metrics once
+            from saekit import registry
+            from saekit.eventlog import LogState, events_path, read_last
 
+            full = registry.get_job(self.workspace, row.id) if row.kind == "train" else row
+            self._results[row.id] = _final_metrics(full, LogState().update(read_last(events_path(self.workspace, row.id))))
+        return {"id": row.id, "kind": row.kind, "name": row.name, "status": str(row.status),
+                "error_type": row.error_type if row.status == "failed" else None,
+                "finished_at": epoch_seconds(row.finished_at),
+                "seconds": (row.finished_at - row.started_at).total_seconds() if row.finished_at and row.started_at else None,
+                "final": self._results[row.id]}
+
+    def followed(self) -> set[tuple[str, str]]:
         return {(str(self.workspace.path), r.id) for r in self._rows if r.active}
 
     def poll(self, now: float | None = None) -> bool:
@@ -65,11 +98,7 @@ class Dashboard(anywidget.AnyWidget):
             self._read_at = now
             self._rows = [refresh(self.workspace, r) for r in registry.list_jobs(self.workspace, limit=200)]
         active = [self._active_row(r, now) for r in self._rows if r.active]
-        recent = [{"id": r.id, "kind": r.kind, "name": r.name, "status": str(r.status),
-                   "error_type": r.error_type, "finished_at": epoch_seconds(r.finished_at),
-                   "seconds": (r.finished_at - r.started_at).total_seconds()
-                   if r.finished_at and r.started_at else None}
-                  for r in self._rows if not r.active][:RECENT]
+        recent = [self._recent_row(r) for r in self._rows if not r.active][:RECENT]
         with self.hold_sync():
             if active != self.active:
                 self.active = active
@@ -77,24 +106,77 @@ class Dashboard(anywidget.AnyWidget):
                 self.recent = recent
         return True
 
+    def summary(self) -> str:
+        lines = [f"saekit jobs in {self.workspace_path}: {len(self.active)} active"]
+        lines += [f"  {j['id']} {j['status']} {j['percent'] or 0:.0f}% {j['phase'] or ''}" for j in self.active]
+        lines += [f"  {j['id']} {j['status']}" for j in self.recent]
+        return "\n".join(lines)
+
+    def snapshot_html(self) -> str:
+        rows = [[j["name"] or j["kind"], j["id"], snapshot.badge(j["status"]), f"{j['percent'] or 0:.1f}%",
+                 j["phase"] or "", j["latest"]] for j in self.active]
+        done = [[j["name"] or j["kind"], j["id"], snapshot.badge(j["status"]), j["error_type"] or "",
+                 ", ".join(f"{k} {snapshot.number(v)}" for k, v in (j["final"] or {}).items())] for j in self.recent]
+        return snapshot.box(f"<b>saekit jobs</b> <span style='color:#666'>{snapshot.esc(self.workspace_path)}</span>",
+                            snapshot.table(["job", "id", "status", "progress", "phase", "latest"], rows) if rows else "",
+                            snapshot.table(["job", "id", "status", "error", "final"], done) if done else "")
+
 
 def dashboard(workspace: Workspace | str | None = None) -> Dashboard:
     """The workspace's operations dashboard (a live widget)."""
     return Dashboard(workspace=workspace)
 
 
-class Compare(anywidget.AnyWidget):
-    """One chart overlaying ``metric`` of several jobs (``metric="progress"``: percent over elapsed seconds)."""
+def _flat(value, prefix: str = "", out: dict | None = None) -> dict:
+    """``{"model": {"dtype": "f32"}}`` -> ``{"model.dtype": "f32"}``."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flat(inner, f"{prefix}{key}.", out)
+    else:
+        out[prefix.rstrip(".")] = value
+    return out
+
+
+def _last_values(state) -> dict[str, float]:
+    """Every metric's value at the last step it was logged."""
+    last: dict[str, tuple[int, float]] = {}
+    for (step, name), value in state.metrics.items():
+        if name not in last or step >= last[name][0]:
+            last[name] = (step, value)
+    return {name: value for name, (_, value) in last.items()}
+
+
+def run_settings(job) -> list[dict]:
+    """The settings of a run (one dict per SAE of a training sweep), flat: ``k``, ``d_sae``, ``lr``, ...
+    (what labels and the comparison table tell runs apart by)."""
+    spec = job.spec
+    if job.kind == "train":
+        shared = {**spec.get("train", {}), "hook_point": spec.get("hook_point")}
+        return [{**shared, **sae} for sae in spec.get("saes", [{}])]
+    return [_flat(spec)]
+
+
+def differing(settings: list[dict]) -> list[str]:
+    """The setting names whose values are not the same in every run."""
+    keys = sorted({k for s in settings for k in s})
+    return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+
+
+class Compare(SnapshotWidget):
+    """One chart overlaying ``metric`` of several jobs (``metric="progress"``: percent over elapsed seconds),
+    and a table of each run's final values and the settings that differ."""
 
     _esm = esm("compare.js")
-    _css = (HERE / "js" / "widgets.css").read_text()
 
     metric = traitlets.Unicode("fvu").tag(sync=True)
     x_label = traitlets.Unicode("step").tag(sync=True)
     series = traitlets.Dict({}).tag(sync=True)  # label -> [[x, y], ...]
+    columns = traitlets.List([]).tag(sync=True)  # the summary table's header
+    rows = traitlets.List([]).tag(sync=True)  # and its rows
 
-    def __init__(self, jobs, metric: str = "fvu", *, workspace: Workspace | str | None = None,
-                 poller: Poller = POLLER, **kwargs):
+    def __init__(self, jobs, metric: str = "fvu", *, names: list[str] | None = None,
+                 workspace: Workspace | str | None = None, poller: Poller = POLLER, **kwargs):
         from saekit.errors import ConfigError
         from saekit.jobs.job import Job, get_job
 
@@ -103,12 +185,14 @@ class Compare(anywidget.AnyWidget):
         self.jobs = [j if isinstance(j, Job) else get_job(j, self.workspace) for j in jobs]
         if not self.jobs:
             raise ConfigError("compare needs at least one job (handles or ids)")
+        if names is not None and len(names) != len(self.jobs):
+            raise ConfigError(f"names= has {len(names)} name(s) for {len(self.jobs)} job(s); give one per job")
         self.metric, self.x_label = metric, "seconds" if metric == "progress" else "step"
         self._poller = poller
         self._progress: dict[str, list[list[float]]] = {j.id: [] for j in self.jobs}
         self._starts: dict[str, float] = {}
-        from saekit.jobs.events import read_all
-        from saekit.jobs.lifecycle import events_path
+        self._labels = self._make_labels(names)
+        from saekit.eventlog import events_path, read_all
 
         for job in self.jobs:  # the history so far
             self._add_progress(job.id, read_all(events_path(job.workspace, job.id)))
@@ -116,6 +200,20 @@ class Compare(anywidget.AnyWidget):
         self.poll()
         if any(self._poller.feed(j.workspace, j.id).state.end is None for j in self.jobs):
             poller.add(self)
+
+    def _make_labels(self, names: list[str] | None) -> dict[tuple[str, int], str]:
+        """(job id, SAE index) -> label: the given name or the job's, and the settings that differ."""
+        settings = {(job.id, i): s for job in self.jobs for i, s in enumerate(run_settings(job))}
+        varying = differing(list(settings.values()))
+        self._settings, self._varying = settings, varying
+        labels = {}
+        for n, job in enumerate(self.jobs):
+            base = (names[n] if names else None) or job.name or f"{job.kind} {job.id.split('-')[-1]}"
+            for (job_id, i), values in settings.items():
+                if job_id == job.id:
+                    diff = ", ".join(text for text in (f"{k}={values.get(k)}" for k in varying[:4]) if text not in base)
+                    labels[(job_id, i)] = f"{base}: {diff}" if diff else base
+        return labels
 
     def _add_progress(self, job_id: str, records: list[dict]) -> None:
         points = self._progress[job_id]
@@ -130,29 +228,55 @@ class Compare(anywidget.AnyWidget):
     def followed(self) -> set[tuple[str, str]]:
         return {(str(j.workspace.path), j.id) for j in self.jobs}
 
-    def _label(self, job) -> str:
-        return f"{job.name or job.kind} {job.id}"
-
     def poll(self, now: float | None = None) -> bool:
         if self.comm is None:
             return False
         series: dict[str, list[list[float]]] = {}
+        rows = []
         ended = True
         for job in self.jobs:
             feed = self._poller.feed(job.workspace, job.id)
             if feed.read(now):
                 self._add_progress(job.id, feed.records)
             ended &= feed.state.end is not None
-            if self.metric == "progress":
-                series[self._label(job)] = self._progress[job.id]
-                continue
-            for name, points in chart_series(feed.state, (self.metric,)).items():
-                series[self._label(job) + ("" if name == self.metric else " " + name.split("/")[0])] = points
-        if series != self.series:
-            self.series = series
+            if self.metric == "progress":  # a new list each poll: the trait must see a change to send it
+                series[self._labels[(job.id, 0)]] = thin(list(self._progress[job.id]))
+            else:
+                for name, points in chart_series(feed.state, (self.metric,)).items():
+                    index = int(name.split("/")[0].removeprefix("sae")) if "/" in name else 0
+                    series[self._labels.get((job.id, index), f"{job.id} {name}")] = points
+            last = _last_values(feed.state)
+            sweep = any(name.startswith("sae") and "/" in name for name in last)
+            for (job_id, i), label in self._labels.items():
+                if job_id != job.id:
+                    continue
+                final = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"sae{i}/")} if sweep else last
+                rows.append([label, str(feed.state.end.get("status")) if feed.state.end else "running",
+                             *(final.get(m) for m in ("loss", "fvu", "l0")),
+                             *(self._settings[(job_id, i)].get(k) for k in self._varying)])
+        columns = ["run", "status", "loss", "fvu", "l0", *self._varying]
+        with self.hold_sync():
+            if series != self.series:
+                self.series = series
+            if columns != self.columns:
+                self.columns = columns
+            if rows != self.rows:
+                self.rows = rows
         return not ended
 
+    def summary(self) -> str:
+        return "\n".join([f"{self.metric} of {len(self.jobs)} run(s):"] +
+                         [f"  {row[0]}  {row[1]}  fvu={snapshot.number(row[3])}" for row in self.rows])
 
-def compare(jobs, metric: str = "fvu", workspace: Workspace | str | None = None) -> Compare:
-    """One chart of ``metric`` (``fvu``, ``loss``, ``l0``, ... or ``progress``) for several jobs."""
-    return Compare(jobs, metric, workspace=workspace)
+    def snapshot_html(self) -> str:
+        return snapshot.box(snapshot.line_chart(f"{self.metric} by {self.x_label}", self.series, width=560, height=220,
+                                                log=self.metric in ("loss", "fvu")),
+                            snapshot.table(self.columns, [[snapshot.number(c) if isinstance(c, float) else c
+                                                           for c in row] for row in self.rows]))
+
+
+def compare(jobs, metric: str = "fvu", *, names: list[str] | None = None,
+            workspace: Workspace | str | None = None) -> Compare:
+    """One chart of ``metric`` (``fvu``, ``loss``, ``l0``, ... or ``progress``) for several jobs, labelled by
+    ``names`` (else the jobs' names) and the settings that differ, with a table of final values."""
+    return Compare(jobs, metric, names=names, workspace=workspace)

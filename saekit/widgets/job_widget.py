@@ -1,55 +1,43 @@
 """``JobWidget``: a job's live view (status, progress, rate and ETA, events, error and suggestion, Cancel,
-metric charts, resource sparklines), re-creatable from the job id in any kernel.
+charts of its metrics with axes, the held-out evaluation, a health badge, resource charts), re-creatable
+from the job id in any kernel.
 
 All state is in synced traits, filled from the job's event log by the poller (``poller.py``); the
-browser only draws them (and counts elapsed time and ETA between updates). Cancel is a custom message
-that writes the job's cancel flag; it never calls into a busy kernel's job.
+browser only draws them (with uPlot) and counts elapsed time and ETA between updates. Cancel is a custom
+message that writes the job's cancel flag; it never calls into a busy kernel's job. Its mimebundle also
+holds a static snapshot (``text/html``) and a summary (``text/plain``) for places without a kernel.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
-import anywidget
 import traitlets
 
 from saekit.jobs.lifecycle import epoch as epoch_seconds
+from saekit.jobs.textbar import latest_metrics
+from saekit.widgets import snapshot
+from saekit.widgets._base import SnapshotWidget, esm, thin
 from saekit.widgets.poller import POLLER, JobFeed, Poller
 
-HERE = Path(__file__).parent
-CHART_METRICS = ("loss", "fvu", "l0", "dead_fraction")
-MAX_POINTS = 400  # per chart series sent to the browser (older points thinned)
-
-
-def esm(*names: str) -> str:
-    """Front-end modules are plain ES modules; the shared chart helpers are prepended, no build step."""
-    return "\n".join((HERE / "js" / name).read_text() for name in ("charts.js", *names))
-
-
-def _thin(points: list[list[float]], limit: int = MAX_POINTS) -> list[list[float]]:
-    if len(points) <= limit:
-        return points
-    stride = math.ceil(len(points) / limit)
-    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+CHART_METRICS = ("loss", "auxk", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s")
 
 
 def chart_series(state, names: tuple[str, ...] = CHART_METRICS) -> dict[str, list[list[float]]]:
-    """Metric series for charts: ``name`` and, for sweeps, ``saeN/name``."""
+    """Metric series for charts (thinned): ``name`` and, for sweeps, ``saeN/name``."""
     series: dict[str, list[list[float]]] = {}
     for (step, name), value in sorted(state.metrics.items()):
         base = name.rsplit("/", 1)[-1]
-        if base in names and value is not None and math.isfinite(value):
+        if base in names and isinstance(value, (int, float)) and math.isfinite(value):
             series.setdefault(name, []).append([step, value])
-    return {k: _thin(v) for k, v in series.items()}
+    return {k: thin(v) for k, v in series.items()}
 
 
-class JobWidget(anywidget.AnyWidget):
+class JobWidget(SnapshotWidget):
     """The live view of one job (``job.widget()``, or a ``Job`` as a cell's last expression)."""
 
     _esm = esm("job.js")
-    _css = (HERE / "js" / "widgets.css").read_text()
 
     job_id = traitlets.Unicode("").tag(sync=True)
     name = traitlets.Unicode("").tag(sync=True)
@@ -60,8 +48,9 @@ class JobWidget(anywidget.AnyWidget):
     done = traitlets.Float(0.0).tag(sync=True)
     total = traitlets.Float(None, allow_none=True).tag(sync=True)
     unit = traitlets.Unicode("").tag(sync=True)
-    rate = traitlets.Float(None, allow_none=True).tag(sync=True)  # units per second over the attempt
+    rate = traitlets.Float(None, allow_none=True).tag(sync=True)  # units per second over the current phase
     started_at = traitlets.Float(None, allow_none=True).tag(sync=True)  # epoch seconds
+    phase_started_at = traitlets.Float(None, allow_none=True).tag(sync=True)
     updated_at = traitlets.Float(None, allow_none=True).tag(sync=True)  # epoch seconds of the last record
     ended_at = traitlets.Float(None, allow_none=True).tag(sync=True)
     last_event = traitlets.Unicode("").tag(sync=True)
@@ -71,6 +60,11 @@ class JobWidget(anywidget.AnyWidget):
     suggestion = traitlets.Unicode("").tag(sync=True)
     cancel_requested = traitlets.Bool(False).tag(sync=True)
     metrics = traitlets.Dict({}).tag(sync=True)  # name -> [[step, value], ...]
+    latest = traitlets.Unicode("").tag(sync=True)  # "loss=0.12, fvu=0.05": the newest logged values
+    step_times = traitlets.List([]).tag(sync=True)  # [[step, epoch seconds], ...] (charts against time)
+    tokens_per_step = traitlets.Float(0.0).tag(sync=True)  # (charts against tokens)
+    health = traitlets.Dict({}).tag(sync=True)  # {"level": "ok"|"suspicious"|"diverged", "reasons": [...]}
+    evaluation = traitlets.List([]).tag(sync=True)  # [{"label", "metrics": {...}}] held out, once trained
     resources = traitlets.List([]).tag(sync=True)  # recent samples of the worker: time, cpu_percent, rss, gpu_memory
 
     def __init__(self, job, *, poller: Poller = POLLER, **kwargs):
@@ -78,6 +72,8 @@ class JobWidget(anywidget.AnyWidget):
         self.workspace, self.job_id = job.workspace, job.id
         row = job.record()
         self.name, self.kind, self.attempt = row.name or "", row.kind, int(row.attempt)
+        if row.kind == "train":
+            self.tokens_per_step = float(row.spec_dict.get("train", {}).get("batch_size", 0))
         self._poller = poller
         self._feed: JobFeed = poller.feed(job.workspace, job.id)
         self._seen = -1
@@ -103,6 +99,29 @@ class JobWidget(anywidget.AnyWidget):
         for field, trait in (("started_at", "started_at"), ("finished_at", "ended_at")):
             if getattr(row, field) is not None:
                 setattr(self, trait, epoch_seconds(getattr(row, field)))
+        if row.status == "completed" and row.result:
+            self._apply_result(row.result_value)
+
+    def _apply_result(self, result) -> None:
+        """The held-out evaluation of a training job, and its health."""
+        saes = (result or {}).get("saes") if isinstance(result, dict) else None
+        if not saes:
+            return
+        rows = [{"label": f"SAE {i}" if len(saes) > 1 else "SAE",
+                 "metrics": {k: v for k, v in s.get("eval", {}).items() if isinstance(v, (int, float))}}
+                for i, s in enumerate(saes)]
+        self.evaluation = rows
+        self._evaluations = [s.get("eval", {}) for s in saes]
+        self._assess()
+
+    def _assess(self) -> None:
+        if self.kind != "train":
+            return
+        from saekit.sae.health import assess
+
+        health = assess(self._feed.state.metrics, getattr(self, "_evaluations", None))
+        if health != self.health:
+            self.health = health
 
     def _apply_feed(self) -> None:
         feed, state = self._feed, self._feed.state
@@ -123,6 +142,7 @@ class JobWidget(anywidget.AnyWidget):
                 self.unit = progress.get("unit") or ""
                 self.phase = progress.get("phase") or ""
                 first = feed.first_progress
+                self.phase_started_at = float(first["time"]) if first and first.get("time") else None
                 if first and progress.get("time") and first.get("time") and progress["time"] > first["time"]:
                     self.rate = (self.done - float(first.get("done") or 0)) / (progress["time"] - first["time"])
             if state.last_event:
@@ -132,6 +152,10 @@ class JobWidget(anywidget.AnyWidget):
                 self.updated_at = float(state.last_time)
             if state.metrics:
                 self.metrics = feed.charts(chart_series)
+                steps = sorted({p[0] for points in self.metrics.values() for p in points})
+                self.step_times = [[step, feed.step_times[step]] for step in steps if step in feed.step_times]
+                self.latest = ", ".join(f"{k}={v:.4g}" for k, v in latest_metrics(state).items())
+                self._assess()
             if feed.resources:
                 self.resources = [{k: r.get(k) for k in ("time", "cpu_percent", "rss", "gpu_memory", "gpu_utilization")}
                                   for r in feed.resources]
@@ -144,6 +168,8 @@ class JobWidget(anywidget.AnyWidget):
                 self.suggestion = end.get("suggestion") or ""
                 if self.status == "completed" and self.total:
                     self.done = self.total
+                if self.status == "completed":
+                    self._apply_result(end.get("result"))
 
     def followed(self) -> set[tuple[str, str]]:
         return {(str(self.workspace.path), self.job_id)}
@@ -154,7 +180,7 @@ class JobWidget(anywidget.AnyWidget):
             return False
         self._feed.read(now)
         self._apply_feed()
-        if self._feed.state.end is not None and self.status in ("completed", "failed", "cancelled"):
+        if self._feed.state.end is not None and self.final:
             return False
         if self._feed.needs_registry(now):
             from saekit.jobs.job import Job
@@ -180,3 +206,42 @@ class JobWidget(anywidget.AnyWidget):
     def _on_close(self, change) -> None:
         if change["new"] is None:
             self._poller.discard(self)
+
+    # -- without a kernel ---------------------------------------------------------------------------------
+    def summary(self) -> str:
+        percent = f"{100 * self.done / self.total:.1f}%" if self.total else ""
+        parts = [f"{self.name or self.kind} {self.job_id}: {self.status}", percent,
+                 f"{self.done:,.0f}/{self.total:,.0f} {self.unit}" if self.total else "", self.latest]
+        if self.health.get("level", "ok") != "ok":
+            parts.append(f"[{self.health['level']}: {'; '.join(self.health['reasons'])}]")
+        if self.error_message:
+            parts.append(f"{self.error_type}: {self.error_message.splitlines()[0]}")
+        return "  ".join(p for p in parts if p)
+
+    def snapshot_html(self) -> str:
+        level = self.health.get("level", "ok")
+        head = (f"<div><b>{snapshot.esc(self.name or self.kind)} · {snapshot.esc(self.job_id)}</b> "
+                f"{snapshot.badge(self.status)} {snapshot.badge(level) if level != 'ok' else ''} "
+                f"<span style='color:#666'>{snapshot.esc(self.phase)}</span></div>")
+        percent = 100 * self.done / self.total if self.total else (100.0 if self.status == "completed" else 0.0)
+        took = (self.ended_at - self.started_at) if self.ended_at and self.started_at else None
+        stats = " · ".join(p for p in (f"{percent:.1f}%", f"{self.done:,.0f} / {self.total:,.0f} {self.unit}" if self.total
+                                       else "", f"took {took:.0f} s" if took is not None else "", self.latest) if p)
+        bar = (f"<div style='margin:4px 0'><progress max='100' value='{percent:.1f}' style='width:260px'></progress> "
+               f"{snapshot.esc(stats)}</div>")
+        error = (f"<div style='background:#fef2f2;color:#7f1d1d;padding:4px'><b>{snapshot.esc(self.error_type)}:</b> "
+                 f"{snapshot.esc(self.error_message)}<br>→ {snapshot.esc(self.suggestion)}</div>" if self.error_message else "")
+        reasons = "".join(f"<div style='color:#b45309'>⚠ {snapshot.esc(r)}</div>" for r in self.health.get("reasons", []))
+        evaluation = ""
+        if self.evaluation:
+            names = sorted({k for e in self.evaluation for k in e["metrics"]})
+            evaluation = snapshot.table(["held out", *names], [[e["label"], *(snapshot.number(e["metrics"].get(n))
+                                                                               for n in names)] for e in self.evaluation])
+        groups: dict[str, dict] = {}
+        for name, points in self.metrics.items():
+            groups.setdefault(name.rsplit("/", 1)[-1], {})[name] = points
+        charts = "".join(snapshot.line_chart(base, groups[base], log=base in ("loss", "fvu"))
+                         for base in ("loss", "fvu", "l0", "dead_fraction") if base in groups)
+        note = "<div style='color:#666;font-size:11px'>a snapshot: sk.job(\"{}\") in a kernel shows it live</div>".format(
+            snapshot.esc(self.job_id))
+        return snapshot.box(head, bar, error, reasons, evaluation, charts, note)

@@ -38,7 +38,8 @@ class JobFeed:
         self.version = 0  # counts reads that brought something new
         self.metrics_version = 0  # counts reads that brought metrics
         self._charts: tuple[int, dict] | None = None
-        self.first_progress: dict | None = None  # the attempt's first progress record (for rates)
+        self.first_progress: dict | None = None  # the current phase's first progress record (for rates)
+        self.step_times: dict[int, float] = {}  # when each metric step was logged
         self.resources: deque = deque(maxlen=RESOURCE_SAMPLES)
         self._last_read = -1.0
         self._last_liveness = time.monotonic()
@@ -54,8 +55,11 @@ class JobFeed:
             kind = record.get("t")
             if kind == "start":
                 self.first_progress = None
-            elif kind == "progress" and self.first_progress is None:
+            elif kind == "progress" and (self.first_progress is None
+                                         or record.get("phase") != self.first_progress.get("phase")):
                 self.first_progress = record
+            elif kind == "metric" and record.get("time") is not None:
+                self.step_times[int(record.get("step", 0))] = float(record["time"])
             elif kind == "resources":
                 self.resources.append(record)
         if self.records:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-import anywidget
 import psutil
 import traitlets
 
 from saekit.monitor.gpus import GpuReader
 from saekit.monitor.system import SystemSampler
-from saekit.widgets.job_widget import HERE, esm
+from saekit.widgets import snapshot
+from saekit.widgets._base import SnapshotWidget, esm
 from saekit.widgets.poller import POLLER, Poller
 from saekit.workspace import Workspace, as_workspace
 
@@ -42,11 +42,10 @@ def job_of_pid(pid: int, workers: dict[int, dict]) -> dict | None:
     return None
 
 
-class SystemMonitor(anywidget.AnyWidget):
+class SystemMonitor(SnapshotWidget):
     """A live panel of this machine; ``interval`` seconds between samples (1, 2, 5 or 10)."""
 
     _esm = esm("system.js")
-    _css = (HERE / "js" / "widgets.css").read_text()
 
     interval = traitlets.Float(2.0).tag(sync=True)
     intervals = traitlets.List(list(INTERVALS)).tag(sync=True)
@@ -116,3 +115,19 @@ class SystemMonitor(anywidget.AnyWidget):
             self.samples = [*self.samples[-(keep - 1):], sample]
             self.gpu_jobs = gpu_jobs
         return True
+
+    def summary(self) -> str:
+        last = self.samples[-1] if self.samples else None
+        if last is None:
+            return "System: no sample yet"
+        gpus = ", ".join(f"GPU {g['index']} {g['utilization']}% {g['memory_used'] / 2**30:.1f} GiB" for g in last["gpus"])
+        return (f"System: CPU {last['cpu_percent']:.0f}% of {last['cpu_count']} cores, RAM {last['ram_used'] / 2**30:.1f} of "
+                f"{last['ram_total'] / 2**30:.1f} GiB; " + (gpus or f"GPUs: {self.gpu_reason}"))
+
+    def snapshot_html(self) -> str:
+        series = {"CPU %": [[s["time"], s["cpu_percent"]] for s in self.samples]}
+        ram = {"RAM GiB": [[s["time"] - self.samples[0]["time"], s["ram_used"] / 2**30] for s in self.samples]}
+        return snapshot.box(f"<b>System</b> <span style='color:#666'>{snapshot.esc(self.summary())}</span>",
+                            snapshot.line_chart("CPU %", {k: [[t - self.samples[0]["time"], v] for t, v in p]
+                                                          for k, p in series.items()}) if self.samples else "",
+                            snapshot.line_chart("RAM", ram) if self.samples else "")

@@ -1,7 +1,6 @@
 """Job semantics in one process: idempotency, force, attempts, resume points, errors, deletion."""
 
 import os
-import time
 
 import pytest
 from kinds_for_tests import dead_pid, queued_job
@@ -37,9 +36,7 @@ def test_in_process_job_runs_and_records_everything(ws):
 def test_same_spec_returns_the_completed_job_without_work(ws):
     first = submit("count", {"n": 5}, background=False, progress=False)
     n_records = len(first.events(all_records=True))
-    t = time.perf_counter()
     again = submit("count", {"n": 5, "delay": 0.5}, background=False, progress=False)  # delay is volatile
-    assert time.perf_counter() - t < 0.5
     assert again.id == first.id and again.status == "completed"
     assert len(first.events(all_records=True)) == n_records
     forced = submit("count", {"n": 5}, background=False, force=True, progress=False)

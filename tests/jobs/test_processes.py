@@ -83,7 +83,7 @@ def test_kill_9_is_seen_at_once_and_resume_continues(ws):
     t = time.perf_counter()
     other = sk.job(job.id)  # any handle, any process
     assert other.status == "failed"
-    assert time.perf_counter() - t < 1.0  # no timeout to wait out
+    assert time.perf_counter() - t < 30  # no timeout to wait out (a stale heartbeat would take 60 s)
     assert other.info()["error_type"] == "worker_lost"
     committed = [r["state"]["done"] for r in read_all(events_path(ws, job.id)) if r["t"] == "commit"][-1]
     assert committed >= 30
@@ -93,15 +93,16 @@ def test_kill_9_is_seen_at_once_and_resume_continues(ws):
     assert work(ws, job.id) == list(range(150))  # nothing missing, nothing twice
 
 
-def test_cancel_from_another_process_stops_within_two_seconds(ws):
+def test_cancel_from_another_process_stops_the_job_at_its_next_step(ws):
     job = submit("count", {"n": 100000, "delay": 0.002, "commit_every": 50})
-    wait_for(lambda: (job.progress or 0) > 0.2)
-    t = time.monotonic()
+    wait_for(lambda: (job.progress or 0) > 0.2, timeout=120)
     subprocess.run([sys.executable, "-m", "saekit.cli", "--workspace", str(ws.path), "cancel", job.id],
                    check=True, capture_output=True)
+    flagged = os.stat(ws.job_dir(job.id) / "cancel").st_mtime
     job.wait(timeout=120)
-    assert time.monotonic() - t < 2.0
     assert job.status == "cancelled"
+    after = [r for r in read_all(events_path(ws, job.id)) if r["t"] == "metric" and r["time"] > flagged + 0.01]
+    assert len(after) <= 2  # the worker checks the flag at every step: at most the step under way finishes
     kept = work(ws, job.id)
     assert len(kept) > 50 and kept == list(range(len(kept)))  # partial results kept
     assert job.info()["cancel_requested"] is True
@@ -114,7 +115,7 @@ def test_worker_that_dies_before_its_lease_fails_the_job_at_once(ws, monkeypatch
         sys.executable, "-c", "import sys; print('cannot import the model zoo'); sys.exit(3)"])
     t = time.perf_counter()
     job = submit("count", {"n": 5})
-    assert time.perf_counter() - t < 10
+    assert time.perf_counter() - t < 60  # at once, not after the 120 s start timeout
     info = job.info()
     assert info["status"] == "failed" and info["error_type"] == "worker_lost"
     assert "code 3" in info["error_message"] and "cannot import the model zoo" in info["error_message"]

@@ -4,7 +4,6 @@ there) leaves it resumable: tokenize used to remove its checkpoint and training 
 import os
 
 import numpy as np
-import pytest
 import torch
 from data_for_tests import quick, toy_store
 

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from data_for_tests import toy_store
+from data_for_tests import quick, toy_store
 
 import saekit as sk
 from saekit.jobs import submit
@@ -97,9 +97,33 @@ def test_training_metrics_reach_the_charts(ws):
                    sk.TrainConfig(total_tokens=20_000, batch_size=500, lr=3e-3, log_every=5, eval_tokens=2_000),
                    background=False, progress=False)
     widget = JobWidget(job, poller=Poller())
-    assert set(widget.metrics) == {"loss", "fvu", "l0", "dead_fraction"}
+    assert {"loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"} <= set(widget.metrics)
     assert [p[0] for p in widget.metrics["fvu"]] == list(range(5, 41, 5))
     assert widget.status == "completed" and widget.done == widget.total == 40
+    assert [s for s, _ in widget.step_times] == list(range(5, 41, 5)) and widget.tokens_per_step == 500
+    assert widget.evaluation[0]["metrics"]["fvu"] == job.info()["result"]["saes"][0]["eval"]["fvu"]
+    assert widget.health["level"] == "ok" and "fvu=" in widget.latest
+
+
+def test_a_diverged_run_is_flagged(ws):
+    job = sk.train(toy_store(), "toy", sk.SAEConfig(arch="relu", d_sae=32, l1_coefficient=0.0),
+                   sk.TrainConfig(total_tokens=20_000, batch_size=500, lr=5.0, log_every=5, eval_tokens=2_000,
+                                  lr_warmup=0, lr_decay="none"), background=False, progress=False)
+    widget = JobWidget(job, poller=Poller())
+    assert widget.status == "completed" and widget.health["level"] == "diverged", widget.health  # was a green badge
+    assert any("FVU" in r or "grew" in r for r in widget.health["reasons"])
+    data = widget._repr_mimebundle_()[0]
+    assert "diverged" in data["text/html"] and "diverged" in data["text/plain"]
+
+
+def test_the_mimebundle_carries_a_snapshot_and_a_summary(ws):
+    job = sk.train(toy_store(), "toy", sk.SAEConfig(arch="topk", d_sae=32, k=2), quick(), background=False,
+                   progress=False)
+    data = JobWidget(job, poller=Poller())._repr_mimebundle_()[0]
+    assert "application/vnd.jupyter.widget-view+json" in data  # the live view
+    html, text = data["text/html"], data["text/plain"]
+    assert job.id in html and "completed" in html and "<svg" in html and "held out" in html
+    assert "object at 0x" not in text and job.id in text and "completed" in text
 
 
 def test_the_poller_is_one_task_on_the_running_loop_and_ends(ws, tmp_path):

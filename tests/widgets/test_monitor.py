@@ -152,6 +152,15 @@ def test_dashboard_lists_active_and_finished_jobs(ws):
     assert poller._feeds[(str(ws.path), running.id)] is feed  # kept while followed, not re-read from the start
     xs = [x for x, _ in next(iter(chart.series.values()))]
     assert len(xs) >= 2 and all(a < b for a, b in zip(xs, xs[1:]))  # no point twice
+    sent = []
+    chart.observe(lambda change: sent.append(len(next(iter(change["new"].values())))), names="series")
+    deadline = time.monotonic() + 60
+    while len(sent) < 2:  # the trait changes as the job goes on: the browser hears of each new point
+        assert time.monotonic() < deadline, "a comparison of a running job never updated"
+        time.sleep(0.1)
+        poller.tick()
+    assert sent[-1] > sent[0]
+    assert board.active[0]["rate"] > 0 and board.active[0]["eta"] is not None
     running.cancel().wait(timeout=120)
     board._read_at = -10
     poller.tick()
@@ -167,7 +176,14 @@ def test_compare_overlays_runs(ws):
     assert chart not in chart._poller.widgets  # finished runs: nothing to follow
     progress = Compare([j.id for j in jobs], "progress", poller=Poller())
     assert progress.x_label == "seconds" and all(points[-1][1] == 100.0 for points in progress.series.values())
+    assert set(chart.series) == {"train " + jobs[0].id.split("-")[-1] + ": k=2",
+                                 "train " + jobs[1].id.split("-")[-1] + ": k=4"}  # what differs, not "sae1"
+    named = Compare(jobs, "fvu", names=["small", "large"], poller=Poller())
+    assert sorted(named.series) == ["large: k=4", "small: k=2"]
+    assert named.columns[:5] == ["run", "status", "loss", "fvu", "l0"] and named.columns[5:] == ["k"]
+    assert [row[-1] for row in named.rows] == [2, 4] and all(row[1] == "completed" for row in named.rows)
     sweep = sk.train(store, "toy", [sk.SAEConfig(arch="topk", d_sae=32, k=2), sk.SAEConfig(arch="topk", d_sae=32, k=3)],
                      quick(), background=False, progress=False)
-    assert len(Compare([sweep], "l0", poller=Poller()).series) == 2
+    swept = Compare([sweep], "l0", poller=Poller())
+    assert len(swept.series) == 2 and all(label.endswith(("k=2", "k=3")) for label in swept.series)
     assert isinstance(sk.compare(jobs), Compare) and isinstance(sk.dashboard(), Dashboard)

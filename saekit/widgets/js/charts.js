@@ -1,5 +1,6 @@
-// Shared helpers of saekit's widgets (prepended to each widget's module; no build step).
-const SVG_NS = "http://www.w3.org/2000/svg";
+// Shared helpers of saekit's widgets, joined after the vendored uPlot (vendor/uPlot.iife.min.js, which defines
+// `uPlot`) and before each widget's own module: no build step. Charts are uPlot; this file is only the thin
+// adapter: series in, a chart with axes, ticks, hover values, a log toggle and a responsive width out.
 const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
 
 function h(tag, attrs = {}, children = []) {
@@ -7,15 +8,9 @@ function h(tag, attrs = {}, children = []) {
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "text") node.textContent = value;
     else if (key === "class") node.className = value;
-    else if (value !== null && value !== undefined) node.setAttribute(key, value);
+    else if (value !== null && value !== undefined && value !== false) node.setAttribute(key, value);
   }
   for (const child of children) if (child) node.appendChild(child);
-  return node;
-}
-
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
   return node;
 }
 
@@ -42,64 +37,195 @@ function fmtDuration(seconds) {
 
 function fmtBytes(n) {
   if (n === null || n === undefined || !isFinite(n)) return "?";
-  for (const [unit, size] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
+  for (const [unit, size] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
     if (n >= size) return `${(n / size).toFixed(1)} ${unit}`;
   }
   return `${Math.round(n)} B`;
 }
 
-// A line chart of several series {name: [[x, y], ...]} with its title, y range and last value.
-function lineChart(title, series, { width = 220, height = 90, logY = false } = {}) {
-  const names = Object.keys(series).filter((n) => series[n].length);
-  const box = h("div", { class: "saekit-chart" }, [h("div", { class: "saekit-chart-title", text: title })]);
-  const plot = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "saekit-chart-svg" });
-  box.appendChild(plot);
-  if (!names.length) {
-    box.appendChild(h("div", { class: "saekit-muted", text: "no values yet" }));
-    return box;
-  }
-  const tf = (y) => (logY ? Math.log10(Math.max(y, 1e-12)) : y);
-  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-  for (const n of names) for (const [x, y] of series[n]) {
-    x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, tf(y)); y1 = Math.max(y1, tf(y));
-  }
-  if (x1 === x0) x1 = x0 + 1;
-  if (y1 === y0) { y1 += 0.5; y0 -= 0.5; }
-  const pad = 4;
-  const sx = (x) => pad + ((x - x0) / (x1 - x0)) * (width - 2 * pad);
-  const sy = (y) => height - pad - ((tf(y) - y0) / (y1 - y0)) * (height - 2 * pad);
-  names.forEach((n, i) => {
-    const points = series[n].map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
-    plot.appendChild(svg("polyline", { points, fill: "none", stroke: PALETTE[i % PALETTE.length], "stroke-width": 1.5 }));
-  });
-  const legend = names.map((n, i) => {
-    const last = series[n][series[n].length - 1];
-    return h("span", { class: "saekit-legend" }, [
-      h("span", { class: "saekit-swatch", style: `background:${PALETTE[i % PALETTE.length]}` }),
-      h("span", { text: `${names.length > 1 ? n + " " : ""}${fmtNumber(last[1])}` }),
-    ]);
-  });
-  box.appendChild(h("div", { class: "saekit-chart-legend" }, legend));
-  return box;
+function badge(status, extra = "") {
+  return h("span", { class: `saekit-badge saekit-${status} ${extra}`, text: status });
 }
 
-// A small sparkline of values (nulls skipped) with a label and the last value formatted by fmt.
-function sparkline(label, values, fmt = fmtNumber, { width = 120, height = 28, max = null } = {}) {
-  const kept = values.map((v, i) => [i, v]).filter(([, v]) => v !== null && v !== undefined && isFinite(v));
-  const box = h("div", { class: "saekit-spark" });
-  box.appendChild(h("span", { class: "saekit-spark-label", text: label }));
-  const plot = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
-  if (kept.length > 1) {
-    const top = max ?? Math.max(...kept.map(([, v]) => v), 1e-12);
-    const n = Math.max(values.length - 1, 1);
-    const points = kept.map(([i, v]) => `${((i / n) * width).toFixed(1)},${(height - 1 - (Math.min(v, top) / top) * (height - 2)).toFixed(1)}`).join(" ");
-    plot.appendChild(svg("polyline", { points, fill: "none", stroke: PALETTE[0], "stroke-width": 1.2 }));
-  }
-  box.appendChild(plot);
-  box.appendChild(h("span", { class: "saekit-spark-value", text: kept.length ? fmt(kept[kept.length - 1][1]) : "-" }));
-  return box;
+// {name: [[x, y], ...]} -> uPlot's [xs, ys1, ys2, ...] over the union of the xs (nulls where a series has none)
+function aligned(series, names) {
+  const xs = [...new Set(names.flatMap((n) => series[n].map((p) => p[0])))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  return [xs, ...names.map((n) => {
+    const ys = new Array(xs.length).fill(null);
+    for (const [x, y] of series[n]) ys[index.get(x)] = y !== null && isFinite(y) ? y : null;
+    return ys;
+  })];
 }
 
-function badge(status) {
-  return h("span", { class: `saekit-badge saekit-${status}`, text: status });
+// The legend shows the latest values when the cursor is not over the chart (and the hovered ones when it is).
+function showLast(u) {
+  const n = u.data[0].length;
+  if (n) u.setLegend({ idx: n - 1 }, false);
+}
+
+// A line chart that follows its data: chart.update(series) keeps the instance (and the hover) alive.
+// options: title, xLabel, yLabel, log (initial), logToggle, height, xTime (x is epoch seconds), yFormat, percent.
+class LineChart {
+  constructor(options = {}) {
+    this.options = options;
+    this.log = Boolean(options.log);
+    this.node = h("div", { class: "saekit-chart", "data-chart": options.title || "" });
+    const head = h("div", { class: "saekit-chart-head" }, [h("span", { class: "saekit-chart-title", text: options.title || "" })]);
+    if (options.logToggle !== false) {
+      const toggle = h("input", { type: "checkbox", class: "saekit-log-toggle", title: "logarithmic y axis" });
+      toggle.checked = this.log;
+      toggle.addEventListener("change", () => { this.log = toggle.checked; this._rebuild(); });
+      head.appendChild(h("label", { class: "saekit-log" }, [toggle, h("span", { text: "log" })]));
+    }
+    this.node.appendChild(head);
+    this.plotNode = h("div", { class: "saekit-plot" });
+    this.node.appendChild(this.plotNode);
+    this.series = {};
+    this.names = [];
+    this.u = null;
+    this._observer = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => this._resize()) : null;
+    if (this._observer) this._observer.observe(this.node);
+  }
+
+  _width() {
+    const width = this.node.clientWidth || this.options.width || 360;
+    return Math.max(220, Math.floor(width) - 4);
+  }
+
+  _resize() {
+    if (this.u) {
+      const width = this._width();
+      if (Math.abs(width - this.u.width) > 2) this.u.setSize({ width, height: this.options.height || 180 });
+    }
+  }
+
+  _axisValues(which) {
+    const format = this.options[which === "x" ? "xFormat" : "yFormat"] || fmtNumber;
+    return (u, splits) => {
+      const labels = splits.map((v) => (v === null || v === undefined ? "" : format(v)));
+      this.node.dataset[which === "x" ? "xticks" : "yticks"] = labels.join("|");
+      return labels;
+    };
+  }
+
+  _rebuild() {
+    if (this.u) { this.u.destroy(); this.u = null; }
+    const names = this.names;
+    this.plotNode.replaceChildren();
+    if (!names.length) {
+      this.plotNode.appendChild(h("div", { class: "saekit-muted saekit-empty-chart", text: "no values yet" }));
+      return;
+    }
+    const data = aligned(this.series, names);
+    const positive = data.slice(1).every((ys) => ys.every((y) => y === null || y > 0));
+    const log = this.log && positive;
+    const opts = {
+      width: this._width(), height: this.options.height || 180,
+      legend: { show: true, live: true },
+      cursor: { drag: { x: true, y: false } },
+      hooks: { setCursor: [(u) => { if (u.cursor.idx === null || u.cursor.idx === undefined) showLast(u); }],
+               ready: [showLast] },
+      scales: { x: { time: Boolean(this.options.xTime) }, y: log ? { distr: 3 } : { auto: true } },
+      axes: [
+        { label: this.options.xLabel || "", values: this.options.xTime ? undefined : this._axisValues("x"), size: 36 },
+        { label: this.options.yLabel || "", values: this._axisValues("y"), size: 56 },
+      ],
+      series: [
+        { label: this.options.xLabel || "x", value: (u, v) => (v === null ? "" : (this.options.xTime ? new Date(v * 1000).toLocaleTimeString() : fmtNumber(v))) },
+        ...names.map((name, i) => ({
+          label: name, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
+          value: (u, v) => (v === null ? "" : (this.options.yFormat || fmtNumber)(v)),
+        })),
+      ],
+    };
+    this.u = new uPlot(opts, data, this.plotNode);
+  }
+
+  update(series) {
+    const names = Object.keys(series).filter((n) => series[n] && series[n].length);
+    const sameNames = names.length === this.names.length && names.every((n, i) => n === this.names[i]);
+    this.series = series;
+    this.names = names;
+    if (!this.u || !sameNames) { this._rebuild(); return; }
+    this.u.setData(aligned(series, names));
+    if (this.u.cursor.idx === null || this.u.cursor.idx === undefined) showLast(this.u);
+  }
+
+  destroy() {
+    if (this._observer) this._observer.disconnect();
+    if (this.u) this.u.destroy();
+  }
+}
+
+// Charts kept by key across redraws of a widget (so updates do not reset a chart the user is reading).
+class ChartSet {
+  constructor(container) { this.container = container; this.charts = new Map(); }
+
+  show(specs) {  // specs: [{key, options, series}], in order
+    const keys = new Set(specs.map((s) => s.key));
+    for (const [key, chart] of this.charts) if (!keys.has(key)) { chart.destroy(); chart.node.remove(); this.charts.delete(key); }
+    for (const spec of specs) {
+      let chart = this.charts.get(spec.key);
+      if (!chart) { chart = new LineChart(spec.options); this.charts.set(spec.key, chart); }
+      this.container.appendChild(chart.node);  // (re)appended in order
+      chart.update(spec.series);
+    }
+  }
+
+  destroy() { for (const chart of this.charts.values()) chart.destroy(); this.charts.clear(); }
+}
+
+// Calls `onGone` once the view has lost its kernel: there is no kernel behind the notebook; the kernel is not
+// the one that made this view (a notebook reopened from its saved widget state: the model records its kernel's
+// id); the kernel restarts, stops or dies (its connection says so); or the kernel no longer answers this view's
+// pings. A ping is a request the kernel answers with a pong before it turns idle again, so a busy kernel (a cell
+// waiting in job.result()) answers late, never wrongly: the view concludes only once the kernel went idle after
+// its ping without a pong - a restarted kernel does not know the old widget.
+const GONE_STATUSES = new Set(["starting", "restarting", "autorestarting", "dead", "terminating"]);
+const PING_SECONDS = 5;
+
+function watchKernel(model, onGone) {
+  let done = false, pending = null, count = 0;
+  const answered = new Set();
+  const gone = (why) => { if (!done) { done = true; onGone(why); } };
+  const manager = model.widget_manager;
+  const kernel = manager && manager.kernel;
+  const mine = model.get("kernel_id");
+  if (!kernel) { gone("no kernel"); return () => {}; }
+  if (mine && kernel.id && kernel.id !== mine) { gone("another kernel"); return () => {}; }
+  const onStatus = (_, status) => { if (GONE_STATUSES.has(status)) gone(status); };
+  const onDisposed = () => gone("disposed");
+  const onPong = (content) => { if (content && content.type === "pong") answered.add(content.n); };
+  kernel.statusChanged.connect(onStatus);
+  if (kernel.disposed) kernel.disposed.connect(onDisposed);
+  model.on("msg:custom", onPong);
+  const ping = () => {
+    if (done || pending !== null) return;
+    const n = ++count;
+    pending = n;
+    model.send({ type: "ping", n }, { iopub: { status: (msg) => {
+      if (msg.content.execution_state !== "idle" || pending !== n) return;
+      pending = null;
+      if (!answered.has(n)) gone("no answer");
+    } } });
+  };
+  ping();
+  const timer = setInterval(ping, PING_SECONDS * 1000);
+  return () => {
+    clearInterval(timer);
+    kernel.statusChanged.disconnect(onStatus);
+    if (kernel.disposed) kernel.disposed.disconnect(onDisposed);
+    model.off("msg:custom", onPong);
+  };
+}
+
+// A gone kernel: the view greys out, stops its clock and turns off its buttons, and says why.
+function markGone(root, jobId) {
+  root.classList.add("saekit-gone");
+  for (const button of root.querySelectorAll("button")) button.disabled = true;
+  if (!root.querySelector(".saekit-gone-note")) {
+    root.prepend(h("div", { class: "saekit-gone-note", text:
+      `This view lost its kernel: it shows the last state it had.${jobId ? ` sk.job("${jobId}") in a running kernel follows the job live.` : ""}` }));
+  }
 }

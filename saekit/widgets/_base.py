@@ -1,0 +1,92 @@
+"""What every widget shares: its front-end module (vendored uPlot + the chart adapter + its own module, joined,
+no build step), its CSS, thinning of chart series, and a mimebundle that carries a static snapshot.
+
+A widget's ``_repr_mimebundle_`` holds, beside the live view, ``text/html`` (a static picture: the header,
+tables and small SVG charts, see ``snapshot.py``) and ``text/plain`` (a summary), so GitHub, nbviewer,
+nbconvert and saved notebooks show its last state without a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import os
+import sys
+
+import anywidget
+import traitlets
+
+HERE = Path(__file__).parent
+JS = HERE / "js"
+MAX_POINTS = 600  # per chart series sent to the browser
+
+
+def esm(name: str) -> str:
+    """A widget's ES module: uPlot (which defines ``uPlot``), the chart adapter, then the widget's module."""
+    return "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", name))
+
+
+CSS = (JS / "vendor" / "uPlot.min.css").read_text() + "\n" + (JS / "widgets.css").read_text()
+
+
+def thin(points: list[list[float]], limit: int = MAX_POINTS) -> list[list[float]]:
+    """At most about ``limit`` points: the first and the last, and in each of the buckets between, the lowest
+    and the highest (so a spike, a divergence, survives the thinning of a million-step run)."""
+    if len(points) <= limit:
+        return points
+    buckets = max(1, (limit - 2) // 2)
+    size = (len(points) - 2) / buckets
+    out = [points[0]]
+    for b in range(buckets):
+        chunk = points[1 + math.floor(b * size):1 + math.floor((b + 1) * size)]
+        if not chunk:
+            continue
+        low = min(chunk, key=lambda p: p[1])
+        high = max(chunk, key=lambda p: p[1])
+        out += sorted({id(low): low, id(high): high}.values(), key=lambda p: p[0])
+    out.append(points[-1])
+    return out
+
+
+def kernel_id() -> str:
+    """The id of the Jupyter kernel this process is ('' outside one): a view compares it with its kernel's."""
+    if "ipykernel" not in sys.modules:  # not a kernel (and importing it would replace comm.create_comm)
+        return ""
+    try:
+        from ipykernel.connect import get_connection_file
+
+        name = os.path.basename(get_connection_file())
+    except Exception:  # noqa: BLE001 - not in a kernel
+        return ""
+    return name.removeprefix("kernel-").removesuffix(".json")
+
+
+class SnapshotWidget(anywidget.AnyWidget):
+    """An anywidget whose mimebundle also carries ``snapshot_html()`` and ``summary()``, and whose views know
+    when they have lost their kernel (``kernel_id``)."""
+
+    _css = CSS
+    kernel_id = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_id = kernel_id()
+        self.on_msg(self._answer_ping)
+
+    def _answer_ping(self, widget, content, buffers) -> None:
+        """A view asks whether this kernel still knows it (see ``watchKernel`` in charts.js)."""
+        if isinstance(content, dict) and content.get("type") == "ping":
+            self.send({"type": "pong", "n": content.get("n")})
+
+    def summary(self) -> str:  # pragma: no cover - each widget says its own
+        raise NotImplementedError
+
+    def snapshot_html(self) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data = {**(data or {}), "text/plain": self.summary(), "text/html": self.snapshot_html()}
+        return (data, metadata) if isinstance(bundle, tuple) else data

@@ -1,0 +1,66 @@
+"""Make the README's screenshots from real runs: JupyterLab in headless Chromium (tools/lab.py), a notebook
+that trains on a tiny model, and a picture of each widget's output.
+
+    python tools/screenshots.py [--out docs/images]
+
+Writes job.png (a training job's widget), compare.png (a comparison of a small sweep) and dashboard.png,
+plus any extra shots other notebooks add (see ``SHOTS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lab as labtools  # noqa: E402
+
+SETUP = """
+import saekit as sk, torch
+from data_for_tests import dictionary_data
+x, _ = dictionary_data(60_000, 32, 128, 4, seed=3)
+acts = sk.ActivationStore.from_array(x, "resid")
+tc = sk.TrainConfig(total_tokens=600_000, batch_size=1024, lr=3e-3, log_every=10, eval_tokens=4096,
+                    dead_after_tokens=50_000)
+"""
+
+# (file name, cell source, what to wait for in the cell's text)
+SHOTS = [
+    ("job.png", "run = sk.train(acts, 'resid', sk.SAEConfig(arch='topk', d_sae=256, k=4), tc, name='topk k=4')\n"
+                "run.wait(progress=False)\nrun", "held out"),
+    ("compare.png", "sweep = [sk.train(acts, 'resid', sk.SAEConfig(arch='topk', d_sae=256, k=k), tc, name=f'k={k}')"
+                    " for k in (2, 8, 16)]\nfor j in sweep:\n    j.wait(progress=False)\nsk.compare(sweep, 'fvu')", "k=16"),
+    ("dashboard.png", "sk.dashboard()", "recently finished"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(labtools.ROOT / "docs" / "images"))
+    args = parser.parse_args()
+    reason = labtools.missing()
+    if reason:
+        sys.exit(f"cannot make screenshots: {reason}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        labtools.notebook(folder / "shots.ipynb", [SETUP, *(source for _, source, _ in SHOTS)])
+        with labtools.jupyterlab(folder) as lab, labtools.browser(width=1300, height=1000) as page:
+            lab.open(page, "shots.ipynb")
+            lab.run_cell(page, 0)
+            lab.wait_idle(page, 600)
+            for i, (name, _, marker) in enumerate(SHOTS, start=1):
+                lab.run_cell(page, i)
+                labtools.wait(lambda: marker in lab.cell(page, i).inner_text(), f"{name}: {marker!r}", 600)
+                lab.wait_idle(page, 600)
+                page.wait_for_timeout(1500)  # the charts' last draw
+                output = lab.cell(page, i).locator(".jp-OutputArea-child").last
+                output.screenshot(path=str(out / name))
+                print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    main()
