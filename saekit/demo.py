@@ -7,7 +7,9 @@
 5. extract ``blocks.6.resid_post`` activations into a Zarr store in a background job, and stream
    shuffled batches back from it;
 6. train a TopK SAE on them in a background job, and evaluate it on held-out tokens (FVU, L0, dead
-   latents, and the model's loss with the SAE spliced in).
+   latents, and the model's loss with the SAE spliced in);
+7. analyse every latent of that SAE in one streaming pass over the store (a background job), print a few
+   features (top tokens, frequency, logit lens) and export them as a self-contained HTML file.
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -110,8 +112,22 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
                                        if k in evaluation))
     print(f"    saved in {run.info()['result']['saes'][0]['path']} (sk.SAE.load(path), sae.to_saelens(folder))")
 
+    t = _step(7, "analyse every latent of the SAE over the store (a background job): contexts, logit lens, neighbours")
+    feats = sk.analyze(sae, acts, model=lm).result(progress=True)
+    timings["analyze"] = time.perf_counter() - t
+    print(f"    {feats}")
+    shown = feats.top(len(feats), by="frequency")
+    shown = [f for f in shown if 0.001 < f.frequency < 0.2][:6] or list(shown[:6])
+    for f in shown:
+        tokens = " ".join(repr(tok) for tok, _ in f.top_tokens[:4])
+        lens = " ".join(repr(tok) for tok, _ in (f.logits or {}).get("top", [])[:4])
+        print(f"    feature {f.id:>5}: fires on {100 * f.frequency:5.2f}% of tokens, max {f.max:6.2f}; "
+              f"top tokens {tokens}; promotes {lens}")
+    html = feats.export_html(ws.dir("demo") / "features.html", [f.id for f in shown])
+    print(f"    {len(shown)} features exported to {html} (open it in a browser; in Jupyter, `feats` is the browser)")
+
     print("\njobs in this workspace (`saekit jobs`):")
     print(sk.jobs())
     print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print("next: feature analysis and steering join this demo as they are built.")
+    print("next: steering and labels join this demo as they are built.")
     return 0

@@ -1,10 +1,11 @@
 """Make the README's screenshots from real runs: JupyterLab in headless Chromium (tools/lab.py), a notebook
 that trains on a tiny model, and a picture of each widget's output.
 
-    python tools/screenshots.py [--out docs/images]
+    python tools/screenshots.py [--out docs/images] [--features WORKSPACE]
 
 Writes job.png (a training job's widget), compare.png (a comparison of a small sweep) and dashboard.png,
-plus any extra shots other notebooks add (see ``SHOTS``).
+plus any extra shots other notebooks add (see ``SHOTS``). With ``--features`` (a workspace where
+``saekit demo`` ran), also features.png: the feature browser over the demo's analysis of its SmolLM2 SAE.
 """
 
 from __future__ import annotations
@@ -36,15 +37,39 @@ SHOTS = [
 ]
 
 
+def feature_shot(workspace: str, out: Path, query: str) -> None:
+    """features.png: the browser over the newest analysis of ``workspace``, searched for ``query``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        labtools.notebook(folder / "features.ipynb", [
+            f"import saekit as sk\nsk.set_workspace({workspace!r})\nfeats = sk.analyses()[0]\n"
+            f"browser = feats.browse()\nbrowser.query = {query!r}\nbrowser"])
+        with labtools.jupyterlab(folder) as lab, labtools.browser(width=1400, height=1100) as page:
+            lab.open(page, "features.ipynb")
+            lab.run_cell(page, 0)
+            labtools.wait(lambda: lab.cell(page, 0).locator(".saekit-card .saekit-context").count(), "a feature card", 600)
+            lab.wait_idle(page, 600)
+            page.wait_for_timeout(1000)
+            lab.cell(page, 0).locator(".jp-OutputArea-child").last.screenshot(path=str(out / "features.png"))
+            print(f"wrote {out / 'features.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(labtools.ROOT / "docs" / "images"))
+    parser.add_argument("--features", default=None, help="a workspace where `saekit demo` ran")
+    parser.add_argument("--query", default="return", help="what the feature browser searches for")
+    parser.add_argument("--only-features", action="store_true", help="only features.png")
     args = parser.parse_args()
     reason = labtools.missing()
     if reason:
         sys.exit(f"cannot make screenshots: {reason}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.features:
+        feature_shot(args.features, out, args.query)
+        if args.only_features:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         labtools.notebook(folder / "shots.ipynb", [SETUP, *(source for _, source, _ in SHOTS)])

@@ -22,6 +22,7 @@ BUILTIN = {
     "fetch_model": "saekit.models.fetch",
     "extract": "saekit.activations.extraction",
     "train": "saekit.sae.training",
+    "analyze": "saekit.features.analysis",
 }
 ENTRY_POINT_GROUP = "saekit.job_kinds"
 

@@ -90,6 +90,20 @@ class LanguageModel:
                 f"token store {tokens.id} holds sequences of {tokens.context_length} tokens but {self.name} has "
                 f"{self.max_context} positions", suggestion=f"tokenize again with context_length <= {self.max_context}")
 
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unembedding ``[vocab, d_model]`` and the final norm's per-dimension scale (None when the model
+        has no known final norm or it has no weight): what a direction in the residual stream is multiplied
+        by on its way to the logits, apart from the norm's division by the residual's scale."""
+        weight = self.model.get_output_embeddings().weight.detach()
+        scale = None
+        if self.arch.final_norm is not None:
+            norm = get_module(self.model, self.arch.final_norm)
+            if getattr(norm, "weight", None) is not None:
+                scale = norm.weight.detach().float()
+                if self.config.model_type.startswith("gemma"):  # Gemma's RMSNorm scales by (1 + weight)
+                    scale = scale + 1
+        return weight, scale
+
     def hook_points(self) -> list[str]:
         return hook_point_names(self.arch, self.n_layers)
 

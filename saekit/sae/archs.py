@@ -99,6 +99,16 @@ class TopKSAE(_SparseCodedSAE):
         values, indices = pre.topk(self.config.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
+    def encode_sparse(self, x):
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.config.k, dim=-1, sorted=False)
+        indices, by_latent = indices.sort(dim=-1)  # entries by row, then latent (as encode_sparse promises)
+        values = values.gather(-1, by_latent)
+        rows = torch.arange(len(pre), device=pre.device).repeat_interleave(self.config.k)
+        values, latents = values.reshape(-1), indices.reshape(-1)
+        keep = values > 0
+        return rows[keep], latents[keep], values[keep]
+
 
 @register_arch("batchtopk", SparseCodedParams)
 class BatchTopKSAE(_SparseCodedSAE):

@@ -151,6 +151,14 @@ class SAE(nn.Module):
         """Latent activations ``[..., d_sae]`` (inference rule of the architecture)."""
         raise NotImplementedError
 
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The nonzero latent activations of a batch ``[B, d_in]`` as (rows, latents, values), int64, int64,
+        float32, ordered by row then latent: what ``encode`` gives, without the dense matrix where the
+        architecture allows."""
+        z = self.encode(x)
+        rows, latents = z.nonzero(as_tuple=True)
+        return rows, latents, z[rows, latents]
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
@@ -218,7 +226,13 @@ class SAE(nn.Module):
         state = load_file(folder / WEIGHTS_FILE, device=str(device or "cpu"))
         sae.load_state_dict(state, assign=True)
         sae.metadata = {k: v for k, v in raw.items() if k not in config_keys}
+        sae._loaded_from = (str(folder.resolve()), _versions(sae))
         return sae
+
+    def saved_folder(self) -> str | None:
+        """The saekit folder this SAE was loaded from, while its parameters are unchanged since (else None)."""
+        loaded = getattr(self, "_loaded_from", None)
+        return loaded[0] if loaded is not None and loaded[1] == _versions(self) else None
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, *, subfolder: str | None = None, revision: str | None = None,
@@ -275,6 +289,11 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         k = getattr(self.config, "k", None)
         return f"arch={self.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}" + (f", k={k}" if k else "")
+
+
+def _versions(sae: nn.Module) -> dict[str, tuple[int, int]]:
+    """Each tensor's in-place version counter and storage: they change when its values may have."""
+    return {name: (t._version, t.data_ptr()) for name, t in sae.state_dict().items()}
 
 
 def config_fields(arch: str) -> set[str]:

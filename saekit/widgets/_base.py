@@ -22,9 +22,10 @@ JS = HERE / "js"
 MAX_POINTS = 600  # per chart series sent to the browser
 
 
-def esm(name: str) -> str:
-    """A widget's ES module: uPlot (which defines ``uPlot``), the chart adapter, then the widget's module."""
-    return "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", name))
+def esm(*names: str) -> str:
+    """A widget's ES module: uPlot (which defines ``uPlot``), the chart adapter, then the widget's own files
+    (the last one has the ``export default``)."""
+    return "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", *names))
 
 
 CSS = (JS / "vendor" / "uPlot.min.css").read_text() + "\n" + (JS / "widgets.css").read_text()

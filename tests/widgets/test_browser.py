@@ -144,3 +144,52 @@ def test_a_saved_notebook_reopened_without_its_kernel_shows_the_last_state(lab, 
                            str(lab.folder / "saved.ipynb")], capture_output=True, text=True, timeout=300)
     assert html.returncode == 0, html.stderr[-2000:]
     assert "completed" in html.stdout and "object at 0x" not in html.stdout  # the snapshot, not a repr
+
+
+def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, page, docs_file, tiny_model_dir):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
+    from planted import PLANTED, planted_analysis
+
+    import saekit as sk
+
+    feats, token = planted_analysis(sk.Workspace(lab.folder / "ws"), tiny_model_dir, docs_file)
+    word = feats[PLANTED].top_tokens[0][0].strip()
+    labtools.notebook(lab.folder / "features.ipynb", [
+        f"import saekit as sk\nfeats = sk.job({feats.id!r}).result()\nfeats",
+        f"feats[{PLANTED}]",
+    ])
+    lab.open(page, "features.ipynb")
+    lab.run_cell(page, 0)
+    labtools.wait(lambda: _js(page, "return el.querySelectorAll('.saekit-feature-row').length", 0), "the feature list")
+    shown = lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 0)  # noqa: E731
+    first = labtools.wait(shown, "a card beside the list")
+    # search: the planted latent is among the matches, and clicking it opens its card
+    box = lab.cell(page, 0).locator("input.saekit-search")
+    box.fill(word)
+    box.press("Enter")
+    labtools.wait(lambda: _js(page, f"return !!el.querySelector(\".saekit-feature-row[data-latent='{PLANTED}']\")", 0)
+                  and _js(page, "return el.querySelector('.saekit-count').textContent", 0).split()[0] != str(len(feats)),
+                  "the search to narrow the list")
+    lab.cell(page, 0).locator(f".saekit-feature-row[data-latent='{PLANTED}']").click()
+    labtools.wait(lambda: shown() == str(PLANTED), "the clicked feature's card")
+    # its contexts highlight the activating token, with the value on hover
+    titles = _js(page, "return [...el.querySelectorAll('.saekit-card .saekit-tok-center')].map((t) => t.title)", 0)
+    assert titles and all(word in t for t in titles), titles
+    assert _js(page, "return el.querySelectorAll('.saekit-card .saekit-tok[style*=background]').length", 0) >= len(titles)
+    # the histogram has axes with ticks; the logit lens names the token
+    ticks = _js(page, "return [...el.querySelectorAll('.saekit-card .saekit-chart')].map((c) => c.dataset.xticks || '')", 0)
+    assert ticks and all(ticks), ticks
+    assert word in lab.cell(page, 0).locator(".saekit-logits").first.inner_text()
+    # keys move through the list (the planted latent, the rarest match, is last)
+    before = shown()
+    lab.cell(page, 0).locator(".saekit-browser").press("ArrowUp")
+    labtools.wait(lambda: shown() != before, "ArrowUp to open the feature above")
+    # a standalone card: a neighbour's button opens that feature in the same card
+    lab.run_cell(page, 1)
+    labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 1) == str(PLANTED),
+                  "the standalone card")
+    neighbour = _js(page, "return el.querySelector('.saekit-latent-link')?.dataset.latent", 1)
+    lab.cell(page, 1).locator(".saekit-latent-link").first.click()
+    labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 1) == neighbour,
+                  "the neighbour's card")
+    print("card render ms:", _js(page, "return el.querySelector('.saekit-card').dataset.renderMs", 1), first)

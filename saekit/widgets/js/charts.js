@@ -229,3 +229,55 @@ function markGone(root, jobId) {
       `This view lost its kernel: it shows the last state it had.${jobId ? ` sk.job("${jobId}") in a running kernel follows the job live.` : ""}` }));
   }
 }
+
+// A histogram: bars over bins [edges[i], edges[i+1]) with counts, x on a log axis when the bins are log-spaced.
+// Hover shows the bin's range and count. options: title, xLabel, yLabel, height.
+class Histogram {
+  constructor(options = {}) {
+    this.options = options;
+    this.node = h("div", { class: "saekit-chart", "data-chart": options.title || "" });
+    this.node.appendChild(h("div", { class: "saekit-chart-head" }, [h("span", { class: "saekit-chart-title", text: options.title || "" })]));
+    this.plotNode = h("div", { class: "saekit-plot" });
+    this.node.appendChild(this.plotNode);
+    this.u = null;
+  }
+
+  update(edges, counts) {
+    if (this.u) { this.u.destroy(); this.u = null; }
+    this.plotNode.replaceChildren();
+    const used = counts.map((c, i) => i).filter((i) => counts[i] > 0);
+    if (!used.length) { this.plotNode.appendChild(h("div", { class: "saekit-muted saekit-empty-chart", text: "never fired" })); return; }
+    const lo = Math.max(0, used[0] - 1), hi = Math.min(counts.length - 1, used[used.length - 1] + 1);
+    // x is log10 of the bin's geometric centre (the bins are log-spaced), labelled in activation units
+    const xs = [], ys = [], ranges = [];
+    for (let i = lo; i <= hi; i++) {
+      const a = edges[i], b = edges[i + 1];
+      const left = a > 0 ? a : b / 10 ** (1 / 8), right = b !== null && isFinite(b) ? b : a * 10 ** (1 / 8);
+      xs.push(Math.log10(Math.sqrt(left * right))); ys.push(counts[i]); ranges.push([a, b]);
+    }
+    const step = xs.length > 1 ? xs[1] - xs[0] : 1 / 8;
+    const rangeText = (idx) => { const [a, b] = ranges[idx]; return `${fmtNumber(a)} – ${b === null ? "∞" : fmtNumber(b)}`; };
+    const opts = {
+      width: Math.max(220, (this.node.clientWidth || this.options.width || 360) - 4), height: this.options.height || 150,
+      legend: { show: true, live: true },
+      cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: false, range: () => [xs[0] - step, xs[xs.length - 1] + step] },
+                y: { auto: true, range: (u, min, max) => [0, max * 1.05 || 1] } },
+      axes: [
+        { label: this.options.xLabel || "activation", size: 36, values: (u, splits) => {
+          const labels = splits.map((v) => fmtNumber(10 ** v)); this.node.dataset.xticks = labels.join("|"); return labels; } },
+        { label: this.options.yLabel || "tokens", size: 50, values: (u, splits) => {
+          const labels = splits.map((v) => fmtCount(v)); this.node.dataset.yticks = labels.join("|"); return labels; } },
+      ],
+      series: [
+        { label: "activation", value: (u, v, si, idx) => (idx === null || idx === undefined ? "" : rangeText(idx)) },
+        { label: "tokens", fill: "rgba(37,99,235,0.35)", stroke: PALETTE[0], width: 1,
+          paths: uPlot.paths.bars({ size: [0.9, 40] }), points: { show: false },
+          value: (u, v) => (v === null ? "" : fmtCount(v)) },
+      ],
+    };
+    this.u = new uPlot(opts, [xs, ys], this.plotNode);
+  }
+
+  destroy() { if (this.u) this.u.destroy(); }
+}

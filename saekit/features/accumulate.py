@@ -1,0 +1,303 @@
+"""The streaming part of a feature analysis: everything it keeps per latent, updated a block of rows at a
+time with whole-tensor operations (no Python loop over latents), in memory that does not grow with the
+number of tokens.
+
+Per latent: how often it fired, the sum and the maximum of its activations, a histogram of its nonzero
+activations (log-spaced bins), its exact top-k activations, and a uniform sample of its activations (a
+reservoir: the entries with the smallest random keys), each with a context window - the latent's activation
+on every token around the activating one. Ties in the top-k go to the earlier row, so the result is the
+same whatever the batch size. Every key is a function of (row, latent), so a resumed pass keeps exactly
+what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_PER_DECADE = -4.0, 4.0, 8  # bins of log10(activation); the ends catch the rest
+HIST_BINS = int((HIST_LOG10_MAX - HIST_LOG10_MIN) * HIST_PER_DECADE) + 2
+ROW_BITS = 32  # a top-k key: 31 bits of the float32 value, then 32 of the row (analyses of up to 2**32 tokens)
+MAX_ROWS = 2**ROW_BITS
+BLOCK_ROW_BITS = 14  # a block (core rows and their context) has fewer than 2**14 rows
+MAX_BLOCK_ROWS = 2**BLOCK_ROW_BITS
+ORDER_BITS = 31 + BLOCK_ROW_BITS  # a block-local order of one latent's entries; the latent takes the bits above
+SAMPLE_KEY_BITS = ORDER_BITS  # the reservoir's random keys
+DENSE_LOOKUP_LIMIT = 2**26  # block rows x latents up to which a window lookup may build the dense block (256 MB)
+_MIX1, _MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64's constants, as signed int64
+
+
+def hist_edges() -> list[float]:
+    """The histogram's bin edges (the first bin holds everything below 1e-4, the last everything above 1e4)."""
+    inner = [10 ** (HIST_LOG10_MIN + i / HIST_PER_DECADE) for i in range(HIST_BINS - 1)]
+    return [0.0, *inner, float("inf")]
+
+
+def random_keys(rows: torch.Tensor, latents: torch.Tensor, d_sae: int, seed: int) -> torch.Tensor:
+    """A reproducible pseudo-random ``SAMPLE_KEY_BITS``-bit key per (row, latent) (splitmix64 of
+    ``row * d_sae + latent``)."""
+    x = rows.to(torch.int64) * d_sae + latents.to(torch.int64) + seed * 0x5851F42D
+    x = (x ^ (x >> 30)) * _MIX1
+    x = (x ^ (x >> 27)) * _MIX2
+    x = x ^ (x >> 31)
+    return x & ((1 << SAMPLE_KEY_BITS) - 1)
+
+
+def top_keys(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """An int64 that orders entries by value (descending), then row (ascending): for activations >= 0 the
+    float32 bits (31 of them) order like the values; the row takes the low 32 bits."""
+    bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
+    return (bits << ROW_BITS) | ((1 << ROW_BITS) - 1 - rows.to(torch.int64))
+
+
+@dataclass
+class Block:
+    """A block of rows of the stream: the core rows whose activations are counted, and around them the rows
+    their context windows reach (``before`` rows ahead, the rest after). Sparse codes of the whole block;
+    the source of each row (its token, document and position)."""
+
+    start: int  # the stream row of the core's first row
+    core: int  # how many core rows
+    before: int  # how many context rows come before the core in the arrays below
+    rows: torch.Tensor  # codes: block-local row of each nonzero entry (int64)
+    latents: torch.Tensor  # and its latent (int64)
+    values: torch.Tensor  # and its activation (float32)
+    token_ids: torch.Tensor  # [block rows] int64
+    doc_ids: torch.Tensor  # [block rows] int64
+    positions: torch.Tensor  # [block rows] int64
+    dense: torch.Tensor | None = None  # the codes as a dense matrix, once a lookup built it
+    _runs: tuple | None = None
+
+    def runs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row the first and last row of its run: the rows around it that continue its document (same
+        document, consecutive positions)."""
+        if self._runs is None:
+            n = len(self.doc_ids)
+            new = torch.ones(n, dtype=torch.bool, device=self.doc_ids.device)
+            new[1:] = (self.doc_ids[1:] != self.doc_ids[:-1]) | (self.positions[1:] != self.positions[:-1] + 1)
+            run = torch.cumsum(new, 0) - 1
+            starts = new.nonzero().squeeze(1)
+            ends = torch.cat([starts[1:] - 1, torch.tensor([n - 1], device=starts.device)])
+            self._runs = (starts[run], ends[run])
+        return self._runs
+
+
+class Buffer:
+    """Per latent the ``size`` best entries by a key (largest first when ``largest``, else smallest), each with
+    its value, stream row and context window (activations and tokens). The slots of a latent are kept in no
+    order (a new entry takes the slot of the one it displaces: nothing else moves); ``sorted()`` orders them."""
+
+    FIELDS = ("keys", "values", "rows", "window_values", "window_tokens")
+
+    def __init__(self, d_sae: int, size: int, window: int, *, largest: bool, device):
+        self.size, self.window, self.largest = size, window, largest
+        self.empty = -1 if largest else torch.iinfo(torch.int64).max
+        self.keys = torch.full((d_sae, size), self.empty, dtype=torch.int64, device=device)
+        self.values = torch.zeros((d_sae, size), dtype=torch.float32, device=device)
+        self.rows = torch.full((d_sae, size), -1, dtype=torch.int64, device=device)
+        self.window_values = torch.zeros((d_sae, size, window), dtype=torch.float16, device=device)
+        self.window_tokens = torch.full((d_sae, size, window), -1, dtype=torch.int32, device=device)
+        self.worst = torch.full((d_sae,), self.empty, dtype=torch.int64, device=device)  # each latent's entry to beat
+
+    def beats(self, latents: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Which entries would enter: better than the latent's worst kept one."""
+        last = self.worst[latents]
+        return keys > last if self.largest else keys < last
+
+    def merge(self, latents: torch.Tensor, keys: torch.Tensor, order: torch.Tensor, windows) -> None:
+        """Keep, per latent, the best ``size`` of what it had and the candidates (``latents``, ``keys``; ``order``
+        ranks one latent's candidates, best first, in ``ORDER_BITS`` bits). ``windows(index)`` gives the value,
+        stream row and context window of the candidates at ``index`` (asked only for those that are kept)."""
+        size, device = self.size, keys.device
+        # the block's own best `size` per latent: one sort of (latent, order)
+        by_latent = torch.argsort((latents << ORDER_BITS) | order, stable=True)
+        touched, counts = torch.unique_consecutive(latents[by_latent], return_counts=True)
+        n = len(touched)
+        group = torch.repeat_interleave(torch.arange(n, device=device), counts)
+        rank = torch.arange(len(by_latent), device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        keep = rank < size
+        index = torch.full((n, size), -1, dtype=torch.int64, device=device)
+        index[group[keep], rank[keep]] = by_latent[keep]
+        cand_keys = torch.where(index >= 0, keys[index.clamp_min(0)], torch.full_like(index, self.empty))
+        # the best `size` of what each latent had and its candidates (the old ones first among equals, so a
+        # padding candidate never displaces anything)
+        old_keys = self.keys[touched]
+        _, pick = torch.cat([old_keys, cand_keys], dim=1).sort(dim=1, descending=self.largest, stable=True)
+        pick = pick[:, :size]
+        stays = torch.zeros((n, 2 * size), dtype=torch.bool, device=device).scatter_(1, pick, True)
+        evicted = (~stays[:, :size]).nonzero()  # (latent row, slot), by latent: the slots the newcomers take
+        entering = stays[:, size:].nonzero()  # (latent row, candidate rank), by latent, as many per latent
+        if len(entering) == 0:
+            return
+        latent_rows = touched[evicted[:, 0]]
+        slots = evicted[:, 1]
+        chosen = index[entering[:, 0], entering[:, 1]]
+        values, rows, window_values, window_tokens = windows(chosen)
+        self.keys[latent_rows, slots] = keys[chosen]
+        self.values[latent_rows, slots] = values
+        self.rows[latent_rows, slots] = rows
+        self.window_values[latent_rows, slots] = window_values.half()
+        self.window_tokens[latent_rows, slots] = window_tokens.int()
+        changed = self.keys[touched]
+        self.worst[touched] = changed.min(dim=1).values if self.largest else changed.max(dim=1).values
+
+    def sorted(self) -> dict[str, torch.Tensor]:
+        """The fields with each latent's entries best first (empty slots last)."""
+        order = torch.argsort(self.keys, dim=1, descending=self.largest, stable=True)
+        out = {n: getattr(self, n).gather(1, order) for n in ("keys", "values", "rows")}
+        wide = order[:, :, None].expand(-1, -1, self.window)
+        out.update({n: getattr(self, n).gather(1, wide) for n in ("window_values", "window_tokens")})
+        return out
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{n}": getattr(self, n) for n in self.FIELDS}
+
+    def load(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
+        for n in self.FIELDS:
+            getattr(self, n).copy_(state[f"{prefix}.{n}"])
+        self.worst.copy_(self.keys.min(dim=1).values if self.largest else self.keys.max(dim=1).values)
+
+
+class Accumulator:
+    """What a feature analysis keeps while it streams (see the module docstring)."""
+
+    def __init__(self, d_sae: int, *, top_k: int, reservoir: int, context: tuple[int, int], seed: int = 0,
+                 cooccurrence_rows: int = 16384, device: str | torch.device = "cpu"):
+        self.d_sae, self.context, self.seed = d_sae, tuple(context), seed
+        self.window = context[0] + 1 + context[1]
+        self.rows_seen = 0
+        self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.total = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.max = torch.zeros(d_sae, dtype=torch.float32, device=device)
+        self.hist = torch.zeros((d_sae, HIST_BINS), dtype=torch.int64, device=device)
+        self.top = Buffer(d_sae, top_k, self.window, largest=True, device=device)
+        self.sample = Buffer(d_sae, reservoir, self.window, largest=False, device=device)
+        self.cooccurrence_rows = cooccurrence_rows
+        self.sampled: list[torch.Tensor] = []  # (row, latent) of the first rows: the co-occurrence sample
+
+    # -- one block ------------------------------------------------------------------------------------
+    def add(self, block: Block) -> None:
+        if len(block.token_ids) > MAX_BLOCK_ROWS:
+            raise ValueError(f"a block of {len(block.token_ids)} rows; at most {MAX_BLOCK_ROWS}")
+        code_keys = block.rows * self.d_sae + block.latents
+        if len(code_keys) > 1 and not bool((code_keys[1:] > code_keys[:-1]).all()):
+            order = torch.argsort(code_keys)  # encode_sparse gives them by row, then latent; others are sorted here
+            block = Block(block.start, block.core, block.before, block.rows[order], block.latents[order],
+                          block.values[order], block.token_ids, block.doc_ids, block.positions)
+            code_keys = code_keys[order]
+        core = (block.rows >= block.before) & (block.rows < block.before + block.core)
+        rows, latents, values = block.rows[core], block.latents[core], block.values[core]
+        stream_rows = rows - block.before + block.start
+        self.rows_seen += block.core
+        self.count += torch.bincount(latents, minlength=self.d_sae)
+        self.total += torch.bincount(latents, weights=values.double(), minlength=self.d_sae)
+        self.max.scatter_reduce_(0, latents, values, reduce="amax")
+        bins = ((torch.log10(values.clamp_min(1e-30)) - HIST_LOG10_MIN) * HIST_PER_DECADE).floor().long() + 1
+        bins = bins.clamp(0, HIST_BINS - 1)
+        self.hist.view(-1).index_add_(0, latents * HIST_BINS + bins, torch.ones_like(bins))
+        self._cooccur(stream_rows, latents)
+
+        def top_order(values, rows):  # best first within a latent: value descending, then row ascending
+            bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
+            return ((1 << ORDER_BITS) - 1) - ((bits << BLOCK_ROW_BITS) | (MAX_BLOCK_ROWS - 1 - rows))
+
+        self._offer(self.top, block, code_keys, rows, latents, values, stream_rows, top_keys(values, stream_rows),
+                    top_order)
+        keys = random_keys(stream_rows, latents, self.d_sae, self.seed)
+        self._offer(self.sample, block, code_keys, rows, latents, values, stream_rows, keys, None)
+
+    def _offer(self, buffer: Buffer, block: Block, code_keys, rows, latents, values, stream_rows, keys, order) -> None:
+        take = buffer.beats(latents, keys)
+        if not bool(take.any()):
+            return
+        rows, latents, values, stream_rows, keys = rows[take], latents[take], values[take], stream_rows[take], keys[take]
+        ranks = keys if order is None else order(values, rows)  # a reservoir's order is its random key
+
+        def windows(index: torch.Tensor):
+            acts, tokens = self._windows(block, code_keys, rows[index], latents[index])
+            return values[index], stream_rows[index], acts, tokens
+
+        buffer.merge(latents, keys, ranks, windows)
+
+    def _windows(self, block: Block, code_keys: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor):
+        """Each entry's context: the latent's activation and the token at rows ``row - before .. row + after``
+        of the block, where those rows continue the same document (else 0 and -1). ``code_keys`` are the
+        block's ``row * d_sae + latent``, ascending."""
+        before, after = self.context
+        first, last = block.runs()
+        offsets = torch.arange(-before, after + 1, device=rows.device)
+        around = rows[:, None] + offsets[None, :]  # [c, W] block-local rows
+        same = (around >= first[rows][:, None]) & (around <= last[rows][:, None])  # within the row's own run
+        safe = torch.where(same, around, rows[:, None])
+        tokens = torch.where(same, block.token_ids[safe], -1)
+        n_rows = len(block.token_ids)
+        if 16 * safe.numel() > n_rows * self.d_sae and n_rows * self.d_sae <= DENSE_LOOKUP_LIMIT:
+            if block.dense is None:  # many lookups: a dense block is cheaper than searches
+                block.dense = torch.zeros((n_rows, self.d_sae), dtype=block.values.dtype, device=rows.device)
+                block.dense[block.rows, block.latents] = block.values
+            acts = torch.where(same, block.dense[safe, latents[:, None]], 0.0)
+            return acts, tokens
+        wanted = safe * self.d_sae + latents[:, None]
+        at = torch.searchsorted(code_keys, wanted).clamp_max(len(code_keys) - 1)
+        acts = torch.where((code_keys[at] == wanted) & same, block.values[at], 0.0)
+        return acts, tokens
+
+    def _cooccur(self, stream_rows: torch.Tensor, latents: torch.Tensor) -> None:
+        """Keep the active latents of the first ``cooccurrence_rows`` rows (the co-occurrence sample)."""
+        first = stream_rows < self.cooccurrence_rows
+        if bool(first.any()):
+            self.sampled.append(torch.stack([stream_rows[first], latents[first]]).cpu())
+
+    # -- saving and restoring (a resume continues exactly) ------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        sampled = torch.cat(self.sampled, dim=1) if self.sampled else torch.zeros((2, 0), dtype=torch.int64)
+        return {"count": self.count, "total": self.total, "max": self.max, "hist": self.hist,
+                "rows_seen": torch.tensor([self.rows_seen]), "sampled": sampled,
+                **self.top.state("top"), **self.sample.state("sample")}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for name in ("count", "total", "max", "hist"):
+            getattr(self, name).copy_(state[name])
+        self.rows_seen = int(state["rows_seen"][0])
+        self.sampled = [state["sampled"]] if state["sampled"].shape[1] else []
+        self.top.load("top", state)
+        self.sample.load("sample", state)
+
+    def cooccurrence(self, n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent the ``n`` latents that fired with it most often on the sampled rows: ids [d_sae, n] (-1
+        where fewer) and the fraction of its firings there that each of them shared."""
+        ids = torch.full((self.d_sae, n), -1, dtype=torch.int64)
+        share = torch.zeros((self.d_sae, n), dtype=torch.float32)
+        if not self.sampled:
+            return ids, share
+        rows, latents = torch.cat(self.sampled, dim=1)
+        fired = torch.bincount(latents, minlength=self.d_sae)
+        a, b = _pairs(rows, latents)
+        if len(a) == 0:
+            return ids, share
+        keys, counts = torch.unique(a * self.d_sae + b, return_counts=True)
+        a, b = keys // self.d_sae, keys % self.d_sae
+        order = torch.argsort(counts, descending=True, stable=True)
+        order = order[torch.argsort(a[order], stable=True)]  # by latent, most shared first
+        a, b, counts = a[order], b[order], counts[order]
+        rank = torch.arange(len(a)) - torch.searchsorted(a, torch.arange(self.d_sae))[a]
+        keep = rank < n
+        ids[a[keep], rank[keep]] = b[keep]
+        share[a[keep], rank[keep]] = counts[keep].float() / fired[a[keep]].clamp_min(1).float()
+        return ids, share
+
+
+def _pairs(rows: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ordered pair of different latents active on the same row: (first latents, second latents)."""
+    order = torch.argsort(rows, stable=True)
+    rows, latents = rows[order], latents[order]
+    _, counts = torch.unique_consecutive(rows, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    group_of = torch.repeat_interleave(torch.arange(len(counts)), counts)  # each entry's row group
+    size = counts[group_of]  # each entry pairs with every entry of its group
+    first = torch.repeat_interleave(torch.arange(len(latents)), size)
+    within = torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+    second = starts[group_of[first]] + within
+    keep = first != second
+    return latents[first[keep]], latents[second[keep]]

@@ -1,0 +1,400 @@
+"""``sk.analyze``: what every latent of an SAE learned, in one streaming pass, as a resumable job whose
+result is a ``FeatureSet`` (an analysis folder, ``<workspace>/analyses/<job id>/``).
+
+The pass reads the source in order, a block of rows at a time; each block is encoded once, with the few
+rows around it that its context windows need, and folded into the ``Accumulator`` (counts, sums, maxima,
+histograms, exact top-k, a reservoir sample, each with windows). Memory does not grow with the number of
+tokens. Every ``commit_every`` seconds the accumulator, the rows read but not yet folded in, and the
+source's position are checkpointed, so a killed pass resumes to the same result. At the end the per-latent
+tables are written as Parquet, with the decoder's nearest neighbours, the co-occurring latents and, with a
+model, the logit lens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saekit._checks import check_positive_int, is_int
+from saekit._faults import fault_point
+from saekit._fs import publishing, remove
+from saekit.activations.store import ActivationStore
+from saekit.data.tokens import TokenStore
+from saekit.errors import ConfigError, DataError
+from saekit.features.accumulate import MAX_ROWS, Accumulator, Block, hist_edges
+from saekit.features.sources import ModelRows, Rows, StoreRows
+from saekit.jobs import job_kind, submit
+from saekit.jobs.resumable import ResumableOutput
+from saekit.models.loading import load_model_from_ref, resolve_device
+from saekit.workspace import Workspace, as_workspace
+
+STATE_FILE = "analysis_state.safetensors"
+FORMAT_VERSION = 1
+
+
+def analyses_folder(ws: Workspace, job_id: str) -> Path:
+    return ws.path / "analyses" / job_id
+
+
+# -- references to the inputs ----------------------------------------------------------------------
+
+def sae_reference(sae, ws: Workspace) -> tuple[dict, object]:
+    """The SAE as a spec reference (a saekit folder and a fingerprint) and the SAE itself. A finished training
+    job's SAE is its ``final/`` folder; an SAE loaded from a saekit folder is that folder; any other (imported
+    from SAELens or sparsify, or built in memory) is saved into the workspace by content, once."""
+    from saekit.jobs.job import Job
+    from saekit.sae.model import SAE
+
+    if isinstance(sae, Job):
+        record = sae.record()
+        if record.kind != "train":
+            raise ConfigError(f"job {sae.id} is a {record.kind} job, not a training job; give an SAE or a train job")
+        if record.status != "completed":
+            raise ConfigError(f"job {sae.id} is {record.status}: it has no trained SAE",
+                              suggestion=f"wait for it, or resume it (sk.job({sae.id!r}).resume())")
+        saes = record.result_value["saes"]
+        if len(saes) != 1:
+            raise ConfigError(f"job {sae.id} trained {len(saes)} SAEs; analyse one of them: sk.analyze(job.result()[i], ...)")
+        path = saes[0]["path"]
+        return {"path": path, "fingerprint": f"job:{sae.id}"}, SAE.load(path)
+    if not isinstance(sae, SAE):
+        raise ConfigError(f"sae must be an sk.SAE or a finished training job; got {type(sae).__name__}")
+    folder = sae.saved_folder()
+    if folder and (Path(folder) / "sae.safetensors").exists():
+        st = (Path(folder) / "sae.safetensors").stat()
+        return {"path": str(folder), "fingerprint": f"file:{st.st_size}:{int(st.st_mtime)}"}, sae
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    fingerprint = digest.hexdigest()[:16]
+    target = ws.path / "saes" / "imported" / fingerprint
+    if not (target / "sae.safetensors").exists():
+        ws.dir("saes", "imported")
+        with publishing(target) as tmp:  # the same SAE analysed twice at once: one save wins
+            sae.save(tmp, extra={k: v for k, v in sae.metadata.items() if isinstance(v, (str, int, float, bool))})
+    return {"path": str(target), "fingerprint": f"content:{fingerprint}"}, sae
+
+
+def _hook_of(sae) -> str | None:
+    hook = (getattr(sae, "metadata", {}) or {}).get("hook_point")
+    return hook.replace("hook_", "") if isinstance(hook, str) else None  # SAELens' blocks.6.hook_resid_post
+
+
+def _describe_source(source, sae, model, hook_point: str | None, ws: Workspace):
+    """(spec reference, hook point, rows available, the token store, the model for the logit lens)."""
+    if isinstance(source, str):
+        source = ActivationStore.open(source, ws)
+    if isinstance(source, ActivationStore):
+        hook = hook_point or _hook_of(sae)
+        if hook not in source.hook_points:
+            if hook_point is None and len(source.hook_points) == 1:
+                hook = source.hook_points[0]
+            else:
+                raise ConfigError(f"which hook point of activation store {source.id} does the SAE read? it holds "
+                                  f"{source.hook_points}; pass hook_point=", suggestion="e.g. hook_point='blocks.6.resid_post'")
+        if not source.complete:
+            raise DataError(f"activation store {source.id} is not complete; wait for its job first")
+        if "token_ids" not in source.group or not (source.attrs.get("tokens") or {}).get("path"):
+            raise DataError(f"activation store {source.id} has no token ids (made by from_array?): its rows cannot be "
+                            "traced back to text", suggestion="analyse a store made by sk.extract(lm, tokens, ...)")
+        if source.d_model != sae.d_in:
+            raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {hook} of store {source.id} is "
+                              f"{source.d_model}-wide", suggestion="analyse it on the hook point it was trained on")
+        tokens = TokenStore(source.attrs["tokens"]["path"], ws)
+        if model is not None and (source.attrs.get("model") or {}).get("fingerprint") != model.ref.get("fingerprint"):
+            raise DataError(f"activation store {source.id} was extracted from {source.attrs['model'].get('name_or_path')!r}, "
+                            f"not from the model given ({model.name})",
+                            suggestion="give the model the store came from, or model=None (no logit lens)")
+        ref = {"store": {"id": source.id, "location": source.location}}
+        return ref, hook, source.n_tokens, tokens, model
+    if isinstance(source, tuple) and len(source) == 2:
+        lm, tokens = source
+        tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
+        hook = hook_point or _hook_of(sae)
+        if hook is None:
+            raise ConfigError("which hook point does the SAE read? pass hook_point=, e.g. 'blocks.6.resid_post'")
+        lm.parse_hook_point(hook)
+        if not tokens.complete:
+            raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
+        lm.check_token_store(tokens)
+        if lm.d_model != sae.d_in:
+            raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {lm.name} is {lm.d_model}-wide")
+        if model is not None and model is not lm:
+            raise ConfigError("give the model once: as the source (lm, token_store), or as model=")
+        return {"model": lm.ref, "tokens": tokens.reference()}, hook, tokens.tokens_available(False), tokens, lm
+    raise ConfigError(f"source must be an ActivationStore, a store id, or (lm, token_store); got {type(source).__name__}")
+
+
+# -- the public function -------------------------------------------------------------------------------
+
+def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quantiles: int = 10, per_quantile: int = 5,
+            context: tuple[int, int] = (16, 4), model=None, hook_point: str | None = None, batch_size="auto",
+            reservoir: int | None = None, neighbours: int = 10, device: str = "auto", seed: int = 0,
+            commit_every: float = 60.0, background: bool = True, force: bool = False, name: str | None = None,
+            workspace: Workspace | str | None = None, progress: bool = True):
+    """Analyse every latent of ``sae`` over ``source`` in one streaming pass; returns the job at once
+    (``job.result()`` -> ``FeatureSet``).
+
+    ``sae`` is an ``sk.SAE`` (trained here, or from ``sk.SAE.from_pretrained``) or a finished training job;
+    ``source`` an ``ActivationStore`` of the SAE's hook point (its rows map back to their tokens) or
+    ``(lm, token_store)`` (activations computed on the fly). ``model`` (or the source's ``lm``) adds the logit
+    lens. Per latent it keeps frequency, mean and max, a log-spaced histogram, the exact ``top_k`` activations
+    and a ``reservoir`` sample (``2 * quantiles * per_quantile`` by default), each with ``context`` tokens
+    before and after; ``quantiles`` equal-count bins of the sample with ``per_quantile`` contexts each; the
+    ``neighbours`` nearest latents by decoder cosine and the latents that fire with it. Memory is about
+    ``d_sae * (top_k + reservoir) * (context + 1) * 6`` bytes, whatever ``n_tokens``.
+    """
+    from saekit.sae.model import SAE  # noqa: F401 (an import error here is clearer than later)
+
+    ws = as_workspace(workspace)
+    check_positive_int("top_k", top_k)
+    check_positive_int("quantiles", quantiles)
+    check_positive_int("per_quantile", per_quantile)
+    check_positive_int("neighbours", neighbours, allow_zero=True)
+    check_positive_int("n_tokens", n_tokens, allow_none=True)
+    check_positive_int("reservoir", reservoir, allow_none=True)
+    if not (isinstance(context, (tuple, list)) and len(context) == 2 and all(is_int(c) and c >= 0 for c in context)):
+        raise ConfigError(f"context={context!r} must be (tokens before, tokens after), e.g. (16, 4)")
+    if batch_size != "auto":
+        check_positive_int("batch_size", batch_size)
+    if not isinstance(commit_every, (int, float)) or isinstance(commit_every, bool) or not commit_every > 0:
+        raise ConfigError(f"commit_every={commit_every!r} must be a positive number of seconds")
+    resolve_device(device)
+    sae_ref, sae_obj = sae_reference(sae, ws)
+    source_ref, hook, available, tokens, lens_model = _describe_source(source, sae_obj, model, hook_point, ws)
+    if available == 0:
+        raise DataError("the source has no rows to analyse")
+    if n_tokens is not None and n_tokens > available:
+        raise ConfigError(f"n_tokens={n_tokens:,} is more than the source's {available:,} rows",
+                          suggestion=f"use n_tokens <= {available:,} (or None for all)")
+    if (n_tokens or available) > MAX_ROWS:
+        raise ConfigError(f"one analysis reads at most {MAX_ROWS:,} tokens; got {n_tokens or available:,}",
+                          suggestion=f"pass n_tokens <= {MAX_ROWS:,} (a few million tokens show most features)")
+    if top_k > (n_tokens or available):
+        raise ConfigError(f"top_k={top_k} is more than the {n_tokens or available:,} tokens analysed: a latent cannot have "
+                          "more top contexts than there are tokens", suggestion="give a smaller top_k (20 is usual)")
+    spec = {
+        "sae": sae_ref, "source": source_ref, "hook_point": hook, "n_tokens": n_tokens or available,
+        "top_k": top_k, "quantiles": quantiles, "per_quantile": per_quantile, "context": list(context),
+        "reservoir": reservoir or max(2 * quantiles * per_quantile, 32), "neighbours": neighbours, "seed": seed,
+        "model": lens_model.ref if lens_model is not None else None,
+        "lens": str(_save_unembedding(lens_model, ws)) if lens_model is not None else None, "tokens": tokens.reference(),
+        "batch_size": batch_size, "device": device, "commit_every": float(commit_every),
+    }
+    return submit("analyze", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+
+def _load_result(ws: Workspace, result: dict):
+    from saekit.features.featureset import FeatureSet
+
+    return FeatureSet(result["folder"], workspace=ws)
+
+
+def _outputs(ws: Workspace, row) -> list[Path]:
+    return [analyses_folder(ws, row.id)]
+
+
+def _block_rows(sae, batch_size) -> int:
+    """Rows per block: ``batch_size``, or what keeps the block's dense codes near 256 MiB."""
+    if batch_size != "auto":
+        return int(batch_size)
+    return int(max(256, min(8192, 2**28 // (4 * sae.d_sae))))
+
+
+class _Pass:
+    """The streaming pass: blocks of core rows with their context, folded into the accumulator."""
+
+    def __init__(self, sae, accumulator: Accumulator, before: int, after: int, block: int, device):
+        self.sae, self.acc, self.before, self.after, self.block, self.device = sae, accumulator, before, after, block, device
+        self.context: Rows | None = None  # the last `before` rows already folded in (context for the next block)
+        self.pending: list[Rows] = []  # rows read, not yet folded in
+
+    def _pending_rows(self) -> int:
+        return sum(len(r) for r in self.pending)
+
+    def feed(self, rows: Rows) -> bool:
+        """Take rows from the source; fold in what has its lookahead. True when something was folded in."""
+        self.pending.append(rows)
+        folded = False
+        while self._pending_rows() >= self.block + self.after:
+            self._fold(self.block)
+            folded = True
+        return folded
+
+    def finish(self) -> None:
+        while self._pending_rows():
+            self._fold(min(self.block, self._pending_rows()))
+
+    def _fold(self, core: int) -> None:
+        joined = Rows.join(self.pending) if len(self.pending) > 1 else self.pending[0]
+        lookahead = min(self.after, len(joined) - core)
+        head = joined.slice(0, core + lookahead)
+        ext = Rows.join([self.context, head]) if self.context is not None else head
+        before = len(self.context) if self.context is not None else 0
+        with torch.no_grad():
+            rows, latents, values = self.sae.encode_sparse(ext.x.to(self.device))
+        self.acc.add(Block(start=self.acc.rows_seen, core=core, before=before, rows=rows, latents=latents, values=values,
+                           token_ids=ext.token_ids.to(self.device), doc_ids=ext.doc_ids.to(self.device),
+                           positions=ext.positions.to(self.device)))
+        end = before + core  # the context of the next block: the last `before` rows folded in
+        self.context = ext.slice(max(0, end - self.before), end).clone() if self.before else None
+        rest = joined.slice(core, len(joined))
+        self.pending = [rest] if len(rest) else []
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        out = dict(self.acc.state())
+        for name, rows in (("context", self.context), ("pending", Rows.join(self.pending) if self.pending else None)):
+            if rows is not None and len(rows):
+                out.update({f"{name}.x": rows.x.contiguous(), f"{name}.token_ids": rows.token_ids,
+                            f"{name}.doc_ids": rows.doc_ids, f"{name}.positions": rows.positions})
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def load(self, state: dict[str, torch.Tensor], position: dict) -> None:
+        self.acc.load({k: v.to(self.acc.count.device) for k, v in state.items()})
+        for name in ("context", "pending"):
+            if f"{name}.x" in state:
+                rows = Rows(state[f"{name}.x"], state[f"{name}.token_ids"], state[f"{name}.doc_ids"],
+                            state[f"{name}.positions"], position)
+                if name == "context":
+                    self.context = rows
+                else:
+                    self.pending = [rows]
+
+
+@job_kind("analyze", load_result=_load_result, outputs=_outputs, output_dirs={"analyses": None},
+          volatile=("batch_size", "device", "commit_every"))
+def run_analyze(ctx, spec: dict) -> dict:
+    """The analyze job: one ordered pass over the source, checkpointed, then the per-latent tables."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from saekit.sae.model import SAE
+
+    folder = analyses_folder(ctx.workspace, ctx.job_id)
+    if (folder / "meta.json").exists():  # it ended, but the end was not recorded
+        return {"folder": str(folder), **json.loads((folder / "meta.json").read_text())["summary"]}
+    state_path = ctx.dir / STATE_FILE  # the pass' checkpoint, in the job's own folder until the tables are written
+    out = ResumableOutput(ctx, location=str(state_path), exists=state_path.exists, owner=lambda: ctx.job_id,
+                          commit_every=spec["commit_every"])
+    device = resolve_device(spec["device"])
+    ctx.progress(0, None, unit="tokens", phase="loading the SAE")
+    sae = SAE.load(spec["sae"]["path"], device=str(device)).eval()
+    lm = None
+    if "store" in spec["source"]:
+        store = ActivationStore(spec["source"]["store"]["location"], ctx.workspace)
+        source = StoreRows(store, spec["hook_point"], spec["n_tokens"])
+    else:
+        ctx.progress(0, None, unit="tokens", phase="loading the model")
+        lm = load_model_from_ref(spec["source"]["model"], device=spec["device"])
+        source = ModelRows(lm, TokenStore(spec["source"]["tokens"]["path"], ctx.workspace), spec["hook_point"],
+                           spec["n_tokens"])
+    before, after = spec["context"]
+    acc = Accumulator(sae.d_sae, top_k=spec["top_k"], reservoir=spec["reservoir"], context=(before, after),
+                      seed=spec["seed"], device=device)
+    stream = _Pass(sae, acc, before, after, _block_rows(sae, spec["batch_size"]), device)
+    position = None
+    if not out.fresh:
+        with safe_open(state_path, "pt") as f:  # the checkpoint holds its own position: one file, one rename
+            position = json.loads(f.metadata()["position"])
+        stream.load(load_file(state_path), position)
+        ctx.event(f"resuming after {acc.rows_seen:,} of {spec['n_tokens']:,} tokens")
+
+    commits = 0
+
+    def commit() -> None:
+        nonlocal commits
+        with publishing(state_path, replace=True) as tmp:
+            save_file(stream.state(), tmp, metadata={"position": json.dumps(position)})
+        commits += 1
+        fault_point(f"analyze_saved_{commits}", ctx.attempt)  # checkpoint n on disk, not yet recorded
+        ctx.commit({"position": position, "rows": acc.rows_seen})
+        fault_point(f"analyze_committed_{commits}", ctx.attempt)
+
+    total = spec["n_tokens"]
+    ctx.progress(acc.rows_seen, total, unit="tokens", phase="analysing")
+    with out.committing(commit):
+        for rows in source.blocks(stream.block, position):
+            position = rows.position
+            if stream.feed(rows):
+                out.tick()
+            ctx.progress(acc.rows_seen, total, unit="tokens", phase="analysing")
+        stream.finish()
+    ctx.progress(acc.rows_seen, total, unit="tokens", phase="writing the tables")
+    lens = None
+    if lm is not None:
+        lens = lm.unembedding()
+    elif spec["model"] is not None:  # saved by analyze(): the worker need not load the model for the logit lens
+        lens = _load_unembedding(spec, device)
+    fault_point("analyze_before_tables", ctx.attempt)
+    summary = _write(ctx, spec, sae, acc, lens, folder)
+    ctx.after_end(lambda: remove(state_path))
+    ctx.progress(total, total, unit="tokens", phase="done")
+    return {"folder": str(folder), **summary}
+
+
+def _save_unembedding(lm, ws: Workspace) -> Path:
+    """The model's unembedding and final-norm scale in the workspace cache (once per model)."""
+    from safetensors.torch import save_file
+
+    digest = hashlib.sha256(json.dumps(lm.ref, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = ws.dir("cache", "unembedding") / f"{digest}.safetensors"
+    if not path.exists():
+        unembedding, scale = lm.unembedding()
+        tensors = {"unembedding": unembedding.float().cpu().contiguous()}
+        if scale is not None:
+            tensors["scale"] = scale.float().cpu().contiguous()
+        with publishing(path, replace=True) as tmp:
+            save_file(tensors, tmp)
+    return path
+
+
+def _load_unembedding(spec: dict, device):
+    from safetensors.torch import load_file
+
+    path = Path(spec["lens"] or "")
+    if not path.exists():  # the cache was cleared: load the model
+        return load_model_from_ref(spec["model"], device=spec["device"]).unembedding()
+    tensors = load_file(path, device=str(device))
+    return tensors["unembedding"], tensors.get("scale")
+
+
+def _write(ctx, spec: dict, sae, acc: Accumulator, lens, folder: Path) -> dict:
+    """The analysis folder: latents.parquet, examples.parquet, meta.json (published in one rename)."""
+    from saekit.features.tables import examples_table, latents_table, vocab_strings, write_tables
+
+    tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
+    started = time.monotonic()
+    vocab = vocab_strings(tokens.tokenizer())
+    latents = latents_table(spec, sae, acc, lens, vocab)
+    examples = examples_table(spec, acc)
+    alive = int((acc.count > 0).sum())
+    summary = {"n_latents": sae.d_sae, "n_tokens": acc.rows_seen, "alive": alive,
+               "dead": sae.d_sae - alive, "examples": int(examples.num_rows)}
+    meta = {"format_version": FORMAT_VERSION, "job_id": ctx.job_id, "sae": spec["sae"], "source": spec["source"],
+            "hook_point": spec["hook_point"], "tokens": spec["tokens"], "tokenizer": tokens.attrs["tokenizer"]["path"],
+            "settings": {k: spec[k] for k in ("top_k", "quantiles", "per_quantile", "context", "reservoir", "neighbours",
+                                              "seed", "n_tokens")},
+            "hist_edges": [e if math.isfinite(e) else None for e in hist_edges()], "logit_lens": lens is not None,
+            "summary": summary}
+    ctx.workspace.dir("analyses")
+    with publishing(folder) as tmp:
+        tmp.mkdir()
+        write_tables(tmp, latents, examples, vocab)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    ctx.event(f"{alive:,} of {sae.d_sae:,} latents fired on {acc.rows_seen:,} tokens; tables written in "
+              f"{time.monotonic() - started:.1f} s")
+    return summary
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,378 @@
+"""``FeatureSet`` and ``Feature``: the handle on an analysis folder (``analyses/<job id>/``) that any kernel
+can open. A ``FeatureSet`` is a view: the whole analysis, or a selection of its latents (``top``, ``dead``,
+``dense``, ``search`` and slices return views), indexed by position; ``Feature`` is one latent with its
+statistics, contexts, quantile samples, logit lens and neighbours.
+
+The per-latent table is read once (a few MB for 65k latents); examples are read per feature from the
+Parquet row groups that hold them, so opening a card reads kilobytes whatever the analysis' size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from saekit._table import ObjectTable
+from saekit.errors import ConfigError, DataError
+from saekit.features.tables import EXAMPLES_GROUP
+from saekit.workspace import Workspace, as_workspace
+
+SORT_KEYS = ("frequency", "max", "mean", "count")
+OVERVIEW = ("latent", "count", "frequency", "mean", "max", "top_tokens", "logit_top")
+
+
+@dataclass
+class Example:
+    """One context: the window of tokens around the activating one, and the latent's activation on each."""
+
+    value: float  # the activation at the activating token
+    row: int  # the source row (of the activation store, or of the stream over the token store)
+    tokens: list[str]
+    token_ids: list[int]
+    values: list[float]
+    center: int  # where in the window the activating token is
+    quantile: int = -1  # the quantile bin it was drawn from (-1: a top-k example)
+
+    def text(self, mark: bool = True) -> str:
+        """The window's text, the activating token in «» when ``mark``."""
+        return "".join(f"«{t}»" if mark and i == self.center else t for i, t in enumerate(self.tokens))
+
+    def __repr__(self) -> str:
+        return f"Example({self.value:.3g}: {self.text()!r})"
+
+
+@dataclass
+class Quantile:
+    """One equal-count bin of the latent's nonzero activations (``low`` to ``high``) and contexts drawn from it."""
+
+    index: int
+    low: float
+    high: float
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class Feature:
+    """One latent of an analysis: statistics, contexts, quantile samples, logit lens, neighbours."""
+
+    id: int
+    count: int  # tokens it fired on
+    frequency: float  # count / tokens analysed (its density)
+    log10_frequency: float
+    mean: float  # mean nonzero activation
+    max: float
+    histogram: dict  # {"edges": [...], "counts": [...]} of its nonzero activations (log-spaced bins)
+    top_tokens: list[tuple[str, int]]  # the tokens most often at the activation of its top contexts, and how often
+    examples: list[Example]  # its top-k contexts, highest first
+    quantiles: list[Quantile]
+    logits: dict | None  # {"top": [(token, value)], "bottom": [...]} through the unembedding, or None
+    neighbours: list[tuple[int, float]]  # nearest latents by decoder cosine
+    cooccurring: list[tuple[int, float]]  # latents that fire with it, and the share of its firings they shared
+    analysis: str = ""  # the analysis (job id)
+    label: str | None = None
+    featureset: "FeatureSet | None" = field(default=None, repr=False, compare=False)  # the analysis it belongs to
+
+    @property
+    def dead(self) -> bool:
+        return self.count == 0
+
+    def to_dict(self) -> dict:
+        """Everything, as plain JSON-able data (what the card widget draws)."""
+        def example(e: Example) -> dict:
+            return {"value": e.value, "row": e.row, "tokens": e.tokens, "values": e.values, "center": e.center}
+
+        return {
+            "id": self.id, "analysis": self.analysis, "label": self.label, "count": self.count,
+            "frequency": self.frequency, "log10_frequency": _finite(self.log10_frequency), "mean": self.mean,
+            "max": self.max, "histogram": {"edges": [_finite(e) for e in self.histogram["edges"]],
+                                           "counts": self.histogram["counts"]},
+            "top_tokens": [list(t) for t in self.top_tokens], "examples": [example(e) for e in self.examples],
+            "quantiles": [{"index": q.index, "low": _finite(q.low), "high": _finite(q.high),
+                           "examples": [example(e) for e in q.examples]} for q in self.quantiles],
+            "logits": None if self.logits is None else {k: [list(t) for t in v] for k, v in self.logits.items()},
+            "neighbours": [list(n) for n in self.neighbours], "cooccurring": [list(c) for c in self.cooccurring],
+        }
+
+    def card(self):
+        """The feature card widget (Jupyter)."""
+        return import_module("saekit.widgets.feature_card").FeatureCard(self, self.featureset)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.card()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __repr__(self) -> str:
+        tokens = ", ".join(repr(t) for t, _ in self.top_tokens[:5])
+        return (f"Feature {self.id}: fires on {self.frequency:.3%} of tokens (mean {self.mean:.3g}, max {self.max:.3g}); "
+                f"top tokens {tokens or '-'}")
+
+
+def _finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class FeatureSet:
+    """The features of one analysis (or a selection of them): ``len``, ``feats[i]`` (a ``Feature``; a slice is
+    a selection), iteration, ``top``, ``dead``, ``dense``, ``search``, ``to_pandas``; the feature browser in
+    a notebook. Open one with ``sk.job(id).result()``, ``sk.analyses()[i]`` or ``sk.FeatureSet(folder)``."""
+
+    def __init__(self, folder: str | Path, *, workspace: Workspace | str | None = None, _parent: "FeatureSet" | None = None,
+                 _ids: np.ndarray | None = None, _title: str = ""):
+        self.folder = Path(folder)
+        self.workspace = as_workspace(workspace)
+        if _parent is not None:
+            self._shared = _parent._shared
+        else:
+            if not (self.folder / "meta.json").exists():
+                raise DataError(f"{str(self.folder)!r} is not a feature analysis (no meta.json)",
+                                suggestion="open one with sk.analyses() or sk.job(id).result()")
+            self._shared = _Files(self.folder)
+        self.ids = np.arange(self.n_latents, dtype=np.int64) if _ids is None else np.asarray(_ids, dtype=np.int64)
+        self.title = _title
+
+    # -- what it is ------------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return self._shared.meta
+
+    @property
+    def id(self) -> str:
+        """The analysis' job id."""
+        return self.meta["job_id"]
+
+    @property
+    def n_latents(self) -> int:
+        return self.meta["summary"]["n_latents"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.meta["summary"]["n_tokens"]
+
+    def column(self, name: str) -> np.ndarray:
+        """One per-latent column (``count``, ``frequency``, ``mean``, ``max``, ...) for the latents of this view."""
+        table = self._shared.latents
+        if name not in table.column_names:
+            raise ConfigError(f"no column {name!r}; the columns are {table.column_names}")
+        return table.column(name).to_numpy(zero_copy_only=False)[self.ids]
+
+    # -- a sequence of features ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._view(self.ids[index], self.title)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"features are indexed by position (an int) or a slice, not {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"feature {index} out of range: this view has {len(self)} of {self.n_latents} latents")
+        return self.feature(int(self.ids[index]))
+
+    def __iter__(self):
+        return (self.feature(int(i)) for i in self.ids)
+
+    def feature(self, latent: int) -> Feature:
+        """The feature of latent ``latent`` (its id in the SAE, whatever this view holds)."""
+        if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or not 0 <= latent < self.n_latents:
+            raise IndexError(f"latent {latent!r} out of range: the SAE has {self.n_latents} latents (0..{self.n_latents - 1})")
+        feature = self._shared.feature(int(latent), self.id, self._labels().get(int(latent)))
+        feature.featureset = self
+        return feature
+
+    # -- selections ------------------------------------------------------------------------------------------
+    def _view(self, ids: np.ndarray, title: str) -> "FeatureSet":
+        return FeatureSet(self.folder, workspace=self.workspace, _parent=self, _ids=ids, _title=title)
+
+    def sort(self, by: str = "frequency") -> "FeatureSet":
+        """This view's latents ordered by ``by``: highest first for ``frequency``, ``max``, ``mean`` or ``count``
+        (ties by id), ascending for ``id``."""
+        if by == "id":
+            return self._view(np.sort(self.ids), self.title)
+        if by not in SORT_KEYS:
+            raise ConfigError(f"by={by!r}: sort by one of {SORT_KEYS + ('id',)}")
+        order = np.lexsort((self.ids, -self.column(by)))
+        return self._view(self.ids[order], f"{self.title + ', ' if self.title else ''}by {by}")
+
+    def top(self, n: int = 20, by: str = "frequency") -> "FeatureSet":
+        """The ``n`` latents with the highest ``by`` (``frequency``, ``max``, ``mean`` or ``count``)."""
+        if by not in SORT_KEYS:
+            raise ConfigError(f"by={by!r}: sort by one of {SORT_KEYS}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"n={n!r} must be a number of features >= 0")
+        return self._view(self.sort(by).ids[:n], f"top {n} by {by}")
+
+    def dead(self) -> "FeatureSet":
+        """The latents that never fired on the analysed tokens."""
+        return self._view(self.ids[self.column("count") == 0], "dead")
+
+    def dense(self, threshold: float = 0.1) -> "FeatureSet":
+        """The latents that fire on more than ``threshold`` of tokens (e.g. 0.1: one token in ten)."""
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+            raise ConfigError(f"threshold={threshold!r} must be a fraction of tokens between 0 and 1")
+        return self._view(self.ids[self.column("frequency") > threshold], f"denser than {threshold:g}")
+
+    def search(self, query: str) -> "FeatureSet":
+        """The latents whose top tokens, logit-lens tokens or label contain ``query`` (case-insensitive), those
+        with the most matches first, then the most frequent."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError(f"query={query!r}: search for some text, e.g. feats.search('python')")
+        needle = query.lower()
+        text = self._shared.search_text
+        hits = pc.count_substring(text, needle).to_numpy(zero_copy_only=False)
+        labels = self._labels()
+        for latent, label in labels.items():
+            hits[latent] += 2 * label.lower().count(needle)  # a label says more than a token
+        hits = hits[self.ids]
+        found = hits > 0
+        ids, hits = self.ids[found], hits[found]
+        frequency = self._shared.latents.column("frequency").to_numpy()[ids]
+        order = np.lexsort((ids, -frequency, -hits))
+        return self._view(ids[order], f"search {query!r}")
+
+    def _labels(self) -> dict[int, str]:
+        """Labels of this analysis' latents, from the registry (none until labels exist)."""
+        return {}
+
+    # -- tables ------------------------------------------------------------------------------------------------
+    def to_pandas(self, columns: tuple[str, ...] | None = None):
+        """One row per latent of this view: id, count, frequency, mean, max, top tokens, logit tokens."""
+        table = self._shared.latents
+        names = [c for c in (columns or OVERVIEW) if c in table.column_names]
+        frame = table.select(names).take(pa.array(self.ids)).to_pandas()
+        labels = self._labels()
+        if labels:
+            frame["label"] = [labels.get(int(i)) for i in self.ids]
+        return frame.set_index("latent")
+
+    def overview(self, limit: int = 200) -> list[dict]:
+        """The first ``limit`` latents of this view as small rows (what the browser lists)."""
+        table = self._shared.latents
+        ids = self.ids[:limit]
+        cols = {c: table.column(c).to_numpy(zero_copy_only=False)[ids] for c in ("count", "frequency", "mean", "max")}
+        tops = table.column("top_tokens").take(pa.array(ids)).to_pylist()
+        labels = self._labels()
+        return [{"id": int(i), "count": int(cols["count"][j]), "frequency": float(cols["frequency"][j]),
+                 "mean": float(cols["mean"][j]), "max": float(cols["max"][j]), "top_tokens": tops[j][:5],
+                 "label": labels.get(int(i))} for j, i in enumerate(ids)]
+
+    # -- display and export -------------------------------------------------------------------------------------
+    def browse(self):
+        """The feature browser widget (Jupyter): search, sort, click or arrow keys to open a card."""
+        return import_module("saekit.widgets.feature_browser").FeatureBrowser(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.browse()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def export_html(self, path: str | Path, features=None) -> Path:
+        """A self-contained HTML file of ``features`` (ids, or this view's first 50) to share without a kernel."""
+        return import_module("saekit.widgets.feature_html").export_html(self, path, features)
+
+    def to_neuronpedia(self, path: str | Path, features=None, *, model_id: str = "", sae_id: str = "") -> Path:
+        """The features as JSON in the layout of Neuronpedia's feature uploads (activations with tokens and
+        values, logit lens, frequency), one object per feature in a list."""
+        return import_module("saekit.features.export").to_neuronpedia(self, path, features, model_id=model_id,
+                                                                       sae_id=sae_id)
+
+    def __repr__(self) -> str:
+        what = f" ({self.title})" if self.title else ""
+        return (f"FeatureSet {self.id}: {len(self):,} of {self.n_latents:,} latents{what}, analysed on "
+                f"{self.n_tokens:,} tokens ({self.meta['summary']['alive']:,} alive)")
+
+
+class _Files:
+    """The files of one analysis, opened once and shared by its views."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.latents = pq.read_table(folder / "latents.parquet")
+
+    @cached_property
+    def search_text(self) -> pa.Array:
+        return self.latents.column("search_text").combine_chunks()
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        return pq.read_table(self.folder / "vocab.parquet").column("token").to_pylist()
+
+    @cached_property
+    def examples_file(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.folder / "examples.parquet")
+
+    @cached_property
+    def example_starts(self) -> np.ndarray:
+        """Where each latent's examples start in examples.parquet (they are sorted by latent)."""
+        latents = self.examples_file.read(columns=["latent"]).column("latent").to_numpy()
+        return np.searchsorted(latents, np.arange(len(self.latents) + 1), side="left")
+
+    def examples(self, latent: int) -> pa.Table:
+        lo, hi = int(self.example_starts[latent]), int(self.example_starts[latent + 1])
+        if hi == lo:
+            return self.examples_file.schema_arrow.empty_table()
+        first, last = lo // EXAMPLES_GROUP, (hi - 1) // EXAMPLES_GROUP
+        groups = self.examples_file.read_row_groups(list(range(first, last + 1)))
+        return groups.slice(lo - first * EXAMPLES_GROUP, hi - lo)
+
+    def feature(self, latent: int, analysis: str, label: str | None) -> Feature:
+        row = self.latents.slice(latent, 1).to_pylist()[0]
+        vocab = self.vocab
+        edges = [e if e is not None else math.inf for e in self.meta["hist_edges"]]
+        examples, quantiles = [], {}
+        q_edges = row["quantile_edges"]
+        for quantile, value, source_row, tokens, values, center in zip(*(self.examples(latent).column(c).to_pylist() for c in (
+                "quantile", "value", "row", "tokens", "values", "center"))):
+            ex = Example(value=value, row=source_row, tokens=[vocab[t] if t >= 0 else "" for t in tokens],
+                         token_ids=tokens, values=values, center=center, quantile=quantile)
+            if quantile < 0:
+                examples.append(ex)
+            else:
+                quantiles.setdefault(quantile, []).append(ex)
+        logits = None
+        if "logit_top" in row:
+            logits = {side: list(zip(row[f"logit_{side}"], row[f"logit_{side}_values"])) for side in ("top", "bottom")}
+        return Feature(
+            id=latent, count=row["count"], frequency=row["frequency"], log10_frequency=row["log10_frequency"],
+            mean=row["mean"], max=row["max"], histogram={"edges": edges, "counts": row["histogram"]},
+            top_tokens=list(zip(row["top_tokens"], row["top_token_counts"])), examples=examples,
+            quantiles=[Quantile(q, q_edges[q], q_edges[q + 1], quantiles.get(q, []))
+                       for q in range(len(q_edges) - 1) if q_edges[q] is not None and not math.isnan(q_edges[q])],
+            logits=logits, neighbours=list(zip(row.get("neighbour_ids") or [], row.get("neighbour_cosines") or [])),
+            cooccurring=list(zip(row.get("cooccurring_ids") or [], row.get("cooccurring_shares") or [])),
+            analysis=analysis, label=label)
+
+
+ANALYSIS_COLUMNS = ("id", "status", "sae", "source", "n_latents", "n_tokens", "alive", "created_at")
+
+
+def analyses(workspace: Workspace | str | None = None) -> ObjectTable:
+    """Every feature analysis of the workspace (analyze jobs, any state); items open as ``FeatureSet``."""
+    from saekit import registry
+
+    ws = as_workspace(workspace)
+    rows = []
+    for job in registry.list_jobs(ws, kind="analyze", with_spec=True):
+        spec, folder = job.spec_dict, ws.path / "analyses" / job.id
+        summary = json.loads((folder / "meta.json").read_text())["summary"] if (folder / "meta.json").exists() else {}
+        source = spec.get("source", {})
+        rows.append({"id": job.id, "status": str(job.status), "sae": spec.get("sae", {}).get("path"),
+                     "source": (source.get("store") or {}).get("id") or (spec.get("tokens") or {}).get("id"),
+                     "n_latents": summary.get("n_latents"), "n_tokens": summary.get("n_tokens"),
+                     "alive": summary.get("alive"), "created_at": job.created_at, "folder": str(folder)})
+
+    def open_row(row: dict) -> FeatureSet:
+        if row["status"] != "completed":
+            raise DataError(f"analysis {row['id']} is {row['status']}: it has no features yet",
+                            suggestion=f"sk.job({row['id']!r}).wait(), or .resume() it")
+        return FeatureSet(row["folder"], workspace=ws)
+
+    return ObjectTable(rows, ANALYSIS_COLUMNS, open=open_row,
+                       empty=f"no analyses in {str(ws.path)!r}; make one with sk.analyze(sae, store)")
+

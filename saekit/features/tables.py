@@ -1,0 +1,198 @@
+"""The files of an analysis folder, built from a finished pass with whole-tensor operations:
+
+- ``latents.parquet``: one row per latent (statistics, histogram, quantile edges, top tokens, logit lens,
+  neighbours, co-occurring latents, and the text that ``FeatureSet.search`` looks in);
+- ``examples.parquet``: one row per kept context (a latent's top-k, then its quantile samples), sorted by
+  latent, in row groups of ``EXAMPLES_GROUP`` rows so a card reads only the group(s) its latent is in;
+- ``vocab.parquet``: every token id's text, so an analysis is readable without its tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from saekit.features.accumulate import Accumulator
+from saekit.features.lens import decoder_neighbours, logit_lens
+
+EXAMPLES_GROUP = 8192  # rows per Parquet row group of examples.parquet
+TOP_TOKENS = 10  # the most frequent activating tokens kept per latent
+SEARCH_SEPARATOR = "\x1f"  # between the tokens of a latent's search text (never inside a token's text)
+
+
+def vocab_strings(tokenizer) -> list[str]:
+    """The text of every token id (decoded one id at a time, in one batch call)."""
+    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
+
+
+def quantile_edges(values: torch.Tensor, valid: torch.Tensor, quantiles: int) -> torch.Tensor:
+    """Per row the ``quantiles + 1`` edges of equal-count bins of its valid values, as ``np.quantile`` computes
+    them (linear interpolation between the sorted values); NaN for rows without values. [rows, quantiles + 1]."""
+    v = torch.where(valid, values.double(), torch.full_like(values, float("inf"), dtype=torch.float64))
+    v, _ = v.sort(dim=1)
+    n = valid.sum(dim=1)
+    q = torch.linspace(0, 1, quantiles + 1, dtype=torch.float64)
+    pos = q[None, :] * (n[:, None] - 1).clamp_min(0).double()
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max((n[:, None] - 1).clamp_min(0))
+    frac = pos - lo.double()
+    a, b = v.gather(1, lo), v.gather(1, hi)
+    diff = b - a
+    edges = torch.where(frac >= 0.5, b - diff * (1 - frac), a + diff * frac)  # numpy's _lerp, term for term
+    edges = torch.where(frac == 0, a, edges)
+    return torch.where(n[:, None] > 0, edges, torch.full_like(edges, float("nan")))
+
+
+def quantile_samples(acc: Accumulator, edges: torch.Tensor, per_quantile: int):
+    """From each latent's reservoir, ``per_quantile`` entries of each quantile bin (those with the smallest
+    random keys, so a uniform draw): (latent, bin, slot in the reservoir) of each, sorted by latent, bin, key."""
+    sample = acc.sample
+    valid = sample.rows >= 0
+    latents, slots = valid.nonzero(as_tuple=True)
+    if len(latents) == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty, empty
+    values = sample.values[latents, slots].double()
+    inner = edges[latents, 1:-1]  # a value v is in bin q when edges[q] <= v < edges[q + 1]; the last bin is closed
+    bins = (values[:, None] >= inner).sum(dim=1)
+    keys = sample.keys[latents, slots]
+    order = torch.argsort(keys, stable=True)
+    group = latents * edges.shape[1] + bins
+    order = order[torch.argsort(group[order], stable=True)]
+    grouped = group[order]
+    starts = torch.searchsorted(grouped, grouped, side="left")
+    rank = torch.arange(len(grouped)) - starts
+    keep = order[rank < per_quantile]
+    return latents[keep], bins[keep], slots[keep]
+
+
+def top_tokens(acc: Accumulator, n: int = TOP_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent the ``n`` tokens most often at the activating position of its top-k contexts, most often
+    first (ties: the token of the higher activation): ids [d_sae, n] (-1 where fewer) and counts."""
+    before = acc.context[0]
+    top = acc.top.sorted()
+    tokens = top["window_tokens"][:, :, before].long().cpu()  # [d_sae, k], best first
+    valid = top["rows"].cpu() >= 0
+    d_sae, k = tokens.shape
+    ids = torch.full((d_sae, n), -1, dtype=torch.int64)
+    counts = torch.zeros((d_sae, n), dtype=torch.int64)
+    latents, slots = valid.nonzero(as_tuple=True)
+    if len(latents) == 0:
+        return ids, counts
+    vocab = int(tokens.max()) + 1
+    keys = latents * vocab + tokens[latents, slots]
+    unique, inverse, count = torch.unique(keys, return_inverse=True, return_counts=True)
+    first = torch.full((len(unique),), k, dtype=torch.int64).scatter_reduce(0, inverse, slots, reduce="amin")
+    lat, tok = unique // vocab, unique % vocab
+    order = torch.argsort(first, stable=True)
+    order = order[torch.argsort(-count[order], stable=True)]
+    order = order[torch.argsort(lat[order], stable=True)]
+    lat, tok, count = lat[order], tok[order], count[order]
+    rank = torch.arange(len(lat)) - torch.searchsorted(lat, lat, side="left")
+    keep = rank < n
+    ids[lat[keep], rank[keep]] = tok[keep]
+    counts[lat[keep], rank[keep]] = count[keep]
+    return ids, counts
+
+
+def _strings(ids: torch.Tensor, vocab: list[str]) -> list[list[str]]:
+    return [[vocab[i] for i in row if 0 <= i < len(vocab)] for row in ids.tolist()]
+
+
+def _lists(t: torch.Tensor, valid: torch.Tensor | None = None) -> list[list]:
+    rows = t.tolist()
+    if valid is None:
+        return rows
+    return [[v for v, ok in zip(row, oks) if ok] for row, oks in zip(rows, valid.tolist())]
+
+
+def latents_table(spec: dict, sae, acc: Accumulator, lens, vocab: list[str]) -> pa.Table:
+    """One row per latent (see the module docstring); ``lens`` is (unembedding, final-norm scale) or None."""
+    n_tokens = max(acc.rows_seen, 1)
+    count = acc.count.cpu()
+    frequency = count.double() / n_tokens
+    mean = torch.where(count > 0, acc.total.cpu() / count.clamp_min(1).double(), torch.zeros((), dtype=torch.float64))
+    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec["quantiles"])
+    tok_ids, tok_counts = top_tokens(acc)
+    columns = {
+        "latent": pa.array(np.arange(sae.d_sae, dtype=np.int32)),
+        "count": pa.array(count.numpy()),
+        "frequency": pa.array(frequency.numpy()),
+        "log10_frequency": pa.array(np.where(count.numpy() > 0, np.log10(np.maximum(frequency.numpy(), 1e-300)), -np.inf)),
+        "mean": pa.array(mean.float().numpy()),
+        "max": pa.array(acc.max.cpu().numpy()),
+        "histogram": pa.array(list(acc.hist.cpu().numpy()), type=pa.list_(pa.int64())),
+        "quantile_edges": pa.array(list(edges.float().numpy()), type=pa.list_(pa.float32())),
+        "top_token_ids": pa.array(_lists(tok_ids, tok_ids >= 0), type=pa.list_(pa.int32())),
+        "top_token_counts": pa.array(_lists(tok_counts, tok_ids >= 0), type=pa.list_(pa.int32())),
+        "top_tokens": pa.array(_strings(tok_ids, vocab), type=pa.list_(pa.string())),
+    }
+    search = [SEARCH_SEPARATOR.join(t) for t in columns["top_tokens"].to_pylist()]
+    w_dec = sae.W_dec.detach()
+    if spec["neighbours"]:
+        ids, cos = decoder_neighbours(w_dec, spec["neighbours"])
+        columns["neighbour_ids"] = pa.array(list(ids.int().numpy()), type=pa.list_(pa.int32()))
+        columns["neighbour_cosines"] = pa.array(list(cos.numpy()), type=pa.list_(pa.float32()))
+        co_ids, share = acc.cooccurrence(spec["neighbours"])
+        columns["cooccurring_ids"] = pa.array(_lists(co_ids, co_ids >= 0), type=pa.list_(pa.int32()))
+        columns["cooccurring_shares"] = pa.array(_lists(share, co_ids >= 0), type=pa.list_(pa.float32()))
+    if lens is not None:
+        unembedding, norm_weight = lens
+        lens = logit_lens(w_dec.to(unembedding.device), unembedding, norm_weight, n=10)
+        for side in ("top", "bottom"):
+            names = _strings(lens[f"{side}_ids"], vocab)
+            columns[f"logit_{side}_ids"] = pa.array(list(lens[f"{side}_ids"].int().numpy()), type=pa.list_(pa.int32()))
+            columns[f"logit_{side}"] = pa.array(names, type=pa.list_(pa.string()))
+            columns[f"logit_{side}_values"] = pa.array(list(lens[f"{side}_values"].numpy()), type=pa.list_(pa.float32()))
+        search = [s + SEARCH_SEPARATOR + SEARCH_SEPARATOR.join(t) for s, t in zip(search, columns["logit_top"].to_pylist())]
+    columns["search_text"] = pa.array([SEARCH_SEPARATOR + s.lower() + SEARCH_SEPARATOR for s in search])
+    return pa.table(columns)
+
+
+def examples_table(spec: dict, acc: Accumulator) -> pa.Table:
+    """One row per kept context, sorted by latent: its top-k (``quantile`` = -1, best first), then its quantile
+    samples (``quantile`` = the bin, lowest first). ``tokens``/``values`` are the window; ``center`` is where
+    in the window the activating token is; a token of -1 is outside the document."""
+    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec["quantiles"])
+    top, sample = acc.top.sorted(), acc.sample
+    t_lat, t_slot = (top["rows"].cpu() >= 0).nonzero(as_tuple=True)  # row-major: by latent, then rank
+    q_lat, q_bin, q_slot = quantile_samples(acc, edges, spec["per_quantile"])
+    latent = torch.cat([t_lat, q_lat])
+    quantile = torch.cat([torch.full_like(t_lat, -1), q_bin])
+    # stable sort by latent keeps each latent's top-k before its quantile samples, each in its own order
+    order = torch.argsort(latent, stable=True)
+
+    def gather(name: str) -> torch.Tensor:
+        a, b = top[name].cpu(), getattr(sample, name).cpu()
+        return torch.cat([a[t_lat, t_slot], b[q_lat, q_slot]])[order]
+
+    window = acc.window
+    tokens, values = gather("window_tokens").int().numpy(), gather("window_values").float().numpy()
+    n = len(order)
+    rank = torch.cat([t_slot, torch.zeros_like(q_slot)])[order]
+    qs = quantile[order]
+    # the rank of a quantile sample within its bin: position in its (latent, bin) run
+    run = latent[order] * (spec["quantiles"] + 2) + (qs + 1)
+    starts = torch.searchsorted(run, run, side="left")
+    rank = torch.where(qs >= 0, torch.arange(n) - starts, rank)
+    offsets = pa.array(np.arange(0, (n + 1) * window, window, dtype=np.int32))
+    return pa.table({
+        "latent": pa.array(latent[order].int().numpy()),
+        "quantile": pa.array(qs.to(torch.int16).numpy()),
+        "rank": pa.array(rank.to(torch.int16).numpy()),
+        "value": pa.array(gather("values").float().numpy()),
+        "row": pa.array(gather("rows").numpy()),
+        "tokens": pa.ListArray.from_arrays(offsets, pa.array(tokens.reshape(-1))),
+        "values": pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1))),
+        "center": pa.array(np.full(n, acc.context[0], dtype=np.int16)),
+    })
+
+
+def write_tables(folder: Path, latents: pa.Table, examples: pa.Table, vocab: list[str]) -> None:
+    pq.write_table(latents, folder / "latents.parquet", compression="zstd")
+    pq.write_table(examples, folder / "examples.parquet", compression="zstd", row_group_size=EXAMPLES_GROUP)
+    pq.write_table(pa.table({"token": pa.array(vocab)}), folder / "vocab.parquet", compression="zstd")

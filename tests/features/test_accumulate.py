@@ -1,0 +1,160 @@
+"""The streaming accumulator against brute force: every activation of a small fixture in memory, top-k by
+value then row, windows read off the dense codes, quantile edges from numpy, histograms by counting; the
+same result whatever the block size, and after a checkpoint and a restore."""
+
+import numpy as np
+import pytest
+import torch
+
+import saekit as sk
+from saekit.features.accumulate import Accumulator, hist_edges
+from saekit.features.analysis import _Pass
+from saekit.features.sources import Rows
+from saekit.features.tables import quantile_edges
+
+D_IN, D_SAE, N = 8, 24, 3000
+BEFORE, AFTER = 3, 2
+
+
+def fixture(seed=0, distinct=None):
+    """An SAE, its inputs (``distinct`` different rows repeated, so activations tie), and the rows' sources:
+    documents of 1..40 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=D_IN, d_sae=D_SAE))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(D_SAE, D_IN, generator=g))
+        sae.b_enc.copy_(-1.5 * torch.rand(D_SAE, generator=g))
+    if distinct:
+        base = torch.randn(distinct, D_IN, generator=g)
+        x = base[torch.randint(0, distinct, (N,), generator=g)]
+    else:
+        x = torch.randn(N, D_IN, generator=g)
+    lengths = torch.randint(1, 41, (N,), generator=g)
+    doc_ids = torch.repeat_interleave(torch.arange(N), lengths)[:N]
+    positions = torch.cat([torch.arange(n) for n in lengths])[:N]
+    token_ids = torch.randint(0, 500, (N,), generator=g)
+    return sae, x, token_ids, doc_ids, positions
+
+
+def run(sae, x, token_ids, doc_ids, positions, *, block, feed, top_k=5, reservoir=N, stop_at=None, state=None):
+    acc = Accumulator(D_SAE, top_k=top_k, reservoir=reservoir, context=(BEFORE, AFTER), seed=3)
+    stream = _Pass(sae, acc, BEFORE, AFTER, block, "cpu")
+    start = 0
+    if state is not None:
+        stream.load(*state)
+        start = state[1]["row"]
+    for lo in range(start, N, feed):
+        hi = min(lo + feed, N)
+        stream.feed(Rows(x[lo:hi], token_ids[lo:hi], doc_ids[lo:hi], positions[lo:hi], {"row": hi}))
+        if stop_at is not None and hi >= stop_at:
+            return stream.state(), {"row": hi}
+    stream.finish()
+    return acc
+
+
+def brute(sae, x, token_ids, doc_ids, positions, top_k):
+    with torch.no_grad():
+        z = sae.encode(x).numpy()
+    out = {}
+    for j in range(D_SAE):
+        rows = np.nonzero(z[:, j])[0]
+        order = sorted(rows, key=lambda r: (-z[r, j], r))[:top_k]
+        windows = []
+        for r in order:
+            vals, toks = [], []
+            for o in range(-BEFORE, AFTER + 1):
+                s = r + o
+                ok = 0 <= s < N and doc_ids[s] == doc_ids[r] and positions[s] == positions[r] + o
+                vals.append(z[s, j] if ok else 0.0)
+                toks.append(int(token_ids[s]) if ok else -1)
+            windows.append((vals, toks))
+        out[j] = {"rows": list(order), "values": [z[r, j] for r in order], "windows": windows, "all": z[rows, j],
+                  "count": len(rows), "max": z[rows, j].max() if len(rows) else 0.0}
+    return out
+
+
+@pytest.mark.parametrize("distinct", [None, 7])  # 7 distinct inputs: every activation ties with hundreds
+def test_exact_top_k_windows_counts_and_histograms(distinct):
+    data = fixture(distinct=distinct)
+    acc = run(*data, block=256, feed=100)
+    truth = brute(*data, top_k=5)
+    edges = np.array(hist_edges())
+    for j in range(D_SAE):
+        t = truth[j]
+        assert int(acc.count[j]) == t["count"]
+        assert float(acc.max[j]) == pytest.approx(float(t["max"]), rel=1e-6)
+        assert float(acc.total[j]) == pytest.approx(float(t["all"].astype(np.float64).sum()), rel=1e-6)
+        top = {name: tensor[j] for name, tensor in acc.top.sorted().items()}
+        kept = top["rows"][top["rows"] >= 0].tolist()
+        assert kept == t["rows"], f"latent {j}"  # ties go to the earlier row
+        np.testing.assert_allclose(top["values"][:len(kept)].numpy(), t["values"], rtol=1e-6)
+        for slot, (vals, toks) in enumerate(t["windows"]):
+            np.testing.assert_allclose(top["window_values"][slot].float().numpy(), vals, rtol=1e-3, atol=1e-3)
+            assert top["window_tokens"][slot].tolist() == toks
+        counts, _ = np.histogram(t["all"], bins=np.r_[edges[:-1], np.finfo(np.float64).max])
+        np.testing.assert_array_equal(acc.hist[j].numpy(), counts)
+
+
+def test_quantile_edges_are_numpys():
+    data = fixture(seed=4)
+    acc = run(*data, block=300, feed=77)  # the reservoir holds every activation (reservoir = N)
+    truth = brute(*data, top_k=1)
+    edges = quantile_edges(acc.sample.values, acc.sample.rows >= 0, 10).numpy()
+    for j in range(D_SAE):
+        if truth[j]["count"]:
+            expected = np.quantile(truth[j]["all"].astype(np.float64), np.linspace(0, 1, 11))
+            np.testing.assert_allclose(edges[j], expected, rtol=1e-12)
+        else:
+            assert np.isnan(edges[j]).all()
+
+
+def test_quantile_edges_match_numpy_on_awkward_counts():
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(6, 9, generator=g)
+    valid = torch.arange(9)[None, :] < torch.tensor([1, 2, 3, 5, 8, 9])[:, None]
+    edges = quantile_edges(values, valid, 4).numpy()
+    for i in range(6):
+        np.testing.assert_allclose(edges[i], np.quantile(values[i][valid[i]].double().numpy(), np.linspace(0, 1, 5)),
+                                   rtol=1e-12)
+
+
+def ordered(acc):
+    """The accumulator's state with each buffer's entries best first (slots are kept in no order)."""
+    state = {k: v for k, v in acc.state().items() if not k.startswith(("top.", "sample."))}
+    for name in ("top", "sample"):
+        state.update({f"{name}.{k}": v for k, v in getattr(acc, name).sorted().items()})
+    return state
+
+
+def test_the_result_does_not_depend_on_block_or_read_size():
+    data = fixture(seed=2, distinct=11)
+    a = run(*data, block=64, feed=1000, reservoir=40)
+    b = run(*data, block=1000, feed=33, reservoir=40)
+    for name, tensor in ordered(a).items():
+        torch.testing.assert_close(tensor, ordered(b)[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_checkpoint_and_restore_continue_exactly():
+    data = fixture(seed=5)
+    straight = run(*data, block=128, feed=90, reservoir=30)
+    state = run(*data, block=128, feed=90, reservoir=30, stop_at=1500)
+    resumed = run(*data, block=128, feed=90, reservoir=30, state=state)
+    for name, tensor in straight.state().items():  # the same blocks: even the slots agree
+        torch.testing.assert_close(tensor, resumed.state()[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_reservoir_is_a_uniform_sample():
+    """A latent that fires on every row: its reservoir holds rows spread over the whole stream."""
+    n, reservoir = 20_000, 200
+    acc = Accumulator(1, top_k=1, reservoir=reservoir, context=(0, 0), seed=0)
+    from saekit.features.accumulate import Block
+
+    block = 10_000
+    for start in range(0, n, block):
+        rows = torch.arange(block)
+        acc.add(Block(start, block, 0, rows, torch.zeros(block, dtype=torch.int64), torch.ones(block), rows,
+                      torch.zeros(block, dtype=torch.int64), rows + start))
+    kept = np.sort(acc.sample.rows[0].numpy())
+    assert len(set(kept.tolist())) == reservoir
+    quarters = np.histogram(kept, bins=4, range=(0, n))[0]
+    assert quarters.min() > reservoir / 4 * 0.6  # each quarter of the stream holds about a quarter of the sample

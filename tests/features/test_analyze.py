@@ -1,0 +1,189 @@
+"""sk.analyze end to end on a tiny model: a planted feature is found where it was planted (its token tops
+its contexts, its frequency is its token's, its logit lens names it), both sources (an activation store,
+a model over a token store) agree, kill -9 at any commit resumes to identical files, bad input is refused
+before anything starts, and the FeatureSet reads back from any process."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import saekit as sk
+from saekit.errors import ConfigError, DataError
+
+from planted import D_SAE, HOOK, PLANTED, common_token, planted_sae, tokens
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, docs_file, tiny_model_dir):
+    """A workspace with a token store, an activation store of HOOK and the planted SAE (module-wide)."""
+    path = tmp_path_factory.mktemp("analyze") / "ws"
+    ws = sk.set_workspace(path)
+    lm = sk.load_model(tiny_model_dir, device="cpu")
+    toks = tokens(lm, docs_file)
+    store = sk.extract(lm, toks, [HOOK], background=False, progress=False).result()
+    token = common_token(toks, lm)
+    sae = planted_sae(lm, token)
+    yield {"ws": ws, "lm": lm, "toks": toks, "store": store, "token": token, "sae": sae}
+    sk.set_workspace(None)
+
+
+def files(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.suffix == ".parquet"}
+
+
+def test_a_planted_feature_is_found_where_it_was_planted(setup):
+    s = setup
+    feats = sk.analyze(s["sae"], s["store"], model=s["lm"], top_k=8, background=False, progress=False,
+                       workspace=s["ws"]).result()
+    f = feats[PLANTED]
+    word = s["lm"].tokenizer.decode([s["token"]])
+    kept = s["store"]["token_ids"][:]
+    assert f.count == int((kept == s["token"]).sum()) > 8
+    assert f.frequency == pytest.approx(f.count / len(kept))
+    assert feats.n_tokens == len(kept)
+    assert [e.token_ids[e.center] for e in f.examples] == [s["token"]] * 8  # every top context is the token
+    assert f.top_tokens[0] == (word, 8)
+    assert f.logits["top"][0][0] == word  # the unembedding direction of the token promotes the token
+    # each context is the window of the document around the activating token
+    e = f.examples[0]
+    ids, mask = s["toks"]["input_ids"][:], s["toks"]["attention_mask"][:].astype(bool)
+    text = s["lm"].tokenizer.decode([t for t in e.token_ids if t >= 0])
+    assert word in text and len(e.tokens) == 16 + 1 + 4
+    # quantile bins: the planted latent has one value (its token's embedding), so every bin is that value
+    assert all(q.low == pytest.approx(q.high) for q in f.quantiles)
+    assert sum(len(q.examples) for q in f.quantiles) >= 5
+    # the other latents: every statistic agrees with a dense encode of the whole store
+    z = s["sae"].encode(s["store"].read(HOOK, 0, s["store"].n_tokens).float()).detach().numpy()
+    np.testing.assert_array_equal(feats.column("count"), (z > 0).sum(0)[feats.ids])
+    np.testing.assert_allclose(feats.column("max"), z.max(0), rtol=1e-6)
+    assert len(feats.dead()) == int(((z > 0).sum(0) == 0).sum())
+
+
+def test_both_sources_give_the_same_analysis(setup):
+    s = setup
+    from_store = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,
+                            workspace=s["ws"], force=True).result()
+    from_model = sk.analyze(s["sae"], (s["lm"], s["toks"]), hook_point=HOOK, background=False, progress=False,
+                            workspace=s["ws"]).result()
+    a, b = from_store.to_pandas(), from_model.to_pandas()
+    # the store keeps bfloat16: latents near their threshold may flip, nothing more
+    np.testing.assert_allclose(a["count"], b["count"], rtol=0.01)
+    np.testing.assert_allclose(a["max"], b["max"], rtol=0.02)
+    assert a["count"][PLANTED] == b["count"][PLANTED]
+    assert [e.row for e in from_store[PLANTED].examples] == [e.row for e in from_model[PLANTED].examples]
+
+
+@pytest.mark.parametrize("fault", ["analyze_committed_2:1", "analyze_saved_3:1", "analyze_before_tables:1"])
+def test_killed_and_resumed_gives_identical_files(setup, monkeypatch, fault):
+    s = setup
+    kw = dict(model=s["lm"], top_k=5, batch_size=256, commit_every=1e-9, workspace=s["ws"], progress=False)
+    straight = sk.analyze(s["sae"], s["store"], background=False, name="straight", **kw).result()
+    monkeypatch.setenv("SAEKIT_FAULT", fault)  # the worker of attempt 1 kills itself there
+    job = sk.analyze(s["sae"], s["store"], force=True, **kw)
+    job.wait(timeout=300)
+    assert job.status == "failed" and job.info()["error_type"] == "worker_lost"
+    monkeypatch.delenv("SAEKIT_FAULT")
+    job.resume()
+    resumed = job.result(timeout=300)
+    if fault != "analyze_before_tables:1":
+        assert any("resuming after" in e["message"] for e in job.events())
+    assert files(resumed.folder) == files(straight.folder)
+    assert not (s["ws"].job_dir(job.id) / "analysis_state.safetensors").exists()  # the checkpoint is cleaned up
+
+
+def test_bad_input_is_refused_before_anything_starts(setup, tmp_path):
+    s = setup
+    ws, lm, store, sae = s["ws"], s["lm"], s["store"], s["sae"]
+    before = len(sk.jobs(workspace=ws))
+    wide = sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=lm.d_model + 1, d_sae=8))
+    with pytest.raises(ConfigError, match=f"{lm.d_model + 1}-wide"):
+        sk.analyze(wide, store, workspace=ws)
+    with pytest.raises(ConfigError, match="top_k=0"):
+        sk.analyze(sae, store, top_k=0, workspace=ws)
+    with pytest.raises(ConfigError, match="n_tokens=0"):
+        sk.analyze(sae, store, n_tokens=0, workspace=ws)
+    with pytest.raises(ConfigError, match="more than the source"):
+        sk.analyze(sae, store, n_tokens=store.n_tokens + 1, workspace=ws)
+    with pytest.raises(ConfigError, match="top_k=.* more than the"):
+        sk.analyze(sae, store, n_tokens=10, top_k=11, workspace=ws)
+    with pytest.raises(ConfigError, match="context="):
+        sk.analyze(sae, store, context=(3,), workspace=ws)
+    bare = sk.ActivationStore.from_array(torch.randn(100, lm.d_model), "bare", workspace=ws)
+    with pytest.raises(DataError, match="no token ids"):
+        sk.analyze(sae, bare, workspace=ws)
+    other = sk.load_model(*_other_model(tmp_path), device="cpu")
+    with pytest.raises(DataError, match="was extracted from"):
+        sk.analyze(sae, store, model=other, workspace=ws)
+    with pytest.raises(ConfigError, match="hook point"):
+        sk.analyze(sae, (lm, s["toks"]), workspace=ws)
+    with pytest.raises(sk.HookPointError):
+        sk.analyze(sae, (lm, s["toks"]), hook_point="blocks.99.resid_post", workspace=ws)
+    with pytest.raises(ConfigError, match="not a training job"):
+        sk.analyze(sk.jobs(kind="extract", workspace=ws)[0], store, workspace=ws)
+    assert len(sk.jobs(workspace=ws)) == before  # nothing was submitted
+
+
+def _other_model(tmp_path):
+    from saekit.models.tiny import make_tiny_model
+
+    return (make_tiny_model(tmp_path / "other", "llama", texts=["some other words entirely"] * 50),)
+
+
+def test_a_failed_training_job_is_refused(ws, monkeypatch):
+    from data_for_tests import quick, toy_store
+
+    store = toy_store()
+    monkeypatch.setenv("SAEKIT_FAULT", "before_end:1")  # the worker dies after training, before its end
+    failed = sk.train(store, store.hook_points[0], sk.SAEConfig(arch="topk", d_sae=32, k=4), quick(), progress=False)
+    failed.wait(timeout=300)
+    assert failed.status == "failed"
+    with pytest.raises(ConfigError, match=f"job {failed.id} is failed"):
+        sk.analyze(failed, store)
+
+
+def test_featureset_views_and_reading_back_from_another_process(setup):
+    s = setup
+    feats = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,
+                       workspace=s["ws"]).result()
+    assert len(feats) == D_SAE and [f.id for f in feats][:3] == [0, 1, 2]
+    top = feats.top(5, by="max")
+    assert len(top) == 5 and list(top.column("max")) == sorted(feats.column("max"), reverse=True)[:5]
+    assert top[0].id == int(top.ids[0])
+    assert all(f.frequency > 0.3 for f in feats.dense(0.3))
+    word = s["lm"].tokenizer.decode([s["token"]]).strip().lower()
+    assert PLANTED in feats.search(word).ids[:3]
+    assert len(feats.search("zzzz-no-such-token")) == 0
+    frame = feats.to_pandas()
+    assert list(frame.index) == list(range(D_SAE)) and {"frequency", "max", "top_tokens"} <= set(frame.columns)
+    with pytest.raises(ConfigError, match="by="):
+        feats.top(3, by="loudness")
+    with pytest.raises(IndexError, match="out of range"):
+        feats[D_SAE]
+    listing = sk.analyses(workspace=s["ws"])
+    assert feats.id in [r["id"] for r in listing.rows]
+    code = (f"import saekit as sk; f = sk.job({feats.id!r}, workspace={str(s['ws'].path)!r}).result(); "
+            f"print(len(f), f[{PLANTED}].count)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == [str(D_SAE), str(feats[PLANTED].count)], out.stderr
+
+
+def test_exports(setup, tmp_path):
+    s = setup
+    feats = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,
+                       workspace=s["ws"]).result()
+    page = feats.export_html(tmp_path / "features.html", [PLANTED, 0]).read_text()
+    assert not any(part in page for part in ("<script", "src=", "<link", "href='http"))  # self-contained
+    assert f"Feature {PLANTED}" in page and "Feature 0" in page
+    batch = json.loads(feats.to_neuronpedia(tmp_path / "np.json", [PLANTED], model_id="tiny", sae_id="0-test").read_text())
+    f = batch["features"][0]
+    assert batch["layer"] == 0 and f["feature_index"] == PLANTED
+    assert f["frac_nonzero"] == pytest.approx(feats[PLANTED].frequency)
+    assert f["pos_str"][0] == s["lm"].tokenizer.decode([s["token"]])
+    top = [a for a in f["activations"] if a["bin_min"] == -1]
+    assert len(top) == len(feats[PLANTED].examples) and all(len(a["tokens"]) == len(a["values"]) for a in top)
