@@ -1,6 +1,6 @@
 """Feature-analysis benchmark; prints JSON.
 
-    python benchmarks/analyze.py [--tokens 100000] [--d-sae 4096] [--quick]
+    python benchmarks/analyze.py [--tokens 100000] [--d-sae 4096] [--d-model 256] [--speed-only] [--quick]
 
 In one run, over the same activation store (a tiny random Llama, d_model 256, over Python's docstrings):
 
@@ -29,15 +29,16 @@ from pathlib import Path
 HOOK = "blocks.2.resid_post"
 
 
-def _setup(folder: Path, n_tokens: int):
+def _setup(folder: Path, n_tokens: int, d_model: int = 256):
     """A workspace with an activation store of at least ``n_tokens`` rows (made once per folder)."""
     import saekit as sk
     from saekit.models.tiny import make_tiny_model, stdlib_docstrings
 
     ws = sk.set_workspace(folder / "ws")
-    model = folder / "tiny-llama-256"
+    model = folder / f"tiny-llama-{d_model}"
     if not model.exists():
-        make_tiny_model(model, "llama", d_model=256, n_layers=4, n_heads=8)
+        make_tiny_model(model, "llama", d_model=d_model, n_layers=4, n_heads=d_model // 32,
+                        num_key_value_heads=d_model // 64)
     corpus = folder / "docs.jsonl"
     if not corpus.exists():
         docs = stdlib_docstrings()
@@ -120,7 +121,9 @@ def measure_rss(folder: Path, d_sae: int, n_tokens: int) -> dict:
         n = n_tokens * factor
         proc = subprocess.run([sys.executable, __file__, "--child-rss", str(folder), "--d-sae", str(d_sae),
                                "--tokens", str(n)], capture_output=True, text=True, check=True)
-        out[f"peak_rss_mb_{factor}x"] = round(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"], 1)
+        line = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[f"peak_rss_mb_{factor}x"] = round(line["peak_rss_mb"], 1)
+        out[f"rss_before_analysis_mb_{factor}x"] = round(line["before_mb"], 1)  # the process with its imports and store open
     out["rss_ratio_10x_over_1x"] = round(out["peak_rss_mb_10x"] / out["peak_rss_mb_1x"], 3)
     return out
 
@@ -185,6 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--d-model", type=int, default=256, help="the random model's width (576: SmolLM2-135M's)")
+    parser.add_argument("--speed-only", action="store_true", help="only the tokens/s ratios")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--search-latents", type=int, default=65_536)
     parser.add_argument("--delete-rows", type=int, default=10_000_000)
@@ -198,9 +203,13 @@ def main() -> None:
         args.tokens, args.d_sae, args.repeats, args.search_latents, args.delete_rows = 20_000, 1024, 1, 4096, 200_000
     with tempfile.TemporaryDirectory(prefix="saekit-bench-analyze-") as tmp:
         folder = Path(tmp)
-        ws, lm, store = _setup(folder, args.tokens * 10)
-        result = {"benchmark": "analyze", "speed": measure_speed(ws, lm, store, args.d_sae, args.tokens, args.repeats),
-                  "memory": measure_rss(folder, args.d_sae, args.tokens),
+        ws, lm, store = _setup(folder, args.tokens * (1 if args.speed_only else 10), args.d_model)
+        result = {"benchmark": "analyze", "d_model": args.d_model,
+                  "speed": measure_speed(ws, lm, store, args.d_sae, args.tokens, args.repeats)}
+        if args.speed_only:
+            print(json.dumps(result, indent=2))
+            return
+        result |= {"memory": measure_rss(folder, args.d_sae, args.tokens),
                   "reading": measure_reading(ws, lm, store, args.search_latents),
                   "delete": measure_delete(ws, lm, store, args.delete_rows)}
     print(json.dumps(result, indent=2))

@@ -83,7 +83,7 @@ def main() -> None:
         rel = {n: float((a[n].float().cpu() - b[n]).norm() / b[n].norm()) for n in names}
         return {"device": str(gpu.device), "dtype": str(gpu.dtype), "ref_dtype": gpu.ref["dtype"],
                 "cache_device": str(a[names[0]].device), "relative_error_bf16_vs_fp32": rel,
-                "generate": gpu.generate("The file", max_new_tokens=5)}
+                "generate": gpu.generate("The file", max_new_tokens=5).text}
 
     def refusal():
         from transformers import LlamaConfig

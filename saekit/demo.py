@@ -82,7 +82,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     total = cache["blocks.6.resid_pre"] + cache["blocks.6.attn_out"] + cache["blocks.6.mlp_out"]
     print(f"    resid_pre + attn_out + mlp_out == resid_post: {torch.allclose(total, cache['blocks.6.resid_post'], atol=1e-3)}")
     prompt = "The Python standard library"
-    print(f"    {prompt!r} -> {lm.generate(prompt, max_new_tokens=16)!r}")
+    print(f"    {prompt!r} -> {lm.generate(prompt, max_new_tokens=16).text!r}")
 
     t = _step(5, f"extract {max_tokens:,} tokens of blocks.6.resid_post into an activation store (a background job)")
     job = sk.extract(lm, store, "blocks.6.resid_post", max_tokens=max_tokens)
@@ -116,8 +116,10 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     feats = sk.analyze(sae, acts, model=lm).result(progress=True)
     timings["analyze"] = time.perf_counter() - t
     print(f"    {feats}")
-    shown = feats.top(len(feats), by="frequency")
-    shown = [f for f in shown if 0.001 < f.frequency < 0.2][:6] or list(shown[:6])
+    by_frequency = feats.sort("frequency")
+    frequency = by_frequency.column("frequency")
+    ids = [int(i) for i, q in zip(by_frequency.ids, frequency) if 0.001 < q < 0.2][:6] or by_frequency.ids[:6].tolist()
+    shown = [feats.feature(i) for i in ids]
     for f in shown:
         tokens = " ".join(repr(tok) for tok, _ in f.top_tokens[:4])
         lens = " ".join(repr(tok) for tok, _ in (f.logits or {}).get("top", [])[:4])
@@ -126,8 +128,28 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     html = feats.export_html(ws.dir("demo") / "features.html", [f.id for f in shown])
     print(f"    {len(shown)} features exported to {html} (open it in a browser; in Jupyter, `feats` is the browser)")
 
+    t = _step(8, "steer the model with one of those features: generations side by side, from one seed")
+    steered = shown[0]
+    comparison = sk.compare_steering(lm, sae, prompt, [steered.id], coeffs=[4, 8], relative_to=feats,
+                                     max_new_tokens=24)
+    timings["steer"] = time.perf_counter() - t
+    print("    " + str(comparison).replace("\n", "\n    "))
+    print(f"    (add {steered.id}'s decoder direction at 4x and 8x its max activation; in Jupyter the comparison "
+          "is a widget, sk.steering_sweep measures the curve)")
+
+    t = _step(9, "name features: automatic labels, then SmolLM2 explains three of them and scores its explanations")
+    for f in shown[:3]:
+        print(f"    feature {f.id:>5}: automatic label {f.auto_label!r}")
+    explained = sk.explain(feats, [f.id for f in shown[:3]], explainer=lm, scorer=lm, n_examples=8, n_score=6)
+    table = explained.result(progress=True)
+    timings["explain"] = time.perf_counter() - t
+    for latent, row in table.iterrows():
+        auc = row.get("detection_auc")
+        print(f"    feature {latent:>5}: {row['explanation']!r} (detection AUC "
+              f"{'-' if auc is None or auc != auc else f'{auc:.2f}'}, fuzzing AUC {row.get('fuzzing_auc', float('nan')):.2f})")
+    print("    (kept as LLM labels beside the automatic ones: feats.labels(); feats.label(i, text) adds yours)")
+
     print("\njobs in this workspace (`saekit jobs`):")
     print(sk.jobs())
     print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print("next: steering and labels join this demo as they are built.")
     return 0

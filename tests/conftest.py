@@ -21,6 +21,13 @@ import kinds_for_tests  # noqa: E402,F401  (registers the test job kinds)
 import saekit as sk  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under `make test` (coverage run), name this process's data file, so the in-process share can be told
+    apart from what the workers, ranks, CLI runs and notebook kernels add (see the Makefile)."""
+    if "coverage" in sys.modules and os.environ.get("SAEKIT_COVERAGE_PID_FILE"):
+        Path(os.environ["SAEKIT_COVERAGE_PID_FILE"]).write_text(str(os.getpid()))
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -5,7 +5,8 @@ that trains on a tiny model, and a picture of each widget's output.
 
 Writes job.png (a training job's widget), compare.png (a comparison of a small sweep) and dashboard.png,
 plus any extra shots other notebooks add (see ``SHOTS``). With ``--features`` (a workspace where
-``saekit demo`` ran), also features.png: the feature browser over the demo's analysis of its SmolLM2 SAE.
+``saekit demo`` ran), also features.png (the feature browser over the demo's analysis of its SmolLM2 SAE),
+steering.png and sweep.png (steering SmolLM2 with one of those features).
 """
 
 from __future__ import annotations
@@ -37,13 +38,26 @@ SHOTS = [
 ]
 
 
-def feature_shot(workspace: str, out: Path, query: str) -> None:
-    """features.png: the browser over the newest analysis of ``workspace``, searched for ``query``."""
+STEERING = """
+from saekit.models.fetch import SMOLLM2, fetch_model
+lm = sk.load_model(fetch_model(), gguf_file=SMOLLM2["gguf_file"])
+sae = feats.sae()
+by = feats.sort("frequency")
+fid = next(int(i) for i, q in zip(by.ids, by.column("frequency")) if 0.001 < q < 0.2)
+sk.compare_steering(lm, sae, "The Python standard library", [fid], coeffs=[2, 4, 8], relative_to=feats,
+                    max_new_tokens=24)
+"""
+SWEEP = """sk.steering_sweep(lm, sae, [fid], coeffs=[0, 1, 2, 4, 8, 16], relative_to=feats, max_new_tokens=16)"""
+
+
+def demo_shots(workspace: str, out: Path, query: str) -> None:
+    """features.png (the browser over the newest analysis of ``workspace``, searched for ``query``), then
+    steering.png and sweep.png (a comparison and a sweep with one of its features on SmolLM2)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         labtools.notebook(folder / "features.ipynb", [
             f"import saekit as sk\nsk.set_workspace({workspace!r})\nfeats = sk.analyses()[0]\n"
-            f"browser = feats.browse()\nbrowser.query = {query!r}\nbrowser"])
+            f"browser = feats.browse()\nbrowser.query = {query!r}\nbrowser", STEERING, SWEEP])
         with labtools.jupyterlab(folder) as lab, labtools.browser(width=1400, height=1100) as page:
             lab.open(page, "features.ipynb")
             lab.run_cell(page, 0)
@@ -52,6 +66,13 @@ def feature_shot(workspace: str, out: Path, query: str) -> None:
             page.wait_for_timeout(1000)
             lab.cell(page, 0).locator(".jp-OutputArea-child").last.screenshot(path=str(out / "features.png"))
             print(f"wrote {out / 'features.png'}")
+            for index, name, marker in ((1, "steering.png", ".saekit-steering"), (2, "sweep.png", ".saekit-chart")):
+                lab.run_cell(page, index)
+                labtools.wait(lambda: lab.cell(page, index).locator(marker).count(), name, 900)
+                lab.wait_idle(page, 900)
+                page.wait_for_timeout(1000)
+                lab.cell(page, index).locator(".jp-OutputArea-child").last.screenshot(path=str(out / name))
+                print(f"wrote {out / name}")
 
 
 def main() -> None:
@@ -59,7 +80,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(labtools.ROOT / "docs" / "images"))
     parser.add_argument("--features", default=None, help="a workspace where `saekit demo` ran")
     parser.add_argument("--query", default="return", help="what the feature browser searches for")
-    parser.add_argument("--only-features", action="store_true", help="only features.png")
+    parser.add_argument("--only-features", action="store_true", help="only the shots of --features")
     args = parser.parse_args()
     reason = labtools.missing()
     if reason:
@@ -67,7 +88,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.features:
-        feature_shot(args.features, out, args.query)
+        demo_shots(args.features, out, args.query)
         if args.only_features:
             return
     with tempfile.TemporaryDirectory() as tmp:

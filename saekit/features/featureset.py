@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import import_module
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from saekit._table import ObjectTable
+from saekit.features import labels
 from saekit.errors import ConfigError, DataError
 from saekit.features.tables import EXAMPLES_GROUP
 from saekit.workspace import Workspace, as_workspace
@@ -78,7 +80,9 @@ class Feature:
     neighbours: list[tuple[int, float]]  # nearest latents by decoder cosine
     cooccurring: list[tuple[int, float]]  # latents that fire with it, and the share of its firings they shared
     analysis: str = ""  # the analysis (job id)
-    label: str | None = None
+    label: str | None = None  # the label shown: the user's, else an LLM's, else the automatic one
+    label_source: str = "auto"  # "user", "llm" or "auto"
+    auto_label: str = ""  # from its top tokens and logit lens
     featureset: "FeatureSet | None" = field(default=None, repr=False, compare=False)  # the analysis it belongs to
 
     @property
@@ -91,7 +95,8 @@ class Feature:
             return {"value": e.value, "row": e.row, "tokens": e.tokens, "values": e.values, "center": e.center}
 
         return {
-            "id": self.id, "analysis": self.analysis, "label": self.label, "count": self.count,
+            "id": self.id, "analysis": self.analysis, "label": self.label, "label_source": self.label_source,
+            "auto_label": self.auto_label, "count": self.count,
             "frequency": self.frequency, "log10_frequency": _finite(self.log10_frequency), "mean": self.mean,
             "max": self.max, "histogram": {"edges": [_finite(e) for e in self.histogram["edges"]],
                                            "counts": self.histogram["counts"]},
@@ -101,6 +106,23 @@ class Feature:
             "logits": None if self.logits is None else {k: [list(t) for t in v] for k, v in self.logits.items()},
             "neighbours": [list(n) for n in self.neighbours], "cooccurring": [list(c) for c in self.cooccurring],
         }
+
+    def label_history(self):
+        """Every label this feature was given (user and LLM), oldest first: label, source, author, note, time."""
+        if self.featureset is None:
+            raise ConfigError("this Feature is not attached to its analysis")
+        return self.featureset.label_history(self.id)
+
+    def steer(self, lm, coeff: float, *, mode: str = "add", positions: str = "all", relative: bool = False, sae=None):
+        """``sk.steer(lm, sae, {this feature: coeff}, ...)`` with the analysed SAE (loaded from its files unless
+        ``sae`` is given); ``relative=True`` makes ``coeff`` a multiple of this feature's max activation."""
+        steering = import_module("saekit.steering.intervention")
+        if self.featureset is None and (relative or sae is None):
+            raise ConfigError("this Feature is not attached to its analysis; use sk.steer(lm, sae, {id: coeff})")
+        sae = sae if sae is not None else self.featureset.sae(device=str(lm.device))
+        return steering.steer(lm, sae, {self.id: coeff}, mode=mode, positions=positions,
+                              hook_point=self.featureset.meta["hook_point"] if self.featureset else None,
+                              relative_to=self.featureset if relative else None)
 
     def card(self):
         """The feature card widget (Jupyter)."""
@@ -183,7 +205,9 @@ class FeatureSet:
         """The feature of latent ``latent`` (its id in the SAE, whatever this view holds)."""
         if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or not 0 <= latent < self.n_latents:
             raise IndexError(f"latent {latent!r} out of range: the SAE has {self.n_latents} latents (0..{self.n_latents - 1})")
-        feature = self._shared.feature(int(latent), self.id, self._labels().get(int(latent)))
+        feature = self._shared.feature(int(latent), self.id)
+        shown = labels.shown(self.workspace, self.id).get(int(latent))
+        feature.label, feature.label_source = shown if shown else (feature.auto_label or None, "auto")
         feature.featureset = self
         return feature
 
@@ -200,6 +224,20 @@ class FeatureSet:
             raise ConfigError(f"by={by!r}: sort by one of {SORT_KEYS + ('id',)}")
         order = np.lexsort((self.ids, -self.column(by)))
         return self._view(self.ids[order], f"{self.title + ', ' if self.title else ''}by {by}")
+
+    def select(self, latents) -> "FeatureSet":
+        """A view of the given latent ids, in that order."""
+        ids = np.asarray(list(latents), dtype=np.int64)
+        bad = ids[(ids < 0) | (ids >= self.n_latents)]
+        if bad.size:
+            raise IndexError(f"latent(s) {bad.tolist()} out of range: the SAE has {self.n_latents} latents")
+        return self._view(ids, "selection")
+
+    def sae(self, device: str | None = None):
+        """The analysed SAE, loaded from its files."""
+        from saekit.sae.model import SAE
+
+        return SAE.load(self.meta["sae"]["path"], device=device)
 
     def top(self, n: int = 20, by: str = "frequency") -> "FeatureSet":
         """The ``n`` latents with the highest ``by`` (``frequency``, ``max``, ``mean`` or ``count``)."""
@@ -226,9 +264,8 @@ class FeatureSet:
             raise ConfigError(f"query={query!r}: search for some text, e.g. feats.search('python')")
         needle = query.lower()
         text = self._shared.search_text
-        hits = pc.count_substring(text, needle).to_numpy(zero_copy_only=False)
-        labels = self._labels()
-        for latent, label in labels.items():
+        hits = pc.count_substring(text, needle).to_numpy(zero_copy_only=False).astype(np.int64)  # a writable copy
+        for latent, label in self._labels().items():
             hits[latent] += 2 * label.lower().count(needle)  # a label says more than a token
         hits = hits[self.ids]
         found = hits > 0
@@ -238,8 +275,63 @@ class FeatureSet:
         return self._view(ids[order], f"search {query!r}")
 
     def _labels(self) -> dict[int, str]:
-        """Labels of this analysis' latents, from the registry (none until labels exist)."""
-        return {}
+        """The user or LLM label shown for each labelled latent (from the registry)."""
+        return {i: label for i, (label, _) in labels.shown(self.workspace, self.id).items()}
+
+    # -- labels ------------------------------------------------------------------------------------------------
+    def label(self, latent: int, text: str, *, note: str | None = None) -> None:
+        """Give latent ``latent`` a user label (kept beside the automatic and LLM ones, shown first; every change
+        is kept: ``label_history``)."""
+        self.set_labels({latent: text}, note=note)
+
+    def set_labels(self, texts: dict[int, str], *, note: str | None = None, source: str = "user",
+                   provenance: dict | None = None, scores: dict | None = None) -> int:
+        """Label many latents in one transaction (``{latent: text}``); returns how many rows were written."""
+        if source not in labels.SOURCES:
+            raise ConfigError(f"source={source!r} is not one of {labels.SOURCES} (automatic labels are not written)")
+        checked = {labels.check_feature(i, self.n_latents): labels.check_label(t) for i, t in texts.items()}
+        rows = [labels.make_row(self.id, i, t, source, note=note, provenance=provenance, scores=scores)
+                for i, t in checked.items()]
+        return labels.write(self.workspace, self.folder, rows)
+
+    def clear_label(self, latent: int, *, source: str = "user") -> None:
+        """Remove latent ``latent``'s current label of ``source`` (the history keeps it)."""
+        if source not in labels.SOURCES:
+            raise ConfigError(f"source={source!r} is not one of {labels.SOURCES}")
+        latent = labels.check_feature(latent, self.n_latents)
+        labels.write(self.workspace, self.folder, [labels.make_row(self.id, latent, "", source)])
+
+    def labels(self):
+        """A DataFrame indexed by latent, one row per latent of this view: the label shown and its source, and
+        the user, LLM and automatic labels side by side."""
+        import pandas as pd
+
+        current = {(r["feature"], r["source"]): r for r in labels.current_labels(self.workspace, self.id)}
+        rows = []
+        for i in self.ids.tolist():
+            user, llm = current.get((i, "user")), current.get((i, "llm"))
+            top = user or llm
+            rows.append({"latent": i, "label": top["label"] if top else self._shared.auto_labels[i],
+                         "source": top["source"] if top else "auto", "user": user and user["label"],
+                         "llm": llm and llm["label"], "auto": self._shared.auto_labels[i],
+                         "author": top["author"] if top else None, "updated_at": top["created_at"] if top else None})
+        return pd.DataFrame(rows).set_index("latent")
+
+    def label_history(self, latent: int | None = None):
+        """Every label change of one latent (or of the whole analysis), oldest first."""
+        if latent is not None:
+            latent = labels.check_feature(latent, self.n_latents)
+        return labels.history(self.workspace, self.id, latent)
+
+    def export_labels(self, path: str | Path) -> Path:
+        """Every user and LLM label row (the history included) to a ``.json`` or ``.csv`` file."""
+        return labels.export(self.workspace, self.id, path)
+
+    def import_labels(self, path: str | Path) -> int:
+        """Bring in the rows of an ``export_labels`` file (from any workspace, same SAE), all or none; rows
+        already here are skipped. Returns how many were added."""
+        rows = labels.read_import(path, self.id, self.n_latents)
+        return labels.write(self.workspace, self.folder, rows)
 
     # -- tables ------------------------------------------------------------------------------------------------
     def to_pandas(self, columns: tuple[str, ...] | None = None):
@@ -247,9 +339,8 @@ class FeatureSet:
         table = self._shared.latents
         names = [c for c in (columns or OVERVIEW) if c in table.column_names]
         frame = table.select(names).take(pa.array(self.ids)).to_pandas()
-        labels = self._labels()
-        if labels:
-            frame["label"] = [labels.get(int(i)) for i in self.ids]
+        given = self._labels()
+        frame["label"] = [given.get(int(i)) or self._shared.auto_labels[int(i)] for i in self.ids]
         return frame.set_index("latent")
 
     def overview(self, limit: int = 200) -> list[dict]:
@@ -258,10 +349,10 @@ class FeatureSet:
         ids = self.ids[:limit]
         cols = {c: table.column(c).to_numpy(zero_copy_only=False)[ids] for c in ("count", "frequency", "mean", "max")}
         tops = table.column("top_tokens").take(pa.array(ids)).to_pylist()
-        labels = self._labels()
+        given = self._labels()
         return [{"id": int(i), "count": int(cols["count"][j]), "frequency": float(cols["frequency"][j]),
                  "mean": float(cols["mean"][j]), "max": float(cols["max"][j]), "top_tokens": tops[j][:5],
-                 "label": labels.get(int(i))} for j, i in enumerate(ids)]
+                 "label": given.get(int(i)) or self._shared.auto_labels[int(i)]} for j, i in enumerate(ids)]
 
     # -- display and export -------------------------------------------------------------------------------------
     def browse(self):
@@ -294,6 +385,13 @@ class _Files:
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
         self.latents = pq.read_table(folder / "latents.parquet")
+        self._read_lock = threading.Lock()  # a ParquetFile is not safe to read from two threads at once
+
+    @cached_property
+    def auto_labels(self) -> list[str]:
+        logit = self.latents.column("logit_top").to_pylist() if "logit_top" in self.latents.column_names else None
+        tops = self.latents.column("top_tokens").to_pylist()
+        return [labels.auto_label(t, logit[i] if logit else None) for i, t in enumerate(tops)]
 
     @cached_property
     def search_text(self) -> pa.Array:
@@ -310,7 +408,8 @@ class _Files:
     @cached_property
     def example_starts(self) -> np.ndarray:
         """Where each latent's examples start in examples.parquet (they are sorted by latent)."""
-        latents = self.examples_file.read(columns=["latent"]).column("latent").to_numpy()
+        with self._read_lock:
+            latents = self.examples_file.read(columns=["latent"]).column("latent").to_numpy()
         return np.searchsorted(latents, np.arange(len(self.latents) + 1), side="left")
 
     def examples(self, latent: int) -> pa.Table:
@@ -318,10 +417,11 @@ class _Files:
         if hi == lo:
             return self.examples_file.schema_arrow.empty_table()
         first, last = lo // EXAMPLES_GROUP, (hi - 1) // EXAMPLES_GROUP
-        groups = self.examples_file.read_row_groups(list(range(first, last + 1)))
+        with self._read_lock:
+            groups = self.examples_file.read_row_groups(list(range(first, last + 1)))
         return groups.slice(lo - first * EXAMPLES_GROUP, hi - lo)
 
-    def feature(self, latent: int, analysis: str, label: str | None) -> Feature:
+    def feature(self, latent: int, analysis: str) -> Feature:
         row = self.latents.slice(latent, 1).to_pylist()[0]
         vocab = self.vocab
         edges = [e if e is not None else math.inf for e in self.meta["hist_edges"]]
@@ -346,7 +446,7 @@ class _Files:
                        for q in range(len(q_edges) - 1) if q_edges[q] is not None and not math.isnan(q_edges[q])],
             logits=logits, neighbours=list(zip(row.get("neighbour_ids") or [], row.get("neighbour_cosines") or [])),
             cooccurring=list(zip(row.get("cooccurring_ids") or [], row.get("cooccurring_shares") or [])),
-            analysis=analysis, label=label)
+            analysis=analysis, auto_label=self.auto_labels[latent])
 
 
 ANALYSIS_COLUMNS = ("id", "status", "sae", "source", "n_latents", "n_tokens", "alive", "created_at")

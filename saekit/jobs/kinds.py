@@ -23,6 +23,7 @@ BUILTIN = {
     "extract": "saekit.activations.extraction",
     "train": "saekit.sae.training",
     "analyze": "saekit.features.analysis",
+    "explain": "saekit.features.explain",
 }
 ENTRY_POINT_GROUP = "saekit.job_kinds"
 

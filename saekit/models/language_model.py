@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from saekit._checks import check_non_negative, check_positive_int, is_number
 from saekit.errors import ConfigError, DataError
 from saekit.models.hookpoints import architecture_of, get_module, hook_point_names, parse
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``LanguageModel.generate`` returns: the new text, the new token ids and the prompt's ids."""
+
+    text: str
+    ids: list[int]
+    prompt_ids: list[int]
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class _StopForward(Exception):
@@ -35,6 +49,7 @@ class LanguageModel:
         self.ref = ref
         self.arch = architecture_of(model)
         self.blocks: nn.ModuleList = get_module(model, self.arch.layers)
+        self.prompt_length: int | None = None  # set while generate() runs
 
     # -- facts ---------------------------------------------------------------------------------------
     @property
@@ -195,18 +210,49 @@ class LanguageModel:
                     stopper.remove()
         return cache
 
-    def generate(self, prompt, max_new_tokens: int = 32, **kwargs):
-        """Generate a continuation. A string prompt returns the generated text; token ids return ids."""
-        as_text = isinstance(prompt, str)
+    def generate(self, prompt, max_new_tokens: int = 32, *, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+                 stop_at_eos: bool = True) -> "Generation":
+        """Continue ``prompt`` (text, or token ids ``[T]``/``[1, T]``) by ``max_new_tokens`` tokens.
+
+        Greedy unless ``temperature`` > 0 (then sampled, with ``top_p`` nucleus sampling if given); ``seed``
+        makes sampling repeatable without touching the global RNG. HF ``generate`` runs underneath with the KV
+        cache on (``use_cache=False`` recomputes every position: slower, the same tokens). Returns a
+        ``Generation`` (``.text``, ``.ids`` of the new tokens, ``.prompt_ids``). While it runs,
+        ``prompt_length`` says where the prompt ends (steering reads it to tell prompt from generated positions).
+        """
+        check_positive_int("max_new_tokens", max_new_tokens, example="40")
+        if temperature is not None:
+            check_non_negative("temperature", temperature)
+        if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
+            raise ConfigError(f"top_p={top_p!r} must be a number in (0, 1]")
+        if seed is not None:
+            check_positive_int("seed", seed, allow_zero=True)
         ids = self._as_ids(prompt)
+        if ids.shape[0] != 1:
+            raise ConfigError(f"generate takes one prompt; got a batch of {ids.shape[0]}",
+                              suggestion="call it once per prompt")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        kwargs.setdefault("do_sample", False)
-        with torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      pad_token_id=pad, **kwargs)
-        if as_text:
-            return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        return out
+        sample = bool(temperature)
+        options = {"do_sample": sample, "use_cache": use_cache, "pad_token_id": pad}
+        if sample:
+            options.update(temperature=float(temperature), top_p=float(top_p) if top_p else 1.0, top_k=0)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        if not stop_at_eos:
+            options["eos_token_id"] = None
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.prompt_length = ids.shape[1]
+        try:
+            with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                          **options)
+        finally:
+            self.prompt_length = None
+        new = out[0, ids.shape[1]:].tolist()
+        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), new, ids[0].tolist())
 
     def __repr__(self) -> str:
         return (f"LanguageModel({self.name!r}, {self.n_layers} blocks, d_model={self.d_model}, "

@@ -103,13 +103,18 @@ def tiny_config(arch: str = "llama", *, vocab_size: int = 512, d_model: int = 64
             kw["head_dim"] = d_model // n_heads
     else:
         raise ValueError(f"no tiny config for {arch!r}")
-    return AutoConfig.for_model(arch, **common, **kw, **overrides)
+    return AutoConfig.for_model(arch, **{**common, **kw, **overrides})  # overrides win
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 @quietly
 def make_tiny_model(path: str | Path, arch: str = "llama", *, seed: int = 0, texts: list[str] | None = None,
-                    vocab_size: int = 512, pad_token: bool = True, **config_overrides) -> Path:
-    """Write a tiny random ``arch`` model and its offline-trained tokenizer to ``path``; returns the path."""
+                    vocab_size: int = 512, pad_token: bool = True, chat: bool = False, **config_overrides) -> Path:
+    """Write a tiny random ``arch`` model and its offline-trained tokenizer to ``path``; returns the path.
+    ``chat=True`` gives the tokenizer a (plain) chat template, so the model can stand in for a chat model."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -121,5 +126,7 @@ def make_tiny_model(path: str | Path, arch: str = "llama", *, seed: int = 0, tex
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     return path

@@ -104,7 +104,7 @@ def classify(ws: Workspace, exc: BaseException):
     return RegistryCorruptError(
         f"registry {path!r} cannot be read as a DuckDB database ({type(exc).__name__}: {first}); it was left "
         "untouched", suggestion="`saekit gc --rebuild` moves it aside and rebuilds the job catalog from the "
-                                "event logs (templates and labels kept only there are lost), or restore it from a backup")
+                                "event logs (templates, kept only there, are lost), or restore it from a backup")
 
 
 def _connect(ws: Workspace, *, read_only: bool) -> "duckdb.DuckDBPyConnection":

@@ -167,6 +167,7 @@ def delete_job(ws: Workspace, job_id: str) -> JobRecord | None:
                 "then delete it"
             )
         tx.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
+        tx.execute("DELETE FROM feature_labels WHERE analysis = ?", [job_id])
         tx.execute("DELETE FROM jobs WHERE id = ?", [job_id])
         return row
 

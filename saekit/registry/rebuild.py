@@ -2,8 +2,9 @@
 
 Each log's ``submit`` records give a job's identity (kind, key, name, spec) and attempts, its ``start``
 and ``end`` records its state, its ``metric`` records its compacted metrics. A job whose log holds no
-``submit`` record (written by saekit 0.1) cannot be rebuilt and is reported. What lives only in the
-registry - templates, feature labels - is not in any log and is lost with it (the report says so).
+``submit`` record (written by saekit 0.1) cannot be rebuilt and is reported. Feature labels come back from
+each analysis' ``labels.jsonl`` journal; templates live only in the registry and are lost with it (the
+report says so).
 A job found running is left running: the next reader sees whether its worker's lease is still held.
 """
 
@@ -13,6 +14,7 @@ import datetime as dt
 import json
 
 from saekit.eventlog import LogState, events_path, read_all
+from saekit.registry.labels import COLUMNS as LABEL_COLUMNS, read_journal
 from saekit.workspace import Workspace
 
 
@@ -88,11 +90,33 @@ def rebuild_into(con, ws: Workspace) -> str:
             job_ids, steps, names, values = (list(c) for c in zip(*metrics))
             con.execute("INSERT INTO metrics SELECT unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), "
                         "unnest(?::DOUBLE[])", [job_ids, steps, names, values])
+        labels = _journalled_labels(ws, {row["id"] for row in rows})
+        if labels:
+            columns = {c: [r[c] for r in labels] for c in LABEL_COLUMNS}
+            con.execute(f"INSERT INTO feature_labels ({', '.join(LABEL_COLUMNS)}) SELECT unnest(?::VARCHAR[]), "
+                        "unnest(?::INTEGER[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                        "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[])",
+                        [columns[c] for c in LABEL_COLUMNS])
         con.commit()
     except BaseException:
         con.rollback()
         raise
     report = f"{len(rows)} job(s) rebuilt"
+    if labels:
+        report += f", {len(labels)} label change(s) from the analyses' journals"
     if unrecoverable:
         report += f"; {len(unrecoverable)} log(s) without a submit record could not be ({', '.join(unrecoverable[:5])})"
-    return report + "; templates and labels, kept only in the registry, are not in the logs"
+    return report + "; templates, kept only in the registry, are not in the logs"
+
+
+def _journalled_labels(ws: Workspace, jobs: set[str]) -> list[dict]:
+    """Every label row journalled in ``analyses/<id>/labels.jsonl`` of a rebuilt job, deduplicated, in order."""
+    folder = ws.path / "analyses"
+    seen, rows = set(), []
+    for analysis in sorted(jobs):
+        for row in read_journal(folder / analysis):
+            key = tuple(row[c] for c in ("feature", "source", "label", "author", "created_at"))
+            if row["analysis"] == analysis and key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows

@@ -61,6 +61,23 @@ MIGRATIONS: list[list[str]] = [
             updated_at TIMESTAMP NOT NULL
         )""",
     ],
+    # 2 -> 3: feature labels (user and LLM labels of an analysis' latents; every change is a row)
+    [
+        """CREATE SEQUENCE feature_label_seq""",
+        """CREATE TABLE feature_labels (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('feature_label_seq'),
+            analysis VARCHAR NOT NULL,
+            feature INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            source VARCHAR NOT NULL CHECK (source IN ('user', 'llm')),
+            author VARCHAR NOT NULL,
+            note VARCHAR,
+            provenance VARCHAR,
+            scores VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE INDEX feature_labels_analysis ON feature_labels (analysis, feature)""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

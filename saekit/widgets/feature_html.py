@@ -67,8 +67,11 @@ def _pairs_table(title: str, rows: list, fmt) -> str:
 def card_html(data: dict) -> str:
     """One feature's card as static HTML (``data`` is ``Feature.to_dict()``)."""
     freq = data["frequency"]
-    head = (f"<div style='font-weight:600;font-size:13px'>Feature {data['id']}"
-            f"{' — ' + esc(data['label']) if data.get('label') else ''}</div>"
+    label = ""
+    if data.get("label"):
+        source = esc(data.get("label_source", "auto"))
+        label = f" — {esc(data['label'])} <span style='color:#888;font-weight:normal'>({source})</span>"
+    head = (f"<div style='font-weight:600;font-size:13px'>Feature {data['id']}{label}</div>"
             f"<div style='color:#444'>fires on {100 * freq:.4g}% of tokens ({data['count']:,}); mean {number(data['mean'])}, "
             f"max {number(data['max'])}; top tokens: "
             f"{esc('  '.join(f'{_token(t)} ×{c}' for t, c in data['top_tokens'][:5])) or '-'}</div>")

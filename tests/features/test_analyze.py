@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 import saekit as sk
 from saekit.errors import ConfigError, DataError
+from saekit.jobs.lease import lease_is_held
 
 from planted import D_SAE, HOOK, PLANTED, common_token, planted_sae, tokens
 
@@ -94,7 +96,13 @@ def test_killed_and_resumed_gives_identical_files(setup, monkeypatch, fault):
     if fault != "analyze_before_tables:1":
         assert any("resuming after" in e["message"] for e in job.events())
     assert files(resumed.folder) == files(straight.folder)
-    assert not (s["ws"].job_dir(job.id) / "analysis_state.safetensors").exists()  # the checkpoint is cleaned up
+    # the checkpoint is cleaned up once the end is recorded, by the worker, which then lets go of its lease
+    job_dir = s["ws"].job_dir(job.id)
+    for _ in range(600):
+        if not lease_is_held(job_dir):
+            break
+        time.sleep(0.1)
+    assert not (job_dir / "analysis_state.safetensors").exists()
 
 
 def test_bad_input_is_refused_before_anything_starts(setup, tmp_path):

@@ -16,8 +16,10 @@ def test_local_folder_loads_with_reference_and_fingerprint(tiny_model_dir, tiny_
     again = loading.load_model_from_ref(tiny_lm.ref, device="cpu")
     assert again.ref == tiny_lm.ref
     assert "tiny-llama" in repr(tiny_lm) and "4 blocks" in repr(tiny_lm)
-    text = tiny_lm.generate("Return the", max_new_tokens=4)
-    assert isinstance(text, str)
+    out = tiny_lm.generate("Return the", max_new_tokens=4, stop_at_eos=False)
+    assert isinstance(out.text, str) and len(out.ids) == 4
+    assert out.prompt_ids == tiny_lm.tokenizer("Return the")["input_ids"]
+    assert out.text == tiny_lm.tokenizer.decode(out.ids, skip_special_tokens=True)
     assert not any(p.requires_grad for p in tiny_lm.model.parameters())
 
 
@@ -64,4 +66,4 @@ def test_smollm2_gguf_loads_offline(smollm2):
     torch.testing.assert_close(cache["blocks.6.resid_post"], hidden[7])
     total = cache["blocks.6.resid_pre"] + cache["blocks.6.attn_out"] + cache["blocks.6.mlp_out"]
     torch.testing.assert_close(total, cache["blocks.6.resid_post"], rtol=1e-4, atol=1e-4)
-    assert "Paris" in smollm2.generate("The capital of France is", max_new_tokens=8)
+    assert "Paris" in smollm2.generate("The capital of France is", max_new_tokens=8).text

@@ -50,7 +50,9 @@ function drawCard(container, data, onOpen) {
   const pct = (x) => `${(100 * x).toFixed(x < 0.001 ? 4 : x < 0.01 ? 3 : 2)}%`;
   card.appendChild(h("div", { class: "saekit-head" }, [
     h("span", { class: "saekit-title", text: `Feature ${data.id}` }),
-    data.label ? h("span", { class: "saekit-label", text: data.label }) : null,
+    data.label ? h("span", { class: `saekit-label saekit-label-${data.label_source || "auto"}`, text: data.label,
+      title: `${data.label_source || "auto"} label` + (data.auto_label && data.label_source !== "auto" ? `; automatic: ${data.auto_label}` : "") }) : null,
+    data.label && data.label_source ? h("span", { class: "saekit-muted", text: data.label_source }) : null,
     data.count === 0 ? badge("dead") : null,
     h("span", { class: "saekit-muted", text: data.analysis ? `analysis ${data.analysis}` : "" }),
   ]));

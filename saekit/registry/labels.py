@@ -1,0 +1,74 @@
+"""Feature-label rows: each function is one registry transaction. A change of label is a new row, ordered by
+its time (then by ``seq``, the order of arrival); the current label of a feature for a source is its latest
+row, an empty label meaning cleared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from saekit.registry._db import transaction
+from saekit.workspace import Workspace
+
+COLUMNS = ("analysis", "feature", "label", "source", "author", "note", "provenance", "scores", "created_at")
+JOURNAL = "labels.jsonl"  # in each analysis folder: every row, appended before it is inserted here
+
+
+def read_journal(folder: Path) -> list[dict]:
+    """The rows of an analysis' label journal (to rebuild the registry); a cut last line is skipped."""
+    path = folder / JOURNAL
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            row["created_at"] = dt.datetime.fromisoformat(row["created_at"])
+            rows.append({c: row.get(c) for c in COLUMNS})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return rows
+
+
+def add_labels(ws: Workspace, rows: list[dict]) -> int:
+    """Insert ``rows`` (dicts of ``COLUMNS``) in one transaction, skipping any already there (the same feature,
+    source, label, author and time): an import run twice adds nothing. Returns the number inserted."""
+    if not rows:
+        return 0
+    columns = {c: [r.get(c) for r in rows] for c in COLUMNS}
+    with transaction(ws, write=True) as tx:
+        cur = tx.execute(
+            "INSERT INTO feature_labels (" + ", ".join(COLUMNS) + ") "
+            "SELECT * EXCLUDE (ord) FROM (SELECT unnest(?::INTEGER[]) AS ord, unnest(?::VARCHAR[]) AS analysis, unnest(?::INTEGER[]) AS feature, "
+            "unnest(?::VARCHAR[]) AS label, unnest(?::VARCHAR[]) AS source, unnest(?::VARCHAR[]) AS author, "
+            "unnest(?::VARCHAR[]) AS note, unnest(?::VARCHAR[]) AS provenance, unnest(?::VARCHAR[]) AS scores, "
+            "unnest(?::TIMESTAMP[]) AS created_at) AS incoming "
+            "WHERE NOT EXISTS (SELECT 1 FROM feature_labels f WHERE f.analysis = incoming.analysis "
+            "AND f.feature = incoming.feature AND f.source = incoming.source AND f.label = incoming.label "
+            "AND f.author = incoming.author AND f.created_at = incoming.created_at) ORDER BY ord RETURNING seq",
+            [list(range(len(rows)))] + [columns[c] for c in COLUMNS])
+        return len(cur.fetchall())
+
+
+def current_labels(ws: Workspace, analysis: str) -> list[dict]:
+    """The latest row per (feature, source) of an analysis, cleared ones left out."""
+    with transaction(ws) as tx:
+        return tx.rows(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY feature, source ORDER BY created_at DESC, seq DESC) AS n "
+            "FROM feature_labels WHERE analysis = ?) WHERE n = 1 AND label <> '' ORDER BY feature, source",
+            [analysis])
+
+
+def label_rows(ws: Workspace, analysis: str, feature: int | None = None) -> list[dict]:
+    """Every row (the history) of an analysis, or of one feature, oldest first."""
+    with transaction(ws) as tx:
+        if feature is None:
+            return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? ORDER BY created_at, seq", [analysis])
+        return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? AND feature = ? ORDER BY created_at, seq",
+                       [analysis, feature])
+
+
+def delete_labels(ws: Workspace, analysis: str) -> int:
+    with transaction(ws, write=True) as tx:
+        return len(tx.execute("DELETE FROM feature_labels WHERE analysis = ? RETURNING seq", [analysis]).fetchall())

@@ -1,0 +1,276 @@
+"""What steering does, measured: ``compare_steering`` (generations side by side from one seed) and
+``steering_sweep`` (for each coefficient: the concept score, the fluency and the KL divergence on neutral text).
+
+Both score outputs under the *unsteered* model: the steered features' mean activation when the output is
+re-encoded by the SAE at its hook point (the concept score), and the log-probability of the generated tokens
+(fluency; perplexity is ``exp(-mean log-probability)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import import_module
+
+import torch
+
+from saekit._checks import check_positive_int, is_int, is_number
+from saekit.errors import ConfigError
+from saekit.steering.intervention import Steering, sae_hook_point, steer
+
+PROMPTS = ("The", "I think that", "In the morning,", "Here is a short story:")
+NEUTRAL = ("The committee met on Tuesday to review the budget for the next year. After a short discussion, the members "
+           "agreed to postpone the decision until more information was available. The report will be published next month.")
+
+
+@dataclass
+class Scored:
+    """One continuation scored under the unsteered model."""
+
+    text: str
+    ids: list[int]
+    tokens: list[str]  # each new token as text
+    activation: dict[int, float]  # each steered feature's mean activation over the new tokens, re-encoded
+    logprob: float  # sum of log P(new token | before) under the unsteered model
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(-self.logprob / len(self.ids)) if self.ids else float("nan")
+
+
+def _features(features, sae) -> list[int]:
+    if is_int(features):
+        features = [features]
+    if isinstance(features, Mapping) or not isinstance(features, Sequence) or isinstance(features, str):
+        raise ConfigError(f"features must be a list of feature indices, e.g. [123]; got {features!r}")
+    if not features:
+        raise ConfigError("features is empty; name at least one feature, e.g. [123]")
+    for i in features:
+        if not is_int(i) or not 0 <= i < sae.d_sae:
+            raise ConfigError(f"feature {i!r} is not a feature of this SAE (0..{sae.d_sae - 1})")
+    return [int(i) for i in features]
+
+
+def _coeffs(coeffs) -> list[float]:
+    if not isinstance(coeffs, Sequence) or isinstance(coeffs, str) or not coeffs:
+        raise ConfigError(f"coeffs must be a non-empty list of numbers, e.g. [0, 2, 4, 8]; got {coeffs!r}")
+    for c in coeffs:
+        if not is_number(c):
+            raise ConfigError(f"coefficient {c!r} must be a finite number")
+    return [float(c) for c in coeffs]
+
+
+def score(lm, sae, hook_point: str, prompt_ids: list[int], ids: list[int], features: list[int]) -> Scored:
+    """Re-read a continuation with the unsteered model: the features' activation on it and its log-probability."""
+    full = torch.tensor([prompt_ids + ids], device=lm.device)
+    seen = {}
+    with torch.no_grad(), lm.hooks({hook_point: lambda x: seen.__setitem__("x", x.detach())}):
+        logits = lm.model(input_ids=full).logits.float()
+    start = len(prompt_ids)
+    activation = {}
+    if ids:
+        z = sae.encode(seen["x"][0, start:].float().to(sae.device)).detach()
+        activation = {i: float(z[:, i].mean()) for i in features}
+        logp = logits[0, start - 1:-1].log_softmax(-1)
+        logprob = float(logp.gather(-1, torch.tensor(ids, device=logp.device)[:, None]).sum())
+    else:
+        logprob = 0.0
+    tokens = [lm.tokenizer.decode([t]) for t in ids]
+    return Scored(lm.tokenizer.decode(ids, skip_special_tokens=True), ids, tokens, activation, logprob)
+
+
+def _differs(reference: list[int], ids: list[int]) -> list[bool]:
+    """For each token of ``ids``: not matched in the reference (difflib's longest matching blocks)."""
+    marks = [True] * len(ids)
+    for block in difflib.SequenceMatcher(a=reference, b=ids, autojunk=False).get_matching_blocks():
+        for j in range(block.b, block.b + block.size):
+            marks[j] = False
+    return marks
+
+
+@dataclass
+class SteeringComparison:
+    """Generations of one prompt, unsteered and at each coefficient, from the same seed (``compare_steering``)."""
+
+    prompt: str
+    features: list[int]
+    mode: str
+    positions: str
+    relative: bool
+    rows: list[dict] = field(default_factory=list)  # {"coeff": float | None, "scored": Scored, "differs": [bool]}
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"coeff": r["coeff"], "text": r["scored"].text,
+                              **{f"activation_{i}": r["scored"].activation.get(i) for i in self.features},
+                              "logprob": r["scored"].logprob, "perplexity": r["scored"].perplexity,
+                              "changed_tokens": sum(r["differs"])} for r in self.rows])
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "features": self.features, "mode": self.mode, "positions": self.positions,
+                "relative": self.relative,
+                "rows": [{"coeff": r["coeff"], "text": r["scored"].text, "tokens": r["scored"].tokens,
+                          "differs": r["differs"], "activation": {str(k): v for k, v in r["scored"].activation.items()},
+                          "logprob": r["scored"].logprob, "perplexity": _finite(r["scored"].perplexity)}
+                         for r in self.rows]}
+
+    def widget(self):
+        return import_module("saekit.widgets.steering").SteeringView(self.to_dict())
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __str__(self) -> str:
+        return import_module("saekit.widgets.steering").comparison_text(self.to_dict())
+
+    __repr__ = __str__
+
+
+def _finite(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def compare_steering(lm, sae, prompt, features, coeffs=(0, 2, 4, 8), *, mode: str = "add", positions: str = "all",
+                     seed: int = 0, max_new_tokens: int = 40, temperature: float | None = None,
+                     top_p: float | None = None, relative_to=None, hook_point: str | None = None) -> SteeringComparison:
+    """Generate from ``prompt`` unsteered and with ``features`` (each at the coefficient) for every coefficient,
+    all from ``seed`` (greedy unless ``temperature`` > 0). Each output shows the tokens that differ from the
+    unsteered one, the steered features' activation read back on it, and its log-probability under the
+    unsteered model. Coefficients as in ``sk.steer`` (absolute unless ``relative_to`` is an analysis). In a
+    notebook it is a widget; ``print()`` it in a terminal; ``.to_pandas()`` for the numbers."""
+    features, coeffs = _features(features, sae), _coeffs(coeffs)
+    check_positive_int("max_new_tokens", max_new_tokens, example="40")
+    hook = sae_hook_point(sae, hook_point)
+    plan = [steer(lm, sae, {i: c for i in features}, mode=mode, positions=positions, hook_point=hook,
+                  relative_to=relative_to) for c in coeffs]  # every setting checked before anything runs
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    base = lm.generate(prompt, **options)
+    result = SteeringComparison(prompt if isinstance(prompt, str) else lm.tokenizer.decode(base.prompt_ids),
+                                features, mode, positions, relative_to is not None)
+    reference = score(lm, sae, hook, base.prompt_ids, base.ids, features)
+    result.rows.append({"coeff": None, "scored": reference, "differs": [False] * len(base.ids)})
+    for coeff, steering in zip(coeffs, plan):
+        with steering:
+            out = lm.generate(prompt, **options)
+        scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
+        result.rows.append({"coeff": coeff, "scored": scored, "differs": _differs(base.ids, out.ids)})
+    return result
+
+
+# -- the sweep ---------------------------------------------------------------------------------------------
+def _kl(lm, steering: Steering, neutral_ids: torch.Tensor, base: torch.Tensor) -> float:
+    """Mean KL(unsteered || steered) of next-token distributions over the neutral text (steered at every position)."""
+    with torch.no_grad(), steering.at("all"):
+        steered = lm.model(input_ids=neutral_ids).logits.float().log_softmax(-1)
+    return float((base.exp() * (base - steered)).sum(-1).mean())
+
+
+def _target_probability(lm, steering: Steering, prompt_ids: list[int], ids: list[int], targets: list[int]) -> float:
+    """Mean probability, under the steered model, of any target token at each generated position."""
+    full = torch.tensor([prompt_ids + ids], device=lm.device)
+    with torch.no_grad(), steering:
+        probs = lm.model(input_ids=full).logits.float().softmax(-1)
+    return float(probs[0, len(prompt_ids) - 1:-1, targets].sum(-1).mean())
+
+
+@dataclass
+class SteeringSweep:
+    """The measured effect of each coefficient (``steering_sweep``): ``.table`` is a DataFrame, one row per
+    coefficient; in a notebook the curves are charts."""
+
+    features: list[int]
+    mode: str
+    relative: bool
+    rows: list[dict]
+    samples: list[dict]  # every generation: coeff, prompt, text
+
+    @property
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def to_pandas(self):
+        return self.table
+
+    def to_dict(self) -> dict:
+        return {"features": self.features, "mode": self.mode, "relative": self.relative,
+                "rows": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in self.rows],
+                "samples": self.samples}
+
+    def widget(self):
+        return import_module("saekit.widgets.steering").SweepView(self.to_dict())
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __str__(self) -> str:
+        return import_module("saekit.widgets.steering").sweep_text(self.to_dict())
+
+    __repr__ = __str__
+
+
+def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Sequence[str] = PROMPTS,
+                   neutral: str = NEUTRAL, target_tokens: Sequence[str] | None = None, mode: str = "add",
+                   positions: str = "all", max_new_tokens: int = 24, seed: int = 0, temperature: float | None = None,
+                   relative_to=None, hook_point: str | None = None) -> SteeringSweep:
+    """For each coefficient, generate from each of ``prompts`` with ``features`` steered and measure:
+
+    - ``concept``: the steered features' mean activation on the outputs, re-encoded under the unsteered model;
+    - ``target_probability`` (with ``target_tokens``): the steered model's mean probability of those tokens at
+      each generated position;
+    - ``perplexity``: of the outputs under the unsteered model (fluency; lower is more fluent);
+    - ``kl``: mean KL divergence of next-token distributions, unsteered to steered, over ``neutral`` text
+      (steered at every position): how much the intervention disturbs unrelated text.
+    """
+    features, coeffs = _features(features, sae), _coeffs(coeffs)
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ConfigError(f"prompts must be a non-empty list of strings; got {prompts!r}")
+    if not isinstance(neutral, str) or not neutral.strip():
+        raise ConfigError("neutral must be some text to measure the KL divergence on")
+    targets = _target_ids(lm, target_tokens)
+    check_positive_int("max_new_tokens", max_new_tokens, example="24")
+    hook = sae_hook_point(sae, hook_point)
+    plan = [steer(lm, sae, {i: c for i in features}, mode=mode, positions=positions, hook_point=hook,
+                  relative_to=relative_to) for c in coeffs]
+    neutral_ids = lm._as_ids(neutral)
+    with torch.no_grad():
+        base = lm.model(input_ids=neutral_ids).logits.float().log_softmax(-1)
+    rows, samples = [], []
+    for coeff, steering in zip(coeffs, plan):
+        concept, logprob, n_tokens, target = [], 0.0, 0, []
+        for prompt in prompts:
+            with steering:
+                out = lm.generate(prompt, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
+            scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
+            samples.append({"coeff": coeff, "prompt": prompt, "text": scored.text})
+            if scored.ids:
+                concept.append(sum(scored.activation.values()) / len(features))
+                logprob, n_tokens = logprob + scored.logprob, n_tokens + len(scored.ids)
+                if targets:
+                    target.append(_target_probability(lm, steering, out.prompt_ids, out.ids, targets))
+        row = {"coeff": coeff, "concept": sum(concept) / len(concept) if concept else float("nan"),
+               "perplexity": math.exp(-logprob / n_tokens) if n_tokens else float("nan"),
+               "kl": _kl(lm, steering, neutral_ids, base)}
+        if targets:
+            row["target_probability"] = sum(target) / len(target) if target else float("nan")
+        rows.append(row)
+    return SteeringSweep(features, mode, relative_to is not None, rows, samples)
+
+
+def _target_ids(lm, target_tokens) -> list[int]:
+    if target_tokens is None:
+        return []
+    if isinstance(target_tokens, str) or not target_tokens:
+        raise ConfigError(f"target_tokens must be a list of token strings, e.g. [' rain', ' snow']; got {target_tokens!r}")
+    ids = []
+    for text in target_tokens:
+        encoded = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ConfigError(f"target token {text!r} is {len(encoded)} tokens for this tokenizer; give single tokens",
+                              suggestion=f"e.g. {lm.tokenizer.convert_ids_to_tokens(encoded[:1])}")
+        ids.append(encoded[0])
+    return ids
