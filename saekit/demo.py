@@ -118,7 +118,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     print(f"    {feats}")
     by_frequency = feats.sort("frequency")
     frequency = by_frequency.column("frequency")
-    ids = [int(i) for i, q in zip(by_frequency.ids, frequency) if 0.001 < q < 0.2][:6] or by_frequency.ids[:6].tolist()
+    ids = [int(i) for i, q in zip(by_frequency.ids, frequency) if 0.0005 < q < 0.02][:6] or by_frequency.ids[:6].tolist()
     shown = [feats.feature(i) for i in ids]
     for f in shown:
         tokens = " ".join(repr(tok) for tok, _ in f.top_tokens[:4])
@@ -130,11 +130,11 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
 
     t = _step(8, "steer the model with one of those features: generations side by side, from one seed")
     steered = shown[0]
-    comparison = sk.compare_steering(lm, sae, prompt, [steered.id], coeffs=[4, 8], relative_to=feats,
+    comparison = sk.compare_steering(lm, sae, prompt, [steered.id], coeffs=[1, 2], relative_to=feats,
                                      max_new_tokens=24)
     timings["steer"] = time.perf_counter() - t
     print("    " + str(comparison).replace("\n", "\n    "))
-    print(f"    (add {steered.id}'s decoder direction at 4x and 8x its max activation; in Jupyter the comparison "
+    print(f"    (add {steered.id}'s decoder direction at 1x and 2x its max activation; in Jupyter the comparison "
           "is a widget, sk.steering_sweep measures the curve)")
 
     t = _step(9, "name features: automatic labels, then SmolLM2 explains three of them and scores its explanations")

@@ -43,11 +43,12 @@ from saekit.models.fetch import SMOLLM2, fetch_model
 lm = sk.load_model(fetch_model(), gguf_file=SMOLLM2["gguf_file"])
 sae = feats.sae()
 by = feats.sort("frequency")
-fid = next(int(i) for i, q in zip(by.ids, by.column("frequency")) if 0.001 < q < 0.2)
-sk.compare_steering(lm, sae, "The Python standard library", [fid], coeffs=[2, 4, 8], relative_to=feats,
+fid = next(int(i) for i, q in zip(by.ids, by.column("frequency")) if 0.0005 < q < 0.02)
+sk.compare_steering(lm, sae, "The Python standard library", [fid], coeffs=[0.5, 1, 2], relative_to=feats,
                     max_new_tokens=24)
 """
-SWEEP = """sk.steering_sweep(lm, sae, [fid], coeffs=[0, 1, 2, 4, 8, 16], relative_to=feats, max_new_tokens=16)"""
+SWEEP = """sk.steering_sweep(lm, sae, [fid], coeffs=[0, 0.25, 0.5, 1, 2, 4], relative_to=feats,
+                  max_new_tokens=16)"""
 
 
 def demo_shots(workspace: str, out: Path, query: str) -> None:

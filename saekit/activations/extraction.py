@@ -175,7 +175,7 @@ def run_extract(ctx, spec: dict) -> dict:
                     if not is_oom(exc) or batch_size == 1:
                         raise
                     del exc
-                    if device.type == "cuda":
+                    if device.type == "cuda":  # pragma: gpu
                         torch.cuda.empty_cache()
                     ctx.event(f"out of memory at batch size {batch_size}; continuing with {batch_size // 2}",
                               level="warning", batch_size=batch_size // 2)

@@ -33,7 +33,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # pragma: gpu
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
@@ -117,7 +117,7 @@ def count_parameters(config) -> int:
 
 def available_memory(device: torch.device) -> int:
     """Bytes free for new weights on ``device``."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: gpu
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return int(psutil.virtual_memory().available)

@@ -44,7 +44,7 @@ class StoreSource:
         if self.preload is not None:
             return self.preload
         need = self.train_rows * self.d_in * self.store.dtype.itemsize
-        if device.type == "cuda":
+        if device.type == "cuda":  # pragma: gpu
             free, _ = torch.cuda.mem_get_info(device)
             return need * 4 <= free
         if device.type == "cpu":

@@ -229,7 +229,7 @@ def run_train(ctx, spec: dict) -> dict | None:
     tc = TrainConfig.from_dict(spec["train"])
     configs = [SAEConfig.from_dict(c) for c in spec["saes"]]
     device = resolve_device(tc.device)
-    if device.type == "cuda" and ctx.world_size > 1:
+    if device.type == "cuda" and ctx.world_size > 1:  # pragma: gpu
         device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     group = _Distributed(ctx, device)

@@ -41,14 +41,15 @@ def comparison_html(data: dict) -> str:
     for row in data["rows"]:
         text = "".join(f"<span style='{CHANGED if d else ''}'>{esc(t)}</span>" for t, d in zip(row["tokens"], row["differs"]))
         rows.append(f"<tr><td style='padding:3px 8px;white-space:nowrap'>{esc(_coeff(row))}</td>"
-                    f"<td style='padding:3px 8px;font-family:monospace;white-space:pre-wrap'>{text}</td>"
+                    f"<td style='padding:3px 8px;font-family:monospace;white-space:pre-wrap;word-break:break-word'>{text}</td>"
                     f"<td style='padding:3px 8px'>{esc(_activation(row))}</td>"
                     f"<td style='padding:3px 8px'>{number(row['logprob'])}</td></tr>")
     head = "".join(f"<th style='text-align:left;padding:2px 8px'>{h}</th>"
                    for h in ("coefficient", "generation (changed tokens marked)", "activation read back", "log-prob"))
     return box(f"<div style='font-weight:600'>{esc(_heading(data))}</div>",
                f"<div>prompt: <code>{esc(data['prompt'])}</code></div>",
-               f"<table style='border-collapse:collapse;margin-top:4px'><tr>{head}</tr>{''.join(rows)}</table>")
+               f"<table style='border-collapse:collapse;margin-top:4px;width:100%;table-layout:fixed'><tr>{head}</tr>"
+               f"{''.join(rows)}</table>")
 
 
 METRICS = (("concept", "concept score (feature activation)"), ("target_probability", "P(target tokens)"),
