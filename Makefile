@@ -1,6 +1,7 @@
 # `make demo` and `make test` each set up .venv (torch==2.13.0 first, then saekit with its extras) and run.
 # `make test` runs the whole suite under coverage (every process it starts counts: workers, torchrun ranks, the
-# CLI, notebook kernels), prints the table and fails below the floor in pyproject.toml; `make coverage` is its name too.
+# CLI, notebook kernels), prints the in-process share, the table, and fails below the floor in pyproject.toml;
+# `make coverage` is its name too. `make test KEEP_COVERAGE=1` keeps each process's data file (.coverage.*).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -30,7 +31,7 @@ test: $(STAMP)
 	if [ -n "$$main" ]; then printf "in-process only (what a plain pytest --cov sees): %s%%\n" \
 		"$$($(COVERAGE) report --data-file=$$main --format=total 2>/dev/null)"; fi; \
 	$(COVERAGE) report --sort=cover; floor=$$?; \
-	rm -f .coverage.* .coverage-pytest-pid; \
+	[ -n "$(KEEP_COVERAGE)" ] || rm -f .coverage.* .coverage-pytest-pid; \
 	exit $$(( tests ? tests : floor ))
 
 coverage: test
