@@ -29,7 +29,9 @@ def test_random_kills_resume_to_the_uninterrupted_result(ws, tmp_path):
     for point in points:
         deadline = time.monotonic() + 300  # a bound for a stuck worker, not a timing assumption
         while _progress(ws, job.id) < point:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, (f"no progress past {_progress(ws, job.id)} of {point} in 300 s; "
+                                                 f"job {job.status}: {job.info().get('error_message')}")
+            assert job.status in ("queued", "running"), f"job {job.status}: {job.info().get('error_message')}"
             time.sleep(0.005)
         os.kill(job.info()["worker_pid"], signal.SIGKILL)
         assert job.wait(timeout=120).status == "failed" and job.info()["error_type"] == "worker_lost"
