@@ -26,11 +26,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	@rm -f .coverage .coverage.* .coverage-pytest-pid
 	SAEKIT_COVERAGE_PID_FILE=.coverage-pytest-pid $(COVERAGE) run -m pytest; tests=$$?; \
-	$(COVERAGE) combine -q --keep; \
 	pid=$$(cat .coverage-pytest-pid 2>/dev/null); \
 	main=$$(ls .coverage.*.pid$$pid.* .coverage.*.$$pid.* 2>/dev/null | head -1); \
 	if [ -n "$$main" ]; then printf "in-process only (what a plain pytest --cov sees): %s%%\n" \
 		"$$($(COVERAGE) report --data-file=$$main --format=total 2>/dev/null)"; fi; \
+	$(COVERAGE) combine -q --keep; \
 	$(COVERAGE) report --sort=cover; floor=$$?; \
 	[ -n "$(KEEP_COVERAGE)" ] || rm -f .coverage.* .coverage-pytest-pid; \
 	exit $$(( tests ? tests : floor ))
