@@ -90,8 +90,25 @@ def _differs(reference: list[int], ids: list[int]) -> list[bool]:
     return marks
 
 
-@dataclass
-class SteeringComparison:
+class _Shown:
+    """A result shown by a view of ``saekit.widgets.steering`` in a notebook and as text elsewhere."""
+
+    _view = _text = ""
+
+    def widget(self):
+        return getattr(import_module("saekit.widgets.steering"), self._view)(self.to_dict())
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __str__(self) -> str:
+        return getattr(import_module("saekit.widgets.steering"), self._text)(self.to_dict())
+
+    __repr__ = __str__
+
+
+@dataclass(repr=False)
+class SteeringComparison(_Shown):
     """Generations of one prompt, unsteered and at each coefficient, from the same seed (``compare_steering``)."""
 
     prompt: str
@@ -117,16 +134,7 @@ class SteeringComparison:
                           "logprob": r["scored"].logprob, "perplexity": _finite(r["scored"].perplexity)}
                          for r in self.rows]}
 
-    def widget(self):
-        return import_module("saekit.widgets.steering").SteeringView(self.to_dict())
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
-
-    def __str__(self) -> str:
-        return import_module("saekit.widgets.steering").comparison_text(self.to_dict())
-
-    __repr__ = __str__
+    _view, _text = "SteeringView", "comparison_text"
 
 
 def _finite(x):
@@ -176,8 +184,8 @@ def _target_probability(lm, steering: Steering, prompt_ids: list[int], ids: list
     return float(probs[0, len(prompt_ids) - 1:-1, targets].sum(-1).mean())
 
 
-@dataclass
-class SteeringSweep:
+@dataclass(repr=False)
+class SteeringSweep(_Shown):
     """The measured effect of each coefficient (``steering_sweep``): ``.table`` is a DataFrame, one row per
     coefficient; in a notebook the curves are charts."""
 
@@ -201,16 +209,7 @@ class SteeringSweep:
                 "rows": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in self.rows],
                 "samples": self.samples}
 
-    def widget(self):
-        return import_module("saekit.widgets.steering").SweepView(self.to_dict())
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
-
-    def __str__(self) -> str:
-        return import_module("saekit.widgets.steering").sweep_text(self.to_dict())
-
-    __repr__ = __str__
+    _view, _text = "SweepView", "sweep_text"
 
 
 def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Sequence[str] = PROMPTS,
