@@ -142,6 +142,8 @@ class Job:
                 if ended or now - last_check >= check_every:
                     last_check = now
                     if self._load().status.final:
+                        if show is not None and not ended:  # the end is in the log before the registry: show it
+                            show(self._tail_records())
                         return self
                 if deadline is not None and now >= deadline:
                     raise JobTimeoutError(

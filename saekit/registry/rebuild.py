@@ -110,12 +110,13 @@ def rebuild_into(con, ws: Workspace) -> str:
 
 
 def _journalled_labels(ws: Workspace, jobs: set[str]) -> list[dict]:
-    """Every label row journalled in ``analyses/<id>/labels.jsonl`` of a rebuilt job, deduplicated, in order."""
+    """Every label row journalled in ``analyses/<id>/labels.jsonl`` of a rebuilt job, each once (an import run
+    twice journals its rows twice), in order. Rows imported into another analysis are that analysis' own."""
     folder = ws.path / "analyses"
     seen, rows = set(), []
     for analysis in sorted(jobs):
         for row in read_journal(folder / analysis):
-            key = tuple(row[c] for c in ("feature", "source", "label", "author", "created_at"))
+            key = tuple(row[c] for c in ("analysis", "feature", "source", "label", "author", "created_at"))
             if row["analysis"] == analysis and key not in seen:
                 seen.add(key)
                 rows.append(row)

@@ -117,3 +117,5 @@ def test_labels_survive_a_registry_rebuilt_from_the_logs(planted):
         again = sk.job(feats.id, workspace=ws).result()
     assert again.label_history().drop(columns="created_at").equals(expected.drop(columns="created_at"))
     assert list(again.label_history()["created_at"]) == list(expected["created_at"])
+    other = planted["other"]  # the analysis the labels were imported into keeps its copies too
+    assert len(sk.job(other.id, workspace=ws).result().label_history()) == len(other.label_history()) > 0
