@@ -245,9 +245,9 @@ def run_explain(ctx, spec: dict) -> dict:
     rows = [done[i] for i in spec["features"]]
     if explainer is not None:
         _write_labels(ctx, feats, spec, rows, explainer, scorer)
-    summary = {"path": str(path), "n": len(rows), "calls": sum(c.calls for c in {id(c): c for c in (explainer, scorer) if c}.values()),
-               "cache_hits": sum(c.hits for c in {id(c): c for c in (explainer, scorer) if c}.values()),
-               "seconds": round(time.monotonic() - started, 1)}
+    backends = [b for b in (explainer, scorer if scorer is not explainer else None) if b is not None]
+    summary = {"path": str(path), "n": len(rows), "calls": sum(b.calls for b in backends),
+               "cache_hits": sum(b.hits for b in backends), "seconds": round(time.monotonic() - started, 1)}
     for key in ("detection_auc", "fuzzing_auc"):
         values = [r[key] for r in rows if r.get(key) is not None]
         summary[f"mean_{key}"] = float(np.mean(values)) if values else None

@@ -54,7 +54,6 @@ def test_a_planted_feature_is_found_where_it_was_planted(setup):
     assert f.logits["top"][0][0] == word  # the unembedding direction of the token promotes the token
     # each context is the window of the document around the activating token
     e = f.examples[0]
-    ids, mask = s["toks"]["input_ids"][:], s["toks"]["attention_mask"][:].astype(bool)
     text = s["lm"].tokenizer.decode([t for t in e.token_ids if t >= 0])
     assert word in text and len(e.tokens) == 16 + 1 + 4
     # quantile bins: the planted latent has one value (its token's embedding), so every bin is that value
