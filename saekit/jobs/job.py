@@ -111,16 +111,14 @@ class Job:
         import pandas as pd
 
         row = self._load()
-        if row.active:
-            rows = self._sync_log().metric_rows()
-        else:
-            rows = registry.get_metrics(self.workspace, self.id) or LogState().update(
-                read_all(events_path(self.workspace, self.id))).metric_rows()
-        frame = pd.DataFrame(rows, columns=["step", "name", "value"])
+        frame = None if row.active else registry.metric_frame(self.workspace, self.id)
+        if frame is None or frame.empty:  # a running job, or one whose metrics are only in its log
+            state = self._sync_log() if row.active else LogState().update(read_all(events_path(self.workspace, self.id)))
+            frame = pd.DataFrame(state.metric_rows(), columns=["step", "name", "value"])
         if frame.empty:
             return pd.DataFrame(index=pd.Index([], name="step"))
-        return frame.pivot_table(index="step", columns="name", values="value", aggfunc="last").rename_axis(
-            columns=None)
+        frame = frame.drop_duplicates(["step", "name"], keep="last")
+        return frame.pivot(index="step", columns="name", values="value").rename_axis(columns=None)
 
     # -- waiting and results -----------------------------------------------------------------------
     def wait(self, timeout: float | None = None, *, progress: bool | None = None, poll: float = 0.05) -> "Job":

@@ -220,9 +220,30 @@ def job_ids(ws: Workspace) -> list[str]:
         return [r["id"] for r in tx.rows("SELECT id FROM jobs")]
 
 
-def get_metrics(ws: Workspace, job_id: str) -> list[tuple[int, str, float]]:
+def get_jobs(ws: Workspace, job_ids: Sequence[str]) -> list[JobRecord]:
+    """The full rows of several jobs in one transaction, in the order asked (unknown ids are left out)."""
+    if not job_ids:
+        return []
     with transaction(ws) as tx:
-        return [
-            (r["step"], r["name"], r["value"])
-            for r in tx.rows("SELECT step, name, value FROM metrics WHERE job_id = ? ORDER BY step, name", [job_id])
-        ]
+        found = {r["id"]: r for r in tx.rows("SELECT * FROM jobs WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+                                             [list(job_ids)])}
+    return [JobRecord.from_row(found[i]) for i in job_ids if i in found]
+
+
+def get_metrics(ws: Workspace, job_id: str) -> list[tuple[int, str, float]]:
+    """One job's compacted metrics as ``(step, name, value)`` rows, ordered by step and name."""
+    frame = metric_frame(ws, job_id)
+    return list(zip(frame["step"].tolist(), frame["name"].tolist(), frame["value"].tolist()))
+
+
+def metric_frame(ws: Workspace, job_ids: str | Sequence[str], names: Sequence[str] | None = None):
+    """The compacted metrics of one job or several as a long pandas DataFrame (``job_id, step, name, value``),
+    ordered by job, step and name; ``names`` keeps only those metrics (``sae0/fvu`` matches ``fvu``)."""
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    sql = "SELECT job_id, step, name, value FROM metrics WHERE job_id IN (SELECT unnest(?::VARCHAR[]))"
+    params: list = [ids]
+    if names is not None:
+        sql += " AND (name IN (SELECT unnest(?::VARCHAR[])) OR regexp_extract(name, '[^/]*$') IN (SELECT unnest(?::VARCHAR[])))"
+        params += [list(names), list(names)]
+    with transaction(ws) as tx:
+        return tx.execute(sql + " ORDER BY job_id, step, name", params).df()

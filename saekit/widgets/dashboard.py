@@ -71,13 +71,18 @@ class Dashboard(SnapshotWidget):
                 "cpu_percent": resources.get("cpu_percent"), "rss": resources.get("rss"),
                 "gpu_memory": resources.get("gpu_memory"), "worker_pid": row.worker_pid}
 
-    def _recent_row(self, row) -> dict:
-        if row.id not in self._results:  # finished rows never change: read their final metrics once
-            from saekit import registry
-            from saekit.eventlog import LogState, events_path, read_last
+    def _read_results(self, rows) -> None:
+        """Final metrics of finished rows not seen yet (they never change): train results in one registry read."""
+        from saekit import registry
+        from saekit.eventlog import LogState, events_path, read_last
 
-            full = registry.get_job(self.workspace, row.id) if row.kind == "train" else row
-            self._results[row.id] = _final_metrics(full, LogState().update(read_last(events_path(self.workspace, row.id))))
+        new = [r for r in rows if r.id not in self._results]
+        full = {r.id: r for r in registry.get_jobs(self.workspace, [r.id for r in new if r.kind == "train"])}
+        for row in new:
+            self._results[row.id] = _final_metrics(full.get(row.id, row),
+                                                   LogState().update(read_last(events_path(self.workspace, row.id))))
+
+    def _recent_row(self, row) -> dict:
         return {"id": row.id, "kind": row.kind, "name": row.name, "status": str(row.status),
                 "error_type": row.error_type if row.status == "failed" else None,
                 "finished_at": epoch_seconds(row.finished_at),
@@ -98,7 +103,9 @@ class Dashboard(SnapshotWidget):
             self._read_at = now
             self._rows = [refresh(self.workspace, r) for r in registry.list_jobs(self.workspace, limit=200)]
         active = [self._active_row(r, now) for r in self._rows if r.active]
-        recent = [self._recent_row(r) for r in self._rows if not r.active][:RECENT]
+        finished = [r for r in self._rows if not r.active][:RECENT]
+        self._read_results(finished)
+        recent = [self._recent_row(r) for r in finished]
         with self.hold_sync():
             if active != self.active:
                 self.active = active
@@ -163,6 +170,37 @@ def differing(settings: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
 
 
+class _Recorded:
+    """A finished job's metrics as the registry holds them, in the shape of a log feed (it never changes)."""
+
+    records: list = []
+
+    def __init__(self, state):
+        self.state = state
+
+    def read(self, now: float | None = None) -> bool:
+        return False
+
+
+def _recorded_states(ws: Workspace, jobs, metric: str) -> dict:
+    """For each finished job whose metrics are in the registry: a feed of them (``metric`` and the table's)."""
+    from saekit import registry
+    from saekit.eventlog import LogState
+
+    rows = {j.id: j._row or j._load() for j in jobs}  # the rows Compare has just read
+    finished = {job_id: row for job_id, row in rows.items() if not row.active}
+    if not finished:
+        return {}
+    frame = registry.metric_frame(ws, list(finished), names=sorted({metric, "loss", "fvu", "l0"}))
+    out = {}
+    for job_id, rows in frame.groupby("job_id", sort=False):
+        records = [{"t": "metric", "step": int(step), "values": dict(zip(group["name"], group["value"]))}
+                   for step, group in rows.groupby("step", sort=True)]
+        records.append({"t": "end", "status": str(finished[job_id].status)})
+        out[job_id] = _Recorded(LogState().update(records))
+    return out
+
+
 class Compare(SnapshotWidget):
     """One chart overlaying ``metric`` of several jobs (``metric="progress"``: percent over elapsed seconds),
     and a table of each run's final values and the settings that differ."""
@@ -180,9 +218,15 @@ class Compare(SnapshotWidget):
         from saekit.errors import ConfigError
         from saekit.jobs.job import Job, get_job
 
+        from saekit import registry
+        from saekit.eventlog import events_path, read_all
+
         super().__init__(**kwargs)
         self.workspace = as_workspace(workspace)
-        self.jobs = [j if isinstance(j, Job) else get_job(j, self.workspace) for j in jobs]
+        ids = [j for j in jobs if not isinstance(j, Job)]
+        rows = {r.id: r for r in registry.get_jobs(self.workspace, ids)}  # one registry read for all of them
+        self.jobs = [j if isinstance(j, Job) else Job(j, self.workspace, _row=rows[j]) if j in rows
+                     else get_job(j, self.workspace) for j in jobs]
         if not self.jobs:
             raise ConfigError("compare needs at least one job (handles or ids)")
         if names is not None and len(names) != len(self.jobs):
@@ -192,14 +236,18 @@ class Compare(SnapshotWidget):
         self._progress: dict[str, list[list[float]]] = {j.id: [] for j in self.jobs}
         self._starts: dict[str, float] = {}
         self._labels = self._make_labels(names)
-        from saekit.eventlog import events_path, read_all
-
+        # finished runs never change: their metrics come from the registry in one query, not from their logs
+        self._recorded = {} if metric == "progress" else _recorded_states(self.workspace, self.jobs, metric)
         for job in self.jobs:  # the history so far
-            self._add_progress(job.id, read_all(events_path(job.workspace, job.id)))
-            self._poller.feed(job.workspace, job.id).read()
+            if metric == "progress":
+                self._add_progress(job.id, read_all(events_path(job.workspace, job.id)))
+            self._feed(job).read()
         self.poll()
-        if any(self._poller.feed(j.workspace, j.id).state.end is None for j in self.jobs):
+        if any(self._feed(j).state.end is None for j in self.jobs):
             poller.add(self)
+
+    def _feed(self, job):
+        return self._recorded.get(job.id) or self._poller.feed(job.workspace, job.id)
 
     def _make_labels(self, names: list[str] | None) -> dict[tuple[str, int], str]:
         """(job id, SAE index) -> label: the given name or the job's, and the settings that differ."""
@@ -235,7 +283,7 @@ class Compare(SnapshotWidget):
         rows = []
         ended = True
         for job in self.jobs:
-            feed = self._poller.feed(job.workspace, job.id)
+            feed = self._feed(job)
             if feed.read(now):
                 self._add_progress(job.id, feed.records)
             ended &= feed.state.end is not None
