@@ -193,9 +193,9 @@ def _recorded_states(ws: Workspace, jobs, metric: str) -> dict:
         return {}
     frame = registry.metric_frame(ws, list(finished), names=sorted({metric, "loss", "fvu", "l0"}))
     out = {}
-    for job_id, rows in frame.groupby("job_id", sort=False):
+    for job_id, metrics in frame.groupby("job_id", sort=False):
         records = [{"t": "metric", "step": int(step), "values": dict(zip(group["name"], group["value"]))}
-                   for step, group in rows.groupby("step", sort=True)]
+                   for step, group in metrics.groupby("step", sort=True)]
         records.append({"t": "end", "status": str(finished[job_id].status)})
         out[job_id] = _Recorded(LogState().update(records))
     return out
