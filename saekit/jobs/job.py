@@ -117,7 +117,6 @@ class Job:
             frame = pd.DataFrame(state.metric_rows(), columns=["step", "name", "value"])
         if frame.empty:
             return pd.DataFrame(index=pd.Index([], name="step"))
-        frame = frame.drop_duplicates(["step", "name"], keep="last")
         return frame.pivot(index="step", columns="name", values="value").rename_axis(columns=None)
 
     # -- waiting and results -----------------------------------------------------------------------

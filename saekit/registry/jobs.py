@@ -243,7 +243,7 @@ def metric_frame(ws: Workspace, job_ids: str | Sequence[str], names: Sequence[st
     sql = "SELECT job_id, step, name, value FROM metrics WHERE job_id IN (SELECT unnest(?::VARCHAR[]))"
     params: list = [ids]
     if names is not None:
-        sql += " AND (name IN (SELECT unnest(?::VARCHAR[])) OR regexp_extract(name, '[^/]*$') IN (SELECT unnest(?::VARCHAR[])))"
-        params += [list(names), list(names)]
+        sql += " AND regexp_extract(name, '[^/]*$') IN (SELECT unnest(?::VARCHAR[]))"  # the name after any saeN/
+        params.append(list(names))
     with transaction(ws) as tx:
         return tx.execute(sql + " ORDER BY job_id, step, name", params).df()
