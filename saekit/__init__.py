@@ -57,6 +57,10 @@ _LAZY = {
     "SystemMonitor": ("saekit.widgets.system_widget", "SystemMonitor"),
     "dashboard": ("saekit.widgets.dashboard", "dashboard"),
     "compare": ("saekit.widgets.dashboard", "compare"),
+    "runs": ("saekit.jobs.runs", "runs"),
+    "export": ("saekit.jobs.portable", "export"),
+    "import_jobs": ("saekit.jobs.portable", "import_jobs"),
+    "RetentionPolicy": ("saekit.workspace", "RetentionPolicy"),
 }
 
 __all__ = sorted([

@@ -1,19 +1,18 @@
-"""The ``saekit`` command: jobs, show, cancel, resume, delete, gc, worker and demo."""
+"""The ``saekit`` command: jobs, show, cancel, resume, delete, gc, export, import, backup, worker and demo."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
 import time
 
 from saekit import registry
-from saekit._fs import remove
 from saekit.errors import SaekitError
 from saekit.jobs import get_job, list_jobs
 from saekit.jobs.events import LogState, read_all
-from saekit.jobs.gc import orphan_files
 from saekit.jobs.lifecycle import events_path, log_tail, refresh
 from saekit.jobs.textbar import render_log
 from saekit.workspace import Workspace
@@ -133,7 +132,10 @@ def cmd_delete(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    """Record the end of jobs whose workers are gone, and list (or delete) files no job owns."""
+    """Record the end of jobs whose workers are gone; plan (or, with --delete, free) what the retention policy
+    and orphan files allow."""
+    from saekit.jobs.retention import _human, collect
+
     ws = _ws(args)
     if args.rebuild:
         print(f"rebuilt {ws.registry_path} from the event logs: {registry.rebuild_registry(ws)}")
@@ -143,12 +145,46 @@ def cmd_gc(args) -> int:
         if fresh.status != row.status:
             reaped += 1
             print(f"reaped {row.id}: {row.status} -> {fresh.status} ({fresh.error_type or ''})")
-    orphans = orphan_files(ws)
-    for path in orphans:
-        print(f"orphan {path}")
-        if args.delete:
-            remove(path)
-    print(f"{reaped} stale job(s) reaped, {len(orphans)} orphan file(s){' deleted' if args.delete else ''}")
+    changes = {name: getattr(args, name) for name in ("events_days", "reduce_events_days", "worker_logs_days")
+               if getattr(args, name) is not None}
+    if args.keep_checkpoints:
+        changes["checkpoints"] = False
+    policy = dataclasses.replace(ws.retention(), **changes)
+    plan = collect(ws, policy)
+    for line in plan.lines():
+        print(line)
+    print(f"policy: {', '.join(f'{k}={v}' for k, v in policy.to_dict().items())}")
+    summary = ", ".join(f"{a}: {s['count']} ({_human(s['bytes'])})" for a, s in plan.summary().items()) or "nothing to free"
+    if args.delete:
+        freed = plan.apply()
+        print(f"{reaped} stale job(s) reaped; freed {_human(sum(freed.values()))} ({summary})")
+    else:
+        print(f"{reaped} stale job(s) reaped; would free {_human(plan.bytes)} ({summary}); --delete frees it")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from saekit.jobs.portable import export
+
+    path = export(args.job_ids, args.to, inputs=not args.only, workspace=_ws(args))
+    print(f"exported to {path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from saekit.jobs.portable import import_jobs
+
+    ids = import_jobs(args.bundle, workspace=_ws(args))
+    print(f"imported {len(ids)} job(s): {' '.join(ids)}")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from saekit.registry.history import backup_registry
+
+    ws = _ws(args)
+    target = args.to or ws.path / "backups" / f"registry-{time.strftime('%Y%m%d-%H%M%S')}.duckdb"
+    print(f"backed up {ws.registry_path} to {backup_registry(ws, target)}")
     return 0
 
 
@@ -198,11 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("gc", help="reap jobs whose workers are gone; list files no job owns")
-    p.add_argument("--delete", action="store_true", help="delete the orphan files too")
+    p = sub.add_parser("gc", help="reap jobs whose workers are gone; show (or free) what retention and orphans allow")
+    p.add_argument("--delete", action="store_true", help="free it: compact logs, delete old worker logs, "
+                                                          "leftover checkpoints and orphan files")
+    p.add_argument("--events-days", type=float, help="compact event logs of jobs finished this many days ago")
+    p.add_argument("--reduce-events-days", type=float,
+                   help="reduce event logs to submit/start/end (metrics kept in metrics.parquet) after this many days")
+    p.add_argument("--worker-logs-days", type=float, help="delete worker logs after this many days")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep leftover checkpoints of completed runs")
     p.add_argument("--rebuild", action="store_true",
                    help="move a damaged registry.duckdb aside and rebuild the job catalog from the event logs")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("export", help="write finished jobs with their files into a bundle folder or .tar(.gz)")
+    p.add_argument("job_ids", nargs="+")
+    p.add_argument("--to", required=True, help="a new folder, or a file ending in .tar or .tar.gz")
+    p.add_argument("--only", action="store_true", help="leave out the jobs they were made from")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="bring an exported bundle's jobs into this workspace")
+    p.add_argument("bundle")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("backup", help="copy the registry consistently, also while jobs run")
+    p.add_argument("--to", default=None, help="the copy's file name (default: <workspace>/backups/registry-<time>.duckdb)")
+    p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("worker", help="run a queued job in this process (what background workers do)")
     p.add_argument("job_id")

@@ -5,12 +5,79 @@ Calling this module returns the current workspace: ``saekit.workspace()`` is ``s
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from saekit.errors import WorkspaceError
+from saekit.errors import ConfigError, WorkspaceError
 
 DEFAULT_PATH = "./saekit-workspace"
+CONFIG_FILE = "saekit.json"  # the workspace's own settings (its retention policy)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What ``saekit gc`` may remove from finished jobs; ages count from a job's end. None: never.
+
+    Nothing a finished job's result or ``metrics()`` needs is ever removed: metrics stay in the registry
+    (and beside a reduced log, for a rebuild), results, stores, SAEs and analyses are never touched.
+    Each field can be overridden by ``SAEKIT_RETENTION_<FIELD>`` (a number, ``none``, or for
+    ``checkpoints`` true/false).
+    """
+
+    events_days: float | None = 90
+    """Compact the event log: drop heartbeats, resource samples and all but the last progress line."""
+    reduce_events_days: float | None = None
+    """Reduce the event log to its submit, start and end records; metrics move to ``metrics.parquet`` beside it."""
+    worker_logs_days: float | None = 30
+    """Delete the background worker's stdout/stderr file ``logs/<id>.log``."""
+    checkpoints: bool = True
+    """Delete the checkpoints (``step_N/``) left beside a completed run's ``final/``."""
+
+    def __post_init__(self):
+        for name in ("events_days", "reduce_events_days", "worker_logs_days"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ConfigError(f"RetentionPolicy.{name}={value!r} must be a number of days >= 0, or None (never)")
+        if not isinstance(self.checkpoints, bool):
+            raise ConfigError(f"RetentionPolicy.checkpoints={self.checkpoints!r} must be True or False")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RetentionPolicy":
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown retention setting(s) {unknown}; known: "
+                              f"{[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**values)
+
+    @classmethod
+    def strictest(cls) -> "RetentionPolicy":
+        """Everything removable, at once (what the retention test runs)."""
+        return cls(events_days=0, reduce_events_days=0, worker_logs_days=0, checkpoints=True)
+
+
+def _env_overrides() -> dict:
+    out = {}
+    for field in dataclasses.fields(RetentionPolicy):
+        raw = os.environ.get(f"SAEKIT_RETENTION_{field.name.upper()}")
+        if raw is None or raw == "":
+            continue
+        if field.name == "checkpoints":
+            out[field.name] = raw.strip().lower() not in ("0", "false", "no", "off")
+        elif raw.strip().lower() in ("none", "never"):
+            out[field.name] = None
+        else:
+            try:
+                out[field.name] = float(raw)
+            except ValueError:
+                raise ConfigError(f"SAEKIT_RETENTION_{field.name.upper()}={raw!r} is not a number of days; "
+                                  "give a number, or none") from None
+    return out
 
 
 class Workspace:
@@ -45,6 +112,34 @@ class Workspace:
 
     def log_path(self, job_id: str) -> Path:
         return self.path / "logs" / f"{job_id}.log"
+
+    # -- settings --------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def _config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ConfigError(f"{str(self.config_path)!r} is not valid JSON ({exc}); fix or delete it") from None
+
+    def retention(self, **changes) -> RetentionPolicy:
+        """The workspace's retention policy; keyword arguments change it and save it in ``saekit.json``
+        (``ws.retention(events_days=30)``). Environment variables ``SAEKIT_RETENTION_<FIELD>`` override the file."""
+        config = self._config()
+        saved = RetentionPolicy.from_dict(config.get("retention", {}))
+        if changes:
+            RetentionPolicy.from_dict(changes)  # names and values checked
+            saved = dataclasses.replace(saved, **changes)
+            config["retention"] = saved.to_dict()
+            self.dir()
+            staged = self.config_path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
+            staged.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            os.replace(staged, self.config_path)
+        return dataclasses.replace(saved, **_env_overrides())
 
     # -- creation ------------------------------------------------------------------------------
     def dir(self, *parts: str) -> Path:

@@ -1,7 +1,8 @@
 """What ``saekit gc`` finds: files in the workspace that no job owns.
 
 Each job kind declares the workspace folders its outputs live in (``output_dirs``) and, per job, the
-paths it made (``outputs``); an entry of a declared folder that no job claims is an orphan (a store of a
+paths it made (``outputs``); a job also claims the workspace paths its spec names (an SAE saved for an
+analysis). An entry of a declared folder that no job claims is an orphan (a store of a
 deleted job, a half-written folder whose writer died). The jobs layer's own folders, ``jobs/`` and
 ``logs/``, hold one entry per job id. Nothing here knows the layout of a layer above.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -31,6 +33,15 @@ def _being_written(path: Path) -> bool:
     return bool(match) and psutil.pid_exists(int(match.group(1)))
 
 
+def spec_paths(ws: Workspace, spec) -> list[str]:
+    """The strings anywhere in a spec that are paths inside the workspace."""
+    if isinstance(spec, dict):
+        return [p for value in spec.values() for p in spec_paths(ws, value)]
+    if isinstance(spec, list):
+        return [p for value in spec for p in spec_paths(ws, value)]
+    return [spec] if isinstance(spec, str) and spec.startswith(str(ws.path) + os.sep) else []
+
+
 def orphan_files(ws: Workspace) -> list[Path]:
     """Paths in the workspace that no job owns, sorted."""
     rows = registry.list_jobs(ws, with_spec=True)
@@ -44,6 +55,12 @@ def orphan_files(ws: Workspace) -> list[Path]:
             continue
         if kind.outputs is not None:
             claimed |= {str(Path(p)) for p in kind.outputs(ws, row) if "://" not in str(p)}
+    for row in rows:  # what a spec names inside the workspace (an SAE saved for an analysis) and its folders
+        for text in spec_paths(ws, row.spec_dict):
+            for path in [Path(text), *Path(text).parents]:
+                if path == ws.path:
+                    break
+                claimed.add(str(path))
     builtin_kinds()  # their modules declare their folders
     orphans: list[Path] = []
     for folder in ("jobs", "logs"):

@@ -38,18 +38,21 @@ class JobKind:
     outputs: Callable[[Any, Any], list] | None = None  # (workspace, job record) -> paths that job.delete() removes
     output_dirs: tuple[tuple[str, str | None], ...] = ()  # workspace folders holding its outputs, for `saekit gc`
     volatile: tuple[str, ...] = ()  # spec fields that do not change the result (left out of the key)
+    disposable: Callable[[Any, Any], list] | None = None  # (workspace, completed job) -> paths retention may delete
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
-             volatile: tuple[str, ...] = ()):
+             volatile: tuple[str, ...] = (), disposable=None):
     """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
     ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
     ``output_dirs`` maps the workspace folders those live in to a glob of entries there that belong
     to no job (e.g. ``{"activations": "array-*"}``), so ``saekit gc`` can tell orphans apart.
+    ``disposable(workspace, job)`` lists files of a completed job that nothing needs any more (a run's
+    leftover checkpoints), which retention deletes.
     A background worker finds the kind by importing the same module, so define it in a module (see
     ``saekit._trust`` for how the worker learns of it).
     """
@@ -62,6 +65,7 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
         _KINDS[name] = JobKind(
             name=name, fn=fn, module=module, validate=validate, load_result=load_result, outputs=outputs,
             output_dirs=tuple((output_dirs or {}).items()), volatile=tuple(volatile),
+            disposable=disposable,
         )
         note_registration(module)
         return fn

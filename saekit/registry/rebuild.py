@@ -1,7 +1,7 @@
 """Rebuilding the job catalog from the event logs (``jobs/*/events.jsonl``), which are the truth.
 
 Each log's ``submit`` records give a job's identity (kind, key, name, spec) and attempts, its ``start``
-and ``end`` records its state, its ``metric`` records its compacted metrics. A job whose log holds no
+and ``end`` records its state, its ``metric`` records its compacted metrics (or, once retention reduced the log, its ``metrics.parquet``). A job whose log holds no
 ``submit`` record (written by saekit 0.1) cannot be rebuilt and is reported. Feature labels come back from
 each analysis' ``labels.jsonl`` journal; templates live only in the registry and are lost with it (the
 report says so).
@@ -16,6 +16,25 @@ import json
 from saekit.eventlog import LogState, events_path, read_all
 from saekit.registry.labels import COLUMNS as LABEL_COLUMNS, read_journal
 from saekit.workspace import Workspace
+
+
+METRICS_FILE = "metrics.parquet"  # beside a reduced event log (retention): the job's metrics, no longer in the log
+
+
+def _quoted(path) -> str:
+    return str(path).replace("'", "''")
+
+
+def read_metrics_file(path) -> list[tuple[int, str, float]]:
+    """The ``(step, name, value)`` rows of a job's ``metrics.parquet`` (read without the registry)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        return [tuple(r) for r in con.execute(f"SELECT step, name, value FROM read_parquet('{_quoted(path)}') "
+                                              "ORDER BY step, name").fetchall()]
+    finally:
+        con.close()
 
 
 def _timestamp(epoch: float | None) -> dt.datetime | None:
@@ -70,7 +89,8 @@ def rebuild_into(con, ws: Workspace) -> str:
             unrecoverable.append(folder.name)
             continue
         rows.append(found[0])
-        metrics += [(folder.name, *m) for m in found[1]]
+        kept = folder / METRICS_FILE
+        metrics += [(folder.name, *m) for m in (read_metrics_file(kept) if kept.exists() else found[1])]
     active_keys = set()
     for row in sorted(rows, key=lambda r: r["created_at"] or dt.datetime.min, reverse=True):
         active = row["status"] in ("queued", "running")

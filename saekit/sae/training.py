@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -224,7 +225,13 @@ def _outputs(ws: Workspace, row: dict) -> list[str]:
     return [str(ws.path / "saes" / row.id)]
 
 
-@job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None})
+def _disposable(ws: Workspace, row) -> list[Path]:
+    """Checkpoints left beside a completed run's final/ (their removal after the end was cut short)."""
+    folder = ws.path / "saes" / row.id
+    return sorted(p for p in folder.glob("step_*") if p.is_dir()) if (folder / "final").is_dir() else []
+
+
+@job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None}, disposable=_disposable)
 def run_train(ctx, spec: dict) -> dict | None:
     tc = TrainConfig.from_dict(spec["train"])
     configs = [SAEConfig.from_dict(c) for c in spec["saes"]]
