@@ -12,7 +12,7 @@ INTEROP_STAMP := $(INTEROP)/.installed
 
 COVERAGE := $(BIN)/python -m coverage
 
-.PHONY: demo test coverage test-quick test-plain bench clean interop-env
+.PHONY: demo test coverage test-quick test-plain bench clean interop-env lock audit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ $(INTEROP_STAMP):
 	touch $(INTEROP_STAMP)
 
 interop-env: $(INTEROP_STAMP)
+
+# requirements.lock: every package of the test environment at its installed version (torch without its +cpu tag)
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^saekit' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' \
+		| sort -f > requirements.lock
+
+# fails on a locked package with a known vulnerability that has a fixed release (see tools/audit.py)
+audit: $(STAMP)
+	$(BIN)/python tools/audit.py --lock requirements.lock
 
 clean:
 	rm -rf $(VENV) $(INTEROP) saekit-workspace *.egg-info .coverage .coverage.*
