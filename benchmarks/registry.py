@@ -285,7 +285,8 @@ def _history_workspace(ws: Workspace, runs: int, big_rows: int, steps: int = 20)
         writer.write({"t": "start", "attempt": 1, "pid": 1000 + i, "host": "bench", "time": ended - 119})
         for n in range(24):  # two minutes of a worker's life: heartbeats, resource samples, progress
             writer.write({"t": "heartbeat", "time": ended - 118 + 5 * n})
-            writer.write({"t": "resources", "cpu_percent": 180.0, "rss_bytes": 2**30, "gpu": [], "time": ended - 118 + 5 * n})
+            writer.write({"t": "resources", "cpu_percent": 180.0, "rss": 2**30, "gpu_memory": None, "gpu_utilization": None,
+                          "gpus": [], "time": ended - 118 + 5 * n})
             writer.write({"t": "progress", "done": n * 10, "total": 244, "unit": "steps", "phase": "training",
                           "time": ended - 118 + 5 * n})
         for step in range(steps if job_id != "train-big" else 0):

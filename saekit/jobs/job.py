@@ -110,14 +110,19 @@ class Job:
         """Metrics as a pandas DataFrame: one row per step, one column per metric."""
         import pandas as pd
 
-        row = self._load()
-        frame = None if row.active else registry.metric_frame(self.workspace, self.id)
+        found = registry.metric_table(self.workspace, self.id)  # a finished job: one registry read
+        if found is None:
+            raise _not_found(self.workspace, self.id)
+        frame = found[1]
         if frame is None or frame.empty:  # a running job, or one whose metrics are only in its log
+            row = self._load()
             state = self._sync_log() if row.active else LogState().update(read_all(events_path(self.workspace, self.id)))
-            frame = pd.DataFrame(state.metric_rows(), columns=["step", "name", "value"])
-        if frame.empty:
-            return pd.DataFrame(index=pd.Index([], name="step"))
-        return frame.pivot(index="step", columns="name", values="value").rename_axis(columns=None)
+            rows = state.metric_rows()
+            if not rows:
+                return pd.DataFrame(index=pd.Index([], name="step"))
+            frame = pd.DataFrame(rows, columns=["step", "name", "value"])
+            return frame.pivot(index="step", columns="name", values="value").rename_axis(columns=None)
+        return frame
 
     # -- waiting and results -----------------------------------------------------------------------
     def wait(self, timeout: float | None = None, *, progress: bool | None = None, poll: float = 0.05) -> "Job":

@@ -242,6 +242,23 @@ def get_metrics(ws: Workspace, job_id: str) -> list[tuple[int, str, float]]:
     return list(zip(frame["step"].tolist(), frame["name"].tolist(), frame["value"].tolist()))
 
 
+def metric_table(ws: Workspace, job_id: str):
+    """``(status, metrics)`` of one job in one transaction; ``metrics`` is a wide pandas DataFrame (index ``step``,
+    a column per metric, sorted by name) for a finished job, None for an active one. None when no such job.
+    The pivot runs in DuckDB: a million metric rows cost one pass, not a long DataFrame."""
+    with transaction(ws) as tx:
+        row = tx.one("SELECT status FROM jobs WHERE id = ?", [job_id])
+        if row is None:
+            return None
+        if row["status"] in ACTIVE_STATES:
+            return row["status"], None
+        names = [r["name"] for r in tx.rows("SELECT DISTINCT name FROM metrics WHERE job_id = ? ORDER BY name", [job_id])]
+        columns = "".join(f", first(value) FILTER (WHERE name = ?) AS \"{n.replace(chr(34), chr(34) * 2)}\"" for n in names)
+        frame = tx.execute(f"SELECT step{columns} FROM metrics WHERE job_id = ? GROUP BY step ORDER BY step",
+                           [*names, job_id]).df()
+    return row["status"], frame.set_index("step").rename_axis(columns=None)
+
+
 def metric_frame(ws: Workspace, job_ids: str | Sequence[str], names: Sequence[str] | None = None):
     """The compacted metrics of one job or several as a long pandas DataFrame (``job_id, step, name, value``),
     ordered by job, step and name; ``names`` keeps only those metrics (``sae0/fvu`` matches ``fvu``)."""
