@@ -1,6 +1,6 @@
 """SAE training benchmark; prints JSON.
 
-    python benchmarks/train.py [--steps 30] [--repeats 2] [--d-in 512] [--d-sae 8192] [--k 32] [--batch 4096]
+    python benchmarks/train.py [--steps 30] [--repeats 2] [--d-in 512] [--d-sae 8192] [--k 32] [--batch 4096] [--s3]
 
 In one run, alternating, each in a fresh process (so peak RSS is its own): ``sk.train`` on an in-memory
 activation store (a workspace on /dev/shm) vs a minimal hand-written PyTorch TopK loop of the same shapes
@@ -10,7 +10,9 @@ tokens/s is also reported as a fraction of that bound. ``sk.train``'s steady tok
 its logged intervals after the first; its end-to-end figure includes setup (decoder-bias geometric
 median, the held-out evaluation, saving). The store (128 MiB) is read into memory once, as ``sk.train`` does
 by default for stores up to 1 GiB; ``--streamed`` adds a run streaming it (``TrainConfig(preload=False)``),
-``--bf16`` one with ``encoder_dtype="bfloat16"``. When a Python with EleutherAI's sparsify is at hand
+``--bf16`` one with ``encoder_dtype="bfloat16"``, ``--s3`` one streaming the same store from S3 (a copy on moto's
+S3 server on loopback, reached through the standard AWS environment) beside one streaming it from local disk, with
+the fraction of step time spent waiting for data (the ``data_wait_fraction`` metric) and the held-out FVU of each. When a Python with EleutherAI's sparsify is at hand
 (``make interop-env``, or ``--peer-python``) its SparseCoder trains the same shapes in the same run, and the
 ratio to it is printed; without one, no ratio to it is.
 """
@@ -119,6 +121,25 @@ def _peer_python(requested: str | None) -> str | None:
     return None
 
 
+def _on_s3(store, ws):
+    """A copy of ``store`` on a loopback S3 server (moto's server mode), as an ActivationStore."""
+    import boto3
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    import saekit as sk
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    boto3.client("s3").create_bucket(Bucket="bench")
+    fs = fsspec.filesystem("s3")
+    fs.put(store.location, "bench/store.zarr", recursive=True)
+    return sk.ActivationStore("s3://bench/store.zarr", ws)
+
+
 def run_saekit(args) -> dict:
     import logging
 
@@ -129,6 +150,8 @@ def run_saekit(args) -> dict:
     with tempfile.TemporaryDirectory(dir=root) as folder:
         ws = sk.Workspace(folder)
         store = sk.ActivationStore.from_array(_data(args), "bench", workspace=ws)
+        if args.s3_store:
+            store = _on_s3(store, ws)
         steps = args.warmup + args.steps
         config = sk.SAEConfig(arch="topk", d_sae=args.d_sae, k=args.k, encoder_dtype=args.encoder_dtype)
         tc = sk.TrainConfig(total_tokens=steps * args.batch, batch_size=args.batch, lr=1e-4, log_every=args.warmup,
@@ -138,8 +161,11 @@ def run_saekit(args) -> dict:
         job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws)
         job.result()
         seconds = time.perf_counter() - start
-        rates = job.metrics()["tokens_per_s"].dropna().to_numpy()[1:]
+        metrics = job.metrics()
+        rates = metrics["tokens_per_s"].dropna().to_numpy()[1:]
+        waits = metrics["data_wait_fraction"].dropna().to_numpy()[1:]
         return {"tokens_per_s": float(statistics.median(rates)), "end_to_end_tokens_per_s": steps * args.batch / seconds,
+                "data_wait_fraction": float(statistics.median(waits)),
                 "held_out_fvu": job.info()["result"]["saes"][0]["eval"]["fvu"]}
 
 
@@ -163,6 +189,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also run sk.train with encoder_dtype='bfloat16'")
     parser.add_argument("--streamed", action="store_true",
                         help="also run sk.train streaming the store (preload=False) instead of reading it in once")
+    parser.add_argument("--s3", action="store_true",
+                        help="also stream the store from S3 (moto's server on loopback) and from local disk")
+    parser.add_argument("--s3-store", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--encoder-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--stream-store", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer-python", default=None,
@@ -177,13 +206,16 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"hand": [], "saekit": []}
     if args.bf16:
         runs["saekit_bf16"] = []
-    if args.streamed:
+    if args.streamed or args.s3:
         runs["saekit_streamed"] = []
+    if args.s3:
+        runs["saekit_s3"] = []
     peer = _peer_python(args.peer_python)
     if peer:
         runs["sparsify"] = []
     children = {"saekit_bf16": ["--child", "saekit", "--encoder-dtype", "bfloat16"],
-                "saekit_streamed": ["--child", "saekit", "--stream-store"]}
+                "saekit_streamed": ["--child", "saekit", "--stream-store"],
+                "saekit_s3": ["--child", "saekit", "--stream-store", "--s3-store"]}
     for _ in range(args.repeats):
         for name in runs:
             extra = children.get(name, ["--child", name])
@@ -202,7 +234,10 @@ def main() -> None:
         summary["saekit_over_sparsify"] = round(summary["saekit"]["tokens_per_s"] / summary["sparsify"]["tokens_per_s"], 2)
     else:
         summary["sparsify"] = "not installed (make interop-env, or --peer-python): no ratio to it"
-    if args.streamed:
+    if args.s3:  # the same store, streamed from S3 and from disk, in the same run
+        summary["s3_over_disk_streamed"] = round(summary["saekit_s3"]["tokens_per_s"] / summary["saekit_streamed"]["tokens_per_s"], 2)
+        summary["s3_fvu_equals_disk_fvu"] = summary["saekit_s3"]["held_out_fvu"] == summary["saekit_streamed"]["held_out_fvu"]
+    if args.streamed or args.s3:
         summary["preloaded_over_streamed"] = round(summary["saekit"]["tokens_per_s"] / summary["saekit_streamed"]["tokens_per_s"], 2)
     if args.bf16:
         summary["bf16_over_fp32"] = round(summary["saekit_bf16"]["tokens_per_s"] / summary["saekit"]["tokens_per_s"], 2)

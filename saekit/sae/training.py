@@ -323,11 +323,15 @@ class _Trainer:
         batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state)
         local = tc.batch_size // group.world
         lo = group.rank * local
-        started, interval_start, interval_tokens = time.monotonic(), time.monotonic(), 0
+        started, interval_start, interval_tokens, waited = time.monotonic(), time.monotonic(), 0, 0.0
+        iterator = iter(batches)
         try:
-            for batch in batches:
-                if self.step >= total:
+            while self.step < total:
+                asked = time.monotonic()
+                batch = next(iterator, None)  # blocks only when the reader has not kept ahead
+                if batch is None:
                     break
+                waited += time.monotonic() - asked
                 x = batch.to(device=self.device, dtype=torch.float32)
                 if self.step == 0 and not ctx.resume_point:
                     self._initialise(x)
@@ -344,8 +348,9 @@ class _Trainer:
                 interval_tokens += tc.batch_size
                 if log_now:
                     now = time.monotonic()
-                    self._log(outputs, x, interval_tokens / max(now - interval_start, 1e-9))
-                    interval_start, interval_tokens = now, 0
+                    elapsed = max(now - interval_start, 1e-9)
+                    self._log(outputs, x, interval_tokens / elapsed, waited / elapsed)
+                    interval_start, interval_tokens, waited = now, 0, 0.0
                 if cancelled:
                     raise JobCancelled(f"job {ctx.job_id} was cancelled")
                 if group.rank == 0:
@@ -383,7 +388,8 @@ class _Trainer:
         run.sae.normalize_decoder()
         run.since_fired.add_(self.tc.batch_size).masked_fill_(fired > 0, 0)
 
-    def _log(self, outputs, x: torch.Tensor, tokens_per_s: float) -> None:
+    def _log(self, outputs, x: torch.Tensor, tokens_per_s: float, data_wait: float) -> None:
+        """The interval's metrics; ``data_wait`` is the fraction of its wall time spent waiting for batches."""
         values = {}
         for run, out in zip(self.runs, outputs):
             err = (out.x_hat - x).pow(2)
@@ -409,7 +415,8 @@ class _Trainer:
                     suggestion=f"lower lr (it was {run.lr:g}), then train again (force=True)")
             dead = float((run.since_fired >= self.tc.dead_after_tokens).float().mean())
             named = {"loss": loss, "mse": mse, "fvu": fvu, "l0": l0, "l1": l1, "dead_fraction": dead,
-                     "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s}
+                     "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s,
+                     "data_wait_fraction": data_wait}
             if "auxk" in out.extra:
                 named["auxk"] = auxk
             values.update({self._name(run, k): v for k, v in named.items()})
