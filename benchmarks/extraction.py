@@ -56,8 +56,6 @@ def measure(model_dir: str, gguf: str | None, corpus: Path, workspace: Path, n_t
     import torch
 
     import saekit as sk
-    from saekit.activations.extraction import _BlockReader
-
     sk.set_workspace(workspace)
     lm = sk.load_model(model_dir, gguf_file=gguf, device="cpu")
     store = sk.tokenize(sk.load_corpus(corpus), lm, context_length=128, background=False, progress=False).result()
@@ -65,13 +63,13 @@ def measure(model_dir: str, gguf: str | None, corpus: Path, workspace: Path, n_t
     n_seq = min(store.n_sequences, -(-n_tokens // (store.context_length - 8)) + batch_size)
 
     def bare() -> float:
-        reader = _BlockReader(store)
+        reader = store.reader()  # what extraction reads sequences with
         t = time.perf_counter()
         done = 0
         for lo in range(0, n_seq, batch_size):
             rows = reader.rows(lo, min(lo + batch_size, n_seq))
-            lm.run_with_cache(rows["input_ids"], [hook], attention_mask=rows["attention_mask"].astype(np.int64))
-            done += int(rows["attention_mask"].sum())
+            lm.run_with_cache(rows.input_ids, [hook], attention_mask=rows.mask.astype(np.int64))
+            done += int(rows.mask.sum())
             if done >= n_tokens:
                 break
         return time.perf_counter() - t

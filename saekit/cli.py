@@ -134,7 +134,8 @@ def cmd_delete(args) -> int:
 def cmd_gc(args) -> int:
     """Record the end of jobs whose workers are gone; plan (or, with --delete, free) what the retention policy
     and orphan files allow."""
-    from saekit.jobs.retention import _human, collect
+    from saekit._fs import format_bytes
+    from saekit.jobs.retention import collect
 
     ws = _ws(args)
     if args.rebuild:
@@ -154,12 +155,12 @@ def cmd_gc(args) -> int:
     for line in plan.lines():
         print(line)
     print(f"policy: {', '.join(f'{k}={v}' for k, v in policy.to_dict().items())}")
-    summary = ", ".join(f"{a}: {s['count']} ({_human(s['bytes'])})" for a, s in plan.summary().items()) or "nothing to free"
+    summary = ", ".join(f"{a}: {s['count']} ({format_bytes(s['bytes'])})" for a, s in plan.summary().items()) or "nothing to free"
     if args.delete:
         freed = plan.apply()
-        print(f"{reaped} stale job(s) reaped; freed {_human(sum(freed.values()))} ({summary})")
+        print(f"{reaped} stale job(s) reaped; freed {format_bytes(sum(freed.values()))} ({summary})")
     else:
-        print(f"{reaped} stale job(s) reaped; would free {_human(plan.bytes)} ({summary}); --delete frees it")
+        print(f"{reaped} stale job(s) reaped; would free {format_bytes(plan.bytes)} ({summary}); --delete frees it")
     return 0
 
 

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -49,6 +50,13 @@ def _spec_strings(value) -> Iterable[str]:
         yield value
 
 
+def _named_jobs(spec: dict, known: set[str]) -> list[str]:
+    """The ids of known jobs a spec names: as a value (``"tokens": {"id": ...}``), a path component
+    (``.../saes/<id>/final``, ``.../activations/<id>.zarr``) or a fingerprint (``job:<id>``)."""
+    return [part for text in _spec_strings(spec) for part in (p.removesuffix(".zarr") for p in re.split(r"[/:]", text))
+            if part in known]
+
+
 def _covered(paths: list[Path]) -> list[Path]:
     """The paths that no other of them contains, in order."""
     return [p for p in paths if not any(q != p and q in p.parents for q in paths)]
@@ -69,9 +77,7 @@ def _closure(ws: Workspace, ids: list[str], inputs: bool) -> list[registry.JobRe
             if row.active:
                 raise JobStateError(f"job {row.id} is {row.status}; export it once it has finished")
             if inputs:
-                todo += [s for s in _spec_strings(row.spec_dict) if s in known and s not in chosen]
-                todo += [Path(s).name.split(".")[0] for s in spec_paths(ws, row.spec_dict)
-                         if Path(s).name.split(".")[0] in known]
+                todo += [i for i in _named_jobs(row.spec_dict, known) if i not in chosen]
     return sorted(chosen.values(), key=lambda r: (r.created_at or dt.datetime.min, r.id))
 
 
@@ -100,14 +106,20 @@ def _files_of(ws: Workspace, row: registry.JobRecord) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _swap(text: str, old: str, new: str) -> str:
+    """``text`` with the path ``old`` (whole: followed by a separator, a quote or the end) replaced by ``new``."""
+    return re.sub(re.escape(old) + r'(?=[/\\"\s]|$)', lambda _: new, text)
+
+
 def _hide_home(text: str) -> str:
-    return text.replace(str(Path.home()), "~")
+    home = str(Path.home())
+    return _swap(text, home, "~") if len(home) > 1 else text
 
 
 def _rewrite_log(text: str, old: str, new: str) -> str:
     """An event log with the workspace path replaced, and the home folder hidden in messages and tracebacks."""
     lines = []
-    for line in text.replace(old, new).splitlines():
+    for line in _swap(text, old, new).splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -126,7 +138,7 @@ def _copy_tree(source: Path, target: Path, old: str, new: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.suffix in TEXT_SUFFIXES:
             text = source.read_text(encoding="utf-8")
-            text = _rewrite_log(text, old, new) if source.name == "events.jsonl" else text.replace(old, new)
+            text = _rewrite_log(text, old, new) if source.name == "events.jsonl" else _swap(text, old, new)
             target.write_text(text, encoding="utf-8")
         else:
             shutil.copy2(source, target)
@@ -160,7 +172,7 @@ def export(job_ids: str | Iterable[str], to: str | os.PathLike, *, inputs: bool 
         for row in full:
             for name in ("spec", "result", *MESSAGE_FIELDS):
                 if row.get(name) is not None:
-                    row[name] = row[name].replace(str(ws.path), PLACEHOLDER)
+                    row[name] = _swap(row[name], str(ws.path), PLACEHOLDER)
                     row[name] = _hide_home(row[name]) if name in MESSAGE_FIELDS else row[name]
         manifest = {"format": FORMAT, "exported_from": "saekit", "jobs": full,
                     "files": [str(f) for f in files], "asked": ids}
@@ -241,7 +253,7 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
             for row in rows:
                 for name in ("spec", "result", *MESSAGE_FIELDS):
                     if row.get(name) is not None:
-                        row[name] = row[name].replace(PLACEHOLDER, str(ws.path))
+                        row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
                 for name in ("created_at", "queued_at", "started_at", "finished_at"):
                     row[name] = history.utc_from_iso(row.get(name))
             metrics = folder / "metrics.parquet"

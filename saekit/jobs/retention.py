@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saekit import registry
-from saekit._fs import remove
+from saekit._fs import format_bytes, remove
 from saekit.eventlog import LogState, _encode, events_path, read_all
 from saekit.errors import ConfigError
 from saekit.jobs.gc import orphan_files
@@ -123,11 +123,11 @@ class Plan:
         return out
 
     def lines(self) -> list[str]:
-        return [f"{item.action:<18} {_human(item.bytes):>9}  {item.path}" for item in self.items]
+        return [f"{item.action:<18} {format_bytes(item.bytes):>9}  {item.path}" for item in self.items]
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{a}: {s['count']} ({_human(s['bytes'])})" for a, s in self.summary().items()) or "nothing"
-        return f"<retention plan for {self.workspace.path}: {parts}; {_human(self.bytes)} in all>"
+        parts = ", ".join(f"{a}: {s['count']} ({format_bytes(s['bytes'])})" for a, s in self.summary().items()) or "nothing"
+        return f"<retention plan for {self.workspace.path}: {parts}; {format_bytes(self.bytes)} in all>"
 
     def apply(self) -> dict[str, int]:
         freed: dict[str, int] = {}
@@ -222,11 +222,3 @@ def _keep_metrics(ws: Workspace, job_id: str, records: list[dict], target: Path)
     if from_log and len(registry.get_metrics(ws, job_id)) != len(from_log):
         registry.replace_metrics(ws, job_id, from_log)
     history.write_metrics(ws, [job_id], target)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover

@@ -49,6 +49,7 @@ def history(tmp_path_factory, tiny_model_dir, docs_file):
                      workspace=ws)
     single = sk.train(store, HOOK, sk.SAEConfig(arch="topk", d_sae=32, k=8), quick(total_tokens=6000, batch_size=250,
                       eval_tokens=1000), background=False, progress=False, workspace=ws)
+    of_run = sk.analyze(single, store, n_tokens=500, background=False, progress=False, workspace=ws)  # a job's SAE
     # a checkpoint left beside final/ (a kill between the end and the cleanup)
     shutil.copytree(ws.path / "saes" / single.id / "final", ws.path / "saes" / single.id / "step_00000005")
     background = [sk.submit("count", {"n": 20, "tag": f"bg{i}"}, workspace=ws) for i in range(2)]
@@ -69,7 +70,7 @@ def history(tmp_path_factory, tiny_model_dir, docs_file):
             sk.submit("count", {"n": 10 + i % 7, "tag": i, "delay": 0.004}, background=False, progress=False,
                       workspace=ws)
     assert len(registry.list_jobs(ws)) == N_JOBS
-    return {"ws": ws, "feats": feats, "sweep": sweep, "single": single, "failed": failed, "boom": boom,
+    return {"ws": ws, "feats": feats, "sweep": sweep, "single": single, "of_run": of_run, "failed": failed, "boom": boom,
             "home": home, "secret": secret}
 
 
@@ -122,6 +123,9 @@ def test_export_and_import_across_two_workspaces(history, tmp_path, monkeypatch)
     assert str(ws.path) not in text and "${WORKSPACE}" in text
     with pytest.raises(FileExistsError):
         sk.export([sweep.id], folder, workspace=ws)
+    of_run = sk.export([history["of_run"].id], tmp_path / "of-run", workspace=ws)  # an analysis names its run's SAE
+    exported = {r["id"] for r in json.loads((of_run / "manifest.json").read_text())["jobs"]}
+    assert history["single"].id in exported and len(exported) == 4  # with its run, store and tokens
     with pytest.raises(JobStateError, match="not finished|finished"):
         queued = registry.submit_job(ws, new_id="count-queued", kind="count", key="q", name=None, spec='{"n": 1}',
                                      entry="x", force=False, launcher="background", worker_pid=os.getpid())[0]
