@@ -1,6 +1,6 @@
 """Extraction benchmark; prints JSON.
 
-    python benchmarks/extraction.py [--smollm2] [--tokens 200000] [--hook blocks.6.resid_post]
+    python benchmarks/extraction.py [--smollm2] [--tokens 200000] [--hook blocks.6.resid_post] [--nproc 2]
 
 In one run, on the same batches: the wall time of ``sk.extract`` (in-process: forward passes, row
 selection, bfloat16 conversion, statistics, the writer thread's compression and I/O, commits) over the
@@ -8,6 +8,8 @@ wall time of the bare forward passes (``run_with_cache`` at the same hook point,
 block), alternating, best of ``--repeats``; tokens/s and MB/s written; the peak RSS of extracting N and
 10N tokens in fresh processes; and the chunk-size x codec table measured on the extracted activations.
 The model is a tiny random Llama (d_model 256) or, with ``--smollm2``, SmolLM2-135M (d_model 576).
+``--nproc N`` adds the same extraction under torchrun with N ranks (its wall time from submit to result, its
+ratio to one process, and whether its rows equal one process's bitwise).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def measure(model_dir: str, gguf: str | None, corpus: Path, workspace: Path, n_t
             "ratio_extract_over_bare": round(best / min(bare_times), 3),
             "tokens_per_s": round(acts.n_tokens / best), "mb_per_s_written": round(written / best / 1e6, 2),
             "bytes_on_disk": written, "compression_ratio": round(acts.n_tokens * lm.d_model * 2 / written, 3),
-            "store": acts.location, "token_store": str(store.path)}
+            "store": acts.location, "token_store": str(store.path), "model_dir": model_dir, "gguf": gguf}
 
 
 def codec_table(store_location: str, hook: str, rows: int = 65536) -> list[dict]:
@@ -140,6 +142,23 @@ def peak_rss(model_dir: str, gguf: str | None, token_store: str, workspace: Path
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def ranked(single: dict, nproc: int, workspace: Path, n_tokens: int, hook: str) -> dict:
+    """The same extraction under torchrun with ``nproc`` ranks (a background job, timed from submit to result,
+    so it includes starting the ranks and loading the model in each), and whether its rows equal one process's."""
+    import saekit as sk
+
+    store = sk.TokenStore(single["token_store"], workspace)
+    lm = sk.load_model(single["model_dir"], gguf_file=single["gguf"], device="cpu")
+    t = time.perf_counter()
+    acts = sk.extract(lm, store, hook, max_tokens=n_tokens, batch_size=single["batch_size"], force=True,
+                      launcher="torchrun", nproc=nproc, progress=False).result(timeout=3600)
+    seconds = time.perf_counter() - t
+    one = sk.ActivationStore(single["store"], workspace)
+    equal = all(np.array_equal(np.asarray(one[n][:]), np.asarray(acts[n][:])) for n in (hook, "token_ids", "positions"))
+    return {"nproc": nproc, "seconds": round(seconds, 3), "tokens_per_s": round(acts.n_tokens / seconds),
+            "ratio_over_one_process": round(min(single["extract_s"]) / seconds, 3), "rows_bitwise_equal": equal}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smollm2", action="store_true")
@@ -147,6 +166,8 @@ def main() -> None:
     parser.add_argument("--hook", default=None)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="also extract with launcher='torchrun' and this many ranks, against one process")
     parser.add_argument("--rss", nargs=5, help=argparse.SUPPRESS)  # internal: one peak-RSS measurement
     opts = parser.parse_args()
     if opts.rss:
@@ -161,8 +182,11 @@ def main() -> None:
         model_dir, gguf = _model_dir(folder, opts.smollm2)
         corpus = _corpus(folder, opts.copies)
         result = measure(model_dir, gguf, corpus, folder / "ws", n_tokens, hook, opts.repeats)
+        if opts.nproc > 1:
+            result["ranks"] = ranked(result, opts.nproc, folder / "ws", n_tokens, hook)
         result["chunk_codec_table"] = codec_table(result.pop("store"), hook)
         token_store = result.pop("token_store")
+        result.pop("model_dir"), result.pop("gguf")
         rss = {}
         for n in (n_tokens // 10, n_tokens):
             out = subprocess.run([sys.executable, __file__, "--hook", hook, "--rss", model_dir, gguf or "-",

@@ -46,7 +46,8 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
             batch_size: int | str = "auto", dtype: str = "bfloat16", include_bos: bool = False,
             device: str = "auto", *, compression: str = "zstd", chunk_bytes: int = 4 * 2**20,
             commit_every: float = 10.0, root: str | None = None, background: bool = True, force: bool = False,
-            name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
+            launcher: str | None = None, nproc: int = 1, name: str | None = None,
+            workspace: Workspace | str | None = None, progress: bool = True):
     """Extract activations of ``lm`` at ``hook_points`` over ``token_store`` into an ``ActivationStore``;
     returns the job at once.
 
@@ -54,7 +55,8 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
     float32 on request), without padding, and without BOS tokens unless ``include_bos``. ``max_tokens``
     caps the rows per hook point. ``root`` puts the store elsewhere than the workspace (a folder or an
     fsspec URL such as ``s3://bucket/acts``). Before it starts it logs the disk it needs and refuses
-    when the disk does not have it.
+    when the disk does not have it. ``launcher="torchrun", nproc=N`` runs N ranks, each extracting its own
+    chunk-aligned range of the rows (the same rows, bitwise, as one process; see ``saekit.activations.ranked``).
     """
     ws = as_workspace(workspace)
     names = [hook_points] if isinstance(hook_points, str) else list(hook_points)
@@ -101,7 +103,8 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
         "batch_size": batch_size, "device": device, "compression": compression, "chunk_bytes": int(chunk_bytes),
         "commit_every": float(commit_every), "disk_bytes": int(need),
     }
-    return submit("extract", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
+    return submit("extract", spec, workspace=ws, background=background, force=force, name=name, progress=progress,
+                  launcher=launcher, nproc=nproc)
 
 
 def _load_store(ws: Workspace, result: dict) -> ActivationStore:
@@ -131,6 +134,8 @@ def run_extract(ctx, spec: dict) -> dict:
     if lm.ref.get("fingerprint") != spec["model"].get("fingerprint"):
         raise DataError(f"the model {spec['model']['name_or_path']!r} changed since the job was submitted")
     tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
+    if ctx.world_size > 1:  # torchrun: this rank's range of the rows (saekit.activations.ranked)
+        return _run_ranked(ctx, spec, lm, tokens, location)
     resume = out.resume
     if out.fresh:
         if not is_url(location):
@@ -207,6 +212,19 @@ def run_extract(ctx, spec: dict) -> dict:
     group.attrs.update({"complete": True, "batch_size": batch_size})
     ctx.progress(rows, rows, unit="tokens", phase="done")
     return _result(group, location, names)
+
+
+def _run_ranked(ctx, spec: dict, lm, tokens, location: str) -> dict | None:
+    import torch.distributed as dist
+
+    from saekit.activations.ranked import run_ranked
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # barriers only: the rows go to the store, not over the network
+    try:
+        return run_ranked(ctx, spec, lm, tokens, location, lambda where: open_group(where, mode="r+"), dist)
+    finally:
+        dist.destroy_process_group()
 
 
 def _result(group, location: str, names: list[str]) -> dict:

@@ -65,14 +65,16 @@ class ChunkWriter:
     """Appends rows to a store from its own thread. ``put(rows, stats)`` blocks when ``depth`` batches wait.
 
     ``rows`` maps array names (hook points and source arrays) to numpy arrays of equal length;
-    ``commit(state)`` flushes, records ``n_tokens`` and statistics, then calls ``on_commit(n_tokens, state,
-    stats)``. An error on the thread (a full disk, a read-only store) is raised by the next call.
+    ``commit(state)`` flushes, records ``n_tokens`` and statistics (unless ``record=False``: a rank of a
+    distributed extraction, whose rank 0 records them), then calls ``on_commit(n_tokens, state, stats)``.
+    An error on the thread (a full disk, a read-only store) is raised by the next call.
     """
 
     def __init__(self, group, location: str, names: list[str], hook_points: list[str], start_rows: int,
                  stats: dict[str, RunningStats], on_commit: Callable[[int, dict, dict], None], *,
-                 expected_rows: int = 0, depth: int = 4):
+                 expected_rows: int = 0, depth: int = 4, record: bool = True):
         self.group, self.location, self.hook_points = group, location, hook_points
+        self.record = record  # write n_tokens and the statistics into the store's attributes at each commit
         self.appender = RowAppender(group, names, int(group.attrs["chunk_rows"]), start_rows, expected_rows)
         self.committed = start_rows
         self.stats = stats
@@ -132,8 +134,9 @@ class ChunkWriter:
                         self.stats[hook_point].merge(stats[hook_point])
                 else:
                     self.appender.flush()
-                    self.group.attrs.update({"n_tokens": self.appender.rows,
-                                             "stats": {h: s.to_dict() for h, s in self.stats.items()}})
+                    if self.record:
+                        self.group.attrs.update({"n_tokens": self.appender.rows,
+                                                 "stats": {h: s.to_dict() for h, s in self.stats.items()}})
                     self.committed = self.appender.rows
                     self.on_commit(self.appender.rows, item, self.stats)
             except BaseException as exc:  # noqa: BLE001 - handed to the producer

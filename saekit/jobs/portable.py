@@ -159,7 +159,7 @@ def export(job_ids: str | Iterable[str], to: str | os.PathLike, *, inputs: bool 
         raise ConfigError("export() needs at least one job id")
     target = Path(to).expanduser().absolute()
     if target.exists():
-        raise FileExistsError(f"export target {str(target)!r} exists; give a new folder or archive name")
+        raise ConfigError(f"export target {str(target)!r} exists; give a new folder or archive name")
     archive = target.name.endswith((".tar", ".tar.gz", ".tgz"))
     rows = _closure(ws, ids, inputs)
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
@@ -219,7 +219,7 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
     ws = as_workspace(workspace)
     bundle = Path(bundle).expanduser().absolute()
     if not bundle.exists():
-        raise FileNotFoundError(f"no bundle at {str(bundle)!r}")
+        raise ConfigError(f"no bundle at {str(bundle)!r}; give the folder or archive that sk.export wrote")
     with tempfile.TemporaryDirectory() as tmp:
         folder = _unpack(bundle, tmp)
         try:
@@ -255,7 +255,7 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
                     if row.get(name) is not None:
                         row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
                 for name in ("created_at", "queued_at", "started_at", "finished_at"):
-                    row[name] = history.utc_from_iso(row.get(name))
+                    row[name] = None if row.get(name) is None else dt.datetime.fromisoformat(row[name])
             metrics = folder / "metrics.parquet"
             history.insert_finished_jobs(ws, rows, metrics if metrics.exists() else None)
         except BaseException:

@@ -32,6 +32,7 @@ from saekit.jobs.gc import orphan_files
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.lease import Lease
 from saekit.registry import history
+from saekit.registry.rebuild import METRICS_FILE
 from saekit.workspace import RetentionPolicy, Workspace
 
 log = logging.getLogger("saekit.jobs")
@@ -201,7 +202,7 @@ def _rewrite_log(ws: Workspace, item: Item) -> int | None:
         size = _size(path)
         records = read_all(path)
         level = "reduce" if item.action == REDUCE else "compact"
-        kept_metrics = ws.job_dir(item.job_id) / history.METRICS_FILE
+        kept_metrics = ws.job_dir(item.job_id) / METRICS_FILE
         if _moves_metrics(records, level):
             _keep_metrics(ws, item.job_id, records, kept_metrics)
         staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")

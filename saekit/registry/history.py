@@ -6,23 +6,17 @@ Each function is one registry transaction (the backup holds the exclusive lock f
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 from pathlib import Path
 from typing import Sequence
 
 from saekit.config import settings
-from saekit.errors import JobStateError
+from saekit.errors import ConfigError, JobStateError
 from saekit.registry._db import _connect, _ensure_current, transaction
 from saekit.registry._lock import RegistryLock
-from saekit.registry.rebuild import COLUMNS, METRICS_FILE, _quoted, read_metrics_file  # noqa: F401
+from saekit.registry.rebuild import COLUMNS, _quoted
 from saekit.workspace import Workspace
-
-
-
-def _ids(job_ids: str | Sequence[str]) -> list[str]:
-    return [job_ids] if isinstance(job_ids, str) else list(job_ids)
 
 
 def final_metrics(ws: Workspace, job_ids: Sequence[str]):
@@ -31,7 +25,7 @@ def final_metrics(ws: Workspace, job_ids: Sequence[str]):
         return tx.execute(
             "SELECT job_id, name, max(step) AS step, arg_max(value, step) AS value FROM metrics "
             "WHERE job_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY job_id, name ORDER BY job_id, name",
-            [_ids(job_ids)]).df()
+            [list(job_ids)]).df()
 
 
 def job_specs(ws: Workspace, *, kind: str | None = None, status: Sequence[str] | None = None) -> list[dict]:
@@ -93,7 +87,7 @@ def backup_registry(ws: Workspace, target: str | os.PathLike) -> Path:
     write-ahead log is checkpointed into the file, which is then copied (aside, then renamed into place)."""
     target = Path(target).expanduser().absolute()
     if target.exists():
-        raise FileExistsError(f"backup target {str(target)!r} exists; choose a new file name")
+        raise ConfigError(f"backup target {str(target)!r} exists; choose a new file name")
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     with RegistryLock(ws.registry_lock_path, write=True, timeout=settings().lock_timeout):
@@ -106,7 +100,3 @@ def backup_registry(ws: Workspace, target: str | os.PathLike) -> Path:
         shutil.copyfile(ws.registry_path, staged)
     os.replace(staged, target)
     return target
-
-
-def utc_from_iso(value: str | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromisoformat(value)

@@ -1,8 +1,9 @@
 """Rebuilding the job catalog from the event logs (``jobs/*/events.jsonl``), which are the truth.
 
 Each log's ``submit`` records give a job's identity (kind, key, name, spec) and attempts, its ``start``
-and ``end`` records its state, its ``metric`` records its compacted metrics (or, once retention reduced the log, its ``metrics.parquet``). A job whose log holds no
-``submit`` record (written by saekit 0.1) cannot be rebuilt and is reported. Feature labels come back from
+and ``end`` records its state, its ``metric`` records its compacted metrics (or, once retention reduced
+the log, the ``metrics.parquet`` beside it). A job whose log holds no ``submit`` record (written by
+saekit 0.1) cannot be rebuilt and is reported. Feature labels come back from
 each analysis' ``labels.jsonl`` journal; templates live only in the registry and are lost with it (the
 report says so).
 A job found running is left running: the next reader sees whether its worker's lease is still held.
@@ -16,7 +17,6 @@ import json
 from saekit.eventlog import LogState, events_path, read_all
 from saekit.registry.labels import COLUMNS as LABEL_COLUMNS, read_journal
 from saekit.workspace import Workspace
-
 
 METRICS_FILE = "metrics.parquet"  # beside a reduced event log (retention): the job's metrics, no longer in the log
 

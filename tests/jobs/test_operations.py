@@ -121,8 +121,10 @@ def test_export_and_import_across_two_workspaces(history, tmp_path, monkeypatch)
     assert [r["id"] for r in manifest["jobs"]] == [sweep.id]
     text = "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.suffix in (".json", ".jsonl"))
     assert str(ws.path) not in text and "${WORKSPACE}" in text
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ConfigError, match="exists; give a new folder"):
         sk.export([sweep.id], folder, workspace=ws)
+    with pytest.raises(ConfigError, match="no bundle at"):
+        sk.import_jobs(tmp_path / "nowhere", workspace=ws)
     of_run = sk.export([history["of_run"].id], tmp_path / "of-run", workspace=ws)  # an analysis names its run's SAE
     exported = {r["id"] for r in json.loads((of_run / "manifest.json").read_text())["jobs"]}
     assert history["single"].id in exported and len(exported) == 4  # with its run, store and tokens
@@ -186,8 +188,8 @@ def test_backup_while_a_job_runs(history, tmp_path):
     shutil.copy(tmp_path / "copy.duckdb", copy.registry_path)
     rows = registry.list_jobs(copy)
     assert [(r.id, r.status) for r in rows] == [(job.id, "running")]  # the state at the time of the copy
-    with pytest.raises(FileExistsError):
-        registry.history.backup_registry(ws, tmp_path / "copy.duckdb")
+    again = _cli(ws, "backup", "--to", str(tmp_path / "copy.duckdb"))
+    assert again.returncode == 2 and "exists; choose a new file name" in again.stderr
 
 
 def test_retention_strictest_policy_keeps_every_result_and_metric(history, tmp_path, capsys):
