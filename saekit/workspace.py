@@ -135,10 +135,10 @@ class Workspace:
             RetentionPolicy.from_dict(changes)  # names and values checked
             saved = dataclasses.replace(saved, **changes)
             config["retention"] = saved.to_dict()
+            from saekit._fs import write_atomic
+
             self.dir()
-            staged = self.config_path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
-            staged.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            os.replace(staged, self.config_path)
+            write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return dataclasses.replace(saved, **_env_overrides())
 
     # -- creation ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ shared grid.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from saekit._faults import fault_point
+from saekit._fs import write_atomic
 from saekit.activations.stats import RunningStats, batch_stats
 from saekit.activations.store import SOURCE_ARRAYS, TORCH_DTYPES, exists, open_group
 from saekit.activations.writer import ChunkWriter, create_store
@@ -64,13 +64,7 @@ def _read_rank(ctx, rank: int) -> dict | None:
 
 
 def _write_rank(ctx, state: dict) -> None:
-    path = _rank_file(ctx, ctx.rank)
-    staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(staged, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staged, path)
+    write_atomic(_rank_file(ctx, ctx.rank), json.dumps(state), durable=True)
 
 
 def committed_prefix(ranges: list[tuple[int, int]], positions: list[int]) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from saekit import registry
-from saekit._fs import remove
+from saekit._fs import remove, staging_path
 from saekit.errors import ConfigError, JobNotFoundError, JobStateError
 from saekit.jobs.gc import spec_paths
 from saekit.jobs.kinds import get_kind
@@ -180,7 +180,7 @@ def export(job_ids: str | Iterable[str], to: str | os.PathLike, *, inputs: bool 
         target.parent.mkdir(parents=True, exist_ok=True)
         if archive:
             mode = "w:gz" if target.name.endswith(("gz", ".tgz")) else "w"
-            staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            staged = staging_path(target)
             with tarfile.open(staged, mode) as tar:
                 tar.add(folder, arcname="bundle")
             os.replace(staged, target)
@@ -244,7 +244,7 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
             for rel in files:
                 if (ws.path / rel).exists():
                     continue  # a content-addressed entry this workspace has already
-                staged = (ws.path / rel).with_name(f".{rel.name}.tmp-{os.getpid()}")
+                staged = staging_path(ws.path / rel)
                 if (folder / "files" / rel).is_dir():
                     staged.mkdir(parents=True)
                 _copy_tree(folder / "files" / rel, staged, PLACEHOLDER, str(ws.path))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saekit import registry
-from saekit._fs import format_bytes, remove
+from saekit._fs import format_bytes, remove, staging_path
 from saekit.eventlog import LogState, _encode, events_path, read_all
 from saekit.errors import ConfigError
 from saekit.jobs.gc import orphan_files
@@ -205,7 +205,7 @@ def _rewrite_log(ws: Workspace, item: Item) -> int | None:
         kept_metrics = ws.job_dir(item.job_id) / METRICS_FILE
         if _moves_metrics(records, level):
             _keep_metrics(ws, item.job_id, records, kept_metrics)
-        staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        staged = staging_path(path)
         staged.write_bytes(b"".join(_encode(r) for r in _kept(records, level, row.status)))
         if _size(path) != size:  # a submit was appended since the read: leave the log whole
             staged.unlink()

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from saekit._fs import staging_path
 from saekit.config import settings
 from saekit.errors import ConfigError, JobStateError
 from saekit.registry._db import _connect, _ensure_current, transaction
@@ -89,7 +90,7 @@ def backup_registry(ws: Workspace, target: str | os.PathLike) -> Path:
     if target.exists():
         raise ConfigError(f"backup target {str(target)!r} exists; choose a new file name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    staged = staging_path(target)
     with RegistryLock(ws.registry_lock_path, write=True, timeout=settings().lock_timeout):
         _ensure_current(ws)
         con = _connect(ws, read_only=False)
