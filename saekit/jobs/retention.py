@@ -31,7 +31,6 @@ from saekit.errors import ConfigError
 from saekit.jobs.gc import orphan_files
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.lease import Lease
-from saekit.registry import history
 from saekit.registry.rebuild import METRICS_FILE
 from saekit.workspace import RetentionPolicy, Workspace
 
@@ -204,7 +203,7 @@ def _rewrite_log(ws: Workspace, item: Item) -> int | None:
         level = "reduce" if item.action == REDUCE else "compact"
         kept_metrics = ws.job_dir(item.job_id) / METRICS_FILE
         if _moves_metrics(records, level):
-            _keep_metrics(ws, item.job_id, records, kept_metrics)
+            _keep_metrics(item.job_id, records, kept_metrics)
         staged = staging_path(path)
         staged.write_bytes(b"".join(_encode(r) for r in _kept(records, level, row.status)))
         if _size(path) != size:  # a submit was appended since the read: leave the log whole
@@ -216,10 +215,17 @@ def _rewrite_log(ws: Workspace, item: Item) -> int | None:
         lease.release()
 
 
-def _keep_metrics(ws: Workspace, job_id: str, records: list[dict], target: Path) -> None:
-    """Before a log loses its metric lines: the registry holds them (the log's, if it disagrees) and so
-    does ``metrics.parquet`` beside the log, which a rebuild reads."""
-    from_log = LogState().update(records).metric_rows()
-    if from_log and len(registry.get_metrics(ws, job_id)) != len(from_log):
-        registry.replace_metrics(ws, job_id, from_log)
-    history.write_metrics(ws, [job_id], target)
+def _keep_metrics(job_id: str, records: list[dict], target: Path) -> None:
+    """Before a log loses its metric lines, write them to ``metrics.parquet`` beside it (a rebuild reads it). The
+    registry holds them already: a job's end compacts its log's metrics into it, and so does a rebuild."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = LogState().update(records).metric_rows()
+    table = pa.table({"job_id": pa.array([job_id] * len(rows), pa.string()),
+                      "step": pa.array([r[0] for r in rows], pa.int64()),
+                      "name": pa.array([r[1] for r in rows], pa.string()),
+                      "value": pa.array([r[2] for r in rows], pa.float64())})
+    staged = staging_path(target)
+    pq.write_table(table, staged)
+    os.replace(staged, target)

@@ -138,12 +138,6 @@ def _replace_metrics(tx: Tx, job_id: str, metrics: list[tuple[int, str, float]])
     )
 
 
-def replace_metrics(ws: Workspace, job_id: str, metrics: list[tuple[int, str, float]]) -> None:
-    """Replace one job's compacted metrics (e.g. with its event log's, which are the truth)."""
-    with transaction(ws, write=True) as tx:
-        _replace_metrics(tx, job_id, list(metrics))
-
-
 def request_cancel(ws: Workspace, job_id: str) -> JobRecord | None:
     """Cancel a queued job at once; flag a running one for its worker. Returns the row (None if unknown)."""
     with transaction(ws, write=True) as tx:

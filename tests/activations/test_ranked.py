@@ -35,7 +35,7 @@ def test_ranges_are_whole_chunks_and_the_prefix_is_what_every_rank_before_wrote(
 
 @pytest.mark.heavy
 def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(ws, docs_file, tiny_lm, monkeypatch):
-    store = tokens(tiny_lm, docs_file, max_documents=400)
+    store = tokens(tiny_lm, docs_file, max_documents=250)
     one = sk.extract(tiny_lm, store, HOOKS, background=False, progress=False, **KW).result()
     monkeypatch.setenv("SAEKIT_FAULT", "extract_rank1_commit3:1")  # rank 1 is SIGKILLed after its third commit
     job = sk.extract(tiny_lm, store, HOOKS, launcher="torchrun", nproc=2, force=True, progress=False, **KW)

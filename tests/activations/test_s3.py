@@ -1,5 +1,5 @@
 """Activation stores on S3-compatible object storage, against a real S3 server on loopback (moto's server mode):
-extraction into an s3:// root killed twice and resumed equals a local extraction bitwise, training streams from
+extraction into an s3:// root killed and resumed equals a local extraction bitwise, training streams from
 the S3 store to the same SAE as from disk, deleting the job deletes the objects, and the credentials appear in
 no spec, registry row, event log or worker log."""
 
@@ -44,7 +44,7 @@ def test_extraction_to_s3_killed_and_resumed_equals_local(ws, s3, docs_file, tin
     store = tokens(tiny_lm, docs_file, max_documents=300)
     kw = dict(batch_size=8, commit_every=0.1, chunk_bytes=2**17)
     job = sk.extract(tiny_lm, store, HOOKS, root=f"{s3}/stores", **kw)
-    for _ in range(2):
+    for _ in range(1):
         _wait_commits(ws, job, 3)
         os.kill(job.info()["worker_pid"], signal.SIGKILL)
         job.wait(timeout=120)
@@ -53,7 +53,7 @@ def test_extraction_to_s3_killed_and_resumed_equals_local(ws, s3, docs_file, tin
         assert partial.n_tokens > 0 and not partial.complete  # it claims only rows whose chunks are written
         job.resume()
     remote = job.result(timeout=300)
-    assert remote.location == f"{s3}/stores/{job.id}.zarr" and job.attempt == 3
+    assert remote.location == f"{s3}/stores/{job.id}.zarr" and job.attempt == 2
     local = sk.extract(tiny_lm, store, HOOKS, force=True, background=False, progress=False, **kw).result()
     assert_same_store(remote, local)
 
