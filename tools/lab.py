@@ -105,14 +105,15 @@ class Lab:
         time.sleep(1)
 
 
-def wait(predicate, what: str, timeout: float = 120):
-    """Poll ``predicate`` until it is truthy (a bound for a stuck page, not a timing assumption)."""
+def wait(predicate, what: str, timeout: float = 120, show=None):
+    """Poll ``predicate`` until it is truthy (a bound for a stuck page, not a timing assumption). ``show``, when
+    given, is called on a timeout and its value goes into the message (what the page showed instead)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f"; the page showed {show()!r}" if show else "")
         time.sleep(0.25)
 
 

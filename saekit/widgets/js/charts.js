@@ -35,6 +35,13 @@ function fmtDuration(seconds) {
   return hours ? `${hours}:${pad(minutes)}:${pad(rest)}` : `${minutes}:${pad(rest)}`;
 }
 
+// clock-time tick labels (epoch seconds): seconds shown only when the ticks are less than a minute apart
+function fmtClock(splits) {
+  const step = splits.length > 1 ? Math.abs(splits[1] - splits[0]) : 0;
+  const opts = step && step < 60 ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
+  return splits.map((v) => (v === null || v === undefined ? "" : new Date(v * 1000).toLocaleTimeString("en-GB", opts)));
+}
+
 function fmtBytes(n) {
   if (n === null || n === undefined || !isFinite(n)) return "?";
   for (const [unit, size] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
@@ -65,13 +72,15 @@ function showLast(u) {
 }
 
 // A line chart that follows its data: chart.update(series) keeps the instance (and the hover) alive.
-// options: title, xLabel, yLabel, log (initial), logToggle, height, xTime (x is epoch seconds), yFormat, percent.
+// options: title, xLabel, yLabel, log (initial), logToggle, height, xTime (x is epoch seconds), yFormat, percent,
+// yRange (uPlot's (u, min, max) => [lo, hi] for the linear y axis).
 class LineChart {
   constructor(options = {}) {
     this.options = options;
     this.log = Boolean(options.log);
     this.node = h("div", { class: "saekit-chart", "data-chart": options.title || "" });
-    const head = h("div", { class: "saekit-chart-head" }, [h("span", { class: "saekit-chart-title", text: options.title || "" })]);
+    this.titleNode = h("span", { class: "saekit-chart-title", text: options.title || "" });
+    const head = h("div", { class: "saekit-chart-head" }, [this.titleNode]);
     if (options.logToggle !== false) {
       const toggle = h("input", { type: "checkbox", class: "saekit-log-toggle", title: "logarithmic y axis" });
       toggle.checked = this.log;
@@ -102,8 +111,9 @@ class LineChart {
 
   _axisValues(which) {
     const format = this.options[which === "x" ? "xFormat" : "yFormat"] || fmtNumber;
+    const time = which === "x" && this.options.xTime;
     return (u, splits) => {
-      const labels = splits.map((v) => (v === null || v === undefined ? "" : format(v)));
+      const labels = time ? fmtClock(splits) : splits.map((v) => (v === null || v === undefined ? "" : format(v)));
       this.node.dataset[which === "x" ? "xticks" : "yticks"] = labels.join("|");
       return labels;
     };
@@ -126,10 +136,11 @@ class LineChart {
       cursor: { drag: { x: true, y: false } },
       hooks: { setCursor: [(u) => { if (u.cursor.idx === null || u.cursor.idx === undefined) showLast(u); }],
                ready: [showLast] },
-      scales: { x: { time: Boolean(this.options.xTime) }, y: log ? { distr: 3 } : { auto: true } },
+      scales: { x: { time: Boolean(this.options.xTime) }, y: log ? { distr: 3 } : (this.options.yRange ? { auto: true, range: this.options.yRange } : { auto: true }) },
       axes: [
-        { label: this.options.xLabel || "", values: this.options.xTime ? undefined : this._axisValues("x"), size: 36 },
-        { label: this.options.yLabel || "", values: this._axisValues("y"), size: 56 },
+        { label: this.options.xLabel || "", labelSize: this.options.xLabel ? 30 : 0, values: this._axisValues("x"), size: 36 },
+        { label: this.options.yLabel || "", values: this._axisValues("y"), size: 56,
+          space: (this.options.height || 180) < 150 ? 20 : 30 },  // a small chart still gets ticks
       ],
       series: [
         { label: this.options.xLabel || "x", value: (u, v) => (v === null ? "" : (this.options.xTime ? new Date(v * 1000).toLocaleTimeString() : fmtNumber(v))) },
@@ -140,6 +151,14 @@ class LineChart {
       ],
     };
     this.u = new uPlot(opts, data, this.plotNode);
+  }
+
+  retitle(title) {
+    if (title !== undefined && title !== this.options.title) {
+      this.options = { ...this.options, title };
+      this.titleNode.textContent = title || "";
+      this.node.dataset.chart = title || "";
+    }
   }
 
   update(series) {
@@ -168,6 +187,7 @@ class ChartSet {
     for (const spec of specs) {
       let chart = this.charts.get(spec.key);
       if (!chart) { chart = new LineChart(spec.options); this.charts.set(spec.key, chart); }
+      else chart.retitle(spec.options.title);  // a title may carry a live part ("last 2:05")
       this.container.appendChild(chart.node);  // (re)appended in order
       chart.update(spec.series);
     }

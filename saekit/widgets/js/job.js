@@ -41,7 +41,9 @@ function chartSpecs(model, xMode) {
     const transformed = Object.fromEntries(Object.entries(series).map(([k, v]) => [k, toX(v)]));
     specs.push({ key: `${base}:${xMode}`, series: transformed, options: {
       title, xLabel, xTime: xMode === "time", log: base === "loss" || base === "fvu",
-      yFormat: base === "dead_fraction" ? (v) => `${(100 * v).toFixed(v < 0.01 ? 2 : 1)}%` : fmtNumber } });
+      yFormat: base === "dead_fraction" ? (v) => (v === 0 ? "0%" : `${(100 * v).toFixed(v < 0.01 ? 2 : 1)}%`) : fmtNumber,
+      // a fraction: from 0, and no wider than 0-1% while no latent is dead (not uPlot's 0-100 for a flat 0)
+      yRange: base === "dead_fraction" ? (u, min, max) => [0, max > 0 ? Math.min(1, max * 1.1) : 0.01] : undefined } });
   }
   return specs;
 }
@@ -132,10 +134,11 @@ function render({ model, el }) {
     const gpu = resources.some((r) => r.gpu_memory);
     const pick = (key) => ({ [key]: resources.filter((r) => r[key] !== null && r[key] !== undefined).map((r) => [r.time, r[key]]) });
     const window = resources.length > 1 ? ` (last ${fmtDuration(resources[resources.length - 1].time - resources[0].time)})` : "";
-    sparks.show(resources.length ? [
-      { key: "cpu", series: pick("cpu_percent"), options: { title: `worker CPU %${window}`, xTime: true, height: 90, logToggle: false, yFormat: (v) => `${fmtCount(v)}%` } },
-      { key: "rss", series: pick("rss"), options: { title: `worker RSS${window}`, xTime: true, height: 90, logToggle: false, yFormat: fmtBytes } },
-      gpu ? { key: "gpu", series: pick("gpu_memory"), options: { title: `worker GPU memory${window}`, xTime: true, height: 90, logToggle: false, yFormat: fmtBytes } } : null,
+    const fromZero = (floor) => (u, min, max) => [0, Math.max(floor, max * 1.1)];
+    sparks.show(resources.length > 1 ? [  // one sample draws no line
+      { key: "cpu", series: pick("cpu_percent"), options: { title: `worker CPU %${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(100), yFormat: (v) => `${fmtCount(v)}%` } },
+      { key: "rss", series: pick("rss"), options: { title: `worker RSS${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(1), yFormat: fmtBytes } },
+      gpu ? { key: "gpu", series: pick("gpu_memory"), options: { title: `worker GPU memory${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(1), yFormat: fmtBytes } } : null,
     ].filter(Boolean) : []);
     if (gone) markGone(root, model.get("job_id"));
   }
