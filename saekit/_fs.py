@@ -1,4 +1,5 @@
-"""Files and folders: publishing written-aside results atomically, removing local paths or URLs, sizes.
+"""Files and folders: publishing written-aside results atomically, copying folders to and from object storage
+(fsspec URLs), removing local paths or URLs, sizes.
 
 Everything saekit writes that others may read while it is written (a saved corpus, a tokenizer, a
 checkpoint, a store made in one go) is written into a private sibling folder first and then renamed
@@ -83,6 +84,47 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *, durable: bool = 
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def upload(folder: str | os.PathLike, url: str, *, last: str | None = None) -> None:
+    """Copy the local ``folder`` to ``url`` (an fsspec URL such as ``s3://bucket/x``), file by file, with
+    ``last`` (a file name inside it) written after all the others: object stores have no rename, so a
+    reader takes that file's presence as the sign that the rest is there."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(folder).as_posix() == last)  # stable: ``last`` goes last
+    for path in files:
+        fs.put_file(str(path), f"{root.rstrip('/')}/{path.relative_to(folder).as_posix()}")
+
+
+def download(url: str, folder: str | os.PathLike) -> Path:
+    """Copy every object under ``url`` into the local ``folder`` (made if absent); returns ``folder``."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    folder = Path(folder)
+    root = root.rstrip("/")
+    found = [p for p in fs.find(root) if p.rstrip("/") != root]
+    if not found:
+        raise FileNotFoundError(url)
+    for key in found:
+        target = folder / key[len(root) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(target))
+    return folder
+
+
+def remote_names(url: str) -> list[str]:
+    """The names directly under ``url`` (objects and prefixes), sorted; [] when there is nothing."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root.rstrip("/"), detail=False))
+    except FileNotFoundError:
+        return []
 
 
 def remove(location: str | os.PathLike | None) -> None:

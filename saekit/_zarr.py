@@ -9,11 +9,35 @@ that fails to decode raises ``StorageError`` naming the store, the array and the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from saekit._fs import is_url
 from saekit.errors import StorageError
 
 WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+def open_group(location: str | Path, mode: str):
+    """A Zarr group at a local path or an fsspec URL (``file://``, ``memory://``, ``s3://`` ...)."""
+    import zarr
+
+    location = str(location)
+    if is_url(location):
+        options = {"auto_mkdir": True} if location.startswith("file://") else None
+        return zarr.open_group(location, mode=mode, storage_options=options)
+    return zarr.open_group(location, mode=mode)
+
+
+def exists(location: str | Path) -> bool:
+    """Whether a Zarr group is at ``location`` (a path or an fsspec URL)."""
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        return fs.exists(path.rstrip("/") + "/zarr.json")
+    return (Path(location) / "zarr.json").exists()
 
 
 def _checksum():

@@ -1,10 +1,11 @@
-"""The ``saekit`` command: jobs, show, cancel, resume, delete, gc, export, import, backup, worker and demo."""
+"""The ``saekit`` command: jobs, show, cancel, resume, delete, gc, export, import, backup, worker, join and demo."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -195,6 +196,18 @@ def cmd_worker(args) -> int:
     return worker_main([args.job_id, "--workspace", str(_ws(args).path)])
 
 
+def cmd_join(args) -> int:
+    """Join this machine to a multi-node torchrun attempt of a job (blocks until this node's ranks end)."""
+    import subprocess
+
+    from saekit._trust import worker_environment
+    from saekit.jobs.launchers import join_command
+
+    command = join_command(_ws(args), args.job_id)
+    print(" ".join(command), file=sys.stderr)
+    return subprocess.run(command, env=worker_environment(dict(os.environ, PYTHONUNBUFFERED="1"))).returncode
+
+
 def cmd_demo(args) -> int:
     from saekit.demo import run_demo
 
@@ -264,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a queued job in this process (what background workers do)")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("join", help="run this machine's ranks of a multi-node job (submitted with nnodes > 1)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M, as far as it is built")
     p.add_argument("--max-documents", type=int, default=None, help="tokenize only this many documents")

@@ -29,7 +29,7 @@ from saekit.jobs.resumable import ResumableOutput
 from saekit._checks import check_positive_int, is_int, is_number
 from saekit._fs import format_bytes
 from saekit.config import config
-from saekit.models.loading import load_model_from_ref, resolve_device
+from saekit.models.loading import load_model_from_ref, local_rank, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
 log = logging.getLogger("saekit.activations")
@@ -46,8 +46,8 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
             batch_size: int | str = "auto", dtype: str = "bfloat16", include_bos: bool = False,
             device: str = "auto", *, compression: str = "zstd", chunk_bytes: int = 4 * 2**20,
             commit_every: float = 10.0, root: str | None = None, background: bool = True, force: bool = False,
-            launcher: str | None = None, nproc: int = 1, name: str | None = None,
-            workspace: Workspace | str | None = None, progress: bool = True):
+            launcher: str | None = None, nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+            name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
     """Extract activations of ``lm`` at ``hook_points`` over ``token_store`` into an ``ActivationStore``;
     returns the job at once.
 
@@ -56,7 +56,9 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
     caps the rows per hook point. ``root`` puts the store elsewhere than the workspace (a folder or an
     fsspec URL such as ``s3://bucket/acts``). Before it starts it logs the disk it needs and refuses
     when the disk does not have it. ``launcher="torchrun", nproc=N`` runs N ranks, each extracting its own
-    chunk-aligned range of the rows (the same rows, bitwise, as one process; see ``saekit.activations.ranked``).
+    chunk-aligned range of the rows (the same rows, bitwise, as one process; see ``saekit.activations.ranked``);
+    ``nnodes=M, rdzv_endpoint="host:port"`` spreads the ranks over M machines, each other machine joining with
+    ``saekit join JOB_ID`` (docs/scaling.md).
     """
     ws = as_workspace(workspace)
     names = [hook_points] if isinstance(hook_points, str) else list(hook_points)
@@ -104,7 +106,7 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
         "commit_every": float(commit_every), "disk_bytes": int(need),
     }
     return submit("extract", spec, workspace=ws, background=background, force=force, name=name, progress=progress,
-                  launcher=launcher, nproc=nproc)
+                  launcher=launcher, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
 
 
 def _load_store(ws: Workspace, result: dict) -> ActivationStore:
@@ -130,7 +132,10 @@ def run_extract(ctx, spec: dict) -> dict:
     if not out.fresh and open_group(location, mode="r").attrs.get("complete"):
         return _result(open_group(location, mode="r"), location, names)  # it ended, but the end was not recorded
     ctx.progress(0, None, unit="tokens", phase="loading the model")
-    lm = load_model_from_ref(spec["model"], device=spec["device"])
+    device = spec["device"]
+    if ctx.world_size > 1 and resolve_device(device).type == "cuda":  # pragma: gpu - one GPU per rank of a node
+        device = f"cuda:{local_rank(ctx.rank) % torch.cuda.device_count()}"
+    lm = load_model_from_ref(spec["model"], device=device)
     if lm.ref.get("fingerprint") != spec["model"].get("fingerprint"):
         raise DataError(f"the model {spec['model']['name_or_path']!r} changed since the job was submitted")
     tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)

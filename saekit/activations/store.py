@@ -22,7 +22,7 @@ import torch
 
 from saekit._fs import is_url, publishing, remove
 from saekit._table import ObjectTable
-from saekit._zarr import read_rows, verify_rows, writable
+from saekit._zarr import exists, open_group, read_rows, verify_rows, writable  # noqa: F401 (re-exported)
 from saekit.config import config
 from saekit.activations.stats import RunningStats
 from saekit.errors import ConfigError, DataError
@@ -31,26 +31,6 @@ from saekit.workspace import Workspace, as_workspace
 SOURCE_ARRAYS = ("token_ids", "doc_ids", "positions")
 STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def open_group(location: str | Path, mode: str):
-    """A Zarr group at a local path or an fsspec URL (``file://``, ``memory://``, ``s3://`` ...)."""
-    import zarr
-
-    location = str(location)
-    if is_url(location):
-        options = {"auto_mkdir": True} if location.startswith("file://") else None
-        return zarr.open_group(location, mode=mode, storage_options=options)
-    return zarr.open_group(location, mode=mode)
-
-
-def exists(location: str | Path) -> bool:
-    if is_url(location):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(str(location))
-        return fs.exists(path.rstrip("/") + "/zarr.json")
-    return (Path(location) / "zarr.json").exists()
 
 
 def to_torch(rows: np.ndarray, dtype: str) -> torch.Tensor:

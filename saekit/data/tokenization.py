@@ -20,8 +20,9 @@ from saekit._fs import publishing
 from saekit._quiet import quietly
 from saekit._rows import RowAppender
 from saekit.data.corpus import Corpus, load_corpus
-from saekit.data.tokens import ARRAYS, TokenStore, store_path, tokenizer_fingerprint
-from saekit._zarr import create_checked_array
+from saekit.data.tokens import ARRAYS, TokenStore, store_location, tokenizer_fingerprint
+from saekit._fs import is_url
+from saekit._zarr import create_checked_array, exists, open_group
 from saekit.errors import ConfigError, DataError
 from saekit.jobs import job_kind, submit
 from saekit.jobs.resumable import ResumableOutput
@@ -72,7 +73,7 @@ def tokenizer_spec(tokenizer, source: str, ws: Workspace) -> dict:
 def tokenize(corpus, model_or_tokenizer, context_length: int = 128, *, add_special_tokens: bool = True,
              return_attention_mask: bool = True, packing: str = "concat", max_documents: int | None = None,
              num_proc: int | None = None, batch_documents: int = 1000, commit_every: float = 5.0,
-             background: bool = True, force: bool = False, name: str | None = None,
+             root: str | None = None, background: bool = True, force: bool = False, name: str | None = None,
              workspace: Workspace | str | None = None, progress: bool = True):
     """Tokenize ``corpus`` for a model (or tokenizer) into a ``TokenStore``; returns the job at once.
 
@@ -81,6 +82,8 @@ def tokenize(corpus, model_or_tokenizer, context_length: int = 128, *, add_speci
     ``num_proc`` > 1 tokenizes in that many processes; ``batch_documents`` documents are tokenized at a
     time and a resume point is committed every ``commit_every`` seconds. The same request twice is the
     same job (these three tuning knobs do not change the result, so they are not part of its key).
+    ``root`` puts the store elsewhere than the workspace: a folder, or an fsspec URL such as
+    ``s3://bucket/tokens`` (credentials come from the usual AWS environment and files, never the spec).
     """
     check_positive_int("context_length", context_length, example="128")
     check_choice("packing", packing, PACKINGS)
@@ -102,6 +105,10 @@ def tokenize(corpus, model_or_tokenizer, context_length: int = 128, *, add_speci
         "return_attention_mask": bool(return_attention_mask), "packing": packing, "max_documents": max_documents,
         "num_proc": num_proc, "batch_documents": batch_documents, "commit_every": float(commit_every),
     }
+    if root is not None:  # only then, so that a workspace store's job key is what it always was
+        if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
+            raise ConfigError(f"root={root!r} must be a folder or an fsspec URL such as 's3://bucket/tokens'")
+        spec["root"] = str(root) if is_url(root) else str(Path(root).expanduser().resolve())
     return submit("tokenize", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
 
 
@@ -278,28 +285,27 @@ def _load_store(ws: Workspace, result: dict) -> TokenStore:
     return TokenStore(result["path"], ws)
 
 
-def _outputs(ws: Workspace, row: dict) -> list[Path]:
-    return [store_path(ws, row.id)]
+def _outputs(ws: Workspace, row: dict) -> list[str]:
+    return [store_location(ws, row.id, row.spec_dict.get("root"))]
 
 
 @job_kind("tokenize", load_result=_load_store, outputs=_outputs, output_dirs={"tokens": None},
           volatile=("num_proc", "batch_documents", "commit_every"))
 def run_tokenize(ctx, spec: dict) -> dict:
     """The tokenize job: documents -> rows in a Zarr token store, committed every few seconds."""
-    import zarr
     from transformers import AutoTokenizer
 
-    path = store_path(ctx.workspace, ctx.job_id)
-    out = ResumableOutput(ctx, location=str(path), exists=lambda: (path / "zarr.json").exists(),
-                          owner=lambda: zarr.open_group(str(path), mode="r").attrs.get("job_id"),
+    path = store_location(ctx.workspace, ctx.job_id, spec.get("root"))
+    out = ResumableOutput(ctx, location=path, exists=lambda: exists(path),
+                          owner=lambda: open_group(path, mode="r").attrs.get("job_id"),
                           commit_every=spec.get("commit_every", 5.0))
     def clean_up() -> None:
         for checkpoint in ctx.dir.glob("tokenize_checkpoint_*.npz"):
             checkpoint.unlink(missing_ok=True)
 
-    if not out.fresh and zarr.open_group(str(path), mode="r").attrs.get("complete"):
+    if not out.fresh and open_group(path, mode="r").attrs.get("complete"):
         ctx.after_end(clean_up)
-        return _result(zarr.open_group(str(path), mode="r"), path)  # it ended, but the end was not recorded
+        return _result(open_group(path, mode="r"), path)  # it ended, but the end was not recorded
     corpus = Corpus.from_spec(spec["corpus"])
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"]["path"])
     n = spec["context_length"]
@@ -311,10 +317,11 @@ def run_tokenize(ctx, spec: dict) -> dict:
         ctx.event(f"the tokenizer has no pad token; padding with id {pad_id} "
                   f"({'eos' if tokenizer.eos_token_id is not None else 'token 0'}); padded positions have "
                   "attention_mask 0, doc_ids -1 and positions -1", level="warning")
-    ctx.workspace.dir("tokens")
+    if not is_url(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     resume = out.resume
     if out.fresh:
-        group = zarr.open_group(str(path), mode="w")
+        group = open_group(path, mode="w")
         chunk_rows = max(1, CHUNK_BYTES // (4 * n))
         for name, dtype in (("input_ids", "int32"), ("doc_ids", "int64"), ("positions", "int32"),
                             ("attention_mask", "uint8")):
@@ -328,7 +335,7 @@ def run_tokenize(ctx, spec: dict) -> dict:
             "committed_rows": 0, "complete": False,
         })
     else:
-        group = zarr.open_group(str(path), mode="r+")
+        group = open_group(path, mode="r+")
         chunk_rows = group["input_ids"].chunks[0]
     stats = _Stats(len(tokenizer), corpus.split_of())
     packer = _Packer(n, spec["packing"], pad_id)
@@ -401,7 +408,7 @@ def run_tokenize(ctx, spec: dict) -> dict:
     return _result(group, path)
 
 
-def _result(group, path: Path) -> dict:
+def _result(group, path: str) -> dict:
     final = group.attrs["stats"]
     return {"path": str(path), "sequences": int(group.attrs["committed_rows"]), "tokens": final["tokens"],
             "documents": final["documents"]}

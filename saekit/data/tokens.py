@@ -1,4 +1,5 @@
-"""``TokenStore``: a tokenized corpus in Zarr (``<workspace>/tokens/<id>.zarr``), and the list of them.
+"""``TokenStore``: a tokenized corpus in Zarr (``<workspace>/tokens/<id>.zarr``, or ``<root>/<id>.zarr`` for a
+tokenization given ``root=``: another folder or an fsspec URL such as ``s3://bucket/tokens``), and the list of them.
 
 Arrays, all ``[n_sequences, context_length]`` and chunked by rows: ``input_ids`` (int32), ``doc_ids``
 (int64, -1 on padding), ``positions`` (int32, the token's position in its document, -1 on padding) and
@@ -8,14 +9,14 @@ settings, the committed row count and the statistics gathered while tokenizing.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from saekit._fs import is_url, remove
 from saekit._table import ObjectTable
-from saekit._zarr import read_rows, read_selection, verify_rows
+from saekit._zarr import exists, open_group, read_rows, read_selection, verify_rows
 from saekit.errors import DataError
 from saekit.workspace import Workspace, as_workspace
 
@@ -35,6 +36,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def store_path(ws: Workspace, store_id: str) -> Path:
     return ws.path / "tokens" / f"{store_id}.zarr"
+
+
+def store_location(ws: Workspace, store_id: str, root: str | None = None) -> str:
+    """Where the tokenize job ``store_id`` writes: under ``root`` (a folder or an fsspec URL) when given."""
+    return f"{str(root).rstrip('/')}/{store_id}.zarr" if root is not None else str(store_path(ws, store_id))
 
 
 class TokenRows:
@@ -96,27 +102,32 @@ class TokenStore:
     Zarr arrays ``[n_sequences, context_length]``; ``stats()`` describes it."""
 
     def __init__(self, path: str | Path, workspace: Workspace | str | None = None):
-        import zarr
-
-        self.path = Path(path)
-        self.id = self.path.name.removesuffix(".zarr")
+        self.location = str(path).rstrip("/")  # a path, or an fsspec URL (s3://...)
+        self.path = self.location if is_url(self.location) else Path(self.location)
+        self.id = self.location.rsplit("/", 1)[-1].removesuffix(".zarr")
         self.workspace = as_workspace(workspace)
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            if not exists(self.location):
+                raise FileNotFoundError(self.location)
+            self.group = open_group(self.location, mode="r")
         except (FileNotFoundError, ValueError) as exc:
-            raise DataError(f"no token store at {str(self.path)!r}; sk.token_stores() lists them") from exc
+            raise DataError(f"no token store at {self.location!r}; sk.token_stores() lists them") from exc
         if self.group.attrs.get("saekit") != "token_store":
-            raise DataError(f"{str(self.path)!r} is a Zarr group but not a saekit token store")
-        verify_rows(str(self.path), self.group, self.array_names, self.n_sequences, "token store")
+            raise DataError(f"{self.location!r} is a Zarr group but not a saekit token store")
+        verify_rows(self.location, self.group, self.array_names, self.n_sequences, "token store")
 
     @classmethod
     def open(cls, store_id_or_path: str | Path, workspace: Workspace | str | None = None) -> "TokenStore":
-        """Open a token store by id (in the workspace) or by path."""
+        """Open a token store by id (in the workspace), path or fsspec URL."""
         ws = as_workspace(workspace)
-        path = Path(store_id_or_path)
-        if not path.exists():
-            path = store_path(ws, str(store_id_or_path))
-        return cls(path, ws)
+        where = str(store_id_or_path)
+        if is_url(where) or Path(where).exists():
+            return cls(where, ws)
+        from saekit import registry
+
+        row = registry.get_job(ws, where)
+        root = row.spec_dict.get("root") if row is not None and row.kind == "tokenize" else None
+        return cls(store_location(ws, where, root), ws)
 
     # -- facts -------------------------------------------------------------------------------------
     @property
@@ -167,7 +178,7 @@ class TokenStore:
     def rows(self, lo: int, hi: int) -> TokenRows:
         """Sequences ``lo:hi`` (clipped to the committed ones), one read per array."""
         hi = min(hi, self.n_sequences)
-        return TokenRows({n: read_rows(self.group[n], lo, hi, location=str(self.path), name=n) for n in self.array_names})
+        return TokenRows({n: read_rows(self.group[n], lo, hi, location=self.location, name=n) for n in self.array_names})
 
     def take(self, indices) -> TokenRows:
         """The sequences at ``indices`` (any order; read in sorted order, returned in the order asked)."""
@@ -175,7 +186,7 @@ class TokenStore:
         order = np.argsort(indices, kind="stable")
         inverse = np.argsort(order, kind="stable")
         picked = indices[order].tolist()
-        return TokenRows({n: read_selection(self.group[n], (picked, slice(None)), location=str(self.path), name=n)[inverse]
+        return TokenRows({n: read_selection(self.group[n], (picked, slice(None)), location=self.location, name=n)[inverse]
                           for n in self.array_names})
 
     def reader(self, block_rows: int | None = None) -> TokenReader:
@@ -197,7 +208,7 @@ class TokenStore:
 
     def reference(self) -> dict:
         """How a job spec refers to this store: id, path, and the corpus and tokenizer fingerprints."""
-        return {"id": self.id, "path": str(self.path), "corpus": self.attrs["corpus"]["fingerprint"],
+        return {"id": self.id, "path": self.location, "corpus": self.attrs["corpus"]["fingerprint"],
                 "tokenizer": self.attrs["tokenizer"]["fingerprint"]}
 
     def tokenizer(self):
@@ -225,7 +236,7 @@ class TokenStore:
 
         if registry.get_job(self.workspace, self.id) is not None:
             Job(self.id, self.workspace).delete()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove(self.location)
 
     def __repr__(self) -> str:
         a = self.group.attrs
@@ -248,8 +259,8 @@ def token_stores(workspace: Workspace | str | None = None) -> Table:
     rows, seen = [], set()
     for job_row in registry.list_jobs(ws, kind="tokenize", with_spec=True):
         seen.add(job_row.id)
-        path = store_path(ws, job_row.id)
-        stats = TokenStore(path, ws).group.attrs.get("stats") if path.exists() else None
+        location = store_location(ws, job_row.id, job_row.spec_dict.get("root"))
+        stats = TokenStore(location, ws).group.attrs.get("stats") if exists(location) else None
         rows.append(_store_row(job_row.id, str(job_row.status), job_row.spec_dict, stats, job_row.created_at))
     folder = ws.path / "tokens"
     for path in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
@@ -260,7 +271,7 @@ def token_stores(workspace: Workspace | str | None = None) -> Table:
             except DataError:
                 continue
             rows.append(_store_row(store_id, "orphan", store.attrs, store.attrs.get("stats"), None))
-    return ObjectTable(rows, STORE_COLUMNS, open=lambda row: TokenStore(store_path(ws, row["id"]), ws),
+    return ObjectTable(rows, STORE_COLUMNS, open=lambda row: TokenStore.open(row["id"], ws),
                        empty=f"no token stores in {str(ws.path)!r}; make one with sk.tokenize(corpus, lm)")
 
 

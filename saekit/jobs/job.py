@@ -16,7 +16,7 @@ from saekit._fs import remove
 from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError
 from saekit.eventlog import EventTail, EventWriter, LogState, read_all
 from saekit.jobs.kinds import get_kind
-from saekit.jobs.launchers import LAUNCHERS, run_here, start_worker
+from saekit.jobs.launchers import LAUNCHERS, check_nodes, run_here, start_worker
 from saekit.jobs.lifecycle import cancel_path, epoch, events_path, refresh
 from saekit.jobs.spec import canonical_json, normalize, spec_key
 from saekit.jobs.textbar import TextProgress, render
@@ -214,17 +214,18 @@ class Job:
         self._row = row
         return self
 
-    def resume(self, *, background: bool = True, launcher: str | None = None, nproc: int = 1,
-               progress: bool = True) -> "Job":
+    def resume(self, *, background: bool = True, launcher: str | None = None, nproc: int = 1, nnodes: int = 1,
+               rdzv_endpoint: str | None = None, progress: bool = True) -> "Job":
         """Start a new attempt of a failed or cancelled job; it continues from its last resume point."""
         launcher = _launcher(background, launcher)
+        check_nodes(launcher, nnodes, rdzv_endpoint)
         row, requeued = registry.resume_job(self.workspace, self.id, launcher=launcher, worker_pid=os.getpid())
         if row is None:
             raise _not_found(self.workspace, self.id)
         self._row = row
         if requeued:
             _record_submission(self.workspace, registry.get_job(self.workspace, self.id))
-            _launch(self.workspace, row, launcher, nproc, progress)
+            _launch(self.workspace, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
             self._load()
         return self
 
@@ -300,12 +301,13 @@ def _launcher(background: bool, launcher: str | None) -> str:
     return launcher
 
 
-def _launch(ws: Workspace, row: registry.JobRecord, launcher: str, nproc: int, progress: bool) -> None:
+def _launch(ws: Workspace, row: registry.JobRecord, launcher: str, nproc: int, progress: bool, nnodes: int = 1,
+            rdzv_endpoint: str | None = None) -> None:
     cancel_path(ws, row.id).unlink(missing_ok=True)  # a new attempt starts uncancelled
     if launcher == "inprocess":
         run_here(ws, row.id, listeners=_listeners(ws, row.id) if progress else ())
     else:
-        start_worker(ws, row, launcher=launcher, nproc=nproc)
+        start_worker(ws, row, launcher=launcher, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
 
 
 def _listeners(ws: Workspace, job_id: str) -> tuple:
@@ -328,18 +330,22 @@ def _listeners(ws: Workspace, job_id: str) -> tuple:
 
 def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, name: str | None = None,
            background: bool = True, force: bool = False, launcher: str | None = None, nproc: int = 1,
-           progress: bool = True) -> Job:
+           nnodes: int = 1, rdzv_endpoint: str | None = None, progress: bool = True) -> Job:
     """Start (or find) the job for ``spec`` and return its handle.
 
     At most one queued/running job per key: starting an active spec returns that job; a completed
     one is returned as it is unless ``force=True``; a failed or cancelled one starts a new attempt
     that resumes from its last resume point. ``background=False`` runs it here, blocking.
+    ``launcher="torchrun", nproc=N`` runs N ranks here; with ``nnodes=M, rdzv_endpoint="host:port"`` this
+    machine is one of M nodes, each other node joins with ``saekit join JOB_ID`` (the workspace on a
+    filesystem they all see).
     """
     ws = as_workspace(workspace)
     info = get_kind(kind)
     launcher = _launcher(background, launcher)
     if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
         raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
+    check_nodes(launcher, nnodes, rdzv_endpoint)
     if info.module == "__main__" and launcher != "inprocess":
         raise ConfigError(
             f"job kind {kind!r} is defined in __main__, which a background worker cannot import; "
@@ -354,7 +360,7 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
     )
     if outcome in ("created", "resumed"):
         _record_submission(ws, row, spec)
-        _launch(ws, row, launcher, nproc, progress)
+        _launch(ws, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
     return Job(row.id, ws)
 
 

@@ -28,6 +28,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
+def local_rank(rank: int = 0) -> int:
+    """This process's rank on its own machine under torchrun (``LOCAL_RANK``; ``rank`` outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", rank))
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is the first CUDA GPU when there is one, else Apple's MPS, else the CPU."""
     if isinstance(device, torch.device):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from saekit._fs import publish, staging_path, write_atomic
+from saekit._fs import download, is_url, publish, staging_path, upload, write_atomic
 from saekit._trust import load_plugins, note_registration
 from saekit.errors import ConfigError, DataError
 from saekit.sae.config import ArchParams, SAEConfig
@@ -190,10 +190,19 @@ class SAE(nn.Module):
         self.b_dec.div_(scale)
 
     # -- files ---------------------------------------------------------------------------------------
-    def save(self, folder: str | Path, *, extra: dict | None = None) -> Path:
-        """Write ``sae.safetensors`` and ``cfg.json`` into ``folder`` (written aside, then renamed in)."""
+    def save(self, folder: str | Path, *, extra: dict | None = None) -> Path | str:
+        """Write ``sae.safetensors`` and ``cfg.json`` into ``folder`` (written aside, then renamed in). ``folder``
+        may be an fsspec URL (``s3://bucket/saes/x``): the weights are uploaded first and ``cfg.json`` last, so a
+        folder with a ``cfg.json`` is whole."""
         from safetensors.torch import save_file
 
+        if is_url(folder):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="saekit-sae-") as tmp:
+                self.save(tmp, extra=extra)
+                upload(tmp, str(folder), last=CONFIG_FILE)
+            return str(folder)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
@@ -211,6 +220,20 @@ class SAE(nn.Module):
 
         from saekit.sae.io import detect_layout
 
+        if is_url(folder):  # object storage: read a local copy (the tensors are loaded into memory)
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="saekit-sae-") as tmp:
+                try:
+                    download(str(folder).rstrip("/"), tmp)
+                except FileNotFoundError:
+                    raise DataError(f"no SAE at {str(folder)!r}", suggestion="check the URL") from None
+                try:
+                    sae = cls.load(tmp, device=device)
+                except DataError as exc:  # name the URL, not the local copy
+                    raise DataError(str(exc.args[0]).replace(tmp, str(folder)), suggestion=exc.suggestion) from None
+            sae._loaded_from = (str(folder).rstrip("/"), _versions(sae))
+            return sae
         folder = Path(folder)
         layout = detect_layout(folder)
         if layout != "saekit":

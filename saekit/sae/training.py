@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from saekit._checks import is_int
-from saekit._fs import publishing
+from saekit._fs import download, is_url, publishing, remote_names, remove, upload
 from saekit.activations.store import ActivationStore
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError, JobCancelled, NumericsError
 from saekit.jobs import job_kind, submit
-from saekit.models.loading import load_model_from_ref, resolve_device
+from saekit.models.loading import load_model_from_ref, local_rank, resolve_device
 from saekit.sae.config import SAEConfig, TrainConfig
 from saekit.sae.evaluation import downstream_metrics, reconstruction_metrics
 from saekit.sae.model import SAE, TrainingState, geometric_median
@@ -44,8 +45,9 @@ CHECKPOINT_FILE = "trainer.pt"
 # -- the public entry ----------------------------------------------------------------------------------
 def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | None = None,
           train_config: TrainConfig | None = None, *, template: str | None = None, eval_model=None,
-          background: bool = True, launcher: str | None = None, nproc: int = 1, force: bool = False,
-          name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
+          root: str | None = None, background: bool = True, launcher: str | None = None, nproc: int = 1,
+          nnodes: int = 1, rdzv_endpoint: str | None = None, force: bool = False, name: str | None = None, workspace: Workspace | str | None = None,
+          progress: bool = True):
     """Train SAE(s) on ``hook_point`` activations; returns the job at once (``job.result()`` -> ``SAE``,
     or a list for a sweep).
 
@@ -53,7 +55,10 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
     computed on the fly. ``sae_config`` may be a list: every SAE trains on the same batches, each with
     its own metrics (``sae{i}/fvu`` ...) and result. ``template="name"`` takes the configs saved with
     ``sk.templates.save`` (arguments given here win). ``eval_model=lm`` adds the downstream evaluation
-    (CE loss recovered, KL) for a store source. ``launcher="torchrun", nproc=N`` trains data-parallel.
+    (CE loss recovered, KL) for a store source. ``launcher="torchrun", nproc=N`` trains data-parallel
+    (``nnodes=M, rdzv_endpoint="host:port"``: over M machines, each other one joining with ``saekit join JOB_ID``).
+    ``root`` keeps the checkpoints and the final SAE(s) under an fsspec URL such as ``s3://bucket/saes``
+    (``<root>/<job id>/step_N/``, ``.../final/``) instead of the workspace's ``saes/`` folder.
     """
     ws = as_workspace(workspace)
     if template is not None:
@@ -73,8 +78,9 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
     resolve_device(train_config.device)
     if not is_int(nproc) or nproc < 1:
         raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
-    if train_config.batch_size % nproc:
-        raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over nproc={nproc}")
+    if train_config.batch_size % (nproc * nnodes if is_int(nnodes) else nproc):
+        raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over the {nproc} x {nnodes} ranks "
+                          "(nproc x nnodes)")
 
     spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws)
     resolved = [c.resolved(d_in) for c in configs]  # ConfigError on a d_in mismatch or k >= d_sae
@@ -87,8 +93,13 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
         eval_ref = eval_model.ref
     spec = {"source": spec_source, "hook_point": hook_point, "saes": [c.to_dict() for c in resolved],
             "train": train_config.to_dict(), "eval_model": eval_ref}
-    return submit("train", spec, workspace=ws, background=background, launcher=launcher, nproc=nproc, force=force,
-                  name=name, progress=progress)
+    if root is not None:  # only then, so that a workspace run's job key is what it always was
+        if not isinstance(root, str) or not is_url(root):
+            raise ConfigError(f"root={root!r} must be an fsspec URL such as 's3://bucket/saes' (SAEs on a local "
+                              "disk live in the workspace)")
+        spec["root"] = root.rstrip("/")
+    return submit("train", spec, workspace=ws, background=background, launcher=launcher, nproc=nproc, nnodes=nnodes,
+                  rdzv_endpoint=rdzv_endpoint, force=force, name=name, progress=progress)
 
 
 def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace) -> tuple[dict, int, int]:
@@ -222,11 +233,14 @@ def _load_saes(ws: Workspace, result: dict):
 
 
 def _outputs(ws: Workspace, row: dict) -> list[str]:
-    return [str(ws.path / "saes" / row.id)]
+    root = row.spec_dict.get("root")
+    return [f"{root}/{row.id}" if root else str(ws.path / "saes" / row.id)]
 
 
 def _disposable(ws: Workspace, row) -> list[Path]:
     """Checkpoints left beside a completed run's final/ (their removal after the end was cut short)."""
+    if row.spec_dict.get("root"):
+        return []  # on object storage: removed after the end, or with the job
     folder = ws.path / "saes" / row.id
     return sorted(p for p in folder.glob("step_*") if p.is_dir()) if (folder / "final").is_dir() else []
 
@@ -237,7 +251,7 @@ def run_train(ctx, spec: dict) -> dict | None:
     configs = [SAEConfig.from_dict(c) for c in spec["saes"]]
     device = resolve_device(tc.device)
     if device.type == "cuda" and ctx.world_size > 1:  # pragma: gpu
-        device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
+        device = torch.device("cuda", local_rank(ctx.rank) % torch.cuda.device_count())
         torch.cuda.set_device(device)
     group = _Distributed(ctx, device)
     try:
@@ -253,7 +267,9 @@ class _Trainer:
         if self.source.d_in != configs[0].d_in:
             raise ConfigError(f"the source's width {self.source.d_in} does not match d_in={configs[0].d_in}")
         self.runs = [_Run(i, c, tc, device) for i, c in enumerate(configs)]
-        self.folder = ctx.workspace.dir("saes") / ctx.job_id
+        root = spec.get("root")
+        self.remote = f"{root}/{ctx.job_id}" if root else None  # checkpoints and finals on object storage
+        self.folder = None if self.remote else ctx.workspace.dir("saes") / ctx.job_id
         self.scale = 1.0
         self.step = 0
 
@@ -270,29 +286,56 @@ class _Trainer:
             raise NumericsError(f"SAE(s) {broken} have non-finite weights at step {self.step}; no checkpoint was "
                                 "written", suggestion="lower lr and train again (force=True)")
         if self.group.rank == 0:
-            final = self.folder / f"step_{self.step:08d}"
-            with publishing(final, replace=True) as tmp:
-                for run in self.runs:
-                    run.sae.save(tmp / f"sae{run.index}")
-                torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
-                            "source": self.source.state(), "rng": torch.get_rng_state()}, tmp / CHECKPOINT_FILE)
-            self.ctx.commit({"step": self.step, "checkpoint": final.name})
-            kept = sorted(p for p in self.folder.glob("step_*") if p.is_dir())
-            for old in kept[:-self.tc.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            name = f"step_{self.step:08d}"
+            if self.remote:  # written here, uploaded with trainer.pt last, then committed
+                with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.ctx.dir) as tmp:
+                    self._write_checkpoint(Path(tmp))
+                    upload(tmp, f"{self.remote}/{name}", last=CHECKPOINT_FILE)
+            else:
+                with publishing(self.folder / name, replace=True) as tmp:
+                    self._write_checkpoint(tmp)
+            self.ctx.commit({"step": self.step, "checkpoint": name})
+            for old in self._checkpoints()[:-self.tc.keep_checkpoints]:
+                remove(old)
         self.group.barrier()
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        for run in self.runs:
+            run.sae.save(folder / f"sae{run.index}")
+        torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
+                    "source": self.source.state(), "rng": torch.get_rng_state()}, folder / CHECKPOINT_FILE)
+
+    def _checkpoints(self) -> list[str]:
+        """This run's step_N checkpoints, oldest first (paths or URLs)."""
+        if self.remote:
+            return [f"{self.remote}/{n}" for n in remote_names(self.remote) if n.startswith("step_")]
+        return [str(p) for p in sorted(self.folder.glob("step_*")) if p.is_dir()]
+
+    @contextmanager
+    def _local_checkpoint(self, name: str):
+        """The checkpoint ``name`` as a local folder (a downloaded copy when it is on object storage)."""
+        if not self.remote:
+            yield self.folder / name
+            return
+        with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.ctx.dir) as tmp:
+            try:
+                download(f"{self.remote}/{name}", tmp)
+            except FileNotFoundError:
+                pass  # reported as gone below
+            yield Path(tmp)
 
     def _restore(self, point: dict) -> dict:
         from safetensors.torch import load_file
 
-        path = self.folder / point["checkpoint"]
-        if not (path / CHECKPOINT_FILE).exists():
-            raise DataError(f"the checkpoint {str(path)!r} this job would resume from is gone",
-                            suggestion="train again with force=True")
-        state = torch.load(path / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
-        for run, run_state in zip(self.runs, state["runs"]):
-            run.sae.load_state_dict(load_file(path / f"sae{run.index}" / "sae.safetensors", device=str(self.device)))
-            run.restore(run_state)
+        with self._local_checkpoint(point["checkpoint"]) as path:
+            if not (path / CHECKPOINT_FILE).exists():
+                where = f"{self.remote}/{point['checkpoint']}" if self.remote else str(path)
+                raise DataError(f"the checkpoint {where!r} this job would resume from is gone",
+                                suggestion="train again with force=True")
+            state = torch.load(path / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+            for run, run_state in zip(self.runs, state["runs"]):
+                run.sae.load_state_dict(load_file(path / f"sae{run.index}" / "sae.safetensors", device=str(self.device)))
+                run.restore(run_state)
         torch.set_rng_state(state["rng"])
         self.step, self.scale = int(state["step"]), float(state["scale"])
         self.ctx.event(f"resuming from the checkpoint at step {self.step:,}")
@@ -439,7 +482,8 @@ class _Trainer:
             if lm is not None and tc.ce_eval_tokens:
                 evaluation.update(downstream_metrics(sae, lm, tokens, self.spec["hook_point"], self._ce_sequences(tokens),
                                                      include_bos=include_bos))
-            path = self.folder / "final" / (f"sae{run.index}" if len(self.runs) > 1 else "")
+            sub = f"sae{run.index}" if len(self.runs) > 1 else ""
+            path = (f"{self.remote}/final" + (f"/{sub}" if sub else "")) if self.remote else self.folder / "final" / sub
             sae.save(path, extra={"hook_point": self.spec["hook_point"], "job_id": ctx.job_id, "input_scale_folded": self.scale,
                                   "trained_tokens": self.step * tc.batch_size, "source": self.spec["source"],
                                   "eval": evaluation})
@@ -451,7 +495,7 @@ class _Trainer:
         ctx.metrics(self.step, **{self._name(r, k if k.startswith("eval_") else f"eval_{k}"): v  # eval_tokens stays
                                   for r, item in zip(self.runs, results) for k, v in item["eval"].items()
                                   if isinstance(v, (int, float))})
-        ctx.after_end(lambda: [shutil.rmtree(old, ignore_errors=True) for old in self.folder.glob("step_*")])
+        ctx.after_end(lambda: [remove(old) for old in self._checkpoints()])
         ctx.progress(self.step, tc.total_steps, unit="steps", phase="done")
         return {"saes": results, "steps": self.step, "tokens": self.step * tc.batch_size,
                 "hook_point": self.spec["hook_point"]}

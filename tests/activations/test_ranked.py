@@ -53,3 +53,33 @@ def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(ws, docs_file, ti
     assert_same_rows(two, one)
     states = [json.loads((ws.job_dir(job.id) / f"extract-rank-{r}-of-2.json").read_text()) for r in range(2)]
     assert [s["pos"] for s in states] == [hi for _, hi in ranges]
+
+
+@pytest.mark.heavy
+def test_two_nodes_joined_through_the_rendezvous_equal_one_process(ws, docs_file, tiny_lm):
+    """Two torchrun "nodes" of one rank each on this machine, meeting at a c10d rendezvous as two machines do:
+    the submitting one starts its torchrun, `saekit join` runs the other's."""
+    import socket
+    import subprocess
+    import sys
+
+    store = tokens(tiny_lm, docs_file, max_documents=120)
+    one = sk.extract(tiny_lm, store, HOOKS, background=False, progress=False, **KW).result()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(sk.ConfigError, match="rdzv_endpoint"):
+        sk.extract(tiny_lm, store, HOOKS, launcher="torchrun", nnodes=2, force=True, **KW)
+    job = sk.extract(tiny_lm, store, HOOKS, launcher="torchrun", nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}",
+                     force=True, progress=False, **KW)
+    assert job.status in ("queued", "running")  # it waits for the second node
+    join = [sys.executable, "-m", "saekit.cli", "--workspace", str(ws.path), "join", job.id]
+    joined = subprocess.run(join, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert f"--rdzv-endpoint=127.0.0.1:{port}" in joined.stderr and "--nnodes=2" in joined.stderr
+    two = job.result(timeout=300)
+    assert_same_rows(two, one)
+    assert [json.loads((ws.job_dir(job.id) / f"extract-rank-{r}-of-2.json").read_text())["pos"] for r in range(2)] \
+        == [hi for _, hi in rank_ranges(one.n_tokens, one.attrs["chunk_rows"], 2)]
+    again = subprocess.run(join, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "no multi-node attempt to join" in again.stderr  # it has ended

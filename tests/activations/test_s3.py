@@ -1,7 +1,9 @@
-"""Activation stores on S3-compatible object storage, against a real S3 server on loopback (moto's server mode):
+"""saekit's stores on S3-compatible object storage, against a real S3 server on loopback (moto's server mode):
 extraction into an s3:// root killed and resumed equals a local extraction bitwise, training streams from
 the S3 store to the same SAE as from disk, deleting the job deletes the objects, and the credentials appear in
-no spec, registry row, event log or worker log."""
+no spec, registry row, event log or worker log. Token stores and SAEs (checkpoints and finals) take an s3://
+root too: a tokenization killed and resumed there equals a local one, and a training run whose checkpoints live
+there, killed and resumed, ends with the weights of an uninterrupted local run."""
 
 import os
 import signal
@@ -17,6 +19,7 @@ from saekit.jobs.events import read_all
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import s3_server  # noqa: E402
 from test_extract import HOOKS, assert_same_store, tokens  # noqa: E402
+from data_for_tests import dictionary_data, quick  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,63 @@ def test_extraction_to_s3_killed_and_resumed_equals_local(ws, s3, docs_file, tin
     job.delete()
     assert not fs.exists(remote.location)
     assert sk.ActivationStore(local.location, ws).n_tokens == local.n_tokens  # the local store is untouched
+
+
+def _kill_after(ws, job, commits):
+    _wait_commits(ws, job, commits)
+    os.kill(job.info()["worker_pid"], signal.SIGKILL)
+    job.wait(timeout=120)
+    assert job.status == "failed" and job.info()["error_type"] == "worker_lost"
+    job.resume(progress=False)
+
+
+@pytest.mark.heavy
+def test_token_stores_and_saes_round_trip_through_s3(ws, s3, docs_file, tiny_lm):
+    import numpy as np
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    # a token store under an s3:// root: killed after its 2nd commit, resumed, equal to a local tokenization
+    kw = dict(context_length=64, max_documents=300, batch_documents=20, commit_every=0.01)
+    job = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, root=f"{s3}/tokens", progress=False, **kw)
+    _kill_after(ws, job, 2)
+    remote = job.result(timeout=300)
+    assert remote.location == f"{s3}/tokens/{job.id}.zarr" and job.attempt == 2
+    local = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, background=False, progress=False, **kw).result()
+    for name in ("input_ids", "doc_ids", "positions", "attention_mask"):
+        np.testing.assert_array_equal(remote[name][:], local[name][:])
+    assert remote.stats() == local.stats()
+    assert sk.TokenStore.open(job.id).location == remote.location  # by id, through its job's spec
+    assert job.id in {row["id"] for row in sk.token_stores().rows}
+
+    # the S3 token store feeds an extraction like a local one
+    acts = sk.extract(tiny_lm, remote, HOOKS[:1], batch_size=8, background=False, progress=False).result()
+    assert_same_store(acts, sk.extract(tiny_lm, local, HOOKS[:1], batch_size=8, background=False,
+                                       progress=False).result())
+
+    # SAEs: checkpoints and the final under an s3:// root; killed after its 2nd checkpoint, resumed
+    x, _ = dictionary_data(20_000, 16, 64, 3, seed=5)
+    store = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)
+    args = (store, "toy", sk.SAEConfig(arch="topk", d_sae=64, k=3))
+    tc = quick(total_tokens=200_000, checkpoint_every=40, log_every=20, keep_checkpoints=2)
+    run = sk.train(*args, tc, root=f"{s3}/saes", progress=False)
+    _kill_after(ws, run, 2)
+    resumed = run.result(timeout=300)
+    assert any("resuming from the checkpoint" in e["message"] for e in run.events())
+    final = run.info()["result"]["saes"][0]["path"]
+    assert final == f"{s3}/saes/{run.id}/final" and resumed.saved_folder() == final
+    assert fs.exists(f"{final}/cfg.json") and not fs.exists(f"{s3}/saes/{run.id}/step_00000040")
+    assert [n for n in fs.ls(f"{s3}/saes/{run.id}") if "step_" in n] == []  # checkpoints go after the end
+    assert not (ws.path / "saes" / run.id).exists()  # nothing of it in the workspace
+    straight = sk.train(*args, tc, background=False, progress=False).result()
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6)
+    again = sk.SAE.load(final)  # loads from the URL itself
+    torch.testing.assert_close(again.W_dec, resumed.W_dec, rtol=0, atol=0)
+    with pytest.raises(sk.DataError, match="no SAE at"):
+        sk.SAE.load(f"{s3}/saes/nothing-here")
+
+    # deleting the jobs deletes their objects
+    job.delete()
+    run.delete()
+    assert not fs.exists(remote.location) and not fs.exists(f"{s3}/saes/{run.id}")
