@@ -123,7 +123,9 @@ class TokenStore:
         where = str(store_id_or_path)
         if is_url(where) or Path(where).exists():
             return cls(where, ws)
-        from saekit import registry
+        if store_path(ws, where).exists():
+            return cls(store_path(ws, where), ws)
+        from saekit import registry  # a store under another root: its job's spec says where
 
         row = registry.get_job(ws, where)
         root = row.spec_dict.get("root") if row is not None and row.kind == "tokenize" else None

@@ -14,6 +14,7 @@ import threading
 import time
 
 from saekit import registry
+from saekit._fs import write_atomic
 from saekit._trust import worker_environment
 from saekit.config import settings
 from saekit.errors import ConfigError
@@ -102,8 +103,6 @@ def start_worker(ws: Workspace, row: registry.JobRecord, *, launcher: str = "bac
     env = worker_environment(dict(os.environ, PYTHONUNBUFFERED="1"))
     command = worker_command(ws, job_id, launcher, nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, attempt=attempt)
     if nnodes > 1:  # what `saekit join` on the other nodes reads
-        from saekit._fs import write_atomic
-
         write_atomic(rendezvous_path(ws, job_id), json.dumps({"attempt": attempt, "nnodes": nnodes, "nproc": nproc,
                                                                "rdzv_endpoint": rdzv_endpoint}))
     try:

@@ -46,8 +46,8 @@ CHECKPOINT_FILE = "trainer.pt"
 def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | None = None,
           train_config: TrainConfig | None = None, *, template: str | None = None, eval_model=None,
           root: str | None = None, background: bool = True, launcher: str | None = None, nproc: int = 1,
-          nnodes: int = 1, rdzv_endpoint: str | None = None, force: bool = False, name: str | None = None, workspace: Workspace | str | None = None,
-          progress: bool = True):
+          nnodes: int = 1, rdzv_endpoint: str | None = None, force: bool = False, name: str | None = None,
+          workspace: Workspace | str | None = None, progress: bool = True):
     """Train SAE(s) on ``hook_point`` activations; returns the job at once (``job.result()`` -> ``SAE``,
     or a list for a sweep).
 
@@ -270,6 +270,9 @@ class _Trainer:
         root = spec.get("root")
         self.remote = f"{root}/{ctx.job_id}" if root else None  # checkpoints and finals on object storage
         self.folder = None if self.remote else ctx.workspace.dir("saes") / ctx.job_id
+        if self.remote and self.group.rank == 0:  # uploads a killed attempt left half made (this worker holds the lease)
+            for stale in ctx.dir.glob("checkpoint-*"):
+                remove(stale)
         self.scale = 1.0
         self.step = 0
 
@@ -317,7 +320,7 @@ class _Trainer:
         if not self.remote:
             yield self.folder / name
             return
-        with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.ctx.dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="saekit-checkpoint-") as tmp:  # this machine's, per rank
             try:
                 download(f"{self.remote}/{name}", tmp)
             except FileNotFoundError:
