@@ -12,7 +12,11 @@ SECRET = "saekit-test-secret-key-4f1c"  # a secret that must never appear in a s
 
 def start():
     """Start the server, point the AWS environment at it; returns ``(server, previous environment)``."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log record per request (pytest captures them)
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -79,8 +79,8 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
     if not is_int(nproc) or nproc < 1:
         raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
     if train_config.batch_size % (nproc * nnodes if is_int(nnodes) else nproc):
-        raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over the {nproc} x {nnodes} ranks "
-                          "(nproc x nnodes)")
+        raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over nproc={nproc}"
+                          + (f" x nnodes={nnodes} ranks" if nnodes != 1 else ""))
 
     spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws)
     resolved = [c.resolved(d_in) for c in configs]  # ConfigError on a d_in mismatch or k >= d_sae

@@ -56,7 +56,7 @@ def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file
 
     fs = s3fs.S3FileSystem()
     # a token store under an s3:// root
-    tkw = dict(context_length=64, max_documents=300, batch_documents=20, commit_every=0.01)
+    tkw = dict(context_length=64, max_documents=200, batch_documents=20, commit_every=0.01)
     tokenize = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, root=f"{s3}/tokens", progress=False, **tkw)
     _kill_and_resume(ws, tokenize, 2)
     remote_tokens = tokenize.result(timeout=300)
@@ -96,7 +96,7 @@ def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file
     x, _ = dictionary_data(20_000, 16, 64, 3, seed=5)
     toy = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)
     args = (toy, "toy", sk.SAEConfig(arch="topk", d_sae=64, k=3))
-    tc = quick(total_tokens=100_000, checkpoint_every=20, log_every=10, keep_checkpoints=2)
+    tc = quick(total_tokens=50_000, checkpoint_every=20, log_every=10, keep_checkpoints=2)
     run = sk.train(*args, tc, root=f"{s3}/saes", progress=False)
     _kill_and_resume(ws, run, 2)
     resumed = run.result(timeout=300)
