@@ -125,23 +125,33 @@ class BatchTopKSAE(_SparseCodedSAE):
         self.register_buffer("threshold", torch.tensor(-1.0, device=device))  # < 0: not estimated yet
 
     def _select(self, pre):
-        """The ``k * B`` largest entries of the batch, exactly: each row's top ``m`` are the candidates
-        (enough unless a row had all ``m`` selected, then ``m`` doubles)."""
+        """The ``k * B`` largest entries of the batch, exactly and whatever the candidates were: each row's
+        top ``m`` are the candidates (enough unless a row's ``m`` all reach the cut, then ``m`` doubles);
+        every entry above the cut is taken, and of those equal to it the first by row, then latent. (Ties
+        are real: a latent whose encoder row is near zero gives one value on many rows. Left to ``topk``,
+        which of them it took would depend on ``m``, and so on the batches before: a resumed run would
+        part from an uninterrupted one.)"""
         b, d_sae = pre.shape
         total = self.config.k * b
         m = min(getattr(self, "_candidates", 2 * self.config.k), d_sae)
         while True:
             candidates, cols = pre.topk(m, dim=1, sorted=False)
-            values, flat = candidates.reshape(-1).topk(total, sorted=False)
-            rows = flat // m
-            if m == d_sae or int(torch.bincount(rows, minlength=b).max()) < m:
+            cut = candidates.reshape(-1).topk(total, sorted=False).values.min()
+            if m == d_sae or int((candidates >= cut).sum(1).max()) < m:
                 break
             m = min(2 * m, d_sae)
         self._candidates = m  # the next batch starts with what sufficed
-        latents = cols.reshape(-1)[flat]
-        order = torch.argsort(rows * d_sae + latents)  # by row, then latent: the same codes whatever m was
-        codes = Codes(rows[order], latents[order], b, d_sae)
-        values = values[order]
+        take = candidates > cut
+        ties = (candidates == cut).nonzero()
+        if len(ties):
+            first = torch.argsort(ties[:, 0] * d_sae + cols[ties[:, 0], ties[:, 1]])[:total - int(take.sum())]
+            take[ties[first, 0], ties[first, 1]] = True
+        rows, where = take.nonzero(as_tuple=True)
+        latents = cols[rows, where]
+        order = torch.argsort(rows * d_sae + latents)  # by row, then latent
+        rows, where, latents = rows[order], where[order], latents[order]
+        codes = Codes(rows, latents, b, d_sae)
+        values = candidates[rows, where]
         self._update_threshold(values)
         return codes, values
 

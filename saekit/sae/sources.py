@@ -16,7 +16,7 @@ import torch
 from saekit.activations.extraction import tokens_per_batch
 from saekit.activations.store import ActivationStore
 from saekit.config import config
-from saekit.data.tokens import TokenStore
+from saekit.data.tokens import TokenRows, TokenStore
 
 
 
@@ -32,10 +32,13 @@ class StoreSource:
         self.d_in = store.d_model
 
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
-                state: dict | None = None) -> Iterator[torch.Tensor]:
-        return self.store.batches(self.hook_point, batch_size, seed=seed, start_step=start_step, epochs=None,
-                                  rows=self.train_rows, buffer_bytes=self.buffer_bytes, device=device,
-                                  preload=self._preload(device))
+                state: dict | None = None, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+        """Global batches, or rank ``rank``'s slice of each when ``world`` > 1 (every rank reads them whole:
+        the shuffle spans the global batch)."""
+        stream = self.store.batches(self.hook_point, batch_size, seed=seed, start_step=start_step, epochs=None,
+                                    rows=self.train_rows, buffer_bytes=self.buffer_bytes, device=device,
+                                    preload=self._preload(device))
+        return stream if world == 1 else _slices(stream, rank * (batch_size // world), batch_size // world)
 
     def _preload(self, device: torch.device) -> bool:
         """``preload=None``: on a GPU whose free memory holds the training rows four times over; on the CPU
@@ -65,10 +68,32 @@ class StoreSource:
                 f"{self.eval_rows:,} held out")
 
 
+def _slices(stream, lo: int, n: int) -> Iterator[torch.Tensor]:
+    try:
+        for batch in stream:
+            yield batch[lo:lo + n]
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+
+
+def _cut(rows: TokenRows, a: int, b: int) -> TokenRows:
+    return TokenRows({name: array[a:b] for name, array in rows.arrays.items()})
+
+
+def _joined(first: TokenRows, second: TokenRows) -> TokenRows:
+    return TokenRows({name: np.concatenate([array, second[name]]) for name, array in first.arrays.items()})
+
+
 class ModelSource:
     """Activations computed on the fly: token-store sequences in a seeded order (a new one each pass)
     go through the model in groups, and their rows (no padding, no leading BOS) are cut into batches.
-    The last sequences are held out for evaluation."""
+    The last sequences are held out for evaluation.
+
+    The stream's position is ``(cursor, skip)``: the next sequence in that order and how many of its rows
+    earlier batches took. Under torchrun each rank reads the token rows of the whole global batch (to know
+    where its slice starts) but runs the model only over the sequences its slice of rows overlaps."""
 
     def __init__(self, lm, tokens: TokenStore, hook_point: str, eval_tokens: int, include_bos: bool = False,
                  sequences_per_forward: int | None = None):
@@ -80,13 +105,15 @@ class ModelSource:
         self.per_forward = sequences_per_forward or max(
             1, tokens_per_batch(lm.device) // tokens.context_length)
         self.d_in = lm.d_model
-        self.cursor, self.leftover = 0, None
+        self.cursor, self.skip = 0, 0
+        self.rows_computed = 0  # activation rows this process ran the model for (a rank: about its share)
 
-    def _rows(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
-        batch = self.tokens.take(indices)
+    def _rows(self, batch, device: torch.device) -> torch.Tensor:
         cache = self.lm.run_with_cache(batch.input_ids, self.hook_point, attention_mask=batch.mask.astype(np.int64))
         keep = torch.from_numpy(batch.kept(self.bos)).to(self.lm.device)
-        return cache[self.hook_point][keep].to(device=device, dtype=torch.float32)
+        rows = cache[self.hook_point][keep].to(device=device, dtype=torch.float32)
+        self.rows_computed += len(rows)
+        return rows
 
     def _order(self, seed: int, epoch: int) -> np.ndarray:
         if getattr(self, "_order_key", None) != (seed, epoch):
@@ -94,29 +121,73 @@ class ModelSource:
             self._order_cache = np.random.default_rng([seed, epoch]).permutation(self.train_sequences)
         return self._order_cache
 
+    def _indices(self, seed: int, start: int, stop: int) -> np.ndarray:
+        """Token-store rows of stream positions ``start..stop-1`` (a position counts across passes)."""
+        parts = []
+        while start < stop:
+            epoch, offset = divmod(start, self.train_sequences)
+            part = self._order(seed, epoch)[offset:offset + stop - start]
+            parts.append(part)
+            start += len(part)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _counts(self, seed: int, start: int, stop: int) -> np.ndarray:
+        return self.tokens.take(self._indices(seed, start, stop)).kept(self.bos).sum(1)
+
+    def _position(self, seed: int, state: dict | None) -> tuple[int, int]:
+        if not state:
+            return 0, 0
+        if "skip" in state:
+            return int(state["cursor"]), int(state["skip"])
+        # a checkpoint of saekit before positions: the rows left over from the last forward pass, whose
+        # sequences end just before the cursor
+        cursor, left = int(state["cursor"]), 0 if state.get("leftover") is None else len(state["leftover"])
+        while left > 0:
+            cursor -= 1
+            n = int(self._counts(seed, cursor, cursor + 1)[0])
+            if n >= left:
+                return cursor, n - left
+            left -= n
+        return cursor, 0
+
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
-                state: dict | None = None) -> Iterator[torch.Tensor]:
-        """Global batches from the stream position in ``state`` (the start when None)."""
-        self.cursor = int(state["cursor"]) if state else 0
-        self.leftover = state["leftover"].to(device) if state and state.get("leftover") is not None else None
-        pending = [self.leftover] if self.leftover is not None else []
-        have = sum(len(p) for p in pending)
+                state: dict | None = None, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+        """Batches from the stream position in ``state`` (the start when None): whole global batches, or
+        rank ``rank``'s slice of each (``batch_size // world`` rows) when ``world`` > 1."""
+        self.cursor, self.skip = self._position(seed, state)
+        local = batch_size // world
+        lo, hi = rank * local, (rank + 1) * local
+        ahead, counts = None, np.zeros(0, dtype=np.int64)  # token rows read from the cursor on, and their row counts
+        kept = (None, None)  # (position, rows) of the last sequence computed: the next batch may start in it
         while True:
-            while have < batch_size:
-                epoch, offset = divmod(self.cursor, self.train_sequences)
-                take = self._order(seed, epoch)[offset:offset + self.per_forward]
-                rows = self._rows(take, device)
-                self.cursor += len(take)
-                pending.append(rows)
-                have += len(rows)
-            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
-            batch, rest = joined[:batch_size], joined[batch_size:]
-            self.leftover = rest.clone() if len(rest) else None
-            pending, have = ([self.leftover] if self.leftover is not None else []), len(rest)
+            while counts.sum() - self.skip < batch_size:
+                at = self.cursor + len(counts)
+                more = self.tokens.take(self._indices(seed, at, at + self.per_forward))
+                ahead = more if ahead is None else _joined(ahead, more)
+                counts = np.concatenate([counts, more.kept(self.bos).sum(1)])
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) - self.skip  # each one's first row in the batch
+            ends = starts + counts
+            need = np.flatnonzero((starts < hi) & (ends > lo) & (counts > 0))  # the sequences this slice overlaps
+            first, last = int(need[0]), int(need[-1])
+            pieces = []
+            if kept[0] == self.cursor + first:
+                pieces.append(kept[1])
+                first += 1
+            for a in range(first, last + 1, self.per_forward):
+                pieces.append(self._rows(_cut(ahead, a, min(a + self.per_forward, last + 1)), device))
+            rows = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+            offset = lo - int(starts[need[0]])
+            batch = rows[offset:offset + local]
+            kept = (self.cursor + last, rows[len(rows) - int(counts[last]):])
+            open_ = np.flatnonzero(ends > batch_size)  # the first sequence this batch does not use up
+            used = int(open_[0]) if len(open_) else len(counts)
+            self.skip = batch_size - int(starts[used]) if len(open_) else 0
+            self.cursor += used
+            ahead, counts = _cut(ahead, used, len(counts)), counts[used:]
             yield batch
 
     def state(self) -> dict:
-        return {"cursor": self.cursor, "leftover": None if self.leftover is None else self.leftover.cpu()}
+        return {"cursor": self.cursor, "skip": self.skip}
 
     def eval_sequence_range(self) -> tuple[int, int]:
         return self.train_sequences, self.tokens.n_sequences
@@ -125,7 +196,7 @@ class ModelSource:
         start, stop = self.eval_sequence_range()
         pending, have = [], 0
         for lo in range(start, stop, self.per_forward):
-            rows = self._rows(np.arange(lo, min(lo + self.per_forward, stop)), torch.device("cpu"))
+            rows = self._rows(self.tokens.take(np.arange(lo, min(lo + self.per_forward, stop))), torch.device("cpu"))
             pending.append(rows)
             have += len(rows)
             if have >= batch_size:

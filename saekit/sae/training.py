@@ -9,7 +9,8 @@ stopped. At the end the input scale is folded into the weights, the SAEs are eva
 data and saved to ``saes/<job_id>/final/``.
 
 Under ``launcher="torchrun", nproc=N`` each rank steps on its slice of the global batch and gradients
-(and the dead-latent counts) are averaged (summed) over the ranks; rank 0 logs and writes.
+(and the dead-latent counts) are averaged (summed) over the ranks; rank 0 logs and writes. On a model
+source a rank runs the model only over the sequences of its slice.
 """
 
 from __future__ import annotations
@@ -211,6 +212,14 @@ class _Distributed:
             offset += n
         return bool(flat[-1] > 0)
 
+    def gathered(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``x`` (of one shape) joined in rank order: the global batch from the slices."""
+        if not self.active:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        self.dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
     def any(self, flag: bool) -> bool:
         if not self.active:
             return flag
@@ -366,9 +375,8 @@ class _Trainer:
             passes = tc.total_tokens / max(1, getattr(self.source, "train_rows", 0) or tc.total_tokens)
             ctx.event(f"training {len(self.runs)} SAE(s) on {self.source.describe()}: {total:,} steps of "
                       f"{tc.batch_size:,} tokens" + (f" ({passes:.1f} passes over the data)" if passes > 1.01 else ""))
-        batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state)
-        local = tc.batch_size // group.world
-        lo = group.rank * local
+        batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state,
+                                      rank=group.rank, world=group.world)  # this rank's slice of each global batch
         started, interval_start, interval_tokens, waited = time.monotonic(), time.monotonic(), 0, 0.0
         iterator = iter(batches)
         try:
@@ -380,8 +388,8 @@ class _Trainer:
                 waited += time.monotonic() - asked
                 x = batch.to(device=self.device, dtype=torch.float32)
                 if self.step == 0 and not ctx.resume_point:
-                    self._initialise(x)
-                x = x[lo:lo + local] * self.scale
+                    self._initialise(group.gathered(x))  # from the whole first batch, the same on every rank
+                x = x * self.scale
                 log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == total
                 outputs = [self._forward_backward(run, x) for run in self.runs]
                 fired = [out.fired.clone() for out in outputs]
@@ -412,6 +420,9 @@ class _Trainer:
             if close:
                 close()
         log.debug("trained %d steps in %.1f s", self.step, time.monotonic() - started)
+        if isinstance(self.source, ModelSource) and group.world > 1 and group.rank == 0:
+            ctx.event(f"model rows computed on rank 0 this attempt: {self.source.rows_computed:,} "
+                      f"(its slices: {(self.step - (ctx.resume_point or {}).get('step', 0)) * (tc.batch_size // group.world):,})")
         return self._finish()
 
     def _forward_backward(self, run: _Run, x: torch.Tensor):

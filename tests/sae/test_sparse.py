@@ -67,6 +67,29 @@ def test_batchtopk_selection_is_exact_when_rows_hold_many():
     torch.testing.assert_close(pre[codes.rows, codes.cols], values)
 
 
+def test_batchtopk_selection_with_ties_does_not_depend_on_the_batches_before():
+    """Values tied at the cut (a latent with a near-zero encoder row gives one value on every row) are taken
+    first by row, then latent, whatever candidate count earlier batches left: a resumed run, which starts
+    with the default count, selects what the uninterrupted run did."""
+    torch.manual_seed(3)
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="batchtopk", d_in=8, d_sae=64, k=2))
+    pre = torch.randn(16, 64) - 10
+    pre[:, 5] = 0.25  # on every row, and 32 slots are fewer than the 16 + the ties
+    pre[:, 9] = 0.25
+    pre[2, :20] = torch.linspace(1, 2, 20)  # row 2 alone needs more than the default candidates
+    picks = []
+    for m in (4, 8, 64):
+        sae._candidates = m
+        codes, values = sae._select(pre)
+        picks.append((codes.rows, codes.cols, values))
+    for rows, cols, values in picks[1:]:
+        assert torch.equal(rows, picks[0][0]) and torch.equal(cols, picks[0][1]) and torch.equal(values, picks[0][2])
+    rows, cols, values = picks[0]
+    assert len(values) == 32 and int((rows == 2).sum()) == 20
+    tied = (values == 0.25).nonzero().squeeze(1)  # the 12 ties taken: the first rows, latent 5 before 9
+    assert [(int(rows[i]), int(cols[i])) for i in tied] == [(r, c) for r in (0, 1, 3, 4, 5, 6) for c in (5, 9)]
+
+
 def test_row_dots_and_decode_match_dense():
     torch.manual_seed(2)
     a, w = torch.randn(10, 6), torch.randn(20, 6)

@@ -237,6 +237,39 @@ def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
     for expected in later:
         torch.testing.assert_close(next(restarted), expected, rtol=0, atol=0)
     assert all(len(b) == 100 for b in seen) and source.train_sequences + source.eval_sequences == tokens.n_sequences
+    # a checkpoint from before positions (the cursor after the last forward pass, its rows left over) restarts there
+    assert state["skip"] > 0  # the 12th batch ended inside a sequence
+    left = int(source._counts(7, state["cursor"], state["cursor"] + 1)[0]) - state["skip"]
+    old = {"cursor": state["cursor"] + 1, "leftover": torch.zeros(left, tiny_lm.d_model)}
+    assert again._position(7, old) == (state["cursor"], state["skip"])
+
+
+def test_each_rank_runs_the_model_over_its_slice_of_the_model_stream_only(docs_file, tiny_lm):
+    """Two ranks' slices of each global batch join into the one-process batch, bitwise, and each rank
+    runs the model over little more than half the rows; a rank restarts exactly from its state."""
+    from saekit.sae.sources import ModelSource
+
+    tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=64, max_documents=200,
+                         background=False, progress=False).result()
+
+    def stream(rank, world, n, state=None):
+        source = ModelSource(tiny_lm, tokens, "blocks.0.resid_post", eval_tokens=512, sequences_per_forward=4)
+        batches = source.batches(1000, 3, 0, torch.device("cpu"), state, rank=rank, world=world)
+        return [next(batches) for _ in range(n)], source
+
+    whole, one = stream(0, 1, 8)
+    first, rank0 = stream(0, 2, 8)
+    second, rank1 = stream(1, 2, 8)
+    for a, b, both in zip(first, second, whole):
+        assert len(a) == len(b) == 500
+        torch.testing.assert_close(torch.cat([a, b]), both, rtol=0, atol=0)
+    assert 8000 <= one.rows_computed < 8000 + 64  # one process: each row once (and the rest of the last sequence)
+    for rank in (rank0, rank1):  # a slice of ~8 sequences of 64 rows computes at most its two boundary ones again
+        assert 4000 <= rank.rows_computed <= 4000 + 8 * 2 * 64, rank.rows_computed
+    part, source = stream(1, 2, 5)
+    again, _ = stream(1, 2, 3, source.state())
+    for expected, got in zip(second[5:], again):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_preloading_the_store_trains_the_same_sae(ws, small_store):
