@@ -68,9 +68,8 @@ def test_batchtopk_selection_is_exact_when_rows_hold_many():
 
 
 def test_batchtopk_selection_with_ties_does_not_depend_on_the_batches_before():
-    """Values tied at the cut (a latent with a near-zero encoder row gives one value on every row) are taken
-    first by row, then latent, whatever candidate count earlier batches left: a resumed run, which starts
-    with the default count, selects what the uninterrupted run did."""
+    """Values tied at the cut are taken first by row, then latent, whatever candidate count earlier batches
+    left: a resumed run, which starts with the default count, selects what the uninterrupted run did."""
     torch.manual_seed(3)
     sae = sk.SAE.from_config(sk.SAEConfig(arch="batchtopk", d_in=8, d_sae=64, k=2))
     pre = torch.randn(16, 64) - 10
