@@ -378,6 +378,7 @@ class _Trainer:
         batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state,
                                       rank=group.rank, world=group.world)  # this rank's slice of each global batch
         started, interval_start, interval_tokens, waited = time.monotonic(), time.monotonic(), 0, 0.0
+        first_step = self.step
         iterator = iter(batches)
         try:
             while self.step < total:
@@ -422,7 +423,7 @@ class _Trainer:
         log.debug("trained %d steps in %.1f s", self.step, time.monotonic() - started)
         if isinstance(self.source, ModelSource) and group.world > 1 and group.rank == 0:
             ctx.event(f"model rows computed on rank 0 this attempt: {self.source.rows_computed:,} "
-                      f"(its slices: {(self.step - (ctx.resume_point or {}).get('step', 0)) * (tc.batch_size // group.world):,})")
+                      f"(its slices: {(self.step - first_step) * (tc.batch_size // group.world):,})")
         return self._finish()
 
     def _forward_backward(self, run: _Run, x: torch.Tensor):

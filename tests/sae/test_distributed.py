@@ -43,7 +43,7 @@ def test_two_ranks_on_a_model_source_each_run_the_model_over_their_slice(ws, doc
                          background=False, progress=False).result()
     hook = "blocks.1.resid_post"
     config = sk.SAEConfig(arch="topk", d_sae=128, k=8)
-    tc = quick(total_tokens=12_000, batch_size=1000, log_every=4, checkpoint_every=100, eval_tokens=1024)
+    tc = quick(total_tokens=12_000, batch_size=1000, log_every=4, checkpoint_every=5, eval_tokens=1024)
     single = sk.train((tiny_lm, tokens), hook, config, tc, background=False, progress=False)
     reference = single.result()
     parallel = sk.train((tiny_lm, tokens), hook, config, tc, launcher="torchrun", nproc=2, force=True, progress=False)
