@@ -127,6 +127,26 @@ def remote_names(url: str) -> list[str]:
         return []
 
 
+def open_file(location: str | os.PathLike, name: str):
+    """The file ``name`` inside ``location`` (a folder or an fsspec URL), open for binary reading;
+    ``FileNotFoundError`` when it is not there."""
+    if not is_url(location):
+        return open(Path(location) / name, "rb")
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(location))
+    return fs.open(f"{root.rstrip('/')}/{name}", "rb")
+
+
+def read_file(location: str | os.PathLike, name: str) -> bytes | None:
+    """The bytes of ``name`` inside ``location`` (a folder or an fsspec URL), or None when it is not there."""
+    try:
+        with open_file(location, name) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def remove(location: str | os.PathLike | None) -> None:
     """Delete a file or folder, local or at an fsspec URL (``memory://``, ``s3://`` ...); absent is fine."""
     if location is None:

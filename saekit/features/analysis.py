@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +24,12 @@ import torch
 
 from saekit._checks import check_positive_int, is_int
 from saekit._faults import fault_point
-from saekit._fs import publishing, remove
+from saekit._fs import is_url, publishing, read_file, remove, upload
 from saekit.activations.store import ActivationStore
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError
 from saekit.features.accumulate import MAX_ROWS, Accumulator, Block, hist_edges
+from saekit.features.featureset import analyses_folder, tables_location
 from saekit.features.sources import ModelRows, Rows, StoreRows
 from saekit.jobs import job_kind, submit
 from saekit.jobs.resumable import ResumableOutput
@@ -36,10 +38,6 @@ from saekit.workspace import Workspace, as_workspace
 
 STATE_FILE = "analysis_state.safetensors"
 FORMAT_VERSION = 1
-
-
-def analyses_folder(ws: Workspace, job_id: str) -> Path:
-    return ws.path / "analyses" / job_id
 
 
 # -- references to the inputs ----------------------------------------------------------------------
@@ -137,8 +135,8 @@ def _describe_source(source, sae, model, hook_point: str | None, ws: Workspace):
 def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quantiles: int = 10, per_quantile: int = 5,
             context: tuple[int, int] = (16, 4), model=None, hook_point: str | None = None, batch_size="auto",
             reservoir: int | None = None, neighbours: int = 10, device: str = "auto", seed: int = 0,
-            commit_every: float = 60.0, background: bool = True, force: bool = False, name: str | None = None,
-            workspace: Workspace | str | None = None, progress: bool = True):
+            commit_every: float = 60.0, root: str | None = None, background: bool = True, force: bool = False,
+            name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
     """Analyse every latent of ``sae`` over ``source`` in one streaming pass; returns the job at once
     (``job.result()`` -> ``FeatureSet``).
 
@@ -149,7 +147,9 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
     and a ``reservoir`` sample (``2 * quantiles * per_quantile`` by default), each with ``context`` tokens
     before and after; ``quantiles`` equal-count bins of the sample with ``per_quantile`` contexts each; the
     ``neighbours`` nearest latents by decoder cosine and the latents that fire with it. Memory is about
-    ``d_sae * (top_k + reservoir) * (context + 1) * 6`` bytes, whatever ``n_tokens``.
+    ``d_sae * (top_k + reservoir) * (context + 1) * 6`` bytes, whatever ``n_tokens``. ``root`` (an fsspec URL
+    such as ``s3://bucket/analyses``) puts the tables under ``<root>/<job id>/`` instead of the workspace's
+    ``analyses/``; the labels journal, appended to as labels come in, stays in the workspace either way.
     """
     from saekit.sae.model import SAE  # noqa: F401 (an import error here is clearer than later)
 
@@ -188,6 +188,11 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
         "lens": str(_save_unembedding(lens_model, ws)) if lens_model is not None else None, "tokens": tokens.reference(),
         "batch_size": batch_size, "device": device, "commit_every": float(commit_every),
     }
+    if root is not None:  # only then, so that a workspace analysis' job key is what it always was
+        if not isinstance(root, str) or not is_url(root):
+            raise ConfigError(f"root={root!r} must be an fsspec URL such as 's3://bucket/analyses' (analyses on a "
+                              "local disk live in the workspace)")
+        spec["root"] = root.rstrip("/")
     return submit("analyze", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
 
 
@@ -199,8 +204,10 @@ def _load_result(ws: Workspace, result: dict):
     return FeatureSet(result["folder"], workspace=ws)
 
 
-def _outputs(ws: Workspace, row) -> list[Path]:
-    return [analyses_folder(ws, row.id)]
+def _outputs(ws: Workspace, row) -> list[Path | str]:
+    local = analyses_folder(ws, row.id)
+    remote = tables_location(ws, row.id, row.spec_dict) if row.spec_dict.get("root") else None
+    return [remote, local] if remote else [local]
 
 
 def _block_rows(sae, batch_size) -> int:
@@ -280,9 +287,12 @@ def run_analyze(ctx, spec: dict) -> dict:
 
     from saekit.sae.model import SAE
 
-    folder = analyses_folder(ctx.workspace, ctx.job_id)
-    if (folder / "meta.json").exists():  # it ended, but the end was not recorded
-        return {"folder": str(folder), **json.loads((folder / "meta.json").read_text())["summary"]}
+    location = tables_location(ctx.workspace, ctx.job_id, spec)
+    meta = read_file(location, "meta.json")
+    if meta is not None:  # it ended, but the end was not recorded
+        return {"folder": location, **json.loads(meta)["summary"]}
+    for stale in ctx.dir.glob("tables-*"):  # a killed attempt's tables, written here for upload
+        remove(stale)
     state_path = ctx.dir / STATE_FILE  # the pass' checkpoint, in the job's own folder until the tables are written
     out = ResumableOutput(ctx, location=str(state_path), exists=state_path.exists, owner=lambda: ctx.job_id,
                           commit_every=spec["commit_every"])
@@ -336,10 +346,10 @@ def run_analyze(ctx, spec: dict) -> dict:
     elif spec["model"] is not None:  # saved by analyze(): the worker need not load the model for the logit lens
         lens = _load_unembedding(spec, device)
     fault_point("analyze_before_tables", ctx.attempt)
-    summary = _write(ctx, spec, sae, acc, lens, folder)
+    summary = _write(ctx, spec, sae, acc, lens, location)
     ctx.after_end(lambda: remove(state_path))
     ctx.progress(total, total, unit="tokens", phase="done")
-    return {"folder": str(folder), **summary}
+    return {"folder": location, **summary}
 
 
 def _save_unembedding(lm, ws: Workspace) -> Path:
@@ -368,8 +378,9 @@ def _load_unembedding(spec: dict, device):
     return tensors["unembedding"], tensors.get("scale")
 
 
-def _write(ctx, spec: dict, sae, acc: Accumulator, lens, folder: Path) -> dict:
-    """The analysis folder: latents.parquet, examples.parquet, meta.json (published in one rename)."""
+def _write(ctx, spec: dict, sae, acc: Accumulator, lens, location: str) -> dict:
+    """The analysis folder: latents.parquet, examples.parquet, meta.json (published in one rename; under a
+    root URL, uploaded with meta.json last)."""
     from saekit.features.tables import examples_table, latents_table, vocab_strings, write_tables
 
     tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
@@ -387,10 +398,17 @@ def _write(ctx, spec: dict, sae, acc: Accumulator, lens, folder: Path) -> dict:
             "hist_edges": [e if math.isfinite(e) else None for e in hist_edges()], "logit_lens": lens is not None,
             "summary": summary}
     ctx.workspace.dir("analyses")
-    with publishing(folder) as tmp:
-        tmp.mkdir()
-        write_tables(tmp, latents, examples, vocab)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if is_url(location):
+        analyses_folder(ctx.workspace, ctx.job_id).mkdir(exist_ok=True)  # for the labels journal
+        with tempfile.TemporaryDirectory(prefix="tables-", dir=ctx.dir) as tmp:
+            write_tables(Path(tmp), latents, examples, vocab)
+            (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2))
+            upload(tmp, location, last="meta.json")
+    else:
+        with publishing(location) as tmp:
+            tmp.mkdir()
+            write_tables(tmp, latents, examples, vocab)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     ctx.event(f"{alive:,} of {sae.d_sae:,} latents fired on {acc.rows_seen:,} tokens; tables written in "
               f"{time.monotonic() - started:.1f} s")
     return summary

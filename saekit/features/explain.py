@@ -264,4 +264,4 @@ def _write_labels(ctx, feats, spec, rows, explainer, scorer) -> None:
     batch = [labels.make_row(feats.id, r["latent"], r["explanation"], "llm", provenance=provenance,
                              scores={k: r[k] for k in score_keys if k in r and r[k] is not None and math.isfinite(r[k])})
              for r in rows]
-    labels.write(ctx.workspace, feats.folder, batch)
+    labels.write(ctx.workspace, feats.journal_folder, batch)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from saekit._fs import is_url, open_file, read_file
 from saekit._table import ObjectTable
 from saekit.features import labels
 from saekit.errors import ConfigError, DataError
@@ -141,6 +142,17 @@ def _finite(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def analyses_folder(ws: Workspace, job_id: str) -> Path:
+    """The analysis' folder in the workspace: its tables, or (when they are under a ``root`` URL) its labels journal."""
+    return ws.path / "analyses" / job_id
+
+
+def tables_location(ws: Workspace, job_id: str, spec: dict) -> str:
+    """Where the analysis' tables are: ``<root>/<job id>`` when it was given a root, else its workspace folder."""
+    root = spec.get("root")
+    return f"{root}/{job_id}" if root else str(analyses_folder(ws, job_id))
+
+
 class FeatureSet:
     """The features of one analysis (or a selection of them): ``len``, ``feats[i]`` (a ``Feature``; a slice is
     a selection), iteration, ``top``, ``dead``, ``dense``, ``search``, ``to_pandas``; the feature browser in
@@ -148,15 +160,16 @@ class FeatureSet:
 
     def __init__(self, folder: str | Path, *, workspace: Workspace | str | None = None, _parent: "FeatureSet" | None = None,
                  _ids: np.ndarray | None = None, _title: str = ""):
-        self.folder = Path(folder)
+        self.folder = str(folder).rstrip("/") if is_url(folder) else Path(folder)  # a folder, or a URL (root=)
         self.workspace = as_workspace(workspace)
         if _parent is not None:
             self._shared = _parent._shared
         else:
-            if not (self.folder / "meta.json").exists():
+            meta = read_file(self.folder, "meta.json")
+            if meta is None:
                 raise DataError(f"{str(self.folder)!r} is not a feature analysis (no meta.json)",
                                 suggestion="open one with sk.analyses() or sk.job(id).result()")
-            self._shared = _Files(self.folder)
+            self._shared = _Files(self.folder, json.loads(meta))
         self.ids = np.arange(self.n_latents, dtype=np.int64) if _ids is None else np.asarray(_ids, dtype=np.int64)
         self.title = _title
 
@@ -169,6 +182,15 @@ class FeatureSet:
     def id(self) -> str:
         """The analysis' job id."""
         return self.meta["job_id"]
+
+    @property
+    def journal_folder(self) -> Path:
+        """Where its label changes are journalled: its folder, or for tables under a URL its workspace folder."""
+        if isinstance(self.folder, Path):
+            return self.folder
+        folder = self.workspace.path / "analyses" / self.id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     @property
     def n_latents(self) -> int:
@@ -292,14 +314,14 @@ class FeatureSet:
         checked = {labels.check_feature(i, self.n_latents): labels.check_label(t) for i, t in texts.items()}
         rows = [labels.make_row(self.id, i, t, source, note=note, provenance=provenance, scores=scores)
                 for i, t in checked.items()]
-        return labels.write(self.workspace, self.folder, rows)
+        return labels.write(self.workspace, self.journal_folder, rows)
 
     def clear_label(self, latent: int, *, source: str = "user") -> None:
         """Remove latent ``latent``'s current label of ``source`` (the history keeps it)."""
         if source not in labels.SOURCES:
             raise ConfigError(f"source={source!r} is not one of {labels.SOURCES}")
         latent = labels.check_feature(latent, self.n_latents)
-        labels.write(self.workspace, self.folder, [labels.make_row(self.id, latent, "", source)])
+        labels.write(self.workspace, self.journal_folder, [labels.make_row(self.id, latent, "", source)])
 
     def labels(self):
         """A DataFrame indexed by latent, one row per latent of this view: the label shown and its source, and
@@ -331,7 +353,7 @@ class FeatureSet:
         """Bring in the rows of an ``export_labels`` file (from any workspace, same SAE), all or none; rows
         already here are skipped. Returns how many were added."""
         rows = labels.read_import(path, self.id, self.n_latents)
-        return labels.write(self.workspace, self.folder, rows)
+        return labels.write(self.workspace, self.journal_folder, rows)
 
     # -- tables ------------------------------------------------------------------------------------------------
     def to_pandas(self, columns: tuple[str, ...] | None = None):
@@ -381,10 +403,10 @@ class FeatureSet:
 class _Files:
     """The files of one analysis, opened once and shared by its views."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.meta = json.loads((folder / "meta.json").read_text())
-        self.latents = pq.read_table(folder / "latents.parquet")
+    def __init__(self, folder: Path | str, meta: dict):
+        self.folder, self.meta = folder, meta
+        with open_file(folder, "latents.parquet") as f:
+            self.latents = pq.read_table(f)
         self._read_lock = threading.Lock()  # a ParquetFile is not safe to read from two threads at once
 
     @cached_property
@@ -399,11 +421,12 @@ class _Files:
 
     @cached_property
     def vocab(self) -> list[str]:
-        return pq.read_table(self.folder / "vocab.parquet").column("token").to_pylist()
+        with open_file(self.folder, "vocab.parquet") as f:
+            return pq.read_table(f).column("token").to_pylist()
 
     @cached_property
     def examples_file(self) -> pq.ParquetFile:
-        return pq.ParquetFile(self.folder / "examples.parquet")
+        return pq.ParquetFile(open_file(self.folder, "examples.parquet"))  # read a row group at a time, kept open
 
     @cached_property
     def example_starts(self) -> np.ndarray:
@@ -459,8 +482,10 @@ def analyses(workspace: Workspace | str | None = None) -> ObjectTable:
     ws = as_workspace(workspace)
     rows = []
     for job in registry.list_jobs(ws, kind="analyze", with_spec=True):
-        spec, folder = job.spec_dict, ws.path / "analyses" / job.id
-        summary = json.loads((folder / "meta.json").read_text())["summary"] if (folder / "meta.json").exists() else {}
+        spec = job.spec_dict
+        folder = tables_location(ws, job.id, spec)
+        meta = read_file(folder, "meta.json") if job.status == "completed" or not spec.get("root") else None
+        summary = json.loads(meta)["summary"] if meta is not None else {}
         source = spec.get("source", {})
         rows.append({"id": job.id, "status": str(job.status), "sae": spec.get("sae", {}).get("path"),
                      "source": (source.get("store") or {}).get("id") or (spec.get("tokens") or {}).get("id"),

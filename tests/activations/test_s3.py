@@ -1,7 +1,7 @@
 """saekit's stores on S3-compatible object storage, against a real S3 server on loopback (moto's server mode).
 
 One pipeline runs on S3 with every output under an s3:// root: a tokenization, an extraction from that token
-store, and a training run whose checkpoints and final live there. Each is SIGKILLed mid-run and resumed, and
+store, an analysis of that store, and a training run whose checkpoints and final live there. Each is SIGKILLed mid-run and resumed, and
 each equals its local twin; training streams from the S3 store to the same SAE as from disk; deleting a job
 deletes its objects; and the credentials appear in no spec, registry row, event log or worker log."""
 
@@ -51,7 +51,7 @@ def _kill_and_resume(ws, job, commits):
 
 
 @pytest.mark.heavy
-def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file, tiny_lm):
+def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file, tiny_lm, monkeypatch):
     import s3fs
 
     fs = s3fs.S3FileSystem()
@@ -92,6 +92,30 @@ def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file
         torch.testing.assert_close(from_s3.state_dict()[name], value, rtol=0, atol=0)
     assert from_s3.metadata["eval"]["fvu"] == from_disk.metadata["eval"]["fvu"]
 
+    # an analysis with its tables under an s3:// root, of the S3 store (contexts from the S3 token store); killed
+    # before its tables are written, resumed; its labels journal stays in the workspace
+    akw = dict(top_k=5, quantiles=2, per_quantile=2, context=(4, 2), neighbours=3, progress=False)
+    monkeypatch.setenv("SAEKIT_FAULT", "analyze_before_tables:1")
+    analysis = sk.analyze(from_s3, remote, root=f"{s3}/analyses", **akw)
+    analysis.wait(timeout=300)
+    assert analysis.status == "failed" and analysis.info()["error_type"] == "worker_lost"
+    monkeypatch.delenv("SAEKIT_FAULT")
+    analysis.resume(progress=False)
+    feats = analysis.result(timeout=300)
+    assert feats.folder == f"{s3}/analyses/{analysis.id}" and fs.exists(f"{feats.folder}/examples.parquet")
+    on_disk = sk.analyze(from_disk, local, background=False, **akw).result()
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(feats.to_pandas(), on_disk.to_pandas())
+    busiest = int(np.argmax(on_disk.column("count")))
+    assert [e.tokens for e in feats[busiest].examples] == [e.tokens for e in on_disk[busiest].examples]
+    feats.label(busiest, "a label kept beside the tables")
+    journal = ws.path / "analyses" / analysis.id / "labels.jsonl"
+    assert journal.exists() and not fs.exists(f"{feats.folder}/labels.jsonl")
+    reopened = sk.analyses().rows
+    assert {r["id"]: r["folder"] for r in reopened}[analysis.id] == feats.folder
+    assert sk.job(analysis.id).result()[busiest].label == "a label kept beside the tables"
+
     # SAEs: checkpoints and the final under an s3:// root; killed after its 2nd checkpoint, resumed
     x, _ = dictionary_data(20_000, 16, 64, 3, seed=5)
     toy = sk.ActivationStore.from_array(x, "toy", chunk_bytes=2**16)
@@ -119,8 +143,9 @@ def test_a_pipeline_on_s3_killed_and_resumed_equals_it_on_disk(ws, s3, docs_file
     assert not any(s3_server.SECRET.encode() in blob for blob in written)
 
     # deleting a job deletes its objects, and only its own
-    for done in (job, tokenize, run):
+    for done in (analysis, job, tokenize, run):
         done.delete()
     assert not fs.exists(remote.location) and not fs.exists(remote_tokens.location)
+    assert not fs.exists(feats.folder) and not journal.parent.exists()
     assert not fs.exists(f"{s3}/saes/{run.id}")
     assert sk.ActivationStore(local.location, ws).n_tokens == local.n_tokens  # the local store is untouched
