@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -98,18 +101,12 @@ def main() -> None:
     rng = np.random.default_rng(1)
     data = (rng.standard_normal((args.rows, args.d_model), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
-    import logging
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import s3_server  # moto's server on loopback, reached through the standard AWS environment
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)  # no line per request, nor for a writer process hanging up
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    boto3.client("s3").create_bucket(Bucket="bench")
+    server, previous = s3_server.start()
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)  # nor a line for a writer process hanging up
+    s3_server.make_bucket("bench")
     out = {"rows": args.rows, "d_model": args.d_model, "dtype": "bfloat16 (as uint16)",
            "chunk_MiB": round(args.chunk_rows * args.d_model * 2 / 2**20, 2), "shard_chunks": args.shard_chunks}
     try:
@@ -119,7 +116,7 @@ def main() -> None:
                 out[f"disk_{name}"] = measure(os.path.join(folder, f"{name}.zarr"), args, sharded, data)
                 out[f"s3_{name}"] = measure(f"s3://bench/{name}.zarr", args, sharded, data)
     finally:
-        server.stop()
+        s3_server.stop(server, previous)
     print(json.dumps(out, indent=1))
 
 

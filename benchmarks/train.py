@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def _matmul_seconds(args) -> float:
@@ -123,18 +124,15 @@ def _peer_python(requested: str | None) -> str | None:
 
 def _on_s3(store, ws):
     """A copy of ``store`` on a loopback S3 server (moto's server mode), as an ActivationStore."""
-    import boto3
     import fsspec
-    from moto.server import ThreadedMotoServer
 
     import saekit as sk
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    boto3.client("s3").create_bucket(Bucket="bench")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import s3_server  # the tests' helper: moto's server, reached through the standard AWS environment
+
+    s3_server.start()  # for this benchmark process's life
+    s3_server.make_bucket("bench")
     fs = fsspec.filesystem("s3")
     fs.put(store.location, "bench/store.zarr", recursive=True)
     return sk.ActivationStore("s3://bench/store.zarr", ws)
