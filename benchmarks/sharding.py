@@ -32,15 +32,18 @@ from pathlib import Path
 import numpy as np
 
 
-def _array(location: str, args, sharded: bool, mode: str = "w"):
-    import zarr
+def _opened(location: str):
+    from saekit._zarr import open_group
+
+    return open_group(location, "r+")["acts"]
+
+
+def _array(location: str, args, sharded: bool):
     from zarr.codecs import ZstdCodec
 
     from saekit._zarr import open_group
 
-    group = open_group(location, mode)
-    if mode == "r+":
-        return group["acts"]
+    group = open_group(location, "w")
     chunk = (args.chunk_rows, args.d_model)
     layout = {"shards": (args.chunk_rows * args.shard_chunks, args.d_model), "chunks": chunk} if sharded else {"chunks": chunk}
     return group.create_array("acts", shape=(args.rows, args.d_model), dtype="uint16", compressors=[ZstdCodec(level=1)],
@@ -56,7 +59,7 @@ def _objects(location: str) -> int:
 
 def _write_alternate(location: str, args, parity: int, data: np.ndarray) -> None:
     """One 'rank': every other chunk of the first shard's rows, starting at ``parity``."""
-    array = _array(location, args, sharded=False, mode="r+")  # the stored metadata says whether it is sharded
+    array = _opened(location)  # its stored metadata says whether it is sharded
     rows = args.chunk_rows
     for c in range(parity, args.shard_chunks, 2):
         array[c * rows:(c + 1) * rows] = data[c * rows:(c + 1) * rows]
@@ -83,7 +86,7 @@ def measure(location: str, args, sharded: bool, data: np.ndarray) -> dict:
         w.start()
     for w in writers:
         w.join()
-    back = _array(location, args, sharded, mode="r+")[:len(fresh)]
+    back = _opened(location)[:len(fresh)]
     kept = sum(np.array_equal(back[c * args.chunk_rows:(c + 1) * args.chunk_rows],
                               fresh[c * args.chunk_rows:(c + 1) * args.chunk_rows]) for c in range(args.shard_chunks))
     return {"objects": _objects(location), "write_MBps": round(data.nbytes / write / 2**20, 1),

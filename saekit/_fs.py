@@ -143,7 +143,7 @@ def read_file(location: str | os.PathLike, name: str) -> bytes | None:
     try:
         with open_file(location, name) as f:
             return f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

@@ -188,7 +188,7 @@ class FeatureSet:
         """Where its label changes are journalled: its folder, or for tables under a URL its workspace folder."""
         if isinstance(self.folder, Path):
             return self.folder
-        folder = self.workspace.path / "analyses" / self.id
+        folder = analyses_folder(self.workspace, self.id)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
