@@ -1,9 +1,10 @@
 """saekit's stores on S3-compatible object storage, against a real S3 server on loopback (moto's server mode).
 
 One pipeline runs on S3 with every output under an s3:// root: a tokenization, an extraction from that token
-store, an analysis of that store, and a training run whose checkpoints and final live there. Each is SIGKILLed mid-run and resumed, and
-each equals its local twin; training streams from the S3 store to the same SAE as from disk; deleting a job
-deletes its objects; and the credentials appear in no spec, registry row, event log or worker log."""
+store, an analysis of that store, and a training run whose checkpoints and final live there. Each is SIGKILLed
+mid-run and resumed, and each equals its local twin; training streams from the S3 store to the same SAE as from
+disk; deleting a job deletes its objects; and the credentials appear in no spec, registry row, event log or
+worker log."""
 
 import os
 import signal

@@ -73,7 +73,7 @@ def test_batchtopk_selection_with_ties_does_not_depend_on_the_batches_before():
     torch.manual_seed(3)
     sae = sk.SAE.from_config(sk.SAEConfig(arch="batchtopk", d_in=8, d_sae=64, k=2))
     pre = torch.randn(16, 64) - 10
-    pre[:, 5] = 0.25  # on every row, and 32 slots are fewer than the 16 + the ties
+    pre[:, 5] = 0.25  # latents 5 and 9 tie on every row: 30 ties for the 12 slots row 2 leaves
     pre[:, 9] = 0.25
     pre[2, :20] = torch.linspace(1, 2, 20)  # row 2 alone needs more than the default candidates
     picks = []
