@@ -244,7 +244,7 @@ def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
     assert again._position(7, old) == (state["cursor"], state["skip"])
 
 
-def test_each_rank_runs_the_model_over_its_slice_of_the_model_stream_only(docs_file, tiny_lm):
+def test_each_rank_runs_the_model_over_its_slice_of_the_model_stream_only(ws, docs_file, tiny_lm):
     """Two ranks' slices of each global batch join into the one-process batch, bitwise, and each rank
     runs the model over little more than half the rows; a rank restarts exactly from its state."""
     from saekit.sae.sources import ModelSource
