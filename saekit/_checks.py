@@ -19,6 +19,33 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def as_int(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an int or a NumPy integer, never a bool), else None."""
+    if is_int(value):
+        return value
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 \
+            and value.dtype.kind in "iu":
+        return int(value)
+    return None
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a float when it is one finite number (an int, a float, a NumPy scalar or a one-element
+    tensor or array, never a bool), else None."""
+    if is_number(value):
+        return float(value)
+    if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0 or (hasattr(value, "numel") and value.numel() == 1):
+        kind = getattr(getattr(value, "dtype", None), "kind", None)
+        if kind == "b" or str(getattr(value, "dtype", "")) == "torch.bool":
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False,
                        example: str | None = None) -> None:
     if value is None and allow_none:

@@ -19,7 +19,18 @@ def configure() -> None:
         root.addHandler(logging.NullHandler())
 
 
+class MaskingFormatter(logging.Formatter):
+    """A formatter whose lines (message and traceback) carry no credentials (``saekit._secrets.mask``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from saekit._secrets import mask
+
+        return mask(super().format(record))
+
+
 def configure_worker() -> None:
-    """A worker process's setup: timestamped records on stderr (its log file)."""
+    """A worker process's setup: timestamped records on stderr (its log file), credentials masked."""
     logging.basicConfig(level=os.environ.get("SAEKIT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -103,6 +103,12 @@ class NumericsError(SaekitError):
     error_type = "numerics"
 
 
+class CredentialsError(SaekitError):
+    """An endpoint refused the credentials it was given (the key itself is never in the message)."""
+
+    error_type = "credentials"
+
+
 class ModelLoadError(SaekitError):
     """A model could not be found or loaded."""
 

@@ -15,8 +15,10 @@ lost). Records (``t`` is the type; ``time`` is epoch seconds):
 - ``end``: the attempt ended (``attempt``, ``status``, ``result``, ``error_type``, ``error_message``, ``suggestion``)
 
 A reader consumes only whole lines, so it never sees a half-written record and never blocks the writer.
-A line cut by a failed write (a full disk) is ended by the next write, so it loses only itself; readers
-skip it, with one warning per log.
+A line cut by a failed write (a full disk) is taken back (the log is truncated to where it was), or where
+that fails too, ended by the next write, so it loses only itself; readers skip it, with one warning per log.
+Credentials in the messages of ``event`` and ``end`` records are masked (``saekit._secrets``) before they are
+written.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from saekit._secrets import mask_data
 from saekit.errors import StorageError
 
 log = logging.getLogger("saekit.jobs")
 
+MASKED_RECORDS = ("event", "end")
+MASKED_FIELDS = ("message", "data", "error_message", "suggestion")
 _WARNED: set[str] = set()  # logs whose malformed lines were reported once already
 
 
@@ -58,21 +63,29 @@ class EventWriter:
         """Append ``record``; ``StorageError`` when the disk is full (what was appended before stays whole)."""
         if "time" not in record:
             record = {**record, "time": time.time()}
+        if record.get("t") in MASKED_RECORDS:
+            record = {k: (mask_data(v) if k in MASKED_FIELDS else v) for k, v in record.items()}
         if self._fd is None:
             raise ValueError(f"event log {str(self.path)!r} is closed")
         data = memoryview((b"\n" if self._torn else b"") + _encode(record))
         written = 0
         try:
+            before = os.fstat(self._fd).st_size
             while written < len(data):
                 written += os.write(self._fd, data[written:])
             if durable:
                 os.fsync(self._fd)
         except OSError as exc:
-            self._torn = self._torn or 0 < written < len(data)
+            if 0 < written < len(data):  # a line cut short: take it back, or end it with the next write
+                try:
+                    os.ftruncate(self._fd, before)
+                except OSError:
+                    self._torn = True
             if exc.errno == errno.ENOSPC:
                 raise StorageError(f"the disk holding the event log {str(self.path)!r} is full",
                                    suggestion="free disk space; the job records its end once there is room") from exc
-            raise
+            raise StorageError(f"cannot append to the event log {str(self.path)!r}: {exc.strerror or exc}",
+                               suggestion="make the workspace writable (or choose another with sk.set_workspace)") from exc
         self._torn = False
 
     def close(self) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from saekit.errors import ConfigError, WorkspaceError
 
 DEFAULT_PATH = "./saekit-workspace"
+JOB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")  # what saekit makes: <kind>-<8 hex>
 CONFIG_FILE = "saekit.json"  # the workspace's own settings (its retention policy)
 
 
@@ -110,6 +112,13 @@ class Workspace:
     def job_dir(self, job_id: str) -> Path:
         return self.path / "jobs" / job_id
 
+    def contains(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` (symbolic links resolved) lies inside this workspace, below its folder."""
+        if "://" in str(path):
+            return False
+        root = os.path.realpath(self.path)
+        return os.path.realpath(path).startswith(root + os.sep)
+
     def log_path(self, job_id: str) -> Path:
         return self.path / "logs" / f"{job_id}.log"
 
@@ -177,6 +186,15 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.path)!r})"
+
+
+def check_job_id(job_id) -> str:
+    """``job_id`` when it has the form of a job id (letters, digits, ``_`` and ``-``): an id from outside (an
+    imported row, a command line) never names a path outside ``jobs/``."""
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ConfigError(f"{job_id!r} is not a job id: ids are letters, digits, '_' and '-' (at most 128), "
+                          "e.g. 'train-1a2b3c4d'")
+    return job_id
 
 
 _current: Workspace | None = None

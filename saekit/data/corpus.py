@@ -212,7 +212,6 @@ def _load_from_source(source: str, data_files, split, text_column, kwargs) -> Co
     splits = dict(data) if isinstance(data, datasets.DatasetDict) else {split or "train": data}
     first_split = next(iter(splits.values()))
     column = _pick_text_column(first_split.column_names, text_column, first_split.features)
-    # datasets has no public content fingerprint: `_fingerprint` is the one its own cache is keyed by (a hash
-    # of the data files and the processing), so it changes when the files do; hashing the text would read it all
-    fingerprint = hashlib.sha256("|".join(f"{n}:{d._fingerprint}" for n, d in splits.items()).encode()).hexdigest()[:16]
-    return Corpus(splits, column, ref, fingerprint)
+    # the key of every job made from it follows the text itself: datasets' own `_fingerprint` follows the files'
+    # times too, so a file rewritten with the same content (a notebook re-run) would make every job run again
+    return Corpus(splits, column, ref, _content_fingerprint(splits, column))

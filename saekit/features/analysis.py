@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -36,8 +37,10 @@ from saekit.jobs.resumable import ResumableOutput
 from saekit.models.loading import load_model_from_ref, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
+log = logging.getLogger("saekit.features")
+
 STATE_FILE = "analysis_state.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json carries the tables' checksums
 
 
 # -- references to the inputs ----------------------------------------------------------------------
@@ -67,17 +70,22 @@ def sae_reference(sae, ws: Workspace) -> tuple[dict, object]:
     if folder and (Path(folder) / "sae.safetensors").exists():
         st = (Path(folder) / "sae.safetensors").stat()
         return {"path": str(folder), "fingerprint": f"file:{st.st_size}:{int(st.st_mtime)}"}, sae
-    digest = hashlib.sha256()
-    for name, tensor in sorted(sae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    fingerprint = digest.hexdigest()[:16]
+    fingerprint = sae_digest(sae)
     target = ws.path / "saes" / "imported" / fingerprint
     if not (target / "sae.safetensors").exists():
         ws.dir("saes", "imported")
         with publishing(target) as tmp:  # the same SAE analysed twice at once: one save wins
             sae.save(tmp, extra={k: v for k, v in sae.metadata.items() if isinstance(v, (str, int, float, bool))})
     return {"path": str(target), "fingerprint": f"content:{fingerprint}"}, sae
+
+
+def sae_digest(sae) -> str:
+    """A hash of the SAE's weights (16 hex digits): the same SAE has it wherever its files are."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _hook_of(sae) -> str | None:
@@ -94,6 +102,10 @@ def _describe_source(source, sae, model, hook_point: str | None, ws: Workspace):
         if hook not in source.hook_points:
             if hook_point is None and len(source.hook_points) == 1:
                 hook = source.hook_points[0]
+            elif hook is not None:
+                raise ConfigError(f"activation store {source.id} holds no {hook} (it holds {source.hook_points})",
+                                  suggestion="analyse a store extracted at the SAE's hook point, or pass one of "
+                                             f"{source.hook_points} as hook_point=")
             else:
                 raise ConfigError(f"which hook point of activation store {source.id} does the SAE read? it holds "
                                   f"{source.hook_points}; pass hook_point=", suggestion="e.g. hook_point='blocks.6.resid_post'")
@@ -135,7 +147,8 @@ def _describe_source(source, sae, model, hook_point: str | None, ws: Workspace):
 def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quantiles: int = 10, per_quantile: int = 5,
             context: tuple[int, int] = (16, 4), model=None, hook_point: str | None = None, batch_size="auto",
             reservoir: int | None = None, neighbours: int = 10, device: str = "auto", seed: int = 0,
-            commit_every: float = 60.0, root: str | None = None, background: bool = True, force: bool = False,
+            commit_every: float = 60.0, root: str | None = None, allow_other_hook: bool = False,
+            background: bool = True, force: bool = False,
             name: str | None = None, workspace: Workspace | str | None = None, progress: bool = True):
     """Analyse every latent of ``sae`` over ``source`` in one streaming pass; returns the job at once
     (``job.result()`` -> ``FeatureSet``).
@@ -150,6 +163,8 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
     ``d_sae * (top_k + reservoir) * (context + 1) * 6`` bytes, whatever ``n_tokens``. ``root`` (an fsspec URL
     such as ``s3://bucket/analyses``) puts the tables under ``<root>/<job id>/`` instead of the workspace's
     ``analyses/``; the labels journal, appended to as labels come in, stays in the workspace either way.
+    Activations of another hook point than the one the SAE was trained on are refused, unless
+    ``allow_other_hook=True`` (which the job's spec and events then record).
     """
     from saekit.sae.model import SAE  # noqa: F401 (an import error here is clearer than later)
 
@@ -169,6 +184,14 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
     resolve_device(device)
     sae_ref, sae_obj = sae_reference(sae, ws)
     source_ref, hook, available, tokens, lens_model = _describe_source(source, sae_obj, model, hook_point, ws)
+    trained = _hook_of(sae_obj)
+    if trained is not None and hook != trained:
+        if not allow_other_hook:
+            raise ConfigError(f"the SAE was trained on {trained}, but the activations given are of {hook}: its "
+                              "features would be read off another layer's activations",
+                              suggestion=f"analyse activations of {trained} (extract that hook point, or pass "
+                                         f"hook_point={trained!r}); allow_other_hook=True analyses them anyway")
+        log.warning("analysing an SAE trained on %s on activations of %s (allow_other_hook=True)", trained, hook)
     if available == 0:
         raise DataError("the source has no rows to analyse")
     if n_tokens is not None and n_tokens > available:
@@ -188,6 +211,8 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
         "lens": str(_save_unembedding(lens_model, ws)) if lens_model is not None else None, "tokens": tokens.reference(),
         "batch_size": batch_size, "device": device, "commit_every": float(commit_every),
     }
+    if trained is not None and hook != trained:  # only then (the key of every other analysis is unchanged)
+        spec["allow_other_hook"] = {"trained": trained, "analysed": hook}
     if root is not None:  # only then, so that a workspace analysis' job key is what it always was
         if not isinstance(root, str) or not is_url(root):
             raise ConfigError(f"root={root!r} must be an fsspec URL such as 's3://bucket/analyses' (analyses on a "
@@ -201,7 +226,10 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
 def _load_result(ws: Workspace, result: dict):
     from saekit.features.featureset import FeatureSet
 
-    return FeatureSet(result["folder"], workspace=ws)
+    folder = result["folder"]
+    if not is_url(folder):  # this workspace's own folder, also when the workspace was copied or moved
+        folder = analyses_folder(ws, Path(folder).name)
+    return FeatureSet(folder, workspace=ws)
 
 
 def _outputs(ws: Workspace, row) -> list[Path | str]:
@@ -297,6 +325,10 @@ def run_analyze(ctx, spec: dict) -> dict:
     out = ResumableOutput(ctx, location=str(state_path), exists=state_path.exists, owner=lambda: ctx.job_id,
                           commit_every=spec["commit_every"])
     device = resolve_device(spec["device"])
+    if spec.get("allow_other_hook"):
+        other = spec["allow_other_hook"]
+        ctx.event(f"the SAE was trained on {other['trained']}; these are activations of {other['analysed']} "
+                  "(allow_other_hook=True)", level="warning")
     ctx.progress(0, None, unit="tokens", phase="loading the SAE")
     sae = SAE.load(spec["sae"]["path"], device=str(device)).eval()
     lm = None
@@ -391,7 +423,8 @@ def _write(ctx, spec: dict, sae, acc: Accumulator, lens, location: str) -> dict:
     alive = int((acc.count > 0).sum())
     summary = {"n_latents": sae.d_sae, "n_tokens": acc.rows_seen, "alive": alive,
                "dead": sae.d_sae - alive, "examples": int(examples.num_rows)}
-    meta = {"format_version": FORMAT_VERSION, "job_id": ctx.job_id, "sae": spec["sae"], "source": spec["source"],
+    meta = {"format_version": FORMAT_VERSION, "job_id": ctx.job_id, "sae": {**spec["sae"], "digest": sae_digest(sae)},
+            "source": spec["source"],
             "hook_point": spec["hook_point"], "tokens": spec["tokens"], "tokenizer": tokens.attrs["tokenizer"]["path"],
             "settings": {k: spec[k] for k in ("top_k", "quantiles", "per_quantile", "context", "reservoir", "neighbours",
                                               "seed", "n_tokens")},
@@ -401,13 +434,13 @@ def _write(ctx, spec: dict, sae, acc: Accumulator, lens, location: str) -> dict:
     if is_url(location):
         analyses_folder(ctx.workspace, ctx.job_id).mkdir(exist_ok=True)  # for the labels journal
         with tempfile.TemporaryDirectory(prefix="tables-", dir=ctx.dir) as tmp:
-            write_tables(Path(tmp), latents, examples, vocab)
+            meta["checksums"] = write_tables(Path(tmp), latents, examples, vocab)
             (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2))
             upload(tmp, location, last="meta.json")
     else:
         with publishing(location) as tmp:
             tmp.mkdir()
-            write_tables(tmp, latents, examples, vocab)
+            meta["checksums"] = write_tables(tmp, latents, examples, vocab)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     ctx.event(f"{alive:,} of {sae.d_sae:,} latents fired on {acc.rows_seen:,} tokens; tables written in "
               f"{time.monotonic() - started:.1f} s")

@@ -94,12 +94,14 @@ def negative_pool(feats, sae, seed: int, device: str):
 
     from saekit.activations.store import ActivationStore
     from saekit.features.featureset import Example
+    from saekit.features.tables import reading
 
     shared = feats._shared
     file = shared.examples_file
     rng = np.random.default_rng(seed)
     groups = sorted(rng.choice(file.num_row_groups, size=min(4, file.num_row_groups), replace=False).tolist())
-    table = file.read_row_groups(groups, columns=["row", "center", "tokens"])
+    with reading(feats.folder, "examples.parquet"):
+        table = file.read_row_groups(groups, columns=["row", "center", "tokens"])
     rows = table.column("row").to_numpy()
     _, first = np.unique(rows, return_index=True)  # one window per source row
     picked = rng.permutation(first)[:POOL_WINDOWS]
@@ -128,9 +130,10 @@ def negative_pool(feats, sae, seed: int, device: str):
     return windows, np.stack(fires) if fires else np.zeros((0, sae.d_sae), dtype=bool)
 
 
-def _first_line(text: str) -> str:
-    line = next((part.strip() for part in text.strip().splitlines() if part.strip()), "")
-    return line.strip("\"'` ").removeprefix("Explanation:").strip()[:300] or "(no explanation)"
+def _first_line(text: str) -> str | None:
+    """The explanation in a reply: its first non-empty line, unquoted; None when the reply says nothing."""
+    line = next((part.strip() for part in (text or "").strip().splitlines() if part.strip()), "")
+    return line.strip("\"'` ").removeprefix("Explanation:").strip()[:300] or None
 
 
 def explain_one(feature, explainer, scorer, pool, fires, spec: dict, given: str | None) -> dict:
@@ -144,7 +147,7 @@ def explain_one(feature, explainer, scorer, pool, fires, spec: dict, given: str 
     else:
         explanation = given
     out = {"latent": feature.id, "explanation": explanation}
-    if scorer is not None:
+    if scorer is not None and explanation is not None:
         held_out = [e for q in feature.quantiles for e in q.examples] + feature.examples[n_examples:]
         positives = [held_out[i] for i in rng.permutation(len(held_out))[:n_score]]
         quiet = np.flatnonzero(~fires[:, feature.id])
@@ -229,7 +232,8 @@ def run_explain(ctx, spec: dict) -> dict:
                 f.write(json.dumps(row) + "\n")
             done[latent] = row
             ctx.progress(len(done), len(spec["features"]), unit="latents")
-            ctx.event(f"latent {latent}: {row['explanation']!r}" + "".join(
+            said = repr(row["explanation"]) if row["explanation"] is not None else "no explanation (an empty answer)"
+            ctx.event(f"latent {latent}: {said}" + "".join(
                 f", {k} {row[k]:.3f}" for k in ("detection_auc", "fuzzing_auc") if row.get(k) is not None)
                 + f" ({row['tokens_in']} tokens in, {row['tokens_out']} out)", level="debug", latent=latent,
                 tokens_in=row["tokens_in"], tokens_out=row["tokens_out"])
@@ -255,13 +259,23 @@ def run_explain(ctx, spec: dict) -> dict:
 
 
 def _write_labels(ctx, feats, spec, rows, explainer, scorer) -> None:
-    """The explanations as ``llm`` labels, once per job (a resumed job that wrote them already does not again)."""
-    if any(json.loads(r["provenance"] or "{}").get("job") == ctx.job_id
+    """The explanations as ``llm`` labels, once per job: a resumed job whose labels reached the journal (the
+    truth a registry is rebuilt from) only makes sure the registry holds them, it never writes them again."""
+    from saekit.registry.labels import add_labels, read_journal
+
+    journalled = [r for r in read_journal(feats.journal_folder)
+                  if r["source"] == "llm" and labels.provenance_of(r).get("job") == ctx.job_id]
+    if journalled:  # killed between the journal and the registry: the same rows, once
+        add_labels(ctx.workspace, journalled)
+        return
+    if any(labels.provenance_of(r).get("job") == ctx.job_id
            for r in labels.label_rows(ctx.workspace, feats.id) if r["source"] == "llm"):
         return
-    provenance = {"explainer": explainer.name, "scorer": scorer.name if scorer else None, "job": ctx.job_id}
+    provenance = {"explainer": explainer.name, "explainer_model": explainer.model_name,
+                  "scorer": scorer.name if scorer else None, "scorer_model": scorer.model_name if scorer else None,
+                  "job": ctx.job_id}
     score_keys = ("detection_auc", "detection_balanced_accuracy", "fuzzing_auc", "fuzzing_balanced_accuracy")
-    batch = [labels.make_row(feats.id, r["latent"], r["explanation"], "llm", provenance=provenance,
+    batch = [labels.make_row(feats.id, r["latent"], labels.one_line(r["explanation"]), "llm", provenance=provenance,
                              scores={k: r[k] for k in score_keys if k in r and r[k] is not None and math.isfinite(r[k])})
-             for r in rows]
+             for r in rows if r["explanation"] is not None]  # an empty answer labels nothing
     labels.write(ctx.workspace, feats.journal_folder, batch)

@@ -26,7 +26,7 @@ from saekit._fs import is_url, open_file, read_file
 from saekit._table import ObjectTable
 from saekit.features import labels
 from saekit.errors import ConfigError, DataError
-from saekit.features.tables import EXAMPLES_GROUP
+from saekit.features.tables import EXAMPLES_GROUP, open_checked, read_checked, reading
 from saekit.workspace import Workspace, as_workspace
 
 SORT_KEYS = ("frequency", "max", "mean", "count")
@@ -185,11 +185,17 @@ class FeatureSet:
 
     @property
     def journal_folder(self) -> Path:
-        """Where its label changes are journalled: its folder, or for tables under a URL its workspace folder."""
-        if isinstance(self.folder, Path):
-            return self.folder
+        """Where its label changes are journalled: ``analyses/<id>/`` of the workspace this FeatureSet was opened
+        in (whose registry holds the labels), never a path a result names: a copied workspace writes its own."""
+        if self.folder != analyses_folder(self.workspace, self.id) and read_file(self.folder, "meta.json") is None:
+            raise DataError(f"analysis {self.id} was deleted ({str(self.folder)!r} holds no tables): its labels "
+                            "cannot change", suggestion="label the latents of an analysis that exists (sk.analyses())")
         folder = analyses_folder(self.workspace, self.id)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            if self.folder == folder:
+                raise DataError(f"analysis {self.id} was deleted ({str(folder)!r} is gone): its labels cannot change",
+                                suggestion="label the latents of an analysis that exists (sk.analyses())")
+            folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     @property
@@ -346,13 +352,21 @@ class FeatureSet:
         return labels.history(self.workspace, self.id, latent)
 
     def export_labels(self, path: str | Path) -> Path:
-        """Every user and LLM label row (the history included) to a ``.json`` or ``.csv`` file."""
-        return labels.export(self.workspace, self.id, path)
+        """Every user and LLM label row (the history included) to a ``.json`` or ``.csv`` file, with the SAE's
+        fingerprint (CSV cells that a spreadsheet would run as formulas are escaped with a leading ``'``)."""
+        return labels.export(self.workspace, self.id, path, sae=self._sae_identity())
 
-    def import_labels(self, path: str | Path) -> int:
+    def _sae_identity(self) -> str | None:
+        """What says which SAE the labels are of: a hash of its weights (``sha256:...``), or for analyses written
+        before it was kept, the SAE's fingerprint."""
+        sae = self.meta["sae"]
+        return f"sha256:{sae['digest']}" if sae.get("digest") else sae.get("fingerprint")
+
+    def import_labels(self, path: str | Path, *, force: bool = False) -> int:
         """Bring in the rows of an ``export_labels`` file (from any workspace, same SAE), all or none; rows
-        already here are skipped. Returns how many were added."""
-        rows = labels.read_import(path, self.id, self.n_latents)
+        already here are skipped. A file of another SAE's labels is refused unless ``force=True``. Returns how
+        many were added."""
+        rows = labels.read_import(path, self.id, self.n_latents, sae=self._sae_identity(), force=force)
         return labels.write(self.workspace, self.journal_folder, rows)
 
     # -- tables ------------------------------------------------------------------------------------------------
@@ -405,8 +419,7 @@ class _Files:
 
     def __init__(self, folder: Path | str, meta: dict):
         self.folder, self.meta = folder, meta
-        with open_file(folder, "latents.parquet") as f:
-            self.latents = pq.read_table(f)
+        self.latents = read_checked(folder, "latents.parquet", meta)
         self._read_lock = threading.Lock()  # a ParquetFile is not safe to read from two threads at once
 
     @cached_property
@@ -421,18 +434,20 @@ class _Files:
 
     @cached_property
     def vocab(self) -> list[str]:
-        with open_file(self.folder, "vocab.parquet") as f:
-            return pq.read_table(f).column("token").to_pylist()
+        return read_checked(self.folder, "vocab.parquet", self.meta).column("token").to_pylist()
 
     @cached_property
     def examples_file(self) -> pq.ParquetFile:
-        return pq.ParquetFile(open_file(self.folder, "examples.parquet"))  # read a row group at a time, kept open
+        return open_checked(self.folder, "examples.parquet", self.meta)  # read a row group at a time, kept open
 
     @cached_property
     def example_starts(self) -> np.ndarray:
         """Where each latent's examples start in examples.parquet (they are sorted by latent)."""
-        with self._read_lock:
+        with self._read_lock, reading(self.folder, "examples.parquet"):
             latents = self.examples_file.read(columns=["latent"]).column("latent").to_numpy()
+        if len(latents) and np.any(np.diff(latents) < 0):
+            raise DataError(f"the analysis table examples.parquet in {str(self.folder)!r} is damaged (its rows are "
+                            "not sorted by latent)", suggestion="run the analysis again: sk.analyze(..., force=True)")
         return np.searchsorted(latents, np.arange(len(self.latents) + 1), side="left")
 
     def examples(self, latent: int) -> pa.Table:
@@ -440,7 +455,7 @@ class _Files:
         if hi == lo:
             return self.examples_file.schema_arrow.empty_table()
         first, last = lo // EXAMPLES_GROUP, (hi - 1) // EXAMPLES_GROUP
-        with self._read_lock:
+        with self._read_lock, reading(self.folder, "examples.parquet"):
             groups = self.examples_file.read_row_groups(list(range(first, last + 1)))
         return groups.slice(lo - first * EXAMPLES_GROUP, hi - lo)
 

@@ -26,7 +26,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saekit.errors import ConfigError, ModelLoadError
+from saekit._secrets import mask, note_secret_variable
+from saekit.errors import ConfigError, CredentialsError, DataError, ModelLoadError
 
 Messages = list[dict]
 
@@ -50,7 +51,8 @@ class LocalChat:
             raise ConfigError(f"{lm.name} is not a chat model: its tokenizer has no chat template",
                               suggestion="use an instruction-tuned model (e.g. SmolLM2-135M-Instruct) or OpenAIChat")
         self.lm = lm
-        self.name = f"local:{lm.ref.get('fingerprint') or lm.name}"
+        self.name = f"local:{lm.ref.get('fingerprint') or lm.name}"  # the cache's key
+        self.model_name = lm.name  # what provenance shows beside the key
 
     def spec(self) -> dict:
         return {"kind": "local", "model": self.lm.ref}
@@ -100,7 +102,15 @@ class OpenAIChat:
             raise ConfigError(f"model={model!r}: name the endpoint's model, e.g. 'gpt-4o-mini'")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency={concurrency!r} must be a positive integer")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries={max_retries!r} must be a whole number >= 0 (retries of 429 and 5xx answers)")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0, e.g. 60")
+        if not isinstance(api_key_env, str) or not api_key_env:
+            raise ConfigError(f"api_key_env={api_key_env!r} must name an environment variable, e.g. 'OPENAI_API_KEY'")
+        note_secret_variable(api_key_env)
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        self.model_name = model
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.name = f"openai:{model}@{base_url or 'https://api.openai.com/v1'}"  # the cache's key: model and endpoint
         self._client = None
@@ -135,23 +145,45 @@ class OpenAIChat:
 
         try:
             self.client().with_options(max_retries=1, timeout=10).models.list()
-        except openai.AuthenticationError as exc:
-            raise ConfigError(f"{self.name} refused the API key in ${self.api_key_env}: {exc}") from exc
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise CredentialsError(f"{self.name} refused the API key in ${self.api_key_env}: {mask(str(exc))}",
+                                   suggestion=f"set ${self.api_key_env} to a valid key") from None
         except openai.APIConnectionError as exc:
             raise ModelLoadError(f"cannot reach the endpoint {self.base_url or 'api.openai.com'}: {exc}",
                                  suggestion="start the server, or check base_url") from exc
+        except openai.APIError as exc:  # an answer that is not a model list: the endpoint speaks another protocol
+            raise ModelLoadError(f"{self.name} did not answer its model list as an OpenAI-compatible endpoint does: "
+                                 f"{mask(str(exc))}", suggestion="check base_url (it usually ends in /v1)") from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{self.name} answered its model list with something unreadable "
+                                 f"({type(exc).__name__}: {mask(str(exc))})",
+                                 suggestion="check base_url (it usually ends in /v1)") from None
+
+    def _create(self, **kwargs):
+        """One chat completion; its first choice. Refused credentials and unreadable answers are saekit errors."""
+        import openai
+
+        try:
+            out = self.client().chat.completions.create(model=self.model, **kwargs)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise CredentialsError(f"{self.name} refused the API key in ${self.api_key_env}: {mask(str(exc))}",
+                                   suggestion=f"set ${self.api_key_env} to a valid key, then job.resume()") from None
+        choices = getattr(out, "choices", None)
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise DataError(f"{self.name} answered without a message (choices={mask(repr(choices))[:200]}): "
+                            "not an OpenAI-compatible chat completion",
+                            suggestion="check base_url and model; the endpoint must serve /chat/completions")
+        return out, choices[0]
 
     def complete(self, messages: Messages, *, max_tokens: int = 48, temperature: float = 0.0) -> Reply:
-        out = self.client().chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
-                                                    temperature=temperature)
-        usage = out.usage
-        return Reply((out.choices[0].message.content or "").strip(), getattr(usage, "prompt_tokens", 0) or 0,
+        out, choice = self._create(messages=messages, max_tokens=max_tokens, temperature=temperature)
+        content = choice.message.content  # None or "" is an answer with no text: the caller decides
+        usage = getattr(out, "usage", None)
+        return Reply(str(content or "").strip(), getattr(usage, "prompt_tokens", 0) or 0,
                      getattr(usage, "completion_tokens", 0) or 0)
 
     def choice_logprobs(self, messages: Messages, choices: tuple[str, ...]) -> Reply:
-        out = self.client().chat.completions.create(model=self.model, messages=messages, max_tokens=1, temperature=0,
-                                                    logprobs=True, top_logprobs=10)
-        choice = out.choices[0]
+        out, choice = self._create(messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=10)
         text = (choice.message.content or "").strip()
         values = {c: -math.inf for c in choices}
         content = getattr(choice.logprobs, "content", None) or []
@@ -161,7 +193,7 @@ class OpenAIChat:
                     values[c] = max(values[c], alt.logprob)
         if all(math.isinf(v) for v in values.values()):  # no log-probabilities: the answer alone
             values = {c: (0.0 if text.lower().startswith(c.lower()) else -math.inf) for c in choices}
-        usage = out.usage
+        usage = getattr(out, "usage", None)
         return Reply(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0, values)
 
 
@@ -193,6 +225,7 @@ class CachedChat:
     def __init__(self, backend, folder: Path):
         self.backend, self.folder = backend, Path(folder)
         self.name, self.concurrency = backend.name, getattr(backend, "concurrency", 1)
+        self.model_name = getattr(backend, "model_name", None)
         self.calls = self.hits = 0
         self._lock = threading.Lock()
 

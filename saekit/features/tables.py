@@ -5,17 +5,26 @@
 - ``examples.parquet``: one row per kept context (a latent's top-k, then its quantile samples), sorted by
   latent, in row groups of ``EXAMPLES_GROUP`` rows so a card reads only the group(s) its latent is in;
 - ``vocab.parquet``: every token id's text, so an analysis is readable without its tokenizer.
+
+Every table is checksummed (``meta.json``'s ``checksums``): ``latents.parquet`` and ``vocab.parquet``, read
+whole, by a CRC32C of the file; ``examples.parquet``, read a row group at a time, by the CRC32C that Parquet
+keeps in each page header (checked on every read) and one of its footer. A damaged table is a ``DataError``
+that says to run the analysis again, never a silently different feature.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from saekit._fs import open_file, read_file
+from saekit.errors import DataError
 from saekit.features.accumulate import Accumulator
 from saekit.features.lens import decoder_neighbours, logit_lens
 
@@ -192,7 +201,93 @@ def examples_table(spec: dict, acc: Accumulator) -> pa.Table:
     })
 
 
-def write_tables(folder: Path, latents: pa.Table, examples: pa.Table, vocab: list[str]) -> None:
-    pq.write_table(latents, folder / "latents.parquet", compression="zstd")
-    pq.write_table(examples, folder / "examples.parquet", compression="zstd", row_group_size=EXAMPLES_GROUP)
-    pq.write_table(pa.table({"token": pa.array(vocab)}), folder / "vocab.parquet", compression="zstd")
+TABLES = ("latents.parquet", "examples.parquet", "vocab.parquet")
+_FOOTER_TAIL = 8  # a Parquet file ends with the footer's length (4 bytes) and "PAR1"
+
+
+def write_tables(folder: Path, latents: pa.Table, examples: pa.Table, vocab: list[str]) -> dict:
+    """Write the three tables into ``folder``; returns their checksums (for ``meta.json``)."""
+    options = {"compression": "zstd", "write_page_checksum": True}
+    pq.write_table(latents, folder / "latents.parquet", **options)
+    pq.write_table(examples, folder / "examples.parquet", row_group_size=EXAMPLES_GROUP, **options)
+    pq.write_table(pa.table({"token": pa.array(vocab)}), folder / "vocab.parquet", **options)
+    sums = {}
+    for name in TABLES:
+        data = (folder / name).read_bytes()
+        sums[name] = {"size": len(data), "crc32c": _crc(data), "footer_crc32c": _crc(_footer(data))}
+    return sums
+
+
+def _crc(data: bytes) -> str:
+    return f"{google_crc32c.value(data):08x}"
+
+
+def _footer(data: bytes) -> bytes:
+    """The footer of a Parquet file's bytes (its metadata) with the 8-byte tail."""
+    if len(data) < 2 * _FOOTER_TAIL or data[-4:] != b"PAR1":
+        return data[-_FOOTER_TAIL:]
+    length = int.from_bytes(data[-8:-4], "little")
+    return data[-(length + _FOOTER_TAIL):] if length + _FOOTER_TAIL <= len(data) else data[-_FOOTER_TAIL:]
+
+
+def _damaged(folder, name: str, why: str) -> DataError:
+    return DataError(f"the analysis table {name} in {str(folder)!r} is damaged ({why})",
+                     suggestion="run the analysis again: sk.analyze(..., force=True) (labels stay in the registry)")
+
+
+def read_checked(folder, name: str, meta: dict) -> pa.Table:
+    """A whole table, its checksum verified (analyses written before checksums are read as they are)."""
+    data = read_file(folder, name)
+    if data is None:
+        raise _damaged(folder, name, "the file is missing")
+    expected = (meta.get("checksums") or {}).get(name)
+    if expected is not None and (len(data) != expected["size"] or _crc(data) != expected["crc32c"]):
+        raise _damaged(folder, name, "its checksum does not match")
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _damaged(folder, name, f"{type(exc).__name__}: {exc}") from None
+
+
+def open_checked(folder, name: str, meta: dict) -> pq.ParquetFile:
+    """A table to read a row group at a time: its size and footer checked now, each page as it is read."""
+    expected = (meta.get("checksums") or {}).get(name)
+    try:
+        f = open_file(folder, name)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _damaged(folder, name, "the file is missing") from None
+    try:
+        if expected is not None:
+            size = f.seek(0, io.SEEK_END)
+            f.seek(max(0, size - _FOOTER_TAIL))
+            length = int.from_bytes(f.read(_FOOTER_TAIL)[:4], "little")
+            f.seek(max(0, size - min(size, length + _FOOTER_TAIL)))
+            tail = f.read()
+            f.seek(0)
+            if size != expected["size"] or _crc(_footer(tail)) != expected["footer_crc32c"]:
+                raise _damaged(folder, name, "its size or footer checksum does not match")
+        return pq.ParquetFile(f, page_checksum_verification=expected is not None)
+    except DataError:
+        f.close()
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        f.close()
+        raise _damaged(folder, name, f"{type(exc).__name__}: {exc}") from None
+
+
+def reading(folder, name: str):
+    """A context that turns a failed read of a table (a damaged page) into the ``DataError`` above."""
+    return _Reading(folder, name)
+
+
+class _Reading:
+    def __init__(self, folder, name: str):
+        self.folder, self.name = folder, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and isinstance(exc, (pa.ArrowException, OSError)) and not isinstance(exc, DataError):
+            raise _damaged(self.folder, self.name, f"{type(exc).__name__}: {exc}") from None
+        return False

@@ -5,6 +5,10 @@ paths it made (``outputs``); a job also claims the workspace paths its spec name
 analysis). An entry of a declared folder that no job claims is an orphan (a store of a
 deleted job, a half-written folder whose writer died). The jobs layer's own folders, ``jobs/`` and
 ``logs/``, hold one entry per job id. Nothing here knows the layout of a layer above.
+
+A plan is a snapshot; jobs start while it is made. So each removal is decided again, with the registry's
+write lock held (``remove_orphan``): a job's row exists before any of its files, so a job created after the
+plan was made keeps its folder, its log and its outputs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from saekit import registry
+from saekit._fs import remove, staging_path
 from saekit.errors import ConfigError
 from saekit.jobs.kinds import _KINDS, builtin_kinds, get_kind
 from saekit.workspace import Workspace
@@ -42,10 +47,9 @@ def spec_paths(ws: Workspace, spec) -> list[str]:
     return [spec] if isinstance(spec, str) and spec.startswith(str(ws.path) + os.sep) else []
 
 
-def orphan_files(ws: Workspace) -> list[Path]:
-    """Paths in the workspace that no job owns, sorted."""
-    rows = registry.list_jobs(ws, with_spec=True)
-    ids = {row.id for row in rows}
+def _claims(ws: Workspace, rows) -> set[str]:
+    """The paths the jobs ``rows`` own: each kind's outputs, and what a spec names inside the workspace (an SAE
+    saved for an analysis) with its folders."""
     claimed: set[str] = set()
     for row in rows:
         try:
@@ -55,30 +59,57 @@ def orphan_files(ws: Workspace) -> list[Path]:
             continue
         if kind.outputs is not None:
             claimed |= {str(Path(p)) for p in kind.outputs(ws, row) if "://" not in str(p)}
-    for row in rows:  # what a spec names inside the workspace (an SAE saved for an analysis) and its folders
+    for row in rows:
         for text in spec_paths(ws, row.spec_dict):
             for path in [Path(text), *Path(text).parents]:
                 if path == ws.path:
                     break
                 claimed.add(str(path))
+    return claimed
+
+
+def _is_orphan(ws: Workspace, path: Path, ids: set[str], claimed: set[str], keeps: dict[str, set]) -> bool:
+    folder = path.parent.relative_to(ws.path).as_posix()
+    if folder in ("jobs", "logs"):
+        return (path.name.removesuffix(".log") if folder == "logs" else path.name) not in ids
+    if str(path) in claimed or path.name.split(".")[0] in ids or _being_written(path):
+        return False  # (an entry named after a job is never an orphan, whatever its kind declares)
+    return not any(keep and fnmatch.fnmatch(path.name, keep) for keep in keeps.get(folder, ()))
+
+
+def _output_folders() -> dict[str, set[str | None]]:
     builtin_kinds()  # their modules declare their folders
-    orphans: list[Path] = []
-    for folder in ("jobs", "logs"):
-        base = ws.path / folder
-        for path in sorted(base.iterdir()) if base.is_dir() else []:
-            job_id = path.name.removesuffix(".log") if folder == "logs" else path.name
-            if job_id not in ids:
-                orphans.append(path)
     folders: dict[str, set[str | None]] = {}
     for kind in list(_KINDS.values()):
         for folder, keep in kind.output_dirs:
             folders.setdefault(folder, set()).add(keep)
-    for folder, keeps in sorted(folders.items()):
+    return folders
+
+
+def orphan_files(ws: Workspace) -> list[Path]:
+    """Paths in the workspace that no job owns, sorted. A plan only: ``remove_orphan`` checks each again when it
+    removes it."""
+    rows = registry.list_jobs(ws, with_spec=True)
+    ids, claimed, folders = {row.id for row in rows}, _claims(ws, rows), _output_folders()
+    orphans: list[Path] = []
+    for folder in ("jobs", "logs", *sorted(folders)):
         base = ws.path / folder
         for path in sorted(base.iterdir()) if base.is_dir() else []:
-            if str(path) in claimed or path.name.split(".")[0] in ids or _being_written(path):
-                continue  # (an entry named after a job is never an orphan, whatever its kind declares)
-            if any(keep and fnmatch.fnmatch(path.name, keep) for keep in keeps):
-                continue
-            orphans.append(path)
+            if _is_orphan(ws, path, ids, claimed, folders):
+                orphans.append(path)
     return orphans
+
+
+def remove_orphan(ws: Workspace, path: Path) -> bool:
+    """Remove ``path`` if it is still an orphan: decided with the registry's write lock held, so that a job
+    created since the plan (its row comes before its files) keeps what is its own. The path is renamed aside
+    under the lock and deleted after it. Whether it was removed."""
+    path = Path(path)
+    folders = _output_folders()
+    with registry.jobs_locked(ws) as rows:
+        if not os.path.lexists(path) or not _is_orphan(ws, path, {r.id for r in rows}, _claims(ws, rows), folders):
+            return False
+        aside = staging_path(path)
+        os.rename(path, aside)
+    remove(aside)
+    return True

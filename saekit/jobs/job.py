@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 import time
+import warnings
 from typing import Any
 
 from saekit import registry
@@ -20,7 +21,7 @@ from saekit.jobs.launchers import LAUNCHERS, check_nodes, run_here, start_worker
 from saekit.jobs.lifecycle import cancel_path, epoch, events_path, refresh
 from saekit.jobs.spec import canonical_json, normalize, spec_key
 from saekit.jobs.textbar import TextProgress, render
-from saekit.workspace import Workspace, as_workspace
+from saekit.workspace import JOB_ID, Workspace, as_workspace
 
 log = logging.getLogger("saekit.jobs")
 
@@ -242,10 +243,23 @@ class Job:
             log.warning("job %s: %s; its registry rows, event log and worker log are deleted, its outputs are not",
                         self.id, exc)
             kind = None
-        outputs = list(kind.outputs(self.workspace, row)) if kind is not None and kind.outputs else []
-        registry.delete_job(self.workspace, self.id)
-        for path in [self.workspace.job_dir(self.id), self.workspace.log_path(self.id), *outputs]:
+        from saekit.jobs.portable import is_imported
+
+        ws = self.workspace
+        outputs = list(kind.outputs(ws, row)) if kind is not None and kind.outputs else []
+        own = [ws.job_dir(self.id), ws.log_path(self.id)] if JOB_ID.fullmatch(self.id) else []
+        if is_imported(ws, self.id):  # what an imported job names outside this workspace is not this workspace's
+            kept = [str(p) for p in outputs if not ws.contains(p)]
+            outputs = [p for p in outputs if ws.contains(p)]
+        else:
+            kept = []
+        registry.delete_job(ws, self.id)
+        for path in [*own, *outputs]:
             remove(path)
+        if kept:
+            warnings.warn(f"job {self.id} was imported: its rows and its files in this workspace are deleted; "
+                          f"{', '.join(kept)} {'is' if len(kept) == 1 else 'are'} kept, a reference to data this "
+                          "workspace did not write", stacklevel=2)
 
     # -- display ---------------------------------------------------------------------------------------
     def widget(self):

@@ -25,7 +25,8 @@ import psutil
 from saekit import registry
 from saekit._faults import fault_point
 from saekit.config import settings
-from saekit.errors import JobCancelled, JobStateError, RegistryError, StorageError
+from saekit.errors import (JobCancelled, JobStateError, RegistryCorruptError, RegistryError, RegistryVersionError,
+                           StorageError)
 from saekit.jobs.context import JobContext
 from saekit.eventlog import EventWriter, LogState, events_path, read_all, read_last
 from saekit.jobs.failures import SUGGESTIONS, classify
@@ -232,7 +233,8 @@ def _record_end(ws: Workspace, job_id: str, end: dict, writer: EventWriter | Non
             )
             return row if row is not None else registry.get_job(ws, job_id)
         except (RegistryError, StorageError) as exc:
-            if time.monotonic() >= deadline:
+            if isinstance(exc, (RegistryCorruptError, RegistryVersionError)) or time.monotonic() >= deadline:
+                # a damaged (or newer) registry does not heal by waiting: `saekit gc --rebuild` records the end
                 (log.error if writer is not None else log.debug)(
                     "job %s ended %s but the registry did not answer (%s); its event log holds the end and the "
                     "next reader records it", job_id, end["status"], exc)

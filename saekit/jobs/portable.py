@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Iterable
 
 from saekit import registry
+from saekit._faults import fault_point
 from saekit._fs import remove, staging_path
-from saekit.errors import ConfigError, JobNotFoundError, JobStateError
+from saekit._secrets import mask
+from saekit.errors import ConfigError, DataError, JobNotFoundError, JobStateError
 from saekit.jobs.gc import spec_paths
 from saekit.jobs.kinds import get_kind
 from saekit.registry import history
-from saekit.registry.labels import add_labels, read_journal
-from saekit.workspace import Workspace, as_workspace
+from saekit.registry.labels import read_journal
+from saekit.registry.rebuild import COLUMNS
+from saekit.workspace import Workspace, as_workspace, check_job_id
 
 log = logging.getLogger("saekit.jobs")
 
@@ -36,7 +39,10 @@ FORMAT = 1
 PLACEHOLDER = "${WORKSPACE}"
 TEXT_SUFFIXES = (".json", ".jsonl")  # files whose workspace paths are rewritten (zarr.json, cfg.json, logs)
 MESSAGE_FIELDS = ("error_message", "suggestion")
-SHARED = ("activations/array-", "saes/imported/", "cache/")  # content-addressed: one name, the same bytes everywhere
+SHARED = ("activations/array-", "saes/imported/", "cache/", "corpora/", "tokenizers/")  # content-addressed
+DATA_FOLDERS = ("jobs", "tokens", "activations", "saes", "analyses", "cache", "corpora", "tokenizers")
+IMPORTED = "imported.json"  # in an imported job's folder: its outputs outside the workspace are references
+KIND = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _spec_strings(value) -> Iterable[str]:
@@ -173,7 +179,7 @@ def export(job_ids: str | Iterable[str], to: str | os.PathLike, *, inputs: bool 
             for name in ("spec", "result", *MESSAGE_FIELDS):
                 if row.get(name) is not None:
                     row[name] = _swap(row[name], str(ws.path), PLACEHOLDER)
-                    row[name] = _hide_home(row[name]) if name in MESSAGE_FIELDS else row[name]
+                    row[name] = mask(_hide_home(row[name])) if name in MESSAGE_FIELDS else row[name]
         manifest = {"format": FORMAT, "exported_from": "saekit", "jobs": full,
                     "files": [str(f) for f in files], "asked": ids}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_iso) + "\n")
@@ -201,21 +207,146 @@ def _unpack(bundle: Path, tmp: str) -> Path:
         return bundle
     if not tarfile.is_tarfile(bundle):
         raise ConfigError(f"{str(bundle)!r} is neither a bundle folder nor a tar archive of one; see sk.export()")
-    with tarfile.open(bundle) as tar:
-        tar.extractall(tmp, filter="data")
+    try:
+        with tarfile.open(bundle) as tar:
+            tar.extractall(tmp, filter="data")  # no member outside, no device, no link leaving the archive
+    except (tarfile.TarError, OSError) as exc:
+        raise _bad(bundle, f"the archive cannot be unpacked safely ({type(exc).__name__}: {exc})") from None
     return Path(tmp) / "bundle"
 
 
-def _same_content(a: Path, b: Path) -> bool:
-    """Whether two content-addressed entries hold the same files (their names say their content)."""
-    if a.is_file() and b.is_file():
-        return a.stat().st_size == b.stat().st_size
-    return a.is_dir() and b.is_dir() and sorted(p.relative_to(a) for p in a.rglob("*")) == sorted(p.relative_to(b) for p in b.rglob("*"))
+def _bad(bundle: Path, why: str) -> DataError:
+    return DataError(f"bundle {str(bundle)!r}: {why}; nothing was imported",
+                     suggestion="a bundle is imported only as sk.export wrote it: export it again")
+
+
+def _check_row(bundle: Path, row) -> dict:
+    """One job row of a manifest, every column checked (a bundle is data from outside: its rows must not name
+    paths, states or types that this workspace's code would act on)."""
+    if not isinstance(row, dict):
+        raise _bad(bundle, f"a job row is {type(row).__name__}, not an object")
+    try:
+        check_job_id(row.get("id"))
+    except ConfigError as exc:
+        raise _bad(bundle, str(exc)) from None
+    where = f"job {row['id']}"
+    if not isinstance(row.get("kind"), str) or not KIND.fullmatch(row["kind"]):
+        raise _bad(bundle, f"{where}: kind {row.get('kind')!r} is not a job kind name")
+    if row.get("status") not in registry.FINAL_STATES:
+        raise _bad(bundle, f"{where}: status {row.get('status')!r} is not one of {registry.FINAL_STATES} "
+                           "(only finished jobs travel)")
+    for name in ("key", "spec", "entry"):
+        if not isinstance(row.get(name), str):
+            raise _bad(bundle, f"{where}: {name} is missing")
+    for name in ("name", "result", "error_type", "error_message", "suggestion", "launcher", "worker_host"):
+        if row.get(name) is not None and not isinstance(row[name], str):
+            raise _bad(bundle, f"{where}: {name} {row[name]!r} is not text")
+    for name, text in (("spec", row["spec"]), ("result", row.get("result"))):
+        try:
+            value = None if text is None else json.loads(text)
+        except ValueError:
+            raise _bad(bundle, f"{where}: its {name} is not JSON") from None
+        if name == "spec" and not isinstance(value, dict):
+            raise _bad(bundle, f"{where}: its spec is not a JSON object")
+    attempt = row.get("attempt", 1)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise _bad(bundle, f"{where}: attempt {attempt!r} is not a positive number")
+    out = {c: row.get(c) for c in COLUMNS}
+    out.update(attempt=attempt, active_key=None, cancel_requested=False,
+               worker_pid=row.get("worker_pid") if isinstance(row.get("worker_pid"), int) else None)
+    for name in ("created_at", "queued_at", "started_at", "finished_at"):
+        try:
+            out[name] = None if row.get(name) is None else dt.datetime.fromisoformat(row[name])
+        except (TypeError, ValueError):
+            raise _bad(bundle, f"{where}: {name} {row.get(name)!r} is not an ISO time") from None
+    if out["created_at"] is None or out["queued_at"] is None:
+        raise _bad(bundle, f"{where}: created_at and queued_at are needed")
+    return out
+
+
+def _check_path(bundle: Path, text, ids: set[str]) -> Path:
+    """A manifest's file path: relative, inside one of the workspace's data folders, no ``..``; a job folder
+    only of a job the bundle holds. (``saekit.json``, the registry and anything outside are never written.)"""
+    parts = text.split("/") if isinstance(text, str) else []
+    if (not parts or text.startswith("/") or "\\" in text or "\x00" in text or len(parts) < 2
+            or any(p in ("", ".", "..") for p in parts) or parts[0] not in DATA_FOLDERS):
+        raise _bad(bundle, f"file {text!r} is not a path inside a workspace's data folders ({', '.join(DATA_FOLDERS)})")
+    if parts[0] == "jobs" and parts[1] not in ids:
+        raise _bad(bundle, f"file {text!r} is in the folder of a job the bundle does not hold")
+    return Path(*parts)
+
+
+def _check_source(bundle: Path, files: Path, rel: Path) -> None:
+    """The bundle's copy of ``rel``: there, and made of plain files and folders only (a symbolic link would copy
+    whatever the importer can read)."""
+    place = files
+    for part in ("", *rel.parts):
+        place = place / part if part else place
+        if place.is_symlink():
+            raise _bad(bundle, f"{place.relative_to(files.parent)} is a symbolic link")
+    if not place.exists():
+        raise _bad(bundle, f"file {rel.as_posix()} of the manifest is missing")
+    if place.is_dir():
+        for folder, dirs, names in os.walk(place):
+            for name in dirs + names:
+                entry = Path(folder) / name
+                if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                    raise _bad(bundle, f"{entry.relative_to(files.parent)} is not a plain file or folder")
+    elif not place.is_file():
+        raise _bad(bundle, f"{rel.as_posix()} is not a plain file or folder")
+
+
+def _bundle_labels(bundle: Path, files: Path, rows: list[dict]) -> list[dict]:
+    """The label rows journalled in the bundle's analyses, each checked like an imported labels file."""
+    from saekit.features.labels import check_label, json_object
+
+    out = []
+    for row in rows:
+        for label in read_journal(files / "analyses" / row["id"]):
+            if label["analysis"] != row["id"]:
+                continue  # rows of another analysis: that one's own
+            try:
+                if not isinstance(label["feature"], int) or isinstance(label["feature"], bool) or label["feature"] < 0:
+                    raise ValueError(f"feature {label['feature']!r} is not a latent id")
+                if label["source"] not in ("user", "llm") or not isinstance(label["author"], str):
+                    raise ValueError(f"source {label['source']!r} or author is not valid")
+                if not isinstance(label["label"], str):
+                    raise ValueError("a label is not text")
+                label["label"] = check_label(label["label"]) if label["label"].strip() else ""
+                label["provenance"] = json_object(label["provenance"], "provenance")
+                label["scores"] = json_object(label["scores"], "scores")
+            except (ValueError, TypeError) as exc:
+                raise _bad(bundle, f"a label of analysis {row['id']}: {exc}") from None
+            out.append(label)
+    return out
+
+
+def _check_metrics(bundle: Path, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _bad(bundle, f"metrics.parquet cannot be read ({type(exc).__name__}: {exc})") from None
+    wanted = {"job_id": pa.string(), "step": pa.int64(), "name": pa.string(), "value": pa.float64()}
+    if any(schema.field(n).type != t if n in schema.names else True for n, t in wanted.items()):
+        raise _bad(bundle, f"metrics.parquet has columns {schema.names}, not job_id, step, name, value")
+
+
+def _replaceable(rel: Path, ids: set[str]) -> bool:
+    """Whether an existing ``rel`` here may be replaced by the bundle's: an entry named after one of the
+    bundle's jobs, which this workspace does not have (left by an import that was cut short, or by a deleted
+    job of that id)."""
+    return rel.parts[1].split(".")[0] in ids
 
 
 def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None = None) -> list[str]:
-    """Bring an exported bundle's jobs into this workspace with their ids, files, metrics and labels. Refuses
-    (changing nothing) when a job id or a file exists here already. Returns the imported ids."""
+    """Bring an exported bundle's jobs into this workspace with their ids, files, metrics and labels, all or
+    nothing: a bundle whose job ids exist here is refused, and one cut short (killed) can be imported again.
+    A bundle is data: its files land only inside this workspace's data folders, its rows are checked, and what
+    they name outside the workspace (``root`` URLs) stays a reference that deleting the copy never removes.
+    Returns the imported ids."""
     ws = as_workspace(workspace)
     bundle = Path(bundle).expanduser().absolute()
     if not bundle.exists():
@@ -223,46 +354,99 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
     with tempfile.TemporaryDirectory() as tmp:
         folder = _unpack(bundle, tmp)
         try:
-            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{str(bundle)!r} has no manifest.json; it is not a saekit export") from None
+        except (ValueError, OSError) as exc:
+            raise _bad(bundle, f"manifest.json cannot be read ({type(exc).__name__}: {exc})") from None
+        if not isinstance(manifest, dict):
+            raise _bad(bundle, "manifest.json is not an object")
         if manifest.get("format") != FORMAT:
             raise ConfigError(f"bundle format {manifest.get('format')!r} is not {FORMAT}; export it again with this saekit")
-        rows = manifest["jobs"]
-        taken = [r["id"] for r in rows if registry.get_job(ws, r["id"]) is not None]
+        if not isinstance(manifest.get("jobs"), list) or not isinstance(manifest.get("files"), list):
+            raise _bad(bundle, "manifest.json has no list of jobs and files")
+        rows = [_check_row(bundle, r) for r in manifest["jobs"]]
+        ids = {r["id"] for r in rows}
+        if len(ids) != len(rows):
+            raise _bad(bundle, "a job id appears twice")
+        files_root = folder / "files"
+        if files_root.is_symlink():
+            raise _bad(bundle, "files/ is a symbolic link")
+        files = list(dict.fromkeys(_check_path(bundle, f, ids) for f in manifest["files"]))
+        for rel in files:
+            _check_source(bundle, files_root, rel)
+        labels = _bundle_labels(bundle, files_root, rows)
+        taken = [r.id for r in registry.get_jobs(ws, sorted(ids))]
         if taken:
             raise JobStateError(f"job id(s) {taken} exist in {ws.path} already; nothing was imported",
                                 suggestion="import into another workspace, or delete those jobs here first")
-        files = [Path(f) for f in manifest["files"]]
-        clashes = [f for f in files if (ws.path / f).exists()
-                   and not (str(f).startswith(SHARED) and _same_content(ws.path / f, folder / "files" / f))]
+        shared = {rel for rel in files if rel.as_posix().startswith(SHARED) and (ws.path / rel).exists()}
+        clashes = [rel for rel in files if (ws.path / rel).exists() and rel not in shared and not _replaceable(rel, ids)]
         if clashes:
             raise JobStateError(f"{len(clashes)} file(s) of the bundle exist in {ws.path} already "
                                 f"({', '.join(map(str, clashes[:3]))}); nothing was imported")
-        copied = []
+        for row in rows:
+            for name in ("spec", "result", *MESSAGE_FIELDS):
+                if row.get(name) is not None:
+                    row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
+        staged = _stage(ws, bundle, files_root, [rel for rel in files if rel not in shared], rows)
+        metrics = folder / "metrics.parquet"
+        if metrics.is_symlink():
+            raise _bad(bundle, "metrics.parquet is a symbolic link")
+        if metrics.is_file():
+            _check_metrics(bundle, metrics)
         try:
-            for rel in files:
-                if (ws.path / rel).exists():
-                    continue  # a content-addressed entry this workspace has already
-                staged = staging_path(ws.path / rel)
-                if (folder / "files" / rel).is_dir():
-                    staged.mkdir(parents=True)
-                _copy_tree(folder / "files" / rel, staged, PLACEHOLDER, str(ws.path))
-                os.rename(staged, ws.path / rel)
-                copied.append(ws.path / rel)
-            for row in rows:
-                for name in ("spec", "result", *MESSAGE_FIELDS):
-                    if row.get(name) is not None:
-                        row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
-                for name in ("created_at", "queued_at", "started_at", "finished_at"):
-                    row[name] = None if row.get(name) is None else dt.datetime.fromisoformat(row[name])
-            metrics = folder / "metrics.parquet"
-            history.insert_finished_jobs(ws, rows, metrics if metrics.exists() else None)
+            history.insert_finished_jobs(ws, rows, metrics if metrics.is_file() else None, labels=labels,
+                                         publish=lambda: _publish(staged))
         except BaseException:
-            for path in copied:
-                remove(path)
+            for aside, _ in staged:
+                remove(aside)
             raise
-    labels = [r for row in rows for r in read_journal(ws.path / "analyses" / row["id"]) if r["analysis"] == row["id"]]
-    add_labels(ws, labels)
     log.info("imported %d job(s) into %s", len(rows), ws.path)
     return [r["id"] for r in rows]
+
+
+def _stage(ws: Workspace, bundle: Path, files_root: Path, files: list[Path], rows: list[dict]) -> list[tuple[Path, Path]]:
+    """Copy the bundle's files beside their places (hidden staging names) and mark each job folder as imported;
+    ``[(staged, final)]``."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for rel in files:
+            final = ws.path / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            aside = staging_path(final)
+            staged.append((aside, final))
+            if (files_root / rel).is_dir():
+                aside.mkdir()
+            _copy_tree(files_root / rel, aside, PLACEHOLDER, str(ws.path))
+        folders = {final: aside for aside, final in staged}
+        for row in rows:
+            final = ws.job_dir(row["id"])
+            if final not in folders:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                folders[final] = staging_path(final)
+                folders[final].mkdir()
+                staged.append((folders[final], final))
+            mark = {"bundle": bundle.name, "imported_at": registry.utcnow().isoformat()}
+            (folders[final] / IMPORTED).write_text(json.dumps(mark) + "\n")
+    except BaseException:
+        for aside, _ in staged:
+            remove(aside)
+        raise
+    return staged
+
+
+def _publish(staged: list[tuple[Path, Path]]) -> None:
+    """Move the staged files into place (inside the registry transaction that inserts their rows). An entry
+    left by an import cut short is replaced."""
+    for n, (aside, final) in enumerate(staged):
+        if os.path.lexists(final):
+            remove(final)
+        os.rename(aside, final)
+        if n == 0:
+            fault_point("import_publishing")  # the reliability tests kill here: some files in place, no rows
+
+
+def is_imported(ws: Workspace, job_id: str) -> bool:
+    """Whether the job came into this workspace from a bundle (its folder holds ``imported.json``)."""
+    return (ws.job_dir(job_id) / IMPORTED).exists()

@@ -28,7 +28,7 @@ from saekit import registry
 from saekit._fs import format_bytes, remove, staging_path
 from saekit.eventlog import LogState, _encode, events_path, read_all
 from saekit.errors import ConfigError
-from saekit.jobs.gc import orphan_files
+from saekit.jobs.gc import orphan_files, remove_orphan
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.lease import Lease
 from saekit.registry.rebuild import METRICS_FILE
@@ -181,6 +181,8 @@ def _apply(ws: Workspace, item: Item) -> int | None:
     if item.action in (COMPACT, REDUCE):
         return _rewrite_log(ws, item)
     before = _size(item.path)
+    if item.action == ORPHAN:
+        return before if remove_orphan(ws, item.path) else None
     if item.job_id is not None:
         row = registry.get_job(ws, item.job_id)
         if row is None or row.active:  # resumed (or deleted) since the plan was made

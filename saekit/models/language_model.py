@@ -166,14 +166,29 @@ class LanguageModel:
 
     # -- forward passes -------------------------------------------------------------------------------
     def _as_ids(self, input_ids) -> torch.Tensor:
+        """Text or token ids (a list, array or tensor of ``[T]`` or ``[B, T]``) as a ``[B, T]`` long tensor,
+        checked: not empty, whole numbers, every id in the vocabulary."""
+        given = input_ids
         if isinstance(input_ids, str):
             input_ids = self.tokenizer(input_ids, return_tensors="pt")["input_ids"]
         elif isinstance(input_ids, np.ndarray):
             input_ids = torch.from_numpy(np.ascontiguousarray(input_ids))
         elif not isinstance(input_ids, torch.Tensor):
-            input_ids = torch.tensor(input_ids)
+            try:
+                input_ids = torch.tensor(input_ids)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"prompt {str(given)[:60]!r} ({type(given).__name__}) is neither text nor token ids",
+                                  suggestion="give a string, or a list of token ids such as lm.tokenizer('hi')['input_ids']") from None
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.ndim not in (1, 2):
+            raise ConfigError(f"prompt {str(given)[:60]!r} is not text or token ids ([T] or [batch, T] whole numbers)")
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
+        if input_ids.shape[-1] == 0:
+            raise ConfigError("the prompt is empty: give some text or at least one token id")
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        if input_ids.device.type == "cpu" and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ConfigError(f"token id(s) {sorted({int(i) for i in input_ids.flatten() if not 0 <= int(i) < vocab})[:5]} "
+                              f"are not in {self.name}'s vocabulary (0..{vocab - 1})")
         return input_ids.to(self.device, dtype=torch.long)
 
     def run_with_cache(self, input_ids, hook_points: str | Iterable[str], *, attention_mask=None,
@@ -193,7 +208,10 @@ class LanguageModel:
         if stop is not None and not 0 <= stop < self.n_layers:
             raise ConfigError(f"stop_at={stop_at} is not a block of {self.name} (0..{self.n_layers - 1})")
         ids = self._as_ids(input_ids)
-        mask = None if attention_mask is None else self._as_ids(attention_mask)
+        mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask) if not isinstance(
+            attention_mask, torch.Tensor) else attention_mask).to(self.device, dtype=torch.long)
+        if mask is not None and mask.ndim == 1:
+            mask = mask[None]
         with torch.no_grad(), self.hooks(fns):
             stopper = None
             if stop is not None and stop < self.n_layers:
@@ -228,10 +246,17 @@ class LanguageModel:
             raise ConfigError(f"top_p={top_p!r} must be a number in (0, 1]")
         if seed is not None:
             check_positive_int("seed", seed, allow_zero=True)
+        if prompt is None:
+            raise ConfigError("prompt=None: give some text or token ids to continue")
         ids = self._as_ids(prompt)
         if ids.shape[0] != 1:
             raise ConfigError(f"generate takes one prompt; got a batch of {ids.shape[0]}",
                               suggestion="call it once per prompt")
+        limit = self.max_context
+        if limit is not None and ids.shape[1] + max_new_tokens > limit:
+            raise ConfigError(f"{ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens:,} is more than the "
+                              f"{limit:,} positions {self.name} has",
+                              suggestion=f"use max_new_tokens <= {max(limit - ids.shape[1], 0):,}")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         sample = bool(temperature)
         options = {"do_sample": sample, "use_cache": use_cache, "pad_token_id": pad}

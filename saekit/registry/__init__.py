@@ -14,6 +14,7 @@ from saekit.registry.jobs import (
     metric_table,
     job_ids,
     job_table,
+    jobs_locked,
     list_jobs,
     request_cancel,
     resume_job,
@@ -26,7 +27,7 @@ from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES, SCHE
 
 __all__ = [
     "ACTIVE_STATES", "FINAL_STATES", "JOB_STATES", "JobRecord", "SCHEMA_VERSION", "Status", "delete_job", "finish_job", "get_job",
-    "get_jobs", "get_metrics", "metric_frame", "metric_table", "job_ids", "job_table", "list_jobs", "rebuild_registry", "RegistryRebuiltWarning", "request_cancel",
+    "get_jobs", "get_metrics", "metric_frame", "metric_table", "job_ids", "job_table", "jobs_locked", "list_jobs", "rebuild_registry", "RegistryRebuiltWarning", "request_cancel",
     "resume_job", "submit_job", "transition",
     "transaction", "utcnow",
 ]

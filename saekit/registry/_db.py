@@ -119,6 +119,10 @@ def _version(con: "duckdb.DuckDBPyConnection", ws: Workspace) -> int:
         row = con.execute("SELECT value FROM saekit_meta WHERE key = 'schema_version'").fetchone()
     except duckdb.CatalogException:  # a new, empty database
         return 0
+    except PROGRAMMING_ERRORS:
+        raise
+    except duckdb.Error as exc:  # the file is damaged past its header (e.g. truncated)
+        raise classify(ws, exc) from exc
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         written_by = con.execute("SELECT value FROM saekit_meta WHERE key = 'written_by'").fetchone()
@@ -144,6 +148,12 @@ def _migrate(con: "duckdb.DuckDBPyConnection", ws: Workspace) -> None:
             [str(SCHEMA_VERSION), __version__],
         )
         con.commit()
+    except PROGRAMMING_ERRORS:
+        _rollback(con)
+        raise
+    except duckdb.Error as exc:
+        _rollback(con)
+        raise classify(ws, exc) from exc
     except BaseException:
         _rollback(con)
         raise

@@ -16,6 +16,7 @@ from saekit.config import settings
 from saekit.errors import ConfigError, JobStateError
 from saekit.registry._db import _connect, _ensure_current, transaction
 from saekit.registry._lock import RegistryLock
+from saekit.registry.labels import insert_labels
 from saekit.registry.rebuild import COLUMNS, _quoted
 from saekit.workspace import Workspace
 
@@ -63,9 +64,12 @@ def write_metrics(ws: Workspace, job_ids: Sequence[str], path: Path) -> int:
         return tx.one(f"SELECT count(*) AS n FROM read_parquet('{_quoted(path)}')")["n"]
 
 
-def insert_finished_jobs(ws: Workspace, rows: list[dict], metrics_file: Path | None) -> None:
-    """Insert finished jobs' rows (every column) and their metrics from a Parquet file, in one transaction;
-    refuses (and inserts nothing) when an id is taken or a row is not finished."""
+def insert_finished_jobs(ws: Workspace, rows: list[dict], metrics_file: Path | None, *, labels: list[dict] = (),
+                         publish=None) -> None:
+    """Insert finished jobs' rows (every column), their metrics from a Parquet file and their ``labels``, in one
+    transaction; refuses (and inserts nothing) when an id is taken or a row is not finished. ``publish()``, when
+    given, runs last inside the transaction (an import moves its files into place there): if it fails, nothing
+    is inserted."""
     active = [r["id"] for r in rows if r["status"] in ("queued", "running")]
     if active:
         raise JobStateError(f"job(s) {active} are not finished; only finished jobs can be imported")
@@ -81,6 +85,9 @@ def insert_finished_jobs(ws: Workspace, rows: list[dict], metrics_file: Path | N
         if metrics_file is not None:
             tx.execute(f"INSERT INTO metrics SELECT job_id, step, name, value FROM read_parquet('{_quoted(metrics_file)}') "
                        "WHERE job_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        insert_labels(tx, list(labels))
+        if publish is not None:
+            publish()
 
 
 def backup_registry(ws: Workspace, target: str | os.PathLike) -> Path:

@@ -7,7 +7,8 @@ State changes are compare-and-set (``UPDATE ... WHERE id = ? AND status IN (...)
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 from saekit.errors import JobStateError
 from saekit.registry._db import Tx, transaction
@@ -213,6 +214,15 @@ def job_table(ws: Workspace, *, kind: str | None = None, status: str | Sequence[
         active_where = (where + " AND " if where else " WHERE ") + "active_key IS NOT NULL"
         active = [JobRecord.from_row(r) for r in tx.rows(f"SELECT {LIST_COLUMNS} FROM jobs{active_where}", params)]
     return records, active
+
+
+@contextmanager
+def jobs_locked(ws: Workspace) -> Iterator[list[JobRecord]]:
+    """Every job (with its spec) while the registry's write lock is held for the ``with`` block: no job is
+    created, changed or deleted until it ends. For what must decide and act at once (``saekit gc`` removing
+    what no job owns); keep the block short, and never open the registry inside it."""
+    with transaction(ws, write=True) as tx:
+        yield [JobRecord.from_row(r) for r in tx.rows(f"SELECT {LIST_COLUMNS}, spec FROM jobs")]
 
 
 def job_ids(ws: Workspace) -> list[str]:

@@ -1,6 +1,7 @@
-"""Feature-label rows: each function is one registry transaction. A change of label is a new row, ordered by
-its time (then by ``seq``, the order of arrival); the current label of a feature for a source is its latest
-row, an empty label meaning cleared."""
+"""Feature-label rows: each function is one registry transaction. A change of label is a new row; rows are
+ordered by ``seq``, the order of arrival (never by the time a row claims: a clock ahead, or a row dated 2099 in
+an imported file, must not hide later changes). The current label of a feature for a source is the row that
+arrived last, an empty label meaning cleared."""
 
 from __future__ import annotations
 
@@ -36,26 +37,33 @@ def add_labels(ws: Workspace, rows: list[dict]) -> int:
     source, label, author and time): an import run twice adds nothing. Returns the number inserted."""
     if not rows:
         return 0
-    columns = {c: [r.get(c) for r in rows] for c in COLUMNS}
     with transaction(ws, write=True) as tx:
-        cur = tx.execute(
-            "INSERT INTO feature_labels (" + ", ".join(COLUMNS) + ") "
-            "SELECT * EXCLUDE (ord) FROM (SELECT unnest(?::INTEGER[]) AS ord, unnest(?::VARCHAR[]) AS analysis, unnest(?::INTEGER[]) AS feature, "
-            "unnest(?::VARCHAR[]) AS label, unnest(?::VARCHAR[]) AS source, unnest(?::VARCHAR[]) AS author, "
-            "unnest(?::VARCHAR[]) AS note, unnest(?::VARCHAR[]) AS provenance, unnest(?::VARCHAR[]) AS scores, "
-            "unnest(?::TIMESTAMP[]) AS created_at) AS incoming "
-            "WHERE NOT EXISTS (SELECT 1 FROM feature_labels f WHERE f.analysis = incoming.analysis "
-            "AND f.feature = incoming.feature AND f.source = incoming.source AND f.label = incoming.label "
-            "AND f.author = incoming.author AND f.created_at = incoming.created_at) ORDER BY ord RETURNING seq",
-            [list(range(len(rows)))] + [columns[c] for c in COLUMNS])
-        return len(cur.fetchall())
+        return insert_labels(tx, rows)
+
+
+def insert_labels(tx, rows: list[dict]) -> int:
+    """``add_labels`` inside an open write transaction (an import inserts its jobs and their labels in one)."""
+    if not rows:
+        return 0
+    columns = {c: [r.get(c) for r in rows] for c in COLUMNS}
+    cur = tx.execute(
+        "INSERT INTO feature_labels (" + ", ".join(COLUMNS) + ") "
+        "SELECT * EXCLUDE (ord) FROM (SELECT unnest(?::INTEGER[]) AS ord, unnest(?::VARCHAR[]) AS analysis, unnest(?::INTEGER[]) AS feature, "
+        "unnest(?::VARCHAR[]) AS label, unnest(?::VARCHAR[]) AS source, unnest(?::VARCHAR[]) AS author, "
+        "unnest(?::VARCHAR[]) AS note, unnest(?::VARCHAR[]) AS provenance, unnest(?::VARCHAR[]) AS scores, "
+        "unnest(?::TIMESTAMP[]) AS created_at) AS incoming "
+        "WHERE NOT EXISTS (SELECT 1 FROM feature_labels f WHERE f.analysis = incoming.analysis "
+        "AND f.feature = incoming.feature AND f.source = incoming.source AND f.label = incoming.label "
+        "AND f.author = incoming.author AND f.created_at = incoming.created_at) ORDER BY ord RETURNING seq",
+        [list(range(len(rows)))] + [columns[c] for c in COLUMNS])
+    return len(cur.fetchall())
 
 
 def current_labels(ws: Workspace, analysis: str) -> list[dict]:
     """The latest row per (feature, source) of an analysis, cleared ones left out."""
     with transaction(ws) as tx:
         return tx.rows(
-            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY feature, source ORDER BY created_at DESC, seq DESC) AS n "
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY feature, source ORDER BY seq DESC) AS n "
             "FROM feature_labels WHERE analysis = ?) WHERE n = 1 AND label <> '' ORDER BY feature, source",
             [analysis])
 
@@ -64,8 +72,8 @@ def label_rows(ws: Workspace, analysis: str, feature: int | None = None) -> list
     """Every row (the history) of an analysis, or of one feature, oldest first."""
     with transaction(ws) as tx:
         if feature is None:
-            return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? ORDER BY created_at, seq", [analysis])
-        return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? AND feature = ? ORDER BY created_at, seq",
+            return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? ORDER BY seq", [analysis])
+        return tx.rows("SELECT * FROM feature_labels WHERE analysis = ? AND feature = ? ORDER BY seq",
                        [analysis, feature])
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from saekit._checks import check_choice, is_int, is_number
+from saekit._checks import as_int, as_number, check_choice
 from saekit.errors import ConfigError
 
 MODES = ("add", "clamp", "ablate", "cap")
@@ -59,11 +59,19 @@ class Steering:
         if not isinstance(features, Mapping):
             raise ConfigError(f"features must be a dict {{feature: coefficient}}; got {type(features).__name__}",
                               suggestion="e.g. {123: 8.0}")
+        checked = {}
         for i, c in features.items():
-            if not is_int(i) or not 0 <= i < sae.d_sae:
-                raise ConfigError(f"feature {i!r} is not a feature of this SAE (0..{sae.d_sae - 1})")
-            if not is_number(c):
-                raise ConfigError(f"the coefficient of feature {i} is {c!r}; it must be a finite number")
+            feature, coeff = as_int(i), as_number(c)
+            if feature is None:
+                raise ConfigError(f"feature {i!r} ({type(i).__name__}) is not a feature id: give an int in "
+                                  f"0..{sae.d_sae - 1}")
+            if not 0 <= feature < sae.d_sae:
+                raise ConfigError(f"feature {feature} is not a feature of this SAE (0..{sae.d_sae - 1})")
+            if coeff is None:
+                raise ConfigError(f"the coefficient of feature {feature} is {c!r} ({type(c).__name__}); it must be "
+                                  "one finite number")
+            checked[feature] = coeff
+        features = checked
         self.hook_point = sae_hook_point(sae, hook_point)
         lm.parse_hook_point(self.hook_point)
         if sae.d_in != lm.d_model:

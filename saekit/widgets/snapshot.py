@@ -13,6 +13,11 @@ BADGES = {"queued": "#6b7280", "running": "#2563eb", "completed": "#16a34a", "fa
 BOX = "font-family:system-ui,sans-serif;font-size:12px;border:1px solid #ddd;border-radius:6px;padding:6px 8px;max-width:980px"
 
 
+class Markup(str):
+    """HTML made here (a badge), which ``table`` puts in a cell as it is; every other cell is escaped, so text
+    from outside (a job name, a label) never becomes markup, whatever it starts with."""
+
+
 def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -27,13 +32,13 @@ def number(x) -> str:
 
 def badge(text: str) -> str:
     color = BADGES.get(text, "#6b7280")
-    return (f"<span style='color:#fff;background:{color};border-radius:9px;padding:1px 8px;font-size:11px'>"
-            f"{esc(text)}</span>")
+    return Markup(f"<span style='color:#fff;background:{color};border-radius:9px;padding:1px 8px;font-size:11px'>"
+                  f"{esc(text)}</span>")
 
 
 def table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th style='text-align:left;padding:2px 8px'>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{c if str(c).startswith('<span') else esc(c)}</td>"
+    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{c if isinstance(c, Markup) else esc(c)}</td>"
                                     for c in row) + "</tr>" for row in rows)
     return f"<table style='border-collapse:collapse;margin-top:4px'><tr>{head}</tr>{body}</table>"
 
