@@ -55,8 +55,14 @@ class EventWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            full = exc.errno == errno.ENOSPC
+            raise StorageError(f"cannot append to the event log {str(self.path)!r}: {exc.strerror or exc}",
+                               suggestion="free disk space" if full else "make the workspace writable (or choose "
+                                          "another with sk.set_workspace)") from exc
         self._torn = False  # the last write stopped inside a line: the next one ends that line first
 
     def write(self, record: dict, *, durable: bool = False) -> None:

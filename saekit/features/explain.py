@@ -133,7 +133,8 @@ def negative_pool(feats, sae, seed: int, device: str):
 def _first_line(text: str) -> str | None:
     """The explanation in a reply: its first non-empty line, unquoted; None when the reply says nothing."""
     line = next((part.strip() for part in (text or "").strip().splitlines() if part.strip()), "")
-    return line.strip("\"'` ").removeprefix("Explanation:").strip()[:300] or None
+    line = line.strip("\"'` ").removeprefix("Explanation:").strip()
+    return labels.one_line(line)[:300] if line.strip() else None  # a label: no control characters
 
 
 def explain_one(feature, explainer, scorer, pool, fires, spec: dict, given: str | None) -> dict:

@@ -27,7 +27,19 @@ import numpy as np
 from saekit import registry
 from saekit._faults import fault_point
 from saekit.errors import ConfigError, DataError
-from saekit.registry.labels import COLUMNS, JOURNAL, add_labels, current_labels, label_rows
+from saekit.registry.labels import (  # noqa: F401 (check_label and json_object are this module's API too)
+    CONTROL,
+    COLUMNS,
+    JOURNAL,
+    MAX_LABEL,
+    MAX_NOTE,
+    add_labels,
+    check_label,
+    check_note,
+    current_labels,
+    json_object,
+    label_rows,
+)
 
 log = logging.getLogger("saekit.features")
 
@@ -85,35 +97,9 @@ def _jsonable(row: dict) -> dict:
     return {**row, "created_at": row["created_at"].isoformat()}
 
 
-MAX_LABEL = 500
-MAX_NOTE = 10_000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")  # newlines, carriage returns, tabs and the other controls
-
-
-def check_label(label) -> str:
-    """``label`` stripped, when it is one line of at most 500 characters without control characters."""
-    if not isinstance(label, str) or not label.strip():
-        raise ConfigError(f"label={label!r} must be some text, e.g. 'Python keywords' (feats.clear_label(i) removes one)")
-    label = label.strip()
-    if _CONTROL.search(label) or len(label) > MAX_LABEL:
-        shown = label[:60] + ("..." if len(label) > 60 else "")
-        raise ConfigError(f"label {shown!r} ({len(label):,} characters) is not one line of at most {MAX_LABEL} "
-                          "characters without control characters (newlines, tabs); put the rest in note=")
-    return label
-
-
-def check_note(note) -> str | None:
-    if note is None:
-        return None
-    if not isinstance(note, str) or len(note) > MAX_NOTE or "\x00" in note:
-        raise ConfigError(f"note must be text of at most {MAX_NOTE:,} characters; got {type(note).__name__} "
-                          f"of {len(note) if isinstance(note, str) else '?'} characters")
-    return note
-
-
 def one_line(text: str) -> str:
     """``text`` made a valid label: control characters as spaces, cut to 500 characters."""
-    return " ".join(_CONTROL.sub(" ", text).split())[:MAX_LABEL] or "?"
+    return " ".join(CONTROL.sub(" ", text).split())[:MAX_LABEL] or "?"
 
 
 def check_feature(feature, n: int) -> int:
@@ -124,21 +110,6 @@ def check_feature(feature, n: int) -> int:
     if not 0 <= feature < n:
         raise ConfigError(f"feature {int(feature)} is not a latent of this analysis (0..{n - 1})")
     return int(feature)
-
-
-def json_object(value, what: str) -> str | None:
-    """A provenance or scores value as stored: None, or the text of a JSON object."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    try:
-        parsed = json.loads(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{what} {str(value)[:80]!r} is not a JSON object")
-    return json.dumps(parsed, sort_keys=True)
 
 
 def provenance_of(row: dict) -> dict:
@@ -187,8 +158,8 @@ def export(ws, analysis: str, path: str | Path, *, sae: str | None = None) -> Pa
     """Every label row (the history) of an analysis to ``path``: ``.json`` (a list of objects) or ``.csv``.
     ``sae`` (the analysed SAE's fingerprint) is written with them, so an import can tell another SAE's labels."""
     path = Path(path)
-    rows = [{c: (r[c].isoformat() if c == "created_at" else r[c]) for c in EXPORT_COLUMNS}
-            for r in label_rows(ws, analysis)]
+    rows = [{c: (r[c].isoformat() if c == "created_at" else _readable(r[c]) if c in ("provenance", "scores") else r[c])
+             for c in EXPORT_COLUMNS} for r in label_rows(ws, analysis)]
     if path.suffix == ".json":
         text = json.dumps({"analysis": analysis, "sae": sae, "labels": rows}, indent=1)
     elif path.suffix == ".csv":
@@ -204,6 +175,15 @@ def export(ws, analysis: str, path: str | Path, *, sae: str | None = None) -> Pa
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _readable(value: str | None) -> str | None:
+    """A stored provenance or scores as an export writes it: a JSON object (text an older saekit let in that is
+    not one is kept as ``{"text": ...}``), so that every export imports again."""
+    try:
+        return json_object(value, "value")
+    except ValueError:
+        return json.dumps({"text": value})
 
 
 def _feature_of(value, n_latents: int) -> int:
@@ -269,7 +249,7 @@ def read_import(path: str | Path, analysis: str, n_latents: int, *, sae: str | N
             if label.strip():  # an empty label is a clearing row
                 label = check_label(label)
             author = item["author"]
-            if not isinstance(author, str) or not author or len(author) > 200 or _CONTROL.search(author):
+            if not isinstance(author, str) or not author or len(author) > 200 or CONTROL.search(author):
                 raise ValueError(f"author {str(author)[:40]!r} is not a name (one line, at most 200 characters)")
             created = item["created_at"]
             if not isinstance(created, str):

@@ -143,8 +143,9 @@ class OpenAIChat:
         """The key is there and the endpoint answers (its model list), before any job starts."""
         import openai
 
+        client = self.client()  # no key: a ConfigError of its own
         try:
-            self.client().with_options(max_retries=1, timeout=10).models.list()
+            client.with_options(max_retries=1, timeout=10).models.list()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise CredentialsError(f"{self.name} refused the API key in ${self.api_key_env}: {mask(str(exc))}",
                                    suggestion=f"set ${self.api_key_env} to a valid key") from None

@@ -29,7 +29,7 @@ from saekit.errors import ConfigError, DataError, JobNotFoundError, JobStateErro
 from saekit.jobs.gc import spec_paths
 from saekit.jobs.kinds import get_kind
 from saekit.registry import history
-from saekit.registry.labels import read_journal
+from saekit.registry.labels import check_label, json_object, read_journal
 from saekit.registry.rebuild import COLUMNS
 from saekit.workspace import Workspace, as_workspace, check_job_id
 
@@ -298,8 +298,6 @@ def _check_source(bundle: Path, files: Path, rel: Path) -> None:
 
 def _bundle_labels(bundle: Path, files: Path, rows: list[dict]) -> list[dict]:
     """The label rows journalled in the bundle's analyses, each checked like an imported labels file."""
-    from saekit.features.labels import check_label, json_object
-
     out = []
     for row in rows:
         for label in read_journal(files / "analyses" / row["id"]):

@@ -179,12 +179,12 @@ class LanguageModel:
             except (TypeError, ValueError, RuntimeError):
                 raise ConfigError(f"prompt {str(given)[:60]!r} ({type(given).__name__}) is neither text nor token ids",
                                   suggestion="give a string, or a list of token ids such as lm.tokenizer('hi')['input_ids']") from None
+        if input_ids.numel() == 0:
+            raise ConfigError("the prompt is empty: give some text or at least one token id")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.ndim not in (1, 2):
             raise ConfigError(f"prompt {str(given)[:60]!r} is not text or token ids ([T] or [batch, T] whole numbers)")
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
-        if input_ids.shape[-1] == 0:
-            raise ConfigError("the prompt is empty: give some text or at least one token id")
         vocab = self.model.get_input_embeddings().weight.shape[0]
         if input_ids.device.type == "cpu" and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
             raise ConfigError(f"token id(s) {sorted({int(i) for i in input_ids.flatten() if not 0 <= int(i) < vocab})[:5]} "

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from saekit.errors import RegistryBusyError
+from saekit.errors import RegistryBusyError, StorageError, WorkspaceError
 
 try:
     import fcntl
@@ -64,6 +64,15 @@ class _Waiter:
             return False
 
 
+def _unwritable(path: Path, exc: OSError):
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"the disk holding the registry lock {str(path)!r} is full",
+                            suggestion="free disk space; the jobs' event logs keep what happened meanwhile")
+    return WorkspaceError(f"the workspace {str(path.parent)!r} cannot be written ({exc.strerror or exc}): the "
+                          "registry cannot record anything there",
+                          suggestion="make it writable, or use another with sk.set_workspace(path); reading works")
+
+
 def _open(path: Path, reader: bool) -> int | None:
     """A descriptor of the lock file. A reader in a folder it cannot write gets a read-only one (flock works
     on it), or None when the file does not exist there: nobody can write that workspace, so there is no one
@@ -72,7 +81,7 @@ def _open(path: Path, reader: bool) -> int | None:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         if not reader or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise
+            raise _unwritable(path, exc) from exc
     try:
         return os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Feature-label rows: each function is one registry transaction. A change of label is a new row; rows are
+"""Feature-label rows: each function is one registry transaction (and the checks every stored label passes). A change of label is a new row; rows are
 ordered by ``seq``, the order of arrival (never by the time a row claims: a clock ahead, or a row dated 2099 in
 an imported file, must not hide later changes). The current label of a feature for a source is the row that
 arrived last, an empty label meaning cleared."""
@@ -7,13 +7,55 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
+from saekit.errors import ConfigError
 from saekit.registry._db import transaction
 from saekit.workspace import Workspace
 
 COLUMNS = ("analysis", "feature", "label", "source", "author", "note", "provenance", "scores", "created_at")
 JOURNAL = "labels.jsonl"  # in each analysis folder: every row, appended before it is inserted here
+
+MAX_LABEL = 500
+MAX_NOTE = 10_000
+CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")  # newlines, carriage returns, tabs and the other controls
+
+
+def check_label(label) -> str:
+    """``label`` stripped, when it is one line of at most 500 characters without control characters."""
+    if not isinstance(label, str) or not label.strip():
+        raise ConfigError(f"label={label!r} must be some text, e.g. 'Python keywords' (feats.clear_label(i) removes one)")
+    label = label.strip()
+    if CONTROL.search(label) or len(label) > MAX_LABEL:
+        shown = label[:60] + ("..." if len(label) > 60 else "")
+        raise ConfigError(f"label {shown!r} ({len(label):,} characters) is not one line of at most {MAX_LABEL} "
+                          "characters without control characters (newlines, tabs); put the rest in note=")
+    return label
+
+
+def check_note(note) -> str | None:
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE or "\x00" in note:
+        raise ConfigError(f"note must be text of at most {MAX_NOTE:,} characters; got {type(note).__name__} "
+                          f"of {len(note) if isinstance(note, str) else '?'} characters")
+    return note
+
+
+def json_object(value, what: str) -> str | None:
+    """A provenance or scores value as stored: None, or the text of a JSON object."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{what} {str(value)[:80]!r} is not a JSON object")
+    return json.dumps(parsed, sort_keys=True)
 
 
 def read_journal(folder: Path) -> list[dict]:

@@ -63,8 +63,8 @@ class Steering:
         for i, c in features.items():
             feature, coeff = as_int(i), as_number(c)
             if feature is None:
-                raise ConfigError(f"feature {i!r} ({type(i).__name__}) is not a feature id: give an int in "
-                                  f"0..{sae.d_sae - 1}")
+                raise ConfigError(f"feature {i!r} ({type(i).__name__}) is not a feature of this SAE: give an int id "
+                                  f"in 0..{sae.d_sae - 1}")
             if not 0 <= feature < sae.d_sae:
                 raise ConfigError(f"feature {feature} is not a feature of this SAE (0..{sae.d_sae - 1})")
             if coeff is None:

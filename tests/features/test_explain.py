@@ -60,8 +60,9 @@ def test_explain_with_a_local_chat_model_writes_scored_llm_labels(setup):
     label = feats[PLANTED]
     assert label.label_source == "llm" and label.label == table.loc[PLANTED, "explanation"]
     row = label.label_history().iloc[-1]
-    assert json.loads(row["provenance"]) == {"explainer": f"local:{chat.ref['fingerprint']}",
-                                             "scorer": f"local:{chat.ref['fingerprint']}", "job": job.id}
+    assert json.loads(row["provenance"]) == {"explainer": f"local:{chat.ref['fingerprint']}", "explainer_model": chat.name,
+                                             "scorer": f"local:{chat.ref['fingerprint']}", "scorer_model": chat.name,
+                                             "job": job.id}
     assert json.loads(row["scores"])["detection_auc"] == pytest.approx(table.loc[PLANTED, "detection_auc"])
     again = sk.explain(feats, [PLANTED, 1, 2], explainer=chat, scorer=chat, n_examples=4, n_score=4, force=True,
                        background=False, progress=False)

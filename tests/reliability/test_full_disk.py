@@ -52,8 +52,30 @@ def test_the_event_writer_keeps_whole_lines_on_a_full_disk(small_disk):
     writer.write({"t": "event", "message": "after"})
     writer.close()
     records = read_all(small_disk / "events.jsonl")
-    assert records[0]["message"] == "before" and records[-1]["message"] == "after"  # a torn line lost only itself
+    assert records[0]["message"] == "before" and records[-1]["message"] == "after"
     assert all(set(r) >= {"t", "time"} for r in records)
+    lines = [line for line in (small_disk / "events.jsonl").read_bytes().split(b"\n") if line.strip()]
+    assert len(lines) == len(records)  # the line cut by the full disk was taken back: no torn line is left
+
+
+def test_a_read_only_workspace_is_a_saekit_error_never_a_raw_os_error(small_disk, tmp_path):
+    ws = sk.Workspace(small_disk / "ws")
+    job = submit("count", {"n": 2}, workspace=ws, background=False, progress=False)
+    view = tmp_path / "read-only"  # the same workspace, mounted read-only
+    view.mkdir()
+    for args in (["--bind", str(ws.path), str(view)], ["-o", "remount,bind,ro", str(view)]):
+        done = subprocess.run(["mount", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    try:
+        frozen = sk.Workspace(view)
+        assert [j.id for j in sk.jobs(workspace=frozen)] == [job.id]  # reading works
+        assert sk.job(job.id, workspace=frozen).result()["n"] == 2
+        with pytest.raises(StorageError, match="cannot append to the event log"):
+            EventWriter(frozen.job_dir(job.id) / "events.jsonl")
+        with pytest.raises(sk.SaekitError):
+            submit("count", {"n": 3}, workspace=frozen, background=False, progress=False)
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
 
 
 def test_a_job_on_a_full_disk_fails_cleanly_and_records_its_end_when_space_returns(small_disk, tmp_path, monkeypatch):

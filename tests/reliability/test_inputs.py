@@ -3,6 +3,8 @@ result that is quietly wrong."""
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from data_for_tests import quick, toy_store
 
 import saekit as sk
 from saekit.errors import ConfigError, DataError, HookPointError, JobNotFoundError, SaekitError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))  # planted.py
 
 
 @pytest.mark.parametrize("make", [
@@ -128,3 +132,111 @@ def test_ce_recovered_outside_its_range_is_flagged():
     assert lowered and "does not raise the loss" in lowered[0]
     above = ce_warnings({"ce_clean": 3.0, "ce_sae": 2.9, "ce_zero": 8.0, "ce_recovered": 1.02})
     assert above and "outside [0, 1]" in above[0]
+
+
+# -- issue 24, items 13 and 14: the rest of the adversarial battery ---------------------------------------------
+
+def test_a_damaged_registry_is_a_corrupt_registry_error_for_reads_and_writes(ws):
+    from saekit import registry
+    from saekit.errors import RegistryCorruptError
+
+    for n in range(4):
+        sk.submit("count", {"n": n + 1}, background=False, progress=False)
+    with registry.transaction(ws, write=True) as tx:
+        tx.execute("CHECKPOINT")
+    data = ws.registry_path.read_bytes()
+    for cut in (4096, len(data) // 8, len(data) // 3, len(data) // 2):  # raw IOException and "Corrupt database file"
+        ws.registry_path.write_bytes(data[:cut])
+        for call in (sk.jobs, lambda: sk.submit("count", {"n": 99}, background=False, progress=False)):
+            try:
+                call()
+            except RegistryCorruptError as exc:
+                assert "saekit gc --rebuild" in str(exc)
+            except SaekitError as exc:  # pragma: no cover - what it is must be a registry error
+                raise AssertionError(f"cut at {cut}: {type(exc).__name__}: {exc}") from exc
+
+
+def test_prompts_features_and_coefficients_are_checked_by_what_they_are(tiny_lm):
+    import numpy as np
+
+    from planted import planted_sae
+
+    for prompt, match in (([], "the prompt is empty"), (None, "prompt=None"), ([10**7], "not in .* vocabulary"),
+                          ([[1.5, 2.5]], "not text or token ids"), (object(), "neither text nor token ids")):
+        with pytest.raises(ConfigError, match=match):
+            tiny_lm.generate(prompt, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="more than the 256 positions"):
+        tiny_lm.generate("hello", max_new_tokens=10**7)
+    sae = planted_sae(tiny_lm, 5)
+    sae.metadata["hook_point"] = "blocks.0.resid_pre"
+    with sk.steer(tiny_lm, sae, {np.int64(3): torch.tensor(2.0)}) as steering:  # a NumPy id, a 0-d tensor
+        assert steering.features == {3: 2.0}
+        tiny_lm.generate("hello", max_new_tokens=2)
+    with pytest.raises(ConfigError, match=r"feature 1\.5 \(float\) is not a feature of this SAE"):
+        sk.steer(tiny_lm, sae, {1.5: 2.0})
+    with pytest.raises(ConfigError, match="must be one finite number"):
+        sk.steer(tiny_lm, sae, {3: torch.tensor([1.0, 2.0])})
+
+
+def test_an_endpoints_bad_settings_and_garbage_answers_are_named(ws):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from saekit.errors import ModelLoadError
+
+    for bad in ({"timeout": -1}, {"timeout": "x"}, {"max_retries": -3}, {"max_retries": 1.5}, {"api_key_env": ""}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            sk.OpenAIChat("m", "http://127.0.0.1:9/v1", **bad)
+
+    answers = {"/v1/models": b"<html>not json</html>", "/v1/chat/completions": json.dumps({"choices": []}).encode()}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            body = answers.get(self.path, b"{}")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer()
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = sk.OpenAIChat("m", f"http://127.0.0.1:{server.server_address[1]}/v1", max_retries=0)
+        with pytest.raises(ModelLoadError, match="model list"):
+            remote.check()
+        with pytest.raises(DataError, match="answered without a message"):
+            remote.complete([{"role": "user", "content": "hi"}])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_feature_set_missing_a_table_or_deleted_says_so(ws, tiny_model_dir, docs_file, tmp_path):
+    import shutil
+
+    from planted import planted_analysis
+
+    feats, _ = planted_analysis(ws, tiny_model_dir, docs_file)
+    partial = tmp_path / "partial"
+    shutil.copytree(feats.folder, partial)
+    (partial / "latents.parquet").unlink()
+    with pytest.raises(DataError, match="latents.parquet .* is damaged \\(the file is missing\\)"):
+        sk.FeatureSet(partial, workspace=ws)
+    (partial / "examples.parquet").unlink()
+    shutil.copy(feats.folder / "latents.parquet", partial / "latents.parquet")
+    with pytest.raises(DataError, match="examples.parquet"):
+        sk.FeatureSet(partial, workspace=ws)[0]
+    sk.job(feats.id).delete()
+    with pytest.raises(DataError, match="was deleted"):
+        feats.label(1, "too late")
