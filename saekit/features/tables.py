@@ -59,16 +59,18 @@ def quantile_edges(values: torch.Tensor, valid: torch.Tensor, quantiles: int) ->
 def quantile_samples(acc: Accumulator, edges: torch.Tensor, per_quantile: int):
     """From each latent's reservoir, ``per_quantile`` entries of each quantile bin (those with the smallest
     random keys, so a uniform draw): (latent, bin, slot in the reservoir) of each, sorted by latent, bin, key."""
-    sample = acc.sample
-    valid = sample.rows >= 0
+    sample = acc.sample  # on the pass' device: read once onto the CPU, where the edges and the tables are
+    rows, sample_values, sample_keys = sample.rows.cpu(), sample.values.cpu(), sample.keys.cpu()
+    edges = edges.cpu()
+    valid = rows >= 0
     latents, slots = valid.nonzero(as_tuple=True)
     if len(latents) == 0:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty, empty
-    values = sample.values[latents, slots].double()
+    values = sample_values[latents, slots].double()
     inner = edges[latents, 1:-1]  # a value v is in bin q when edges[q] <= v < edges[q + 1]; the last bin is closed
     bins = (values[:, None] >= inner).sum(dim=1)
-    keys = sample.keys[latents, slots]
+    keys = sample_keys[latents, slots]
     order = torch.argsort(keys, stable=True)
     group = latents * edges.shape[1] + bins
     order = order[torch.argsort(group[order], stable=True)]
