@@ -83,6 +83,8 @@ def cmd_show(args) -> int:
         print(f"error      {info['error_type']}: {info['error_message']}")
         if info.get("suggestion"):
             print(f"suggestion {info['suggestion']}")
+        if info.get("traceback"):
+            print("traceback  " + info["traceback"].rstrip().replace("\n", "\n           "))
     last = {}
     for step, name, value in state.metric_rows():
         last[name] = (step, value)

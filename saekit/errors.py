@@ -67,10 +67,11 @@ class JobFailedError(JobError):
     """``job.result()`` of a job that failed; carries the job's ``error_type`` and suggestion."""
 
     def __init__(self, message: str, *, error_type: str = "unknown", suggestion: str | None = None,
-                 job_id: str | None = None):
+                 job_id: str | None = None, traceback: str | None = None):
         super().__init__(message, suggestion=suggestion)
         self.error_type = error_type
         self.job_id = job_id
+        self.traceback = traceback  # the worker's, when the job failed with an exception
 
 
 class JobTimeoutError(JobError, TimeoutError):

@@ -6,6 +6,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -194,10 +195,15 @@ class Job:
         ``JobFailedError`` if it failed or was cancelled."""
         row = self.wait(timeout, progress=progress)._row
         if row.status != "completed":
-            raise JobFailedError(
-                f"job {self.id} ({row.kind}) {row.status}: [{row.error_type}] {row.error_message}",
+            if row.traceback is None and row.status == "failed":
+                row = self._load()  # a listing's row carries no traceback
+            error = JobFailedError(
+                f"job {self.id} ({row.kind}) {row.status}: [{row.error_type}] {row.error_message}"
+                + (f"\n  raised at {where}" if (where := _where(row.traceback)) else ""),
                 error_type=row.error_type or "unknown", suggestion=row.suggestion, job_id=self.id,
+                traceback=row.traceback,
             )
+            raise error from (WorkerTraceback(row.traceback) if row.traceback else None)
         kind = get_kind(row.kind)
         value = row.result_value
         return kind.load_result(self.workspace, value) if kind.load_result else value
@@ -293,6 +299,28 @@ class Job:
 
     def __hash__(self) -> int:
         return hash((self.id, self.workspace))
+
+
+class WorkerTraceback(Exception):
+    """The traceback of the process that ran a failed job, shown as the cause of its ``JobFailedError``."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.text.rstrip() + "\n(in the job's worker; job.info()['traceback'] holds it)"
+
+
+def _where(trace: str | None) -> str | None:
+    """``file:line in function`` of the innermost frame of a traceback's text."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', trace or "")
+    if not frames:
+        return None
+    path, line, function = frames[-1]
+    if "/saekit/" in path:  # the package's own files, wherever it is installed
+        path = "saekit/" + path.rsplit("/saekit/", 1)[-1]
+    return f"{path}:{line} in {function}"
 
 
 def in_kernel() -> bool:

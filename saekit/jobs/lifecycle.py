@@ -24,6 +24,7 @@ import psutil
 
 from saekit import registry
 from saekit._faults import fault_point
+from saekit._secrets import mask
 from saekit.config import settings
 from saekit.errors import (JobCancelled, JobStateError, RegistryCorruptError, RegistryError, RegistryVersionError,
                            StorageError)
@@ -142,7 +143,7 @@ def _run_attempt(ws: Workspace, row: JobRecord, attempt: int, resume_point, writ
     job_id = row.id
     heartbeat = _Heartbeat(writer, settings().heartbeat_interval)
     heartbeat.start()
-    result, error, interrupted, ctx = None, (None, None, None), None, None
+    result, error, interrupted, ctx, trace = None, (None, None, None), None, None, None
     try:
         kind = get_kind(row.kind)
         spec = row.spec_dict
@@ -157,16 +158,17 @@ def _run_attempt(ws: Workspace, row: JobRecord, attempt: int, resume_point, writ
         status, error, interrupted = "cancelled", ("cancelled", "interrupted (KeyboardInterrupt)", None), exc
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then classified
         status, error = "failed", classify(exc)
+        trace = mask(traceback.format_exc(limit=20))
         # the failure itself may be a full disk: the end below is what must not be lost
         _try_write(writer, {"t": "event", "level": "error", "message": f"failed: {error[1]}",
-                            "data": {"traceback": traceback.format_exc(limit=20)}})
+                            "data": {"traceback": trace}})
         (log.debug if launcher == "inprocess" else log.error)("job %s failed:\n%s", job_id, traceback.format_exc())
         if isinstance(exc, SystemExit):
             interrupted = exc
     finally:
         heartbeat.stop()
     end = {"t": "end", "attempt": attempt, "status": status, "result": result, "error_type": error[0],
-           "error_message": error[1], "suggestion": error[2]}
+           "error_message": error[1], "suggestion": error[2], "traceback": trace}
     _write_end(writer, end)
     for listener in listeners:
         listener(end)
@@ -229,7 +231,7 @@ def _record_end(ws: Workspace, job_id: str, end: dict, writer: EventWriter | Non
                 error_type=end.get("error_type"), error_message=end.get("error_message"),
                 suggestion=end.get("suggestion"),
                 finished_at=dt.datetime.fromtimestamp(end.get("time", time.time()), dt.timezone.utc).replace(tzinfo=None),
-                metrics=metrics,
+                metrics=metrics, traceback=end.get("traceback"),
             )
             return row if row is not None else registry.get_job(ws, job_id)
         except (RegistryError, StorageError) as exc:
@@ -327,4 +329,5 @@ def refresh(ws: Workspace, row: JobRecord | None) -> JobRecord | None:
     # the registry cannot be written now (its disk is full, it is locked): the log still says how the job ended
     return row.replace(status=registry.Status(end["status"]), error_type=end.get("error_type"),
                        error_message=end.get("error_message"), suggestion=end.get("suggestion"),
-                       result=None if end.get("result") is None else json.dumps(end["result"]))
+                       result=None if end.get("result") is None else json.dumps(end["result"]),
+                       traceback=end.get("traceback"))

@@ -38,7 +38,7 @@ log = logging.getLogger("saekit.jobs")
 FORMAT = 1
 PLACEHOLDER = "${WORKSPACE}"
 TEXT_SUFFIXES = (".json", ".jsonl")  # files whose workspace paths are rewritten (zarr.json, cfg.json, logs)
-MESSAGE_FIELDS = ("error_message", "suggestion")
+MESSAGE_FIELDS = ("error_message", "suggestion", "traceback")
 SHARED = ("activations/array-", "saes/imported/", "cache/", "corpora/", "tokenizers/")  # content-addressed
 DATA_FOLDERS = ("jobs", "tokens", "activations", "saes", "analyses", "cache", "corpora", "tokenizers")
 IMPORTED = "imported.json"  # in an imported job's folder: its outputs outside the workspace are references
@@ -238,7 +238,7 @@ def _check_row(bundle: Path, row) -> dict:
     for name in ("key", "spec", "entry"):
         if not isinstance(row.get(name), str):
             raise _bad(bundle, f"{where}: {name} is missing")
-    for name in ("name", "result", "error_type", "error_message", "suggestion", "launcher", "worker_host"):
+    for name in ("name", "result", "error_type", "error_message", "suggestion", "launcher", "worker_host", "traceback"):
         if row.get(name) is not None and not isinstance(row[name], str):
             raise _bad(bundle, f"{where}: {name} {row[name]!r} is not text")
     for name, text in (("spec", row["spec"]), ("result", row.get("result"))):

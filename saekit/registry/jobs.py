@@ -39,7 +39,7 @@ def _requeue(tx: Tx, job_id: str, launcher: str, worker_pid: int, spec: str | No
     return JobRecord.from_row(tx.one(
         f"""UPDATE jobs SET status = 'queued', active_key = key, attempt = attempt + 1,
                spec = coalesce(?, spec), entry = coalesce(?, entry),
-               result = NULL, error_type = NULL, error_message = NULL, suggestion = NULL,
+               result = NULL, error_type = NULL, error_message = NULL, suggestion = NULL, traceback = NULL,
                cancel_requested = FALSE, launcher = ?, worker_pid = ?, worker_host = NULL,
                started_at = NULL, finished_at = NULL, queued_at = ?
            WHERE id = ? AND status IN {_in(('failed', 'cancelled'))} RETURNING *""",
@@ -110,7 +110,8 @@ def transition(ws: Workspace, job_id: str, attempt: int, from_states: Sequence[s
 
 def finish_job(ws: Workspace, job_id: str, attempt: int, status: str, *, result: str | None,
                error_type: str | None, error_message: str | None, suggestion: str | None,
-               finished_at: dt.datetime, metrics: Iterable[tuple[int, str, float]] | None = None) -> JobRecord | None:
+               finished_at: dt.datetime, metrics: Iterable[tuple[int, str, float]] | None = None,
+               traceback: str | None = None) -> JobRecord | None:
     """End an attempt and compact its metrics into the registry, in one transaction.
 
     ``metrics`` replaces the job's compacted metrics (all attempts'); None leaves them as they are.
@@ -119,9 +120,9 @@ def finish_job(ws: Workspace, job_id: str, attempt: int, status: str, *, result:
     with transaction(ws, write=True) as tx:
         row = tx.one(
             f"""UPDATE jobs SET status = ?, active_key = NULL, result = ?, error_type = ?, error_message = ?,
-                   suggestion = ?, finished_at = ?
+                   suggestion = ?, finished_at = ?, traceback = ?
                 WHERE id = ? AND attempt = ? AND status IN {_in(ACTIVE_STATES)} RETURNING *""",
-            [status, result, error_type, error_message, suggestion, finished_at, job_id, attempt],
+            [status, result, error_type, error_message, suggestion, finished_at, traceback, job_id, attempt],
         )
         if row is not None and metrics is not None:
             _replace_metrics(tx, job_id, list(metrics))

@@ -57,7 +57,7 @@ def job_row_from_log(job_id: str, records: list[dict]) -> tuple[dict, list[tuple
            "created_at": _timestamp(first.get("created_at", first.get("time"))),
            "queued_at": _timestamp(latest.get("time")), "status": "queued", "result": None, "error_type": None,
            "error_message": None, "suggestion": None, "worker_pid": None, "worker_host": None,
-           "started_at": None, "finished_at": None}
+           "started_at": None, "finished_at": None, "traceback": None}
     start = state.start if state.start is not None and int(state.start.get("attempt", 0)) == attempt else None
     if start is not None:
         row.update(status="running", worker_pid=start.get("pid"), worker_host=start.get("host"),
@@ -66,14 +66,14 @@ def job_row_from_log(job_id: str, records: list[dict]) -> tuple[dict, list[tuple
     if end is not None and int(end.get("attempt", 0)) == attempt:
         row.update(status=end.get("status") or "failed", error_type=end.get("error_type"),
                    error_message=end.get("error_message"), suggestion=end.get("suggestion"),
-                   finished_at=_timestamp(end.get("time")),
+                   finished_at=_timestamp(end.get("time")), traceback=end.get("traceback"),
                    result=None if end.get("result") is None else json.dumps(end["result"]))
     return row, (state.metric_rows() if end is not None else [])
 
 
 COLUMNS = ("id", "kind", "key", "active_key", "name", "status", "spec", "entry", "result", "error_type",
            "error_message", "suggestion", "attempt", "launcher", "worker_pid", "worker_host", "cancel_requested",
-           "created_at", "queued_at", "started_at", "finished_at")
+           "created_at", "queued_at", "started_at", "finished_at", "traceback")
 
 
 def rebuild_into(con, ws: Workspace) -> str:

@@ -57,6 +57,7 @@ class JobRecord:
     queued_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    traceback: str | None = None  # where a failed attempt failed: the worker's traceback (credentials masked)
 
     @classmethod
     def from_row(cls, row: dict | None) -> "JobRecord | None":

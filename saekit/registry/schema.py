@@ -78,6 +78,10 @@ MIGRATIONS: list[list[str]] = [
         )""",
         """CREATE INDEX feature_labels_analysis ON feature_labels (analysis, feature)""",
     ],
+    # 3 -> 4: a failed attempt's traceback (the worker's, credentials masked), beside its one-line message
+    [
+        """ALTER TABLE jobs ADD COLUMN traceback VARCHAR""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

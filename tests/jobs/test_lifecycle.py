@@ -73,6 +73,23 @@ def test_resume_refuses_completed_and_errors_are_classified(ws):
     assert "kaput" in traceback
 
 
+def test_a_failure_carries_the_workers_traceback(ws):
+    """The record and ``JobFailedError`` say where it failed (issue 25): the worker's traceback is on the row, on
+    the error, and shown as the error's cause; a registry rebuilt from the logs keeps it."""
+    boom = submit("boom", {"message": "kaput"}, progress=False)  # a background worker
+    with pytest.raises(JobFailedError) as failure:
+        boom.result(timeout=120)
+    error = failure.value
+    assert "kinds_for_tests.py" in error.traceback and "RuntimeError: kaput" in error.traceback
+    assert "raised at " in str(error) and "kinds_for_tests.py:" in str(error) and "in boom" in str(error)
+    assert type(error.__cause__).__name__ == "WorkerTraceback" and "kaput" in str(error.__cause__)
+    assert boom.info()["traceback"] == error.traceback
+    registry.rebuild_registry(ws)
+    assert sk.job(boom.id).info()["traceback"] == error.traceback
+    boom.resume(background=False, progress=False)  # a new attempt starts without the old one's traceback
+    assert boom.info()["attempt"] == 2 and "kaput" in boom.info()["traceback"]
+
+
 def test_invalid_spec_is_refused_before_anything_is_written(ws):
     with pytest.raises(ConfigError, match="n=-3 is not a count"):
         submit("count", {"n": -3}, background=False)
