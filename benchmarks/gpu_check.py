@@ -24,27 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saekit.jobs import job_kind  # noqa: E402
-
-
-@job_kind("gpu_hold")
-def gpu_hold(ctx, spec):
-    """Hold a GPU allocation for a while, reporting progress (so pynvml can be read meanwhile)."""
-    import torch
-
-    x = torch.ones(spec["mib"] * 2**18, device="cuda")  # float32: MiB * 2**18 elements
-    for i in range(spec["seconds"] * 10):
-        ctx.progress(i + 1, spec["seconds"] * 10, unit="ticks")
-        time.sleep(0.1)
-    return {"sum": float(x.sum().item()), "device": str(x.device), "pid": os.getpid()}
-
-
-@job_kind("gpu_oom")
-def gpu_oom(ctx, spec):
-    import torch
-
-    torch.empty(int(spec["gib"] * 2**30), dtype=torch.uint8, device="cuda")
-    return {}
+import gpu_kinds  # noqa: E402,F401 (the job kinds the checks submit, in a module a worker can import)
 
 
 def check(name: str, fn) -> None:
@@ -268,6 +248,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import gpu_check  # register the kinds under an importable module name, for the background workers
-
-    gpu_check.main()
+    main()
