@@ -6,7 +6,7 @@ so ``saekit jobs`` and background workers start fast.
 
 from importlib import import_module
 
-from saekit import _logging
+from saekit import _logging, _provided
 from saekit._version import __version__
 from saekit.errors import (
     ConfigError,
@@ -27,6 +27,15 @@ from saekit.jobs.job import Job, get_job as job, submit  # noqa: E402
 from saekit.jobs.kinds import job_kind  # noqa: E402
 
 _logging.configure()
+
+# what the higher layers lend the lower ones (saekit/_provided.py): lower layers ask by name, never import upward
+_provided.provide("job widget", "saekit.widgets.job_widget:JobWidget")
+_provided.provide("feature card", "saekit.widgets.feature_card:FeatureCard")
+_provided.provide("feature browser", "saekit.widgets.feature_browser:FeatureBrowser")
+_provided.provide("features html", "saekit.widgets.feature_html:export_html")
+_provided.provide("steer", "saekit.steering.intervention:steer")
+for _name in ("SteeringView", "comparison_text", "SweepView", "sweep_text"):
+    _provided.provide(_name, f"saekit.widgets.steering:{_name}")
 
 _LAZY = {
     "extract": ("saekit.activations.extraction", "extract"),

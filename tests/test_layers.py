@@ -1,6 +1,9 @@
 """The package's layering holds: no module imports a module of a higher layer (imports inside functions
-count too). registry < jobs < data < models < activations < sae < features < steering < widgets, with the
-shared base (errors, config, workspace, the private helpers, monitor) below them all and the CLI on top."""
+count too, and so do imports by name: ``import_module("saekit...")``, ``__import__("saekit...")``).
+registry < jobs < data < models < activations < sae < features < steering < widgets, with the shared base
+(errors, config, workspace, the private helpers, monitor) below them all and the CLI on top. A lower layer that
+needs a higher one's object (a widget, steering) asks ``saekit._provided`` for it by name; the top says which
+module provides it."""
 
 import ast
 from pathlib import Path
@@ -38,6 +41,25 @@ def _imports(path: Path, module: str):
             for alias in node.names:  # `from saekit import registry` imports the module saekit.registry
                 sub = PACKAGE.parent.joinpath(*f"{target}.{alias.name}".split("."))
                 yield node.lineno, f"{target}.{alias.name}" if sub.with_suffix(".py").exists() or sub.is_dir() else target
+        elif isinstance(node, ast.Call) and _called(node.func) in BY_NAME and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                yield node.lineno, first.value
+            elif isinstance(first, ast.JoinedStr):  # f"saekit.widgets.{name}": its fixed start names the package
+                head = first.values[0] if first.values else None
+                if isinstance(head, ast.Constant) and isinstance(head.value, str):
+                    yield node.lineno, head.value.rstrip(".")
+
+
+BY_NAME = {"import_module", "__import__", "importlib.import_module", "importlib.__import__"}
+
+
+def _called(func) -> str:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return f"{_called(func.value)}.{func.attr}" if isinstance(func.value, (ast.Name, ast.Attribute)) else func.attr
+    return ""
 
 
 def test_no_lower_layer_imports_a_higher_one():
@@ -53,8 +75,16 @@ def test_no_lower_layer_imports_a_higher_one():
 
 
 def test_the_check_sees_a_violation(tmp_path):
-    """The scanner itself finds an upward import (so the test above can fail)."""
+    """The scanner itself finds an upward import, by statement or by name (so the test above can fail)."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from saekit.widgets import job_widget\n")
-    targets = [t for _, t in _imports(bad, "saekit.registry.bad")]
-    assert targets == ["saekit.widgets.job_widget"] and _layer(targets[0]) > _layer("saekit.registry.bad")
+    bad.write_text("import importlib\nfrom importlib import import_module\n\n\ndef f():\n"
+                   "    from saekit.widgets import job_widget\n"
+                   "    import_module('saekit.widgets.job_widget')\n"
+                   "    importlib.import_module(\"saekit.steering.intervention\")\n"
+                   "    __import__('saekit.widgets')\n"
+                   "    name = 'card'\n"
+                   "    import_module(f'saekit.widgets.feature_{name}')\n")
+    targets = [t for _, t in _imports(bad, "saekit.registry.bad") if t.startswith("saekit")]
+    assert sorted(targets) == ["saekit.steering.intervention", "saekit.widgets", "saekit.widgets.feature_",
+                               "saekit.widgets.job_widget", "saekit.widgets.job_widget"]
+    assert all(_layer(t) > _layer("saekit.registry.bad") for t in targets)

@@ -1,5 +1,6 @@
-"""Writing activation stores: a writer thread fed through a bounded queue does the compression and the I/O,
-so the forward pass never waits on the disk and memory stays bounded whatever the number of tokens.
+"""Writing activation stores: a writer thread fed through a bounded queue hands whole chunks to a pool of
+``writer_threads`` (saekit.config) that compress and write them, so the forward pass never waits on the disk,
+compression uses the machine's cores, and memory stays bounded whatever the number of tokens.
 
 Rows are appended in whole chunks; a commit flushes the rest, then records the row count (and the
 running statistics that describe exactly those rows) in the store's attributes, then calls back so
@@ -72,10 +73,13 @@ class ChunkWriter:
 
     def __init__(self, group, location: str, names: list[str], hook_points: list[str], start_rows: int,
                  stats: dict[str, RunningStats], on_commit: Callable[[int, dict, dict], None], *,
-                 expected_rows: int = 0, depth: int = 4, record: bool = True):
+                 expected_rows: int = 0, depth: int = 4, record: bool = True, threads: int | None = None):
+        from saekit.config import config
+
         self.group, self.location, self.hook_points = group, location, hook_points
         self.record = record  # write n_tokens and the statistics into the store's attributes at each commit
-        self.appender = RowAppender(group, names, int(group.attrs["chunk_rows"]), start_rows, expected_rows)
+        self.appender = RowAppender(group, names, int(group.attrs["chunk_rows"]), start_rows, expected_rows,
+                                    threads=threads if threads is not None else config.get("writer_threads"))
         self.committed = start_rows
         self.stats = stats
         self.on_commit = on_commit
@@ -114,6 +118,12 @@ class ChunkWriter:
         if self._thread.is_alive():  # it drains the queue even after an error, so this put returns
             self._queue.put(("stop", None))
         self._thread.join()
+        try:
+            self.appender.close()
+        except BaseException as exc:  # noqa: BLE001 - a write in flight failed: the rows after the last commit
+            if self.error is None:
+                self.error = StorageError(f"writing the store {self.location!r} failed: {type(exc).__name__}: {exc}",
+                                          suggestion="fix the cause (space, permissions), then job.resume()")
         self._check()
         if trim:
             self.appender.trim()

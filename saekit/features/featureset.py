@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from saekit._fs import is_url, open_file, read_file
+from saekit._provided import provided
 from saekit._table import ObjectTable
 from saekit.features import labels
 from saekit.errors import ConfigError, DataError
@@ -117,17 +118,16 @@ class Feature:
     def steer(self, lm, coeff: float, *, mode: str = "add", positions: str = "all", relative: bool = False, sae=None):
         """``sk.steer(lm, sae, {this feature: coeff}, ...)`` with the analysed SAE (loaded from its files unless
         ``sae`` is given); ``relative=True`` makes ``coeff`` a multiple of this feature's max activation."""
-        steering = import_module("saekit.steering.intervention")
         if self.featureset is None and (relative or sae is None):
             raise ConfigError("this Feature is not attached to its analysis; use sk.steer(lm, sae, {id: coeff})")
         sae = sae if sae is not None else self.featureset.sae(device=str(lm.device))
-        return steering.steer(lm, sae, {self.id: coeff}, mode=mode, positions=positions,
+        return provided("steer")(lm, sae, {self.id: coeff}, mode=mode, positions=positions,
                               hook_point=self.featureset.meta["hook_point"] if self.featureset else None,
                               relative_to=self.featureset if relative else None)
 
     def card(self):
         """The feature card widget (Jupyter)."""
-        return import_module("saekit.widgets.feature_card").FeatureCard(self, self.featureset)
+        return provided("feature card")(self, self.featureset)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.card()._repr_mimebundle_(include=include, exclude=exclude)
@@ -393,14 +393,14 @@ class FeatureSet:
     # -- display and export -------------------------------------------------------------------------------------
     def browse(self):
         """The feature browser widget (Jupyter): search, sort, click or arrow keys to open a card."""
-        return import_module("saekit.widgets.feature_browser").FeatureBrowser(self)
+        return provided("feature browser")(self)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.browse()._repr_mimebundle_(include=include, exclude=exclude)
 
     def export_html(self, path: str | Path, features=None) -> Path:
         """A self-contained HTML file of ``features`` (ids, or this view's first 50) to share without a kernel."""
-        return import_module("saekit.widgets.feature_html").export_html(self, path, features)
+        return provided("features html")(self, path, features)
 
     def to_neuronpedia(self, path: str | Path, features=None, *, model_id: str = "", sae_id: str = "") -> Path:
         """The features as JSON in the layout of Neuronpedia's feature uploads (activations with tokens and

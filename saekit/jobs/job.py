@@ -272,9 +272,9 @@ class Job:
         """A live widget of this job (Jupyter): status, progress, rate and ETA, the latest event, the error
         and its suggestion, a Cancel button, and metric charts for training jobs. Any number of them, in
         any kernel, show the same job."""
-        from importlib import import_module  # the display layer sits above jobs: imported only when asked for
+        from saekit._provided import provided  # the display layer sits above jobs: found by name, when asked for
 
-        return import_module("saekit.widgets.job_widget").JobWidget(self)
+        return provided("job widget")(self)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         if in_kernel():

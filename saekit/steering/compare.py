@@ -12,11 +12,11 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import import_module
 
 import torch
 
 from saekit._checks import check_positive_int, is_int, is_number
+from saekit._provided import provided
 from saekit.errors import ConfigError
 from saekit.steering.intervention import Steering, sae_hook_point, steer
 
@@ -96,13 +96,13 @@ class _Shown:
     _view = _text = ""
 
     def widget(self):
-        return getattr(import_module("saekit.widgets.steering"), self._view)(self.to_dict())
+        return provided(self._view)(self.to_dict())
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
 
     def __str__(self) -> str:
-        return getattr(import_module("saekit.widgets.steering"), self._text)(self.to_dict())
+        return provided(self._text)(self.to_dict())
 
     __repr__ = __str__
 
