@@ -12,7 +12,7 @@ INTEROP_STAMP := $(INTEROP)/.installed
 
 COVERAGE := $(BIN)/python -m coverage
 
-.PHONY: demo test coverage test-quick test-plain bench clean interop-env lock audit
+.PHONY: demo test coverage test-quick test-plain bench clean interop-env lock audit lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ interop-env: $(INTEROP_STAMP)
 lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^saekit' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' \
 		| sort -f > requirements.lock
+
+# pyflakes, pycodestyle and bugbear over the package (the rules are in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/python -m ruff check saekit
 
 # fails on a locked package with a known vulnerability that has a fixed release (see tools/audit.py)
 audit: $(STAMP)

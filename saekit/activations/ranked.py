@@ -70,7 +70,7 @@ def _write_rank(ctx, state: dict) -> None:
 def committed_prefix(ranges: list[tuple[int, int]], positions: list[int]) -> int:
     """Rows ``[0, n)`` that every rank has written: ranks in order, up to the first that has not finished."""
     done = 0
-    for (lo, hi), pos in zip(ranges, positions):
+    for (_lo, hi), pos in zip(ranges, positions):
         done = pos
         if pos < hi:
             break

@@ -251,7 +251,7 @@ STORE_COLUMNS = ("id", "status", "corpus", "tokenizer", "context_length", "packi
                  "created_at")
 
 
-def token_stores(workspace: Workspace | str | None = None) -> Table:
+def token_stores(workspace: Workspace | str | None = None) -> ObjectTable:
     """Every token store of the workspace, with its corpus, tokenizer and settings. Stores on disk that no
     job record knows are listed as ``orphan``."""
 

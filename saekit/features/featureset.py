@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from saekit._fs import is_url, open_file, read_file
+from saekit._fs import is_url, read_file
 from saekit._provided import provided
 from saekit._table import ObjectTable
 from saekit.features import labels

@@ -254,9 +254,8 @@ def read_import(path: str | Path, analysis: str, n_latents: int, *, sae: str | N
             created = item["created_at"]
             if not isinstance(created, str):
                 raise ValueError(f"created_at {created!r} is not an ISO time")
-            blank = (lambda v: None if v in (None, "") else v)
             rows.append({"analysis": analysis, "feature": _feature_of(item["feature"], n_latents), "label": label.strip(),
-                         "source": source, "author": author, "note": check_note(blank(item.get("note"))),
+                         "source": source, "author": author, "note": check_note(item.get("note") or None),
                          "provenance": json_object(item.get("provenance"), "provenance"),
                          "scores": json_object(item.get("scores"), "scores"),
                          "created_at": dt.datetime.fromisoformat(created)})

@@ -94,7 +94,7 @@ def _filter(frame, where: dict):
         if column not in frame.columns:
             raise ConfigError(f"runs() has no column {column!r} to filter on; columns: {sorted(map(str, frame.columns))}")
         if callable(wanted):
-            mask = frame[column].map(lambda v: bool(wanted(v)))
+            mask = frame[column].map(lambda v, wanted=wanted: bool(wanted(v)))
         elif isinstance(wanted, (list, set)):
             mask = frame[column].isin(list(wanted))
         else:

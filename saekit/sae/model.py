@@ -343,4 +343,4 @@ def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1
     return median.float()
 
 
-from saekit.sae import archs as _archs  # noqa: F401  registers the built-in architectures
+from saekit.sae import archs as _archs  # noqa: F401,E402  registers the built-in architectures (after SAE exists)

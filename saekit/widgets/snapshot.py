@@ -60,7 +60,7 @@ def line_chart(title: str, series: dict[str, list[list[float]]], *, log: bool = 
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: height - bottom - (tf(y) - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
     lines = []
-    for i, (name, p) in enumerate(points.items()):
+    for i, p in enumerate(points.values()):
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
         lines.append(f"<polyline points='{coords}' fill='none' stroke='{PALETTE[i % len(PALETTE)]}' stroke-width='1.5'/>")
     low, high = (10 ** y0, 10 ** y1) if log else (y0, y1)
