@@ -13,6 +13,7 @@ import time
 from saekit import registry
 from saekit.errors import SaekitError
 from saekit.jobs import get_job, list_jobs
+from saekit.jobs.kinds import kind_hook
 from saekit.jobs.events import LogState, read_all
 from saekit.jobs.lifecycle import events_path, log_tail, refresh
 from saekit.jobs.textbar import render_log
@@ -90,11 +91,9 @@ def cmd_show(args) -> int:
         last[name] = (step, value)
     if last:
         print("metrics    " + ", ".join(f"{n}={v:.4g} (step {s})" for n, (s, v) in sorted(last.items())))
-    if info["kind"] == "train":
-        from saekit.sae.health import assess
-
-        evaluations = [s.get("eval", {}) for s in (info.get("result") or {}).get("saes", [])]
-        health = assess(state.metrics, evaluations)
+    judge = kind_hook(info["kind"], "health")
+    if judge is not None:
+        health = judge(state.metrics, info.get("result"))
         if health["level"] != "ok":
             print(f"health     {health['level']}: " + "; ".join(health["reasons"]))
     events = [r for r in records if r.get("t") == "event"][-args.events:]

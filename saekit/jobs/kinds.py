@@ -39,13 +39,16 @@ class JobKind:
     output_dirs: tuple[tuple[str, str | None], ...] = ()  # workspace folders holding its outputs, for `saekit gc`
     volatile: tuple[str, ...] = ()  # spec fields that do not change the result (left out of the key)
     disposable: Callable[[Any, Any], list] | None = None  # (workspace, completed job) -> paths retention may delete
+    runs: Callable[[dict], list[dict]] | None = None  # spec -> one spec per run the job makes (a sweep: per SAE)
+    health: Callable[[dict, Any], dict] | None = None  # (metrics {(step, name): value}, result) -> level, reasons
+    tokens_per_step: Callable[[dict], float] | None = None  # spec -> tokens a logged step stands for (charts)
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
-             volatile: tuple[str, ...] = (), disposable=None):
+             volatile: tuple[str, ...] = (), disposable=None, runs=None, health=None, tokens_per_step=None):
     """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
     ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
@@ -53,6 +56,12 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
     to no job (e.g. ``{"activations": "array-*"}``), so ``saekit gc`` can tell orphans apart.
     ``disposable(workspace, job)`` lists files of a completed job that nothing needs any more (a run's
     leftover checkpoints), which retention deletes.
+    What the run table, ``saekit show``, the job widget and the dashboard show of a kind beyond what every job
+    has comes from three more hooks (no code outside a kind's module knows a kind by name):
+    ``runs(spec)`` splits a job that makes several runs (a training sweep) into one spec per run, each a row of
+    ``sk.runs()`` and a line of ``sk.compare``; ``health(metrics, result)`` judges a run from its logged metrics
+    (``{(step, name): value}``) and its result (``{"level": "ok"|"suspicious"|"diverged", "reasons": [...]}``);
+    ``tokens_per_step(spec)`` says how many tokens a step stands for, so charts can count tokens.
     A background worker finds the kind by importing the same module, so define it in a module (see
     ``saekit._trust`` for how the worker learns of it).
     """
@@ -65,7 +74,7 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
         _KINDS[name] = JobKind(
             name=name, fn=fn, module=module, validate=validate, load_result=load_result, outputs=outputs,
             output_dirs=tuple((output_dirs or {}).items()), volatile=tuple(volatile),
-            disposable=disposable,
+            disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step,
         )
         note_registration(module)
         return fn
@@ -102,6 +111,15 @@ def get_kind(name: str) -> JobKind:
                        "(a kind defined in a notebook or script runs only there, with background=False)",
         )
     return _KINDS[name]
+
+
+def kind_hook(name: str, hook: str):
+    """A kind's hook (``runs``, ``health``, ``tokens_per_step``...), or None when the kind has none or is unknown
+    here (a row of a kind this process cannot import is shown as any job)."""
+    try:
+        return getattr(get_kind(name), hook)
+    except ConfigError:
+        return None
 
 
 def kinds() -> list[str]:

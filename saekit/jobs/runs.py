@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from saekit.errors import ConfigError
+from saekit.jobs.kinds import kind_hook
 from saekit.registry import history
 from saekit.workspace import Workspace, as_workspace
 
@@ -37,23 +38,23 @@ def _short_names(columns: list[str]) -> dict[str, str]:
 
 
 def _config_rows(row: dict) -> list[dict]:
-    """One row per SAE of a training job (a sweep trains several), one for any other job."""
+    """One row per run of a job: its kind's ``runs`` hook splits a sweep (one row per SAE); any other job is one."""
     import json
 
     spec = json.loads(row["spec"]) if row["spec"] else {}
-    saes = spec.pop("saes", None) if row["kind"] == "train" else None
-    base = _flatten(spec)
-    if not saes:
-        return [base]
-    return [{**base, "sae": i, **_flatten(config, "sae.")} for i, config in enumerate(saes)]
+    split = kind_hook(row["kind"], "runs")
+    if split is None:
+        return [_flatten(spec)]
+    return [{**_flatten(run), "sae": i} for i, run in enumerate(split(spec))]
 
 
 def runs(kind: str | None = None, status: str | list[str] | None = "completed", *,
          workspace: str | Workspace | None = None, **where: Any):
     """Jobs as a pandas DataFrame: ``id, kind, name, status, created_at, finished_at``, the spec's fields
     (flattened, each under its shortest unambiguous name: ``k``, ``lr``, ``total_tokens``...), and each
-    metric's value at its last step. A training job that trained several SAEs gives one row per SAE
-    (column ``sae``), with that SAE's config and its own metrics (``sae1/fvu`` becomes ``fvu`` on row 1).
+    metric's value at its last step. A job that makes several runs (its kind's ``runs`` hook: a training job
+    that trained several SAEs) gives one row per run (column ``sae``), with that run's config and its own
+    metrics (``sae1/fvu`` becomes ``fvu`` on row 1).
 
     ``status=None`` includes every state. Keyword arguments filter: ``sk.runs("train", k=32)``, a list
     for any of several values (``arch=["topk", "batchtopk"]``), or a function of the column

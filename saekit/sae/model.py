@@ -32,8 +32,10 @@ def register_arch(name: str, params_cls: type[ArchParams]):
     """Class decorator: make ``SAEConfig(arch=name, **settings)`` build this ``SAE`` subclass.
 
     ``params_cls`` is a frozen dataclass (a subclass of ``saekit.sae.ArchParams``) holding the
-    architecture's own settings and validating them. A name can be registered once; a module outside
-    saekit that registers one is a plug-in (see ``saekit._trust`` for how background workers find it).
+    architecture's own settings and validating them. A name belongs to the class that registered it first;
+    the same class (same module and name: a notebook cell run again) may register it again and replaces it,
+    any other is refused. A module outside saekit that registers one is a plug-in (see ``saekit._trust`` for
+    how background workers find it).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"architecture name {name!r} must be an identifier, e.g. 'gated'")
@@ -41,7 +43,8 @@ def register_arch(name: str, params_cls: type[ArchParams]):
         raise ConfigError(f"register_arch({name!r}, ...) needs a dataclass subclass of ArchParams; got {params_cls!r}")
 
     def register(cls):
-        if name in _ARCHS:
+        old = _ARCHS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ConfigError(f"an SAE architecture named {name!r} is registered already ({_ARCHS[name].__module__}."
                               f"{_ARCHS[name].__qualname__}); choose another name")
         if not (isinstance(cls, type) and issubclass(cls, SAE)):

@@ -254,7 +254,21 @@ def _disposable(ws: Workspace, row) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if p.is_dir()) if (folder / "final").is_dir() else []
 
 
-@job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None}, disposable=_disposable)
+def _runs(spec: dict) -> list[dict]:
+    """One spec per SAE of the sweep: the shared settings and that SAE's config under ``sae``."""
+    shared = {k: v for k, v in spec.items() if k != "saes"}
+    return [{**shared, "sae": config} for config in spec.get("saes") or [{}]]
+
+
+def _health(metrics: dict, result) -> dict:
+    from saekit.sae.health import assess
+
+    saes = (result or {}).get("saes", []) if isinstance(result, dict) else []
+    return assess(metrics, [s.get("eval", {}) for s in saes] or None)
+
+
+@job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None}, disposable=_disposable,
+          runs=_runs, health=_health, tokens_per_step=lambda spec: float(spec.get("train", {}).get("batch_size", 0)))
 def run_train(ctx, spec: dict) -> dict | None:
     tc = TrainConfig.from_dict(spec["train"])
     configs = [SAEConfig.from_dict(c) for c in spec["saes"]]

@@ -10,6 +10,7 @@ import time
 import traitlets
 
 from saekit.config import config
+from saekit.jobs.kinds import kind_hook
 from saekit.jobs.lifecycle import epoch as epoch_seconds
 from saekit.jobs.textbar import latest_metrics
 from saekit.widgets import snapshot
@@ -77,7 +78,7 @@ class Dashboard(SnapshotWidget):
         from saekit.eventlog import LogState, events_path, read_last
 
         new = [r for r in rows if r.id not in self._results]
-        full = {r.id: r for r in registry.get_jobs(self.workspace, [r.id for r in new if r.kind == "train"])}
+        full = {r.id: r for r in registry.get_jobs(self.workspace, [r.id for r in new if not r.active])}
         for row in new:
             self._results[row.id] = _final_metrics(full.get(row.id, row),
                                                    LogState().update(read_last(events_path(self.workspace, row.id))))
@@ -158,10 +159,21 @@ def run_settings(job) -> list[dict]:
     """The settings of a run (one dict per SAE of a training sweep), flat: ``k``, ``d_sae``, ``lr``, ...
     (what labels and the comparison table tell runs apart by)."""
     spec = job.spec
-    if job.kind == "train":
-        shared = {**spec.get("train", {}), "hook_point": spec.get("hook_point")}
-        return [{**shared, **sae} for sae in spec.get("saes", [{}])]
-    return [_flat(spec)]
+    split = kind_hook(job.kind, "runs")
+    if split is None:
+        return [_flat(spec)]
+    return [_leaves(run) for run in split(spec)]
+
+
+def _leaves(value, out: dict | None = None) -> dict:
+    """``{"train": {"lr": 1e-3}, "sae": {"k": 32}}`` -> ``{"lr": 1e-3, "k": 32}``: settings by their own names."""
+    out = {} if out is None else out
+    for key, inner in value.items():
+        if isinstance(inner, dict):
+            _leaves(inner, out)
+        else:
+            out[key] = inner
+    return out
 
 
 def differing(settings: list[dict]) -> list[str]:

@@ -15,6 +15,7 @@ import time
 
 import traitlets
 
+from saekit.jobs.kinds import kind_hook
 from saekit.jobs.lifecycle import epoch as epoch_seconds
 from saekit.jobs.textbar import latest_metrics
 from saekit.widgets import snapshot
@@ -72,8 +73,10 @@ class JobWidget(SnapshotWidget):
         self.workspace, self.job_id = job.workspace, job.id
         row = job.record()
         self.name, self.kind, self.attempt = row.name or "", row.kind, int(row.attempt)
-        if row.kind == "train":
-            self.tokens_per_step = float(row.spec_dict.get("train", {}).get("batch_size", 0))
+        per_step = kind_hook(row.kind, "tokens_per_step")
+        if per_step is not None:
+            self.tokens_per_step = float(per_step(row.spec_dict))
+        self._judge = kind_hook(row.kind, "health")
         self._poller = poller
         self._feed: JobFeed = poller.feed(job.workspace, job.id)
         self._seen = -1
@@ -111,15 +114,13 @@ class JobWidget(SnapshotWidget):
                  "metrics": {k: v for k, v in s.get("eval", {}).items() if isinstance(v, (int, float))}}
                 for i, s in enumerate(saes)]
         self.evaluation = rows
-        self._evaluations = [s.get("eval", {}) for s in saes]
+        self._result = result
         self._assess()
 
     def _assess(self) -> None:
-        if self.kind != "train":
+        if self._judge is None:
             return
-        from saekit.sae.health import assess
-
-        health = assess(self._feed.state.metrics, getattr(self, "_evaluations", None))
+        health = self._judge(self._feed.state.metrics, getattr(self, "_result", None))
         if health != self.health:
             self.health = health
 

@@ -97,6 +97,29 @@ def test_the_base_class_is_not_an_architecture():
             pass
 
 
+def test_a_notebook_cell_run_again_registers_its_architecture_again():
+    """The same class (module and name) may register its name again and replaces it; another class may not."""
+    from saekit.sae import register_arch
+    from saekit.sae.config import ReLUParams
+    from saekit.sae.model import _ARCHS
+
+    def cell():
+        @register_arch("rerun_demo", ReLUParams)
+        class Rerun(sk.SAE):
+            pass
+        return Rerun
+
+    first, second = cell(), cell()
+    try:
+        assert first is not second and _ARCHS["rerun_demo"] is second
+        with pytest.raises(ConfigError, match="registered already"):
+            @register_arch("rerun_demo", ReLUParams)
+            class Other(sk.SAE):
+                pass
+    finally:
+        _ARCHS.pop("rerun_demo", None)
+
+
 def test_folding_the_input_scale_keeps_the_function():
     sae = _sae("topk")
     x = torch.randn(20, 16) * 7

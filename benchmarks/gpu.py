@@ -1,0 +1,366 @@
+"""Every GPU figure of the GPU issue from one command, in one process; prints JSON (one object per section, then
+a summary). On one H200 it is meant to run in under 5 minutes:
+
+    python benchmarks/gpu.py                 # on a machine with CUDA
+    python benchmarks/gpu.py --smoke         # tiny shapes on the CPU: checks that every section runs
+
+Sections (each reports its own failure; the others go on):
+
+- ``train_{small,large}``: TopK training at d_in 512 / d_sae 8192 / k 32 and d_in 2304 / d_sae 65536 / k 64, batch
+  4096, on the same random rows: ``sk.train`` with its defaults, with TF32 allowed, and with the bf16 encoder;
+  EleutherAI sparsify's SparseCoder with its trainer's step (TF32 on, as its ``fit()`` sets it) when it imports;
+  a hand-written loop; and the forward encoder matmul alone (fp32, TF32, bf16: the bound). Tokens/s, held-out
+  FVU after the same steps, and the ratios.
+- ``extract_{smollm2,llama1b}``: random-weight Llamas of SmolLM2-135M's shape (hook ``blocks.15.resid_post``) and
+  Llama-3.2-1B's (``blocks.8.resid_post``), bfloat16: ``sk.extract`` against the bare forward to the hook over
+  the same sequences.
+- ``analyze``: ``sk.analyze`` on the GPU from a store and from ``(lm, token_store)``, against a bare sparse encode
+  of the same rows; and against the CPU analysis of the same rows (the same top-k rows, statistics to
+  tolerance).
+- ``steer``: greedy generation with the KV cache, unsteered against ``add`` and ``clamp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS: dict[str, dict] = {}
+
+
+def section(name: str, fn, *args) -> None:
+    start = time.perf_counter()
+    try:
+        out = {"ok": True, **fn(*args)}
+    except Exception as exc:  # noqa: BLE001 - a failed section is reported, the others go on
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    RESULTS[name] = out
+    print(json.dumps({"section": name, **out}, default=str), flush=True)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _best(fn, device, repeats: int = 3) -> float:
+    """The best of ``repeats`` timed calls of ``fn`` (seconds), after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+def _tf32(on: bool) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def _fvu(recon, x) -> float:
+    return float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def train_section(device: str, d_in: int, d_sae: int, k: int, batch: int, steps: int) -> dict:
+    import torch
+
+    import saekit as sk
+
+    warmup = 3
+    g = torch.Generator().manual_seed(0)
+    rows = batch * (steps + warmup + 1)
+    data = torch.randn(rows, d_in, generator=g)
+    held = data[-batch:].to(device)
+    out: dict = {"shape": {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch, "steps": steps}}
+
+    x, w = torch.randn(batch, d_in, device=device), torch.randn(d_sae, d_in, device=device)
+    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+        _tf32(tf32)
+        a, b = x.to(dtype), w.to(dtype)
+        out[f"matmul_bound_tokens_per_s_{name}"] = round(batch / _best(lambda: a @ b.t(), device))
+    _tf32(False)
+    del x, w
+
+    def loop(step, params) -> float:
+        for i in range(warmup):
+            step(i)
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(steps):
+            step(warmup + i)
+        _sync(device)
+        return steps * batch / (time.perf_counter() - start)
+
+    on_device = data.to(device)
+
+    # the hand loop: encoder, top-k, dense scatter, decoder matmul, MSE, backward, Adam
+    torch.manual_seed(0)
+    w_enc = (torch.randn(d_sae, d_in, device=device) / d_in**0.5).requires_grad_()
+    w_dec = w_enc.detach().clone().requires_grad_()
+    b_enc = torch.zeros(d_sae, device=device, requires_grad=True)
+    b_dec = torch.zeros(d_in, device=device, requires_grad=True)
+    opt = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=1e-4)
+
+    def hand_step(i):
+        xb = on_device[i * batch:(i + 1) * batch]
+        pre = (xb - b_dec) @ w_enc.t() + b_enc
+        values, indices = pre.topk(k, dim=1, sorted=False)
+        z = torch.zeros_like(pre).scatter(1, indices, values.relu())
+        ((z @ w_dec + b_dec - xb) ** 2).sum(-1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    out["hand_loop_tokens_per_s"] = round(loop(hand_step, None))
+    del w_enc, w_dec, b_enc, b_dec, opt
+
+    try:
+        from sparsify import SparseCoder, SparseCoderConfig
+    except ImportError:
+        out["sparsify"] = "not importable here: bring the eai-sparsify wheel (see benchmarks/README.md)"
+    else:
+        _tf32(True)  # as sparsify's Trainer.fit() sets it
+        torch.manual_seed(0)
+        coder = SparseCoder(d_in, SparseCoderConfig(k=k, num_latents=d_sae), device=device)
+        lr = 2e-4 / math.sqrt(d_sae / 2**14)  # its default learning-rate rule
+        opt = torch.optim.Adam(coder.parameters(), lr=lr)
+
+        def sparsify_step(i):
+            result = coder(on_device[i * batch:(i + 1) * batch])
+            result.fvu.backward()
+            coder.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            coder.set_decoder_norm_to_unit_norm()
+
+        out["sparsify_tokens_per_s"] = round(loop(sparsify_step, None))
+        with torch.no_grad():
+            out["sparsify_held_out_fvu"] = round(float(coder(held).fvu), 4)
+        _tf32(False)
+        del coder, opt
+    del on_device
+
+    root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=root) as folder:
+        ws = sk.Workspace(folder)
+        store = sk.ActivationStore.from_array(data[:-batch], "bench", workspace=ws)
+        for name, encoder_dtype, tf32 in (("saekit", "float32", False), ("saekit_tf32", "float32", True),
+                                          ("saekit_bf16", "bfloat16", False)):
+            _tf32(tf32)
+            config = sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, encoder_dtype=encoder_dtype)
+            tc = sk.TrainConfig(total_tokens=(steps + warmup) * batch, batch_size=batch, log_every=warmup,
+                                checkpoint_every=10**9, eval_tokens=batch, device=device)
+            job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws, force=True)
+            sae = job.result()
+            rates = job.metrics()["tokens_per_s"].dropna().to_numpy()[1:]
+            out[f"{name}_tokens_per_s"] = round(float(sorted(rates)[len(rates) // 2])) if len(rates) else None
+            with torch.no_grad():
+                out[f"{name}_held_out_fvu"] = round(_fvu(sae.to(device)(held.float()), held.float()), 4)
+        _tf32(False)
+    for name in ("saekit", "saekit_tf32", "saekit_bf16", "hand_loop"):
+        rate = out.get(f"{name}_tokens_per_s")
+        if rate and out.get("sparsify_tokens_per_s"):
+            out[f"{name}_over_sparsify"] = round(rate / out["sparsify_tokens_per_s"], 2)
+        if rate:
+            out[f"{name}_fraction_of_bf16_bound"] = round(rate / out["matmul_bound_tokens_per_s_bf16"], 3)
+    return out
+
+
+# -- extraction -----------------------------------------------------------------------------------------------
+
+SHAPES = {  # random-weight Llamas of real shapes (the tokenizer is the tests' offline one; its vocabulary is small)
+    "smollm2": dict(d_model=576, n_layers=30, n_heads=9, num_key_value_heads=3, intermediate_size=1536,
+                    hook="blocks.15.resid_post"),
+    "llama1b": dict(d_model=2048, n_layers=16, n_heads=32, num_key_value_heads=8, intermediate_size=8192,
+                    hook="blocks.8.resid_post"),
+    "smoke": dict(d_model=64, n_layers=4, n_heads=4, num_key_value_heads=2, intermediate_size=128,
+                  hook="blocks.2.resid_post"),
+}
+
+
+def _model(folder: Path, shape: str, device: str):
+    import saekit as sk
+    from saekit.models.tiny import make_tiny_model
+
+    spec = dict(SHAPES[shape])
+    hook = spec.pop("hook")
+    path = folder / f"model-{shape}"
+    if not path.exists():
+        make_tiny_model(path, "llama", max_positions=2048, **spec)
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return sk.load_model(path, device=device, dtype=dtype), hook
+
+
+def _tokens(folder: Path, lm, n_tokens: int):
+    import datasets
+
+    import saekit as sk
+    from saekit.models.tiny import stdlib_docstrings
+
+    docs = stdlib_docstrings()
+    copies = max(1, math.ceil(n_tokens / 250_000))
+    corpus = sk.load_corpus(datasets.Dataset.from_dict({"text": [f"{c} {d}" for c in range(copies) for d in docs]}))
+    return sk.tokenize(corpus, lm, context_length=256, background=False, progress=False,
+                       workspace=folder / "ws").result()
+
+
+def extract_section(device: str, folder: Path, shape: str, n_tokens: int) -> dict:
+    import numpy as np
+
+    import saekit as sk
+
+    lm, hook = _model(folder, shape, device)
+    toks = _tokens(folder, lm, n_tokens)
+    from saekit.activations.extraction import tokens_per_batch
+
+    batch = max(1, tokens_per_batch(lm.device) // toks.context_length)
+    n_seq = min(toks.n_sequences, math.ceil(n_tokens / toks.context_length) + batch)
+    reader = toks.reader()
+
+    def bare():
+        done = 0
+        for lo in range(0, n_seq, batch):
+            rows = reader.rows(lo, min(lo + batch, n_seq))
+            lm.run_with_cache(rows.input_ids, [hook], attention_mask=rows.mask.astype(np.int64))
+            done += int(rows.mask.sum())
+            if done >= n_tokens:
+                break
+
+    bare_s = _best(bare, device, repeats=2)
+
+    def extraction():
+        extraction.store = sk.extract(lm, toks, [hook], max_tokens=n_tokens, batch_size=batch, force=True,
+                                      background=False, progress=False, workspace=folder / "ws").result()
+
+    extract_s = _best(extraction, device, repeats=2)
+    tokens = extraction.store.n_tokens
+    return {"model_shape": shape, "d_model": lm.d_model, "hook_point": hook, "tokens": tokens, "batch_sequences": batch,
+            "bare_forward_tokens_per_s": round(tokens / bare_s), "extract_tokens_per_s": round(tokens / extract_s),
+            "extract_over_bare_forward": round(bare_s / extract_s, 3),
+            "writer_threads": __import__("saekit.config", fromlist=["config"]).config.get("writer_threads")}
+
+
+# -- analysis --------------------------------------------------------------------------------------------------
+
+def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae: int) -> dict:
+    import numpy as np
+    import torch
+
+    import saekit as sk
+
+    lm, hook = _model(folder, shape, device)
+    toks = _tokens(folder, lm, n_tokens)
+    store = sk.extract(lm, toks, [hook], max_tokens=n_tokens, background=False, progress=False,
+                       workspace=folder / "ws").result()
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=lm.d_model, d_sae=d_sae, k=32))
+    sae.metadata["hook_point"] = hook
+    out: dict = {"d_sae": d_sae, "tokens": store.n_tokens}
+    on_device = sae.to(device).eval()
+
+    def encode():
+        with torch.no_grad():
+            for lo in range(0, store.n_tokens, 8192):
+                on_device.encode_sparse(store.read(hook, lo, min(lo + 8192, store.n_tokens)).float().to(device))
+
+    encode_s = _best(encode, device, repeats=2)
+    out["bare_encode_tokens_per_s"] = round(store.n_tokens / encode_s)
+    results = {}
+    for name, source in (("store", store), ("model", (lm, toks))):
+        start = time.perf_counter()
+        feats = sk.analyze(on_device, source, hook_point=hook, device=device, background=False, progress=False,
+                           force=True, workspace=folder / "ws").result()
+        seconds = time.perf_counter() - start
+        results[name] = feats
+        out[f"analyze_{name}_tokens_per_s"] = round(feats.n_tokens / seconds)
+        out[f"analyze_{name}_over_bare_encode"] = round(encode_s / seconds * feats.n_tokens / store.n_tokens, 3)
+    cpu = sk.analyze(sae.to("cpu"), store, hook_point=hook, device="cpu", background=False, progress=False,
+                     force=True, workspace=folder / "ws").result()
+    a, b = results["store"].to_pandas(), cpu.to_pandas()
+    out["equal_to_cpu_counts"] = bool((a["count"].to_numpy() == b["count"].to_numpy()).all())
+    out["max_abs_difference_of_max"] = float(np.abs(a["max"].to_numpy() - b["max"].to_numpy()).max())
+    alive = [i for i in range(d_sae) if b["count"].iloc[i] > 0][:64]
+    out["same_top_rows_of_64_alive_latents"] = sum(
+        [e.row for e in results["store"][i].examples] == [e.row for e in cpu[i].examples] for i in alive)
+    return out
+
+
+# -- steering ----------------------------------------------------------------------------------------------------
+
+def steer_section(device: str, folder: Path, shape: str, new_tokens: int, d_sae: int) -> dict:
+    import saekit as sk
+
+    lm, hook = _model(folder, shape, device)
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=lm.d_model, d_sae=d_sae, k=32)).to(lm.device)
+    sae.metadata["hook_point"] = hook
+    prompt = "The weather today is"
+
+    def generate():
+        lm.generate(prompt, max_new_tokens=new_tokens, seed=0, stop_at_eos=False)
+
+    out = {"new_tokens": new_tokens}
+    plain = _best(generate, device)
+    out["unsteered_tokens_per_s"] = round(new_tokens / plain)
+    for mode in ("add", "clamp"):
+        with sk.steer(lm, sae, {1: 4.0, 2: 2.0}, mode=mode):
+            seconds = _best(generate, device)
+        out[f"{mode}_tokens_per_s"] = round(new_tokens / seconds)
+        out[f"{mode}_over_unsteered"] = round(plain / seconds, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: check that every section runs")
+    parser.add_argument("--only", default="", help="comma-separated section prefixes (train, extract, analyze, steer)")
+    opts = parser.parse_args()
+    import torch
+
+    device = "cpu" if opts.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --smoke to check the script on the CPU")
+    wanted = [w for w in opts.only.split(",") if w]
+    run = (lambda name: not wanted or any(name.startswith(w) for w in wanted))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if opts.smoke:
+            plan = [("train_small", train_section, device, 64, 512, 8, 256, 4),
+                    ("extract_smoke", extract_section, device, folder, "smoke", 20_000),
+                    ("analyze", analyze_section, device, folder, "smoke", 20_000, 256),
+                    ("steer", steer_section, device, folder, "smoke", 8, 256)]
+        else:
+            plan = [("train_small", train_section, device, 512, 8192, 32, 4096, 60),
+                    ("train_large", train_section, device, 2304, 65536, 64, 4096, 30),
+                    ("extract_smollm2", extract_section, device, folder, "smollm2", 1_000_000),
+                    ("extract_llama1b", extract_section, device, folder, "llama1b", 600_000),
+                    ("analyze", analyze_section, device, folder, "smollm2", 250_000, 16384),
+                    ("steer", steer_section, device, folder, "smollm2", 64, 4608)]
+        for name, fn, *args in plan:
+            if run(name):
+                section(name, fn, *args)
+    machine = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+               "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps({"summary": True, "machine": machine, **RESULTS}, default=str, indent=1))
+
+
+if __name__ == "__main__":
+    main()
