@@ -6,7 +6,10 @@ architecture's own settings. ``SAEConfig(arch=name, **settings)`` then builds it
 loading and the SAELens export work for it as for the built-in ones.
 """
 
+from saekit._checks import check_choice, check_finite, check_non_negative, check_positive_int
 from saekit.sae.config import ArchParams, SAEConfig, TrainConfig
 from saekit.sae.model import SAE, TrainingOutput, TrainingState, archs, register_arch
 
-__all__ = ["ArchParams", "SAE", "SAEConfig", "TrainConfig", "TrainingOutput", "TrainingState", "archs", "register_arch"]
+# the checks an architecture's settings use in ``__post_init__`` (see docs/adding-an-architecture.md)
+__all__ = ["ArchParams", "SAE", "SAEConfig", "TrainConfig", "TrainingOutput", "TrainingState", "archs", "check_choice",
+           "check_finite", "check_non_negative", "check_positive_int", "register_arch"]

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from saekit._checks import check_non_negative
-from saekit.sae import SAE, ArchParams, TrainingOutput, register_arch
+from saekit.sae import SAE, ArchParams, TrainingOutput, check_non_negative, register_arch
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import gated_sae  # noqa: E402  (registers arch="gated")
 
 
+def test_the_page_shows_this_plugin():
+    """docs/adding-an-architecture.md shows tests/plugins/gated_sae.py as it is."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "adding-an-architecture.md").read_text()
+    shown = page.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert shown == Path(gated_sae.__file__).read_text()
+
+
 def test_the_plugin_config_is_validated_by_its_own_class():
     config = sk.SAEConfig(arch="gated", d_in=16, expansion_factor=4, l1_coefficient=0.5)
     assert isinstance(config.params, gated_sae.GatedParams) and config.l1_coefficient == 0.5
