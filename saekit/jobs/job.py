@@ -223,9 +223,12 @@ class Job:
 
     def resume(self, *, background: bool = True, launcher: str | None = None, nproc: int = 1, nnodes: int = 1,
                rdzv_endpoint: str | None = None, progress: bool = True) -> "Job":
-        """Start a new attempt of a failed or cancelled job; it continues from its last resume point."""
+        """Start a new attempt of a failed or cancelled job; it continues from its last resume point. An imported job
+        whose outputs lie outside this workspace (a ``root`` URL) is refused: they belong to the workspace that
+        made it, and a resume would write there."""
         launcher = _launcher(background, launcher)
         check_nodes(launcher, nnodes, rdzv_endpoint)
+        self._refuse_foreign_outputs()
         row, requeued = registry.resume_job(self.workspace, self.id, launcher=launcher, worker_pid=os.getpid())
         if row is None:
             raise _not_found(self.workspace, self.id)
@@ -235,6 +238,26 @@ class Job:
             _launch(self.workspace, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
             self._load()
         return self
+
+    def _refuse_foreign_outputs(self) -> None:
+        from saekit.jobs.portable import is_imported
+
+        if not is_imported(self.workspace, self.id):
+            return
+        row = registry.get_job(self.workspace, self.id)
+        if row is None or row.status == "completed":
+            return  # refused below for what it is
+        try:
+            kind = get_kind(row.kind)
+        except ConfigError:
+            return
+        outside = [str(p) for p in (kind.outputs(self.workspace, row) if kind.outputs else [])
+                   if not self.workspace.contains(p)]
+        if outside:
+            raise JobStateError(f"job {self.id} was imported and its outputs are at {', '.join(outside)}, which this "
+                                "workspace did not write: a resume here would write there",
+                                suggestion="resume it in the workspace that made it, or run it anew here (force=True, "
+                                           "with a root of this workspace's)")
 
     def delete(self) -> None:
         """Remove the job's registry rows and its files (event log, worker log, outputs); refuses while it is active."""

@@ -135,6 +135,10 @@ def test_deleting_an_imported_job_removes_only_what_this_workspace_holds(ws, tmp
     target = sk.Workspace(tmp_path / "target")
     [imported] = sk.import_jobs(bundle, workspace=target)
     assert (target.job_dir(imported) / "imported.json").exists()
+    with registry.transaction(target, write=True) as tx:  # as if it had failed: a resume would write at its root
+        tx.execute("UPDATE jobs SET status = 'failed' WHERE id = ?", [imported])
+    with pytest.raises(JobStateError, match="which this workspace did not write"):
+        sk.job(imported, workspace=target).resume()
     with pytest.warns(UserWarning, match="is kept, a reference to data this workspace did not write"):
         sk.job(imported, workspace=target).delete()
     assert (precious / job.id / "data.bin").exists()
