@@ -1,6 +1,7 @@
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the workspaces the tests use are remembered in a folder of their own, never in the user's ~/.local/state
+os.environ["SAEKIT_STATE_DIR"] = tempfile.mkdtemp(prefix="saekit-state-")
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -46,6 +49,7 @@ def ws(tmp_path, monkeypatch):
     """A fresh workspace, made the default for this test (and for subprocesses through SAEKIT_HOME)."""
     path = tmp_path / "ws"
     monkeypatch.setenv("SAEKIT_HOME", str(path))
+    monkeypatch.setenv("SAEKIT_STATE_DIR", str(tmp_path / "state"))
     workspace = sk.set_workspace(path)
     yield workspace
     sk.set_workspace(None)

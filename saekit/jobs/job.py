@@ -15,7 +15,8 @@ from typing import Any
 
 from saekit import registry
 from saekit._fs import remove
-from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError
+from saekit._recent import recent, remember
+from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError, SaekitError
 from saekit.eventlog import EventTail, EventWriter, LogState, read_all
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.launchers import LAUNCHERS, check_nodes, run_here, start_worker
@@ -356,7 +357,8 @@ def _not_found(ws: Workspace, job_id: str) -> JobNotFoundError:
     ids = registry.job_ids(ws)
     close = [i for i in ids if i.startswith(job_id)] or difflib.get_close_matches(job_id, ids, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else "; `saekit jobs` (sk.jobs() in Python) lists them"
-    return JobNotFoundError(f"no job {job_id!r} in workspace {str(ws.path)!r}{hint}")
+    return JobNotFoundError(f"no job {job_id!r} in workspace {str(ws.path)!r}{hint}",
+                            suggestion="another workspace: sk.job(id, workspace=path) or sk.set_workspace(path)")
 
 
 def _launcher(background: bool, launcher: str | None) -> str:
@@ -424,6 +426,7 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
         spec=canonical_json(spec), entry=info.module, force=force, launcher=launcher, worker_pid=os.getpid(),
     )
     if outcome in ("created", "resumed"):
+        remember(ws.path)
         _record_submission(ws, row, spec)
         _launch(ws, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
     return Job(row.id, ws)
@@ -441,14 +444,35 @@ def _record_submission(ws: Workspace, row: registry.JobRecord, spec: dict | None
 
 
 def get_job(job_id: str, workspace: Workspace | str | None = None) -> Job:
-    """Re-attach to a job by id (a unique prefix is enough), from any process."""
+    """Re-attach to a job by id (a unique prefix is enough), from any process. Without ``workspace``, a whole id
+    that is not in the current workspace is looked for in the workspaces this user ran jobs in lately (a kernel
+    restarted after ``sk.set_workspace(...)``)."""
     ws = as_workspace(workspace)
     if not isinstance(job_id, str) or not job_id.strip():
         raise JobNotFoundError(f"job id {job_id!r} is empty; give a job id (or a unique prefix of one): `saekit jobs` (sk.jobs()) lists them")
     try:
         return Job(job_id, ws)
-    except JobNotFoundError:
+    except JobNotFoundError as missing:
         matches = [i for i in registry.job_ids(ws) if i.startswith(job_id)]
         if len(matches) == 1:
             return Job(matches[0], ws)
-        raise
+        if workspace is None and JOB_ID.fullmatch(job_id):
+            found = _elsewhere(job_id, ws)
+            if found is not None:
+                return found
+        raise missing from None
+
+
+def _elsewhere(job_id: str, searched: Workspace) -> Job | None:
+    """The job ``job_id`` in a workspace used lately (the most recent that holds it), or None."""
+    for path in recent():
+        other = Workspace(path)
+        if other == searched or not other.registry_path.exists():
+            continue
+        try:
+            if registry.get_job(other, job_id) is not None:
+                log.info("job %s is in workspace %s (used lately), not in %s", job_id, other.path, searched.path)
+                return Job(job_id, other)
+        except SaekitError:  # a workspace this process cannot read now: not this one
+            continue
+    return None

@@ -90,6 +90,26 @@ def test_a_failure_carries_the_workers_traceback(ws):
     assert boom.info()["attempt"] == 2 and "kaput" in boom.info()["traceback"]
 
 
+def test_a_new_process_finds_a_job_without_being_told_its_workspace(ws, tmp_path):
+    """After a kernel restart, ``sk.job(id)`` finds a job of a workspace used lately (issue 28), and a job that
+    is nowhere says in one line where it looked and how to choose another workspace."""
+    import subprocess
+    import sys
+
+    job = submit("count", {"n": 2}, background=False, progress=False)
+    script = ("import saekit as sk, sys\n"
+              "job = sk.job(sys.argv[1])\n"
+              "print(job.workspace.path, job.status)\n"
+              "try:\n    sk.job('count-0badc0de')\n"
+              "except sk.JobNotFoundError as e:\n    print('MISSING', e)\n")
+    env = {**os.environ, "SAEKIT_HOME": str(tmp_path / "default")}  # a new kernel: the default workspace elsewhere
+    done = subprocess.run([sys.executable, "-c", script, job.id], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found, missing = done.stdout.splitlines()
+    assert found == f"{ws.path} completed"
+    assert "no job 'count-0badc0de' in workspace" in missing and "sk.job(id, workspace=path)" in missing
+
+
 def test_invalid_spec_is_refused_before_anything_is_written(ws):
     with pytest.raises(ConfigError, match="n=-3 is not a count"):
         submit("count", {"n": -3}, background=False)
