@@ -179,47 +179,21 @@ def test_prompts_features_and_coefficients_are_checked_by_what_they_are(tiny_lm)
 
 
 def test_an_endpoints_bad_settings_and_garbage_answers_are_named(ws):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from saekit.errors import ModelLoadError
 
     for bad in ({"timeout": -1}, {"timeout": "x"}, {"max_retries": -3}, {"max_retries": 1.5}, {"api_key_env": ""}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             sk.OpenAIChat("m", "http://127.0.0.1:9/v1", **bad)
 
-    answers = {"/v1/models": b"<html>not json</html>", "/v1/chat/completions": json.dumps({"choices": []}).encode()}
+    from json_server import json_server
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _answer(self):
-            body = answers.get(self.path, b"{}")
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            self._answer()
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self._answer()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote = sk.OpenAIChat("m", f"http://127.0.0.1:{server.server_address[1]}/v1", max_retries=0)
+    routes = {"/v1/models": (200, b"<html>not json</html>"), "/v1/chat/completions": (200, {"choices": []})}
+    with json_server(routes) as url:
+        remote = sk.OpenAIChat("m", url, max_retries=0)
         with pytest.raises(ModelLoadError, match="model list"):
             remote.check()
         with pytest.raises(DataError, match="answered without a message"):
             remote.complete([{"role": "user", "content": "hi"}])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_feature_set_missing_a_table_or_deleted_says_so(ws, tiny_model_dir, docs_file, tmp_path):

@@ -222,39 +222,13 @@ def test_rewriting_a_corpus_file_with_the_same_text_redoes_nothing(ws, tiny_lm, 
 
 
 def test_an_empty_answer_writes_no_label_over_the_automatic_one(analysed):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from json_server import MODELS, json_server
 
     feats = analysed["feats"]
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, payload):
-            body = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            self._send({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": None}}]})
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote = sk.OpenAIChat("m", f"http://127.0.0.1:{server.server_address[1]}/v1", max_retries=0)
-        table = sk.explain(feats, [8], explainer=remote, background=False, progress=False).result()
-    finally:
-        server.shutdown()
-        server.server_close()
+    empty = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None}}]}
+    with json_server({"/v1/models": MODELS, "/v1/chat/completions": (200, empty)}) as url:
+        table = sk.explain(feats, [8], explainer=sk.OpenAIChat("m", url, max_retries=0), background=False,
+                           progress=False).result()
     assert table.loc[8, "explanation"] is None
     assert feats[8].label_source == "auto" and feats[8].label == feats[8].auto_label

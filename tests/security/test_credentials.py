@@ -2,52 +2,22 @@
 401 answer fails the job as a ``credentials`` failure whose message, event log, worker log, registry row and
 export show the key masked."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 import saekit as sk
 from saekit import registry
 from saekit._secrets import mask
 
+from json_server import MODELS, json_server
 from planted import PLANTED, planted_analysis
 
 KEY = "sk-proj-Zt3xQ9vLmN8pR2sT4uV6wX8yZ0aB2cD4"
 
 
-class _EchoingServer:
-    """Answers the model list, and every chat completion with 401 quoting the bearer token it was sent."""
-
-    def __init__(self):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self._send(401, {"error": {"message": f"Invalid API key provided: {self.headers.get('Authorization')}",
-                                           "type": "invalid_request_error", "code": "invalid_api_key"}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _refusal(headers):
+    """A chat completion refused with 401, quoting the bearer token it was sent (as some endpoints do)."""
+    return 401, {"error": {"message": f"Invalid API key provided: {headers.get('Authorization')}",
+                           "type": "invalid_request_error", "code": "invalid_api_key"}}
 
 
 def test_masking_hides_keys_tokens_and_secret_variables(monkeypatch):
@@ -65,13 +35,10 @@ def test_an_echoed_key_is_masked_everywhere_and_the_failure_is_about_credentials
                                                                                   docs_file, monkeypatch):
     feats, _ = planted_analysis(ws, tiny_model_dir, docs_file)
     monkeypatch.setenv("SAEKIT_TEST_LLM_KEY", KEY)
-    server = _EchoingServer()
-    try:
-        remote = sk.OpenAIChat("m", server.url, api_key_env="SAEKIT_TEST_LLM_KEY", max_retries=0)
+    with json_server({"/v1/models": MODELS, "/v1/chat/completions": _refusal}) as url:
+        remote = sk.OpenAIChat("m", url, api_key_env="SAEKIT_TEST_LLM_KEY", max_retries=0)
         job = sk.explain(feats, [PLANTED], explainer=remote, progress=False)  # a background worker
         job.wait(timeout=240)
-    finally:
-        server.close()
     info = job.info()
     assert job.status == "failed" and info["error_type"] == "credentials", info
     assert "***" in info["error_message"] and KEY not in info["error_message"]
