@@ -113,7 +113,7 @@ def test_labels_whose_provenance_is_not_json_are_refused_and_never_break_explain
 # -- item 10: another layer's activations ------------------------------------------------------------------------
 
 def test_analyze_refuses_activations_of_another_hook_point(analysed, tiny_lm):
-    ws, feats, token = analysed["ws"], analysed["feats"], analysed["token"]
+    ws, token = analysed["ws"], analysed["token"]
     sae = planted_sae(tiny_lm, token)
     sae.metadata["hook_point"] = "blocks.1.resid_pre"  # trained elsewhere; the store holds blocks.0.resid_pre
     store = sk.activation_stores(workspace=ws)[0]
@@ -164,7 +164,7 @@ def test_a_flipped_byte_in_an_analysis_table_is_named_never_silent(analysed, tmp
 # -- item 12: which label shows, and what an import may bring ---------------------------------------------------------
 
 def test_the_label_shown_is_the_last_to_arrive_and_imports_are_checked(analysed, tmp_path):
-    ws, feats = analysed["ws"], analysed["feats"]
+    feats = analysed["feats"]
 
     def export_of(*rows):
         path = tmp_path / f"labels-{len(list(tmp_path.iterdir()))}.json"
