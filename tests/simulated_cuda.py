@@ -58,7 +58,7 @@ INDEXING = {torch.Tensor.__getitem__, torch.Tensor.index_select, torch.index_sel
             torch.Tensor.index_add_, torch.Tensor.index_copy_, torch.Tensor.masked_fill_, torch.Tensor.masked_fill}
 COPIES = {torch.Tensor.copy_}
 NO_DEVICE = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.__len__, torch.Tensor.data_ptr,
-             torch.Tensor.element_size}
+             torch.Tensor.element_size, torch._has_compatible_shallow_copy_type}  # questions about tensors, no work
 
 
 def _device_arg(args, kwargs):
@@ -88,8 +88,9 @@ class _Mode(TorchFunctionMode):
         if func in (torch.Tensor.to, torch.Tensor.cuda) or name in ("to", "cuda"):
             target = CUDA if func is torch.Tensor.cuda or name == "cuda" else _device_arg(args[1:], kwargs)
             if target is not None:
-                kwargs.pop("device", None)
-                rest = [a for a in args[1:] if not isinstance(a, (str, torch.device))]
+                if "device" in kwargs:
+                    kwargs["device"] = "cpu"
+                rest = ["cpu" if isinstance(a, (str, torch.device)) else _plain(a) for a in args[1:]]
                 out = func(_plain(args[0]), *rest, **kwargs) if func is not torch.Tensor.cuda else _plain(args[0])
                 return _wrap(out) if _is_cuda(target) else _plain(out)
             out = func(*tree_map(_plain, args), **tree_map(_plain, kwargs))
