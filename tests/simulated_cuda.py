@@ -130,3 +130,42 @@ def simulated_cuda():
     """See the module: while it is active, ``"cuda"`` is a second device made of CPU tensors."""
     with _Mode():
         yield CUDA
+
+
+# -- host syncs ----------------------------------------------------------------------------------------------
+
+SYNCS = {  # what makes the host wait for a CUDA device: a value read back, or an output whose size is data's
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+    torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.nonzero, torch.Tensor.nonzero,
+    torch.argwhere, torch.Tensor.argwhere, torch.masked_select, torch.Tensor.masked_select, torch.bincount,
+    torch.Tensor.bincount, torch.unique, torch.Tensor.unique, torch.unique_consecutive, torch.Tensor.unique_consecutive,
+}
+
+
+class _Syncs(TorchFunctionMode):
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if func in SYNCS:
+            self.seen.append(name)
+        elif func is torch.Tensor.__getitem__ and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1:])[0]):
+            self.seen.append("boolean-mask indexing")
+        elif func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs and \
+                len(args) > 1 and isinstance(args[1], torch.Tensor):
+            self.seen.append("repeat_interleave")
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def counting_syncs():
+    """``with counting_syncs() as seen:`` the names of the operations that would make the host wait for a GPU
+    (reading a value back, or an output sized by the data), in the order they ran."""
+    seen: list[str] = []
+    with _Syncs(seen):
+        yield seen
+

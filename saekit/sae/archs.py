@@ -21,7 +21,7 @@ from torch import nn
 
 from saekit.sae.config import JumpReLUParams, ReLUParams, SparseCodedParams
 from saekit.sae.model import SAE, TrainingOutput, TrainingState, register_arch
-from saekit.sae.sparse import Codes, gathered_linear, row_dots, sparse_decode
+from saekit.sae.sparse import Codes, count, gathered_linear, row_dots, sparse_decode
 
 
 def _total_variance(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class _SparseCodedSAE(SAE):
             extra["auxk"] = auxk.detach()
         acts = acts.detach()
         active = acts > 0
-        fired = torch.bincount(codes.cols[active], minlength=self.d_sae)
+        fired = count(codes.cols, self.d_sae, active)
         return TrainingOutput(loss, x_hat.detach(), fired, active.sum() / len(x), {**extra, "l1": acts.sum() / len(x)})
 
     def _auxk(self, sae_in, pre, dead, residual) -> torch.Tensor:
@@ -157,14 +157,12 @@ class BatchTopKSAE(_SparseCodedSAE):
 
     @torch.no_grad()
     def _update_threshold(self, values: torch.Tensor) -> None:
-        positive = values[values > 0]
-        if len(positive) == 0:
-            return
-        smallest = positive.min().float()
-        if self.threshold < 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(self.THRESHOLD_MOMENTUM).add_((1 - self.THRESHOLD_MOMENTUM) * smallest)
+        """The running threshold: the smallest positive selected value, averaged with momentum (the first one
+        taken as it is); a batch with none leaves it. On the device, with no host sync."""
+        smallest = torch.where(values > 0, values, torch.inf).min().float() if len(values) else values.new_tensor(torch.inf)
+        blended = self.threshold * self.THRESHOLD_MOMENTUM + (1 - self.THRESHOLD_MOMENTUM) * smallest
+        new = torch.where(self.threshold < 0, smallest, blended)
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), new, self.threshold))
 
     def encode(self, x):
         pre = self.pre_activations(x)

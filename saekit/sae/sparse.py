@@ -26,29 +26,38 @@ class Codes:
         """Codes of ``indices [B, k]`` (k latents per row)."""
         b, k = indices.shape
         rows = torch.arange(b, device=indices.device).repeat_interleave(k)
-        return cls(rows, indices.reshape(-1), b, n_latents)
+        codes = cls(rows, indices.reshape(-1), b, n_latents)
+        codes.__dict__["offsets"] = torch.arange(0, b * k, k, device=indices.device)  # k entries a row
+        return codes
 
     @cached_property
     def offsets(self) -> torch.Tensor:
         """Where each row's entries start (length ``n_rows``)."""
-        counts = torch.bincount(self.rows, minlength=self.n_rows)
+        counts = count(self.rows, self.n_rows)
         return torch.cumsum(counts, 0) - counts
 
     @cached_property
     def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(order of the entries grouped by latent, where each latent's group starts)."""
         order = torch.argsort(self.cols, stable=True)
-        counts = torch.bincount(self.cols, minlength=self.n_latents)
+        counts = count(self.cols, self.n_latents)
         return order, torch.cumsum(counts, 0) - counts
 
     def fired(self) -> torch.Tensor:
         """How many entries each latent has ``[n_latents]``."""
-        return torch.bincount(self.cols, minlength=self.n_latents)
+        return count(self.cols, self.n_latents)
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """The ``[n_rows, n_latents]`` matrix of ``values`` summed at the entries."""
         out = values.new_zeros(self.n_rows, self.n_latents)
         return out.index_put_((self.rows, self.cols), values, accumulate=True)
+
+
+def count(index: torch.Tensor, n: int, where: torch.Tensor | None = None) -> torch.Tensor:
+    """How often each of ``0..n-1`` occurs in ``index`` (where ``where`` holds), int64 ``[n]``. ``bincount``'s
+    result, without its host sync on a GPU (it reads the maximum back to size its output; the size is known)."""
+    ones = torch.ones_like(index) if where is None else where.to(index.dtype)
+    return torch.zeros(n, dtype=index.dtype, device=index.device).scatter_add_(0, index, ones)
 
 
 def _bag_sum(indices: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -443,7 +443,10 @@ class _Trainer:
     def _forward_backward(self, run: _Run, x: torch.Tensor):
         tc = self.tc
         warmup = tc.steps(tc.l1_warmup)
-        state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens,
+        # a latent is dead after dead_after_tokens without firing: none can be before that many tokens were seen
+        # (the host knows it without asking the device)
+        possible = self.step * tc.batch_size >= tc.dead_after_tokens
+        state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens if possible else None,
                               sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
         out = run.sae.training_forward(x, state)
         out.loss.backward()

@@ -97,3 +97,33 @@ def test_row_dots_and_decode_match_dense():
     torch.testing.assert_close(row_dots(a, w, codes), (a[:, None, :] * w[idx]).sum(-1).flatten())
     values = torch.randn(30)
     torch.testing.assert_close(sparse_decode(values, w, codes), codes.dense(values) @ w)
+
+
+def test_a_training_step_makes_no_host_sync_a_gpu_would_wait_for():
+    """On a GPU the host waits whenever a step reads a value back or sizes an output by the data (``bincount``,
+    boolean masks, ``nonzero``, ``bool(tensor)``): counted on this CPU, per architecture (issue 25). TopK makes
+    none until a latent can be dead (one, for the auxiliary loss, after); BatchTopK's exact selection needs its
+    five; ReLU and JumpReLU none. ``count`` gives ``bincount``'s result."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from simulated_cuda import counting_syncs
+
+    from saekit.sae.model import TrainingState
+    from saekit.sae.sparse import count
+
+    index = torch.randint(0, 50, (1000,))
+    assert torch.equal(count(index, 64), torch.bincount(index, minlength=64))
+    where = torch.rand(1000) > 0.5
+    assert torch.equal(count(index, 64, where), torch.bincount(index[where], minlength=64))
+    expected = {"topk": (0, 1), "batchtopk": (5, 5), "relu": (0, 0), "jumprelu": (0, 0)}
+    for arch, (early, later) in expected.items():
+        sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=32, d_sae=256, **({"k": 8} if "topk" in arch else {})))
+        x = torch.randn(64, 32)
+        for dead, wanted in ((None, early), (torch.zeros(256, dtype=torch.bool), later)):
+            with counting_syncs() as seen:
+                sae.training_forward(x, TrainingState(dead=dead)).loss.backward()
+                sae.remove_parallel_decoder_grad()
+                sae.normalize_decoder()
+            assert len(seen) == wanted, (arch, dead is not None, seen)
