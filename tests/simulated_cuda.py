@@ -15,6 +15,7 @@ The arithmetic is the CPU's, so results can be compared with a plain CPU run bit
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -136,10 +137,24 @@ def simulated_cuda():
 
 SYNCS = {  # what makes the host wait for a CUDA device: a value read back, or an output whose size is data's
     torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
-    torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.nonzero, torch.Tensor.nonzero,
+    torch.Tensor.__index__, torch.Tensor.cpu, torch.nonzero, torch.Tensor.nonzero,
     torch.argwhere, torch.Tensor.argwhere, torch.masked_select, torch.Tensor.masked_select, torch.bincount,
     torch.Tensor.bincount, torch.unique, torch.Tensor.unique, torch.unique_consecutive, torch.Tensor.unique_consecutive,
 }
+
+
+class Sync(str):
+    """The name of an operation that would make the host wait; ``.site`` is ``file:line`` of the code that called
+    it (the first frame outside torch)."""
+
+    site = ""
+
+
+def _site() -> str:
+    frame = sys._getframe(2)
+    while frame is not None and ("/torch/" in frame.f_code.co_filename or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
 
 class _Syncs(TorchFunctionMode):
@@ -147,25 +162,30 @@ class _Syncs(TorchFunctionMode):
         super().__init__()
         self.seen = seen
 
+    def _note(self, name: str) -> None:
+        sync = Sync(name)
+        sync.site = _site()
+        self.seen.append(sync)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
         if func in SYNCS:
-            self.seen.append(name)
+            self._note(name)
         elif func is torch.Tensor.__getitem__ and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1:])[0]):
-            self.seen.append("boolean-mask indexing")
+            self._note("boolean-mask indexing")
         elif func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs and \
                 len(args) > 1 and isinstance(args[1], torch.Tensor):
-            self.seen.append("repeat_interleave")
+            self._note("repeat_interleave")
         return func(*args, **kwargs)
 
 
 @contextmanager
 def counting_syncs():
-    """``with counting_syncs() as seen:`` the names of the operations that would make the host wait for a GPU
-    (reading a value back, or an output sized by the data), in the order they ran."""
-    seen: list[str] = []
+    """``with counting_syncs() as seen:`` the operations that would make the host wait for a GPU (reading a value
+    back, or an output sized by the data), in the order they ran: names, each with the ``.site`` that called it."""
+    seen: list[Sync] = []
     with _Syncs(seen):
         yield seen
 

@@ -193,10 +193,12 @@ def run_extract(ctx, spec: dict) -> dict:
                     continue
                 keep = batch.kept(bos)
                 count = int(min(keep.sum(), target - rows))
-                keep_t = torch.from_numpy(keep).to(device)
+                # the kept rows by their positions, known here: a boolean mask on the device would make the
+                # host wait for the count it already has
+                index = torch.from_numpy(np.flatnonzero(keep)[:count]).to(device)
                 rows_out, out_stats = {}, {}
                 for hook_point in names:
-                    stored = cache[hook_point][keep_t][:count].to(storage)
+                    stored = cache[hook_point].reshape(-1, lm.d_model).index_select(0, index).to(storage)
                     out_stats[hook_point] = batch_stats(stored)
                     host = stored.cpu()
                     rows_out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()

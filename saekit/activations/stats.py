@@ -8,21 +8,25 @@ import torch
 
 def batch_stats(x) -> dict:
     """Count, mean, sum of squared deviations, sum of row norms and max |x| of rows ``x`` [n, d], computed
-    where ``x`` lives (on a GPU the rows never leave it for this). Within a batch the sums are float32
-    (numerically stable two-pass ``var_mean``; float64 costs 3x on CPUs); batches merge in float64.
-    Rows holding NaN or infinity are counted (``nonfinite``) and left out of the rest."""
+    where ``x`` lives (on a GPU the rows never leave it for this) and read back in one copy (one host sync).
+    Within a batch the sums are float32 (two passes: the mean, then the squared deviations from it; float64
+    costs 3x on CPUs); batches merge in float64. Rows holding NaN or infinity are counted (``nonfinite``) and
+    left out of the rest (masked, so that no output's size depends on the data)."""
     x = torch.as_tensor(x).detach().float()
-    finite = torch.isfinite(x).all(dim=1)
-    nonfinite = int(x.shape[0] - int(finite.sum()))
-    if nonfinite:
-        x = x[finite]
-    n = x.shape[0]
-    if n == 0:
-        return {"count": 0, "nonfinite": nonfinite}
-    var, mean = torch.var_mean(x, dim=0, correction=0)
-    return {"count": n, "mean": mean.double().cpu().numpy(), "m2": (var.double() * n).cpu().numpy(),
-            "norm_sum": float(torch.linalg.vector_norm(x, dim=1).double().sum()), "max_abs": float(x.abs().max()),
-            "nonfinite": nonfinite}
+    if x.shape[0] == 0:
+        return {"count": 0, "nonfinite": 0}
+    finite = torch.isfinite(x).all(dim=1, keepdim=True)
+    n = finite.sum()
+    kept = torch.where(finite, x, 0.0)
+    mean = kept.sum(0) / n.clamp_min(1)
+    m2 = torch.where(finite, x - mean, 0.0).pow(2).sum(0)
+    scalars = torch.stack([n.double(), torch.linalg.vector_norm(kept, dim=1).double().sum(), kept.abs().max().double()])
+    packed = torch.cat([scalars, mean.double(), m2.double()]).cpu().numpy()  # the one read back
+    count, d = int(packed[0]), x.shape[1]
+    if count == 0:
+        return {"count": 0, "nonfinite": x.shape[0]}
+    return {"count": count, "mean": packed[3:3 + d], "m2": packed[3 + d:], "norm_sum": float(packed[1]),
+            "max_abs": float(packed[2]), "nonfinite": x.shape[0] - count}
 
 
 class RunningStats:

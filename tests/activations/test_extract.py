@@ -256,3 +256,22 @@ def test_orphan_store_is_listed_and_deletable(ws, docs_file, tiny_lm):
     assert [(r["id"], r["status"]) for r in sk.activation_stores().rows] == [(acts.id, "orphan")]
     acts.delete()
     assert len(sk.activation_stores()) == 0
+
+
+def test_extraction_reads_back_once_a_batch(ws, docs_file, tiny_lm):
+    """On a GPU every read back stalls the next forward pass (issue 25). saekit's own code reads each batch back
+    once for the rows and once for their statistics, and selects rows without a boolean mask (whose size the
+    device would have to report). Counted on this CPU: what the model itself does is not saekit's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from simulated_cuda import counting_syncs
+
+    store = tokens(tiny_lm, docs_file, max_documents=120)
+    with counting_syncs() as seen:
+        sk.extract(tiny_lm, store, HOOKS, batch_size=8, background=False, progress=False).result()
+    ours = [s for s in seen if "/saekit/" in s.site and "language_model.py" not in s.site]
+    batches = -(-store.n_sequences // 8)
+    assert [s for s in ours if s != "cpu"] == [], sorted({f"{s} at {s.site}" for s in ours if s != "cpu"})
+    assert len(ours) == 2 * len(HOOKS) * batches
