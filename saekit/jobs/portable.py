@@ -383,62 +383,67 @@ def import_jobs(bundle: str | os.PathLike, *, workspace: str | Workspace | None 
         if clashes:
             raise JobStateError(f"{len(clashes)} file(s) of the bundle exist in {ws.path} already "
                                 f"({', '.join(map(str, clashes[:3]))}); nothing was imported")
-        for row in rows:
-            for name in ("spec", "result", *MESSAGE_FIELDS):
-                if row.get(name) is not None:
-                    row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
-        staged = _stage(ws, bundle, files_root, [rel for rel in files if rel not in shared], rows)
         metrics = folder / "metrics.parquet"
         if metrics.is_symlink():
             raise _bad(bundle, "metrics.parquet is a symbolic link")
         if metrics.is_file():
             _check_metrics(bundle, metrics)
+        for row in rows:
+            for name in ("spec", "result", *MESSAGE_FIELDS):
+                if row.get(name) is not None:
+                    row[name] = _swap(row[name], PLACEHOLDER, str(ws.path))
+        staged = _stage(ws, bundle, files_root, [rel for rel in files if rel not in shared], rows, ids)
         try:
             history.insert_finished_jobs(ws, rows, metrics if metrics.is_file() else None, labels=labels,
                                          publish=lambda: _publish(staged))
         except BaseException:
-            for aside, _ in staged:
+            for aside, _, _ in staged:
                 remove(aside)
             raise
     log.info("imported %d job(s) into %s", len(rows), ws.path)
     return [r["id"] for r in rows]
 
 
-def _stage(ws: Workspace, bundle: Path, files_root: Path, files: list[Path], rows: list[dict]) -> list[tuple[Path, Path]]:
+def _stage(ws: Workspace, bundle: Path, files_root: Path, files: list[Path], rows: list[dict],
+           ids: set[str]) -> list[tuple[Path, Path, bool]]:
     """Copy the bundle's files beside their places (hidden staging names) and mark each job folder as imported;
-    ``[(staged, final)]``."""
-    staged: list[tuple[Path, Path]] = []
+    ``[(staged, final, whether an entry at final may be replaced)]``."""
+    staged: list[tuple[Path, Path, bool]] = []
     try:
         for rel in files:
             final = ws.path / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             aside = staging_path(final)
-            staged.append((aside, final))
+            staged.append((aside, final, _replaceable(rel, ids)))
             if (files_root / rel).is_dir():
                 aside.mkdir()
             _copy_tree(files_root / rel, aside, PLACEHOLDER, str(ws.path))
-        folders = {final: aside for aside, final in staged}
+        folders = {final: aside for aside, final, _ in staged}
         for row in rows:
             final = ws.job_dir(row["id"])
             if final not in folders:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 folders[final] = staging_path(final)
                 folders[final].mkdir()
-                staged.append((folders[final], final))
+                staged.append((folders[final], final, True))
             mark = {"bundle": bundle.name, "imported_at": registry.utcnow().isoformat()}
             (folders[final] / IMPORTED).write_text(json.dumps(mark) + "\n")
     except BaseException:
-        for aside, _ in staged:
+        for aside, _, _ in staged:
             remove(aside)
         raise
     return staged
 
 
-def _publish(staged: list[tuple[Path, Path]]) -> None:
-    """Move the staged files into place (inside the registry transaction that inserts their rows). An entry
-    left by an import cut short is replaced."""
-    for n, (aside, final) in enumerate(staged):
+def _publish(staged: list[tuple[Path, Path, bool]]) -> None:
+    """Move the staged files into place (inside the registry transaction that inserts their rows). An entry named
+    after one of the bundle's jobs (left by an import cut short) is replaced; a content-addressed one that
+    appeared meanwhile is kept, and the bundle's copy dropped."""
+    for n, (aside, final, replace) in enumerate(staged):
         if os.path.lexists(final):
+            if not replace:
+                remove(aside)
+                continue
             remove(final)
         os.rename(aside, final)
         if n == 0:
