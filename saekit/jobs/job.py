@@ -240,10 +240,21 @@ class Job:
             self._load()
         return self
 
+    def _outputs(self, row: registry.JobRecord, kind) -> tuple[list, list[str]]:
+        """(the job's outputs this workspace may remove, those it may not): what an imported job names outside
+        this workspace (a ``root`` URL) is a reference to data another workspace wrote."""
+        from saekit.jobs.portable import is_imported
+
+        outputs = list(kind.outputs(self.workspace, row)) if kind is not None and kind.outputs else []
+        if not is_imported(self.workspace, self.id):
+            return outputs, []
+        return ([p for p in outputs if self.workspace.contains(p)],
+                [str(p) for p in outputs if not self.workspace.contains(p)])
+
     def _refuse_foreign_outputs(self) -> None:
         from saekit.jobs.portable import is_imported
 
-        if not is_imported(self.workspace, self.id):
+        if not is_imported(self.workspace, self.id):  # a stat: a job made here resumes without more reads
             return
         row = registry.get_job(self.workspace, self.id)
         if row is None or row.status == "completed":
@@ -252,8 +263,7 @@ class Job:
             kind = get_kind(row.kind)
         except ConfigError:
             return
-        outside = [str(p) for p in (kind.outputs(self.workspace, row) if kind.outputs else [])
-                   if not self.workspace.contains(p)]
+        outside = self._outputs(row, kind)[1]
         if outside:
             raise JobStateError(f"job {self.id} was imported and its outputs are at {', '.join(outside)}, which this "
                                 "workspace did not write: a resume here would write there",
@@ -273,16 +283,9 @@ class Job:
             log.warning("job %s: %s; its registry rows, event log and worker log are deleted, its outputs are not",
                         self.id, exc)
             kind = None
-        from saekit.jobs.portable import is_imported
-
         ws = self.workspace
-        outputs = list(kind.outputs(ws, row)) if kind is not None and kind.outputs else []
+        outputs, kept = self._outputs(row, kind)
         own = [ws.job_dir(self.id), ws.log_path(self.id)] if JOB_ID.fullmatch(self.id) else []
-        if is_imported(ws, self.id):  # what an imported job names outside this workspace is not this workspace's
-            kept = [str(p) for p in outputs if not ws.contains(p)]
-            outputs = [p for p in outputs if ws.contains(p)]
-        else:
-            kept = []
         registry.delete_job(ws, self.id)
         for path in [*own, *outputs]:
             remove(path)
