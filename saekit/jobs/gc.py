@@ -7,7 +7,7 @@ deleted job, a half-written folder whose writer died). The jobs layer's own fold
 ``logs/``, hold one entry per job id. Nothing here knows the layout of a layer above.
 
 A plan is a snapshot; jobs start while it is made. So each removal is decided again, with the registry's
-write lock held (``remove_orphan``): a job's row exists before any of its files, so a job created after the
+write lock held (``remove_orphans``): a job's row exists before any of its files, so a job created after the
 plan was made keeps its folder, its log and its outputs.
 """
 
@@ -87,7 +87,7 @@ def _output_folders() -> dict[str, set[str | None]]:
 
 
 def orphan_files(ws: Workspace) -> list[Path]:
-    """Paths in the workspace that no job owns, sorted. A plan only: ``remove_orphan`` checks each again when it
+    """Paths in the workspace that no job owns, sorted. A plan only: ``remove_orphans`` checks each again when it
     removes it."""
     rows = registry.list_jobs(ws, with_spec=True)
     ids, claimed, folders = {row.id for row in rows}, _claims(ws, rows), _output_folders()
@@ -100,16 +100,23 @@ def orphan_files(ws: Workspace) -> list[Path]:
     return orphans
 
 
-def remove_orphan(ws: Workspace, path: Path) -> bool:
-    """Remove ``path`` if it is still an orphan: decided with the registry's write lock held, so that a job
-    created since the plan (its row comes before its files) keeps what is its own. The path is renamed aside
-    under the lock and deleted after it. Whether it was removed."""
-    path = Path(path)
+def remove_orphans(ws: Workspace, paths: list[Path]) -> list[Path]:
+    """Remove those of ``paths`` that are still orphans: decided with the registry's write lock held, so that a
+    job created since the plan (its row comes before its files) keeps what is its own. Each is renamed aside
+    under the lock and deleted after it. Returns the paths removed."""
     folders = _output_folders()
+    moved: list[tuple[Path, Path]] = []
     with registry.jobs_locked(ws) as rows:
-        if not os.path.lexists(path) or not _is_orphan(ws, path, {r.id for r in rows}, _claims(ws, rows), folders):
-            return False
-        aside = staging_path(path)
-        os.rename(path, aside)
-    remove(aside)
-    return True
+        ids, claimed = {r.id for r in rows}, _claims(ws, rows)
+        for path in map(Path, paths):
+            if os.path.lexists(path) and _is_orphan(ws, path, ids, claimed, folders):
+                aside = staging_path(path)
+                try:
+                    os.rename(path, aside)
+                except OSError as exc:
+                    log.warning("gc could not remove %s: %s", path, exc)
+                    continue
+                moved.append((path, aside))
+    for _, aside in moved:
+        remove(aside)
+    return [path for path, _ in moved]

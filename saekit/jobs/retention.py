@@ -28,7 +28,7 @@ from saekit import registry
 from saekit._fs import format_bytes, remove, staging_path
 from saekit.eventlog import LogState, _encode, events_path, read_all
 from saekit.errors import ConfigError
-from saekit.jobs.gc import orphan_files, remove_orphan
+from saekit.jobs.gc import orphan_files, remove_orphans
 from saekit.jobs.kinds import get_kind
 from saekit.jobs.lease import Lease
 from saekit.registry.rebuild import METRICS_FILE
@@ -132,6 +132,8 @@ class Plan:
     def apply(self) -> dict[str, int]:
         freed: dict[str, int] = {}
         for item in self.items:
+            if item.action == ORPHAN:
+                continue
             try:
                 done = _apply(self.workspace, item)
             except OSError as exc:
@@ -139,6 +141,12 @@ class Plan:
                 continue
             if done is not None:
                 freed[item.action] = freed.get(item.action, 0) + done
+        orphans = [item for item in self.items if item.action == ORPHAN]
+        if orphans:  # decided again together, under one hold of the registry's lock
+            sizes = {item.path: _size(item.path) for item in orphans}
+            removed = remove_orphans(self.workspace, list(sizes))
+            if removed:
+                freed[ORPHAN] = sum(sizes[p] for p in removed)
         return freed
 
 
@@ -181,8 +189,6 @@ def _apply(ws: Workspace, item: Item) -> int | None:
     if item.action in (COMPACT, REDUCE):
         return _rewrite_log(ws, item)
     before = _size(item.path)
-    if item.action == ORPHAN:
-        return before if remove_orphan(ws, item.path) else None
     if item.job_id is not None:
         row = registry.get_job(ws, item.job_id)
         if row is None or row.active:  # resumed (or deleted) since the plan was made
