@@ -31,11 +31,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS: dict[str, dict] = {}
+SAVE_TO: list[Path] = []  # --json PATH: the results so far, rewritten after each section
 
 
 def section(name: str, fn, *args) -> None:
@@ -47,6 +47,8 @@ def section(name: str, fn, *args) -> None:
     out["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS[name] = out
     print(json.dumps({"section": name, **out}, default=str), flush=True)
+    for path in SAVE_TO:
+        path.write_text(json.dumps(RESULTS, default=str, indent=1))
 
 
 def _sync(device) -> None:
@@ -183,6 +185,153 @@ def train_section(device: str, d_in: int, d_sae: int, k: int, batch: int, steps:
             out[f"{name}_over_sparsify"] = round(rate / out["sparsify_tokens_per_s"], 2)
         if rate:
             out[f"{name}_fraction_of_bf16_bound"] = round(rate / out["matmul_bound_tokens_per_s_bf16"], 3)
+    return out
+
+
+# -- where a training step's time goes -------------------------------------------------------------------------
+
+def _step_parts(sae, opt, x, dead_after: int):
+    """saekit's training step, cut where the trainer's phases are (forward, backward, optimizer and the rest)."""
+    import torch
+
+    from saekit.sae.model import TrainingState
+
+    since = torch.zeros(sae.d_sae, dtype=torch.long, device=x.device)
+
+    def forward():
+        return sae.training_forward(x, TrainingState(dead=None))
+
+    def apply(out):
+        sae.remove_parallel_decoder_grad()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        since.add_(len(x)).masked_fill_(out.fired > 0, 0)
+
+    return forward, apply
+
+
+def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> dict:
+    """Per phase (CUDA events) and per kernel (the profiler) time of one step: saekit's TopK step with TF32 and with
+    the bf16 encoder, sparsify's step; and the top-k alone. Milliseconds per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import saekit as sk
+
+    out: dict = {"shape": {"d_in": d_in, "d_sae": d_sae, "k": k, "batch": batch}}
+    x = torch.randn(batch, d_in, device=device)
+    cuda = device.startswith("cuda")
+
+    def kernels(step, steps: int = 4) -> list:
+        for _ in range(3):
+            step()
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+        rows = []
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total
+            if t > 0 and (cuda or e.key.startswith("aten::")):
+                rows.append((t, e.key[:90], e.count))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        return [{"kernel": name, "ms": round(t / 1000 / steps, 3), "calls": count // steps}
+                for t, name, count in rows[:14]] + [{"kernel": "(all)", "ms": round(total / 1000 / steps, 3)}]
+
+    for name, dtype, tf32 in (("saekit_tf32", "float32", True), ("saekit_bf16", "bfloat16", False)):
+        _tf32(tf32)
+        torch.manual_seed(0)
+        sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k, encoder_dtype=dtype),
+                                 device=device)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+        forward, apply = _step_parts(sae, opt, x, 10**9)
+
+        def step():
+            o = forward()
+            o.loss.backward()
+            apply(o)
+
+        phases = {"forward": 0.0, "backward": 0.0, "apply": 0.0}
+        for _ in range(3):
+            step()
+        steps = 6
+        for _ in range(steps):
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)] if cuda else None
+            t = [time.perf_counter()]
+            marks and marks[0].record()
+            o = forward()
+            marks and marks[1].record()
+            t.append(time.perf_counter())
+            o.loss.backward()
+            marks and marks[2].record()
+            t.append(time.perf_counter())
+            apply(o)
+            marks and marks[3].record()
+            _sync(device)
+            t.append(time.perf_counter())
+            for i, phase in enumerate(phases):
+                phases[phase] += (marks[i].elapsed_time(marks[i + 1]) if cuda else (t[i + 1] - t[i]) * 1000) / steps
+        out[name] = {"phases_ms": {p: round(v, 3) for p, v in phases.items()},
+                     "step_ms": round(_best(step, device, repeats=5) * 1000, 3), "kernels": kernels(step)}
+        del sae, opt
+    _tf32(False)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        pre = torch.randn(batch, d_sae, device=device, dtype=dtype)
+        out[f"topk_ms_{str(dtype)[6:]}"] = round(_best(lambda: pre.topk(k, dim=1, sorted=False), device, 5) * 1000, 3)
+        del pre
+    try:
+        from sparsify import SparseCoder, SparseCoderConfig
+    except ImportError:
+        out["sparsify"] = "not importable"
+    else:
+        _tf32(True)
+        coder = SparseCoder(d_in, SparseCoderConfig(k=k, num_latents=d_sae), device=device)
+        opt = torch.optim.Adam(coder.parameters(), lr=1e-4)
+
+        def sparsify_step():
+            coder(x).fvu.backward()
+            coder.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            coder.set_decoder_norm_to_unit_norm()
+
+        out["sparsify"] = {"step_ms": round(_best(sparsify_step, device, repeats=5) * 1000, 3),
+                           "kernels": kernels(sparsify_step)}
+        _tf32(False)
+    return out
+
+
+def data_section(device: str, d_in: int, batch: int, steps: int) -> dict:
+    """How fast the training source alone hands batches to the device: a float32 store, preloaded and streamed."""
+    import torch
+
+    import saekit as sk
+    from saekit.sae.sources import StoreSource
+
+    data = torch.randn(batch * (steps + 2), d_in)
+    out: dict = {"d_in": d_in, "batch": batch}
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
+        ws = sk.Workspace(folder)
+        store = sk.ActivationStore.from_array(data, "bench", workspace=ws)
+        for preload in (True, False):
+            source = StoreSource(store, "bench", batch, preload=preload)
+            stream = source.batches(batch, 0, 0, torch.device(device))
+            next(stream)
+            _sync(device)
+            start = time.perf_counter()
+            n = 0
+            for b in stream:
+                b.to(device=device, dtype=torch.float32)
+                n += 1
+                if n == steps:
+                    break
+            _sync(device)
+            out[f"{'preloaded' if preload else 'streamed'}_tokens_per_s"] = round(n * batch / (time.perf_counter() - start))
+            stream.close()
     return out
 
 
@@ -332,7 +481,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: check that every section runs")
     parser.add_argument("--only", default="", help="comma-separated section prefixes (train, extract, analyze, steer)")
+    parser.add_argument("--json", default=None, help="also write the results to this file (after every section)")
     opts = parser.parse_args()
+    if opts.json:
+        SAVE_TO.append(Path(opts.json))
     import torch
 
     device = "cpu" if opts.smoke else "cuda"
@@ -343,12 +495,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if opts.smoke:
-            plan = [("train_small", train_section, device, 64, 512, 8, 256, 4),
+            plan = [("profile_small", profile_section, device, 64, 512, 8, 256),
+                    ("data", data_section, device, 64, 256, 8),
+                    ("train_small", train_section, device, 64, 512, 8, 256, 4),
                     ("extract_smoke", extract_section, device, folder, "smoke", 20_000),
                     ("analyze", analyze_section, device, folder, "smoke", 20_000, 256),
                     ("steer", steer_section, device, folder, "smoke", 8, 256)]
         else:
-            plan = [("train_small", train_section, device, 512, 8192, 32, 4096, 60),
+            plan = [("profile_large", profile_section, device, 2304, 65536, 64, 4096),
+                    ("profile_small", profile_section, device, 512, 8192, 32, 4096),
+                    ("data_large", data_section, device, 2304, 4096, 30),
+                    ("train_small", train_section, device, 512, 8192, 32, 4096, 60),
                     ("train_large", train_section, device, 2304, 65536, 64, 4096, 30),
                     ("extract_smollm2", extract_section, device, folder, "smollm2", 1_000_000),
                     ("extract_llama1b", extract_section, device, folder, "llama1b", 600_000),

@@ -1,0 +1,69 @@
+"""Every job kind that runs on a GPU, on real CUDA, against the same work on the CPU (skipped without a GPU;
+`python benchmarks/gpu.py` measures the same paths' speed). Run on a GPU machine with `pytest -m gpu`."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import saekit as sk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "features"))
+from planted import HOOK, PLANTED, common_token, planted_sae, tokens  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cuda_lm(tiny_model_dir):
+    return sk.load_model(tiny_model_dir, device="cuda", dtype="float32")
+
+
+def test_extraction_on_cuda_stores_the_rows_of_the_cpu(ws, tiny_lm, cuda_lm, docs_file):
+    toks = tokens(tiny_lm, docs_file, n=60)
+    hook = "blocks.1.resid_post"
+    cpu = sk.extract(tiny_lm, toks, [hook], dtype="float32", background=False, progress=False).result()
+    gpu = sk.extract(cuda_lm, toks, [hook], dtype="float32", background=False, progress=False, force=True).result()
+    assert gpu.n_tokens == cpu.n_tokens
+    a, b = cpu.read(hook, 0, cpu.n_tokens).float(), gpu.read(hook, 0, gpu.n_tokens).float()
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+    assert gpu.stats(hook)["nonfinite"] == 0
+
+
+def test_training_from_the_model_on_cuda(ws, tiny_lm, cuda_lm, docs_file):
+    toks = tokens(tiny_lm, docs_file, n=60)
+    tc = sk.TrainConfig(total_tokens=6_000, batch_size=500, lr=3e-3, log_every=4, checkpoint_every=6,
+                        eval_tokens=1_000, device="cuda")
+    job = sk.train((cuda_lm, toks), "blocks.1.resid_post", sk.SAEConfig(arch="topk", d_sae=64, k=4), tc,
+                   background=False, progress=False)
+    sae = job.result()
+    fvu = job.metrics()["fvu"].dropna()
+    assert fvu.iloc[-1] < fvu.iloc[0] and job.info()["result"]["saes"][0]["eval"]["fvu"] < 1
+    assert sae.W_enc.dtype == torch.float32
+
+
+@pytest.mark.parametrize("source", ["store", "model"])
+def test_analysis_on_cuda_equals_the_cpu_analysis(ws, tiny_lm, cuda_lm, docs_file, source):
+    toks = tokens(tiny_lm, docs_file, n=60)
+    store = sk.extract(tiny_lm, toks, [HOOK], dtype="float32", background=False, progress=False).result()
+    sae = planted_sae(tiny_lm, common_token(toks, tiny_lm))
+    cpu = sk.analyze(sae, store, hook_point=HOOK, device="cpu", background=False, progress=False).result()
+    gpu_source = store if source == "store" else (cuda_lm, toks)
+    gpu = sk.analyze(sae.to("cuda"), gpu_source, hook_point=HOOK, device="cuda", background=False, progress=False,
+                     force=True).result()
+    a, b = cpu.to_pandas(), gpu.to_pandas()
+    assert (a["count"].to_numpy() == b["count"].to_numpy()).all()
+    np.testing.assert_allclose(a["max"].to_numpy(), b["max"].to_numpy(), rtol=1e-4, atol=1e-5)
+    assert [e.row for e in cpu[PLANTED].examples] == [e.row for e in gpu[PLANTED].examples]
+
+
+def test_steering_on_cuda_changes_generation_and_leaves_it_after(cuda_lm):
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=cuda_lm.d_model, d_sae=64, k=4)).to("cuda")
+    sae.metadata["hook_point"] = "blocks.1.resid_post"
+    plain = cuda_lm.generate("The weather", max_new_tokens=8, seed=0, stop_at_eos=False)
+    with sk.steer(cuda_lm, sae, {3: 50.0}, mode="add"):
+        steered = cuda_lm.generate("The weather", max_new_tokens=8, seed=0, stop_at_eos=False)
+    assert steered != plain
+    assert cuda_lm.generate("The weather", max_new_tokens=8, seed=0, stop_at_eos=False) == plain
