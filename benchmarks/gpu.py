@@ -51,6 +51,12 @@ def section(name: str, fn, *args) -> None:
         path.write_text(json.dumps(RESULTS, default=str, indent=1))
 
 
+def _saekit_config():
+    from saekit.config import config
+
+    return config
+
+
 def _sync(device) -> None:
     import torch
 
@@ -166,25 +172,88 @@ def train_section(device: str, d_in: int, d_sae: int, k: int, batch: int, steps:
     with tempfile.TemporaryDirectory(dir=root) as folder:
         ws = sk.Workspace(folder)
         store = sk.ActivationStore.from_array(data[:-batch], "bench", workspace=ws)
-        for name, encoder_dtype, tf32 in (("saekit", "float32", False), ("saekit_tf32", "float32", True),
-                                          ("saekit_bf16", "bfloat16", False)):
-            _tf32(tf32)
-            config = sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, encoder_dtype=encoder_dtype)
+        variants = (("saekit", {}, {}, "auto"),  # the defaults: bf16 selection, TF32, Triton sums
+                    ("saekit_torch_sums", {}, {}, "torch"),  # embedding_bag instead of the Triton kernels
+                    ("saekit_fp32_tf32", {"encoder_dtype": "float32"}, {}, "auto"),
+                    ("saekit_fp32", {"encoder_dtype": "float32"}, {"tf32": False}, "auto"))  # the old defaults
+        for name, sae_changes, train_changes, sums in variants:
+            config = sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, **sae_changes)
             tc = sk.TrainConfig(total_tokens=(steps + warmup) * batch, batch_size=batch, log_every=warmup,
-                                checkpoint_every=10**9, eval_tokens=batch, device=device)
-            job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws, force=True)
+                                checkpoint_every=10**9, eval_tokens=batch, device=device, **train_changes)
+            with _saekit_config().set(sparse_kernels=sums):
+                job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws, force=True)
             sae = job.result()
             rates = job.metrics()["tokens_per_s"].dropna().to_numpy()[1:]
             out[f"{name}_tokens_per_s"] = round(float(sorted(rates)[len(rates) // 2])) if len(rates) else None
             with torch.no_grad():
                 out[f"{name}_held_out_fvu"] = round(_fvu(sae.to(device)(held.float()), held.float()), 4)
         _tf32(False)
-    for name in ("saekit", "saekit_tf32", "saekit_bf16", "hand_loop"):
+    for name in ("saekit", "saekit_torch_sums", "saekit_fp32_tf32", "saekit_fp32", "hand_loop"):
         rate = out.get(f"{name}_tokens_per_s")
         if rate and out.get("sparsify_tokens_per_s"):
             out[f"{name}_over_sparsify"] = round(rate / out["sparsify_tokens_per_s"], 2)
         if rate:
             out[f"{name}_fraction_of_bf16_bound"] = round(rate / out["matmul_bound_tokens_per_s_bf16"], 3)
+    return out
+
+
+def archs_section(device: str, d_in: int, d_sae: int, batch: int, steps: int) -> dict:
+    """ReLU, JumpReLU and BatchTopK: sk.train's tokens/s with the defaults (TF32; BatchTopK's bf16 selection)
+    against full float32, and held-out FVU."""
+    import torch
+
+    import saekit as sk
+
+    data = torch.randn(batch * (steps + 4), d_in)
+    held = data[-batch:].to(device)
+    out: dict = {"shape": {"d_in": d_in, "d_sae": d_sae, "batch": batch, "steps": steps}}
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
+        ws = sk.Workspace(folder)
+        store = sk.ActivationStore.from_array(data[:-batch], "bench", workspace=ws)
+        for arch, extra in (("relu", {}), ("jumprelu", {}), ("batchtopk", {"k": 32})):
+            for name, sae_changes, tf32 in (("default", {}, True), ("fp32", {"encoder_dtype": "float32"}, False)):
+                sae_changes = sae_changes if arch == "batchtopk" else {}
+                config = sk.SAEConfig(arch=arch, d_sae=d_sae, **extra, **sae_changes)
+                tc = sk.TrainConfig(total_tokens=(steps + 3) * batch, batch_size=batch, log_every=3,
+                                    checkpoint_every=10**9, eval_tokens=batch, device=device, tf32=tf32)
+                job = sk.train(store, "bench", config, tc, background=False, progress=False, workspace=ws, force=True)
+                rates = job.metrics()["tokens_per_s"].dropna().to_numpy()[1:]
+                out[f"{arch}_{name}_tokens_per_s"] = round(float(sorted(rates)[len(rates) // 2])) if len(rates) else None
+                with torch.no_grad():
+                    sae = job.result().to(device)
+                    out[f"{arch}_{name}_held_out_fvu"] = round(_fvu(sae(held.float()), held.float()), 4)
+            if out.get(f"{arch}_fp32_tokens_per_s"):
+                out[f"{arch}_default_over_fp32"] = round(out[f"{arch}_default_tokens_per_s"] / out[f"{arch}_fp32_tokens_per_s"], 2)
+    return out
+
+
+def writer_section(folder: Path, d_model: int, megabytes: int) -> dict:
+    """The store writer alone (``benchmarks/writer.py``'s pipeline) at 1, 8 and all-core threads, and the bound:
+    zstd level 1 over 4 MiB chunks on every core at once, with no Zarr."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from numcodecs import Zstd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from writer import pipeline
+
+    cores = os.cpu_count() or 1
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((65536, d_model), dtype=np.float32)
+    data = (data.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 bits
+    out: dict = {"d_model": d_model, "cores": cores, "pipeline": []}
+    for compression in ("zstd", "none"):
+        for threads in sorted({1, 8, cores}):
+            out["pipeline"].append(pipeline(data, folder, compression, threads, megabytes))
+    chunks = [data[i:i + 4 * 2**20 // (2 * d_model)] for i in range(0, len(data), 4 * 2**20 // (2 * d_model))]
+    codec = Zstd(level=1)
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(codec.encode, chunks))
+        start = time.perf_counter()
+        for _ in range(4):
+            list(pool.map(codec.encode, chunks))
+        out["zstd_all_cores_mb_s"] = round(4 * data.nbytes / (time.perf_counter() - start) / 1e6)
     return out
 
 
@@ -241,8 +310,10 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
         return [{"kernel": name, "ms": round(t / 1000 / steps, 3), "calls": count // steps}
                 for t, name, count in rows[:14]] + [{"kernel": "(all)", "ms": round(total / 1000 / steps, 3)}]
 
-    for name, dtype, tf32 in (("saekit_tf32", "float32", True), ("saekit_bf16", "bfloat16", False)):
+    for name, dtype, tf32, sums in (("saekit_default", "auto", True, "auto"), ("saekit_torch_sums", "auto", True, "torch"),
+                                    ("saekit_fp32_tf32", "float32", True, "auto")):
         _tf32(tf32)
+        _saekit_config().set(sparse_kernels=sums).__enter__()
         torch.manual_seed(0)
         sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k, encoder_dtype=dtype),
                                  device=device)
@@ -278,6 +349,7 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
                      "step_ms": round(_best(step, device, repeats=5) * 1000, 3), "kernels": kernels(step)}
         del sae, opt
     _tf32(False)
+    _saekit_config().set(sparse_kernels="auto").__enter__()
 
     for dtype in (torch.float32, torch.bfloat16):
         pre = torch.randn(batch, d_sae, device=device, dtype=dtype)
@@ -397,6 +469,21 @@ def extract_section(device: str, folder: Path, shape: str, n_tokens: int) -> dic
 
     bare_s = _best(bare, device, repeats=2)
 
+    def forward_and_copy():
+        import torch
+
+        done = 0
+        for lo in range(0, n_seq, batch):
+            rows = reader.rows(lo, min(lo + batch, n_seq))
+            cache = lm.run_with_cache(rows.input_ids, [hook], attention_mask=rows.mask.astype(np.int64))
+            keep = torch.from_numpy(np.flatnonzero(rows.mask.reshape(-1))).to(lm.device)
+            cache[hook].reshape(-1, lm.d_model).index_select(0, keep).to(torch.bfloat16).cpu()
+            done += int(rows.mask.sum())
+            if done >= n_tokens:
+                break
+
+    copy_s = _best(forward_and_copy, device, repeats=2)
+
     def extraction():
         extraction.store = sk.extract(lm, toks, [hook], max_tokens=n_tokens, batch_size=batch, force=True,
                                       background=False, progress=False, workspace=folder / "ws").result()
@@ -406,6 +493,7 @@ def extract_section(device: str, folder: Path, shape: str, n_tokens: int) -> dic
     return {"model_shape": shape, "d_model": lm.d_model, "hook_point": hook, "tokens": tokens, "batch_sequences": batch,
             "bare_forward_tokens_per_s": round(tokens / bare_s), "extract_tokens_per_s": round(tokens / extract_s),
             "extract_over_bare_forward": round(bare_s / extract_s, 3),
+            "forward_and_copy_tokens_per_s": round(tokens / copy_s),
             "writer_threads": __import__("saekit.config", fromlist=["config"]).config.get("writer_threads")}
 
 
@@ -445,7 +533,9 @@ def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae:
     cpu = sk.analyze(sae.to("cpu"), store, hook_point=hook, device="cpu", background=False, progress=False,
                      force=True, workspace=folder / "ws").result()
     a, b = results["store"].to_pandas(), cpu.to_pandas()
-    out["equal_to_cpu_counts"] = bool((a["count"].to_numpy() == b["count"].to_numpy()).all())
+    differ = a["count"].to_numpy() != b["count"].to_numpy()
+    out["latents_whose_count_differs_from_cpu"] = int(differ.sum())
+    out["largest_count_difference"] = int(abs(a["count"].to_numpy() - b["count"].to_numpy()).max())
     out["max_abs_difference_of_max"] = float(np.abs(a["max"].to_numpy() - b["max"].to_numpy()).max())
     alive = [i for i in range(d_sae) if b["count"].iloc[i] > 0][:64]
     out["same_top_rows_of_64_alive_latents"] = sum(
@@ -497,6 +587,8 @@ def main() -> None:
         if opts.smoke:
             plan = [("profile_small", profile_section, device, 64, 512, 8, 256),
                     ("data", data_section, device, 64, 256, 8),
+                    ("archs", archs_section, device, 64, 512, 256, 4),
+                    ("writer", writer_section, folder, 64, 4),
                     ("train_small", train_section, device, 64, 512, 8, 256, 4),
                     ("extract_smoke", extract_section, device, folder, "smoke", 20_000),
                     ("analyze", analyze_section, device, folder, "smoke", 20_000, 256),
@@ -504,12 +596,13 @@ def main() -> None:
         else:
             plan = [("profile_large", profile_section, device, 2304, 65536, 64, 4096),
                     ("profile_small", profile_section, device, 512, 8192, 32, 4096),
-                    ("data_large", data_section, device, 2304, 4096, 30),
                     ("train_small", train_section, device, 512, 8192, 32, 4096, 60),
                     ("train_large", train_section, device, 2304, 65536, 64, 4096, 30),
                     ("extract_smollm2", extract_section, device, folder, "smollm2", 1_000_000),
                     ("extract_llama1b", extract_section, device, folder, "llama1b", 600_000),
                     ("analyze", analyze_section, device, folder, "smollm2", 250_000, 16384),
+                    ("archs", archs_section, device, 512, 8192, 4096, 30),
+                    ("writer", writer_section, folder, 576, 384),
                     ("steer", steer_section, device, folder, "smollm2", 64, 4608)]
         for name, fn, *args in plan:
             if run(name):

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "dashboard_refresh": (2.0, "seconds between the dashboard's reads of the job list"),
     "reader_threads": (min(8, os.cpu_count() or 2), "threads that read and decompress store chunks"),
     "writer_threads": (min(8, os.cpu_count() or 2), "threads that compress and write store chunks (extraction)"),
+    "sparse_kernels": ("auto", "sparse codes' sums: 'triton' (CUDA), 'torch' (embedding_bag) or 'auto' (Triton where "
+                               "it runs)"),
     "extract_tokens_per_batch_cpu": (2048, "tokens per forward pass of extraction on the CPU (batch_size='auto')"),
     "extract_tokens_per_batch_cuda": (32768, "tokens per forward pass of extraction on a GPU (batch_size='auto')"),
     "preload_cpu_bytes": (2**30, "training rows up to this size are read into memory once on the CPU"),

@@ -34,21 +34,29 @@ class _SparseCodedSAE(SAE):
     def _select(self, pre: torch.Tensor) -> tuple[Codes, torch.Tensor]:
         raise NotImplementedError
 
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype of the encoder's matmul: ``encoder_dtype="auto"`` is bfloat16 on a GPU, float32 elsewhere."""
+        name = self.config.encoder_dtype
+        if name == "auto":
+            name = "bfloat16" if self.W_enc.is_cuda else "float32"
+        return torch.bfloat16 if name == "bfloat16" else torch.float32
+
     def _pre_for_selection(self, sae_in: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if self.config.encoder_dtype == "bfloat16":
+            if self.encoder_dtype() == torch.bfloat16:
                 return F.linear(sae_in.bfloat16(), self.W_enc.bfloat16(), self.b_enc.bfloat16())
             return torch.addmm(self.b_enc, sae_in, self.W_enc.t())
 
     def _entries(self, sae_in: torch.Tensor, pre: torch.Tensor, codes: Codes, values: torch.Tensor) -> torch.Tensor:
-        """Differentiable pre-activations at the entries (recomputed in float32 when the matmul was bf16)."""
+        """Differentiable pre-activations at the entries (recomputed in float32 when the matmul was bf16).
+        ``sae_in`` is the shifted input without gradient; the shift's gradient goes to ``b_dec``."""
         if values.dtype != torch.float32:
             with torch.no_grad():
                 values = row_dots(sae_in, self.W_enc, codes) + self.b_enc[codes.cols]
-        return gathered_linear(values, sae_in, self.W_enc, self.b_enc, codes)
+        return gathered_linear(values, sae_in, self.W_enc, self.b_enc, codes, shift=self.b_dec)
 
     def training_forward(self, x: torch.Tensor, state: TrainingState) -> TrainingOutput:
-        sae_in = x - self.b_dec
+        sae_in = (x - self.b_dec).detach()
         pre = self._pre_for_selection(sae_in)
         codes, values = self._select(pre)
         acts = self._entries(sae_in, pre, codes, values).relu()

@@ -165,13 +165,15 @@ def _params_from(cls, values: dict) -> ArchParams:
 class SparseCodedParams(ArchParams):
     """TopK and BatchTopK: ``k`` latents per token (on average over the batch for BatchTopK); AuxK
     reconstructs the residual from the top ``aux_k`` dead latents (default ``d_in // 2``), weighted by
-    ``aux_k_coefficient``. ``encoder_dtype="bfloat16"`` runs the encoder's matmul in bfloat16 (about 2x
-    faster on CPUs with AVX512-BF16; check held-out FVU before relying on it)."""
+    ``aux_k_coefficient``. ``encoder_dtype`` is the dtype of the encoder's dense matmul, which only *selects*
+    the active latents: their values and every gradient stay float32. ``"auto"`` (the default) is
+    ``"bfloat16"`` on a GPU (the step's largest cost, halved; held-out FVU as float32's, see docs/gpu.md) and
+    ``"float32"`` on the CPU."""
 
     k: int | None = None
     aux_k: int | None = None
     aux_k_coefficient: float = 1 / 32
-    encoder_dtype: str = "float32"
+    encoder_dtype: str = "auto"
 
     def __post_init__(self):
         if self.k is None:
@@ -179,7 +181,7 @@ class SparseCodedParams(ArchParams):
         check_positive_int("k", self.k)
         check_positive_int("aux_k", self.aux_k, allow_none=True)
         check_non_negative("aux_k_coefficient", self.aux_k_coefficient)
-        check_choice("encoder_dtype", self.encoder_dtype, ("float32", "bfloat16"))
+        check_choice("encoder_dtype", self.encoder_dtype, ("auto", "float32", "bfloat16"))
 
     def check(self, d_in, d_sae):
         if d_sae is not None and self.k >= d_sae:
@@ -225,7 +227,9 @@ class TrainConfig(_Config):
     downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
     ``preload`` reads a store's training rows onto the device once and gathers batches there (the same
     batches): ``None`` does it on a GPU whose free memory holds them four times over, and on the CPU for
-    stores of at most 1 GiB (and an eighth of the available memory).
+    stores of at most 1 GiB (and an eighth of the available memory). ``tf32`` lets float32 matmuls on a
+    CUDA GPU run in TF32 during the job (the dense encoder and decoder of ReLU and JumpReLU: about 8x faster
+    on an H100/H200; sparsify's trainer does the same); ``False`` keeps them in full float32.
     """
 
     total_tokens: int = 10_000_000
@@ -248,6 +252,7 @@ class TrainConfig(_Config):
     device: str = "auto"
     shuffle_buffer_bytes: int = field(default=256 * 2**20)
     preload: bool | None = None
+    tf32: bool = True
 
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -271,6 +276,8 @@ class TrainConfig(_Config):
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and 0 <= b < 1
                            for b in self.adam_betas)):
             raise ConfigError(f"adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
+        if not isinstance(self.tf32, bool):
+            raise ConfigError(f"tf32={self.tf32!r} must be True or False")
         if self.preload not in (None, True, False):
             raise ConfigError(f"preload={self.preload!r}; use None (automatic), True or False")
         check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)

@@ -2,9 +2,10 @@
 
 A batch's active latents are ``Codes``: ``rows``/``cols`` of the nonzero entries, sorted by row, with
 ``offsets`` where each row starts. ``gathered_linear`` gives the encoder's pre-activations at those
-entries with gradients for ``x``, ``W_enc`` and ``b_enc`` computed from the entries only;
-``sparse_decode`` is ``codes @ W_dec`` as an ``embedding_bag``, whose backward is one ``embedding_bag``
-(grouped by latent) and one row-dot per entry. Only the encoder's dense forward matmul remains.
+entries with gradients for ``W_enc``, ``b_enc`` and the input's shift (``b_dec``) computed from the entries
+only; ``sparse_decode`` is ``codes @ W_dec``, whose backward is one sum grouped by latent and one row-dot per
+entry. Only the encoder's dense forward matmul remains. The sums run as Triton kernels on a CUDA GPU
+(``kernels.py``) and as ``embedding_bag`` elsewhere (setting ``sparse_kernels``).
 """
 
 from __future__ import annotations
@@ -27,21 +28,23 @@ class Codes:
         b, k = indices.shape
         rows = torch.arange(b, device=indices.device).repeat_interleave(k)
         codes = cls(rows, indices.reshape(-1), b, n_latents)
-        codes.__dict__["offsets"] = torch.arange(0, b * k, k, device=indices.device)  # k entries a row
+        codes.__dict__["row_bounds"] = torch.arange(0, b * k + 1, k, device=indices.device)  # k entries a row
         return codes
+
+    @cached_property
+    def row_bounds(self) -> torch.Tensor:
+        """Where each row's entries start, and their count at the end (length ``n_rows + 1``)."""
+        return _bounds(count(self.rows, self.n_rows))
 
     @cached_property
     def offsets(self) -> torch.Tensor:
         """Where each row's entries start (length ``n_rows``)."""
-        counts = count(self.rows, self.n_rows)
-        return torch.cumsum(counts, 0) - counts
+        return self.row_bounds[:-1]
 
     @cached_property
     def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(order of the entries grouped by latent, where each latent's group starts)."""
-        order = torch.argsort(self.cols, stable=True)
-        counts = count(self.cols, self.n_latents)
-        return order, torch.cumsum(counts, 0) - counts
+        """(order of the entries grouped by latent, where each latent's group starts and the count at the end)."""
+        return torch.argsort(self.cols, stable=True), _bounds(count(self.cols, self.n_latents))
 
     def fired(self) -> torch.Tensor:
         """How many entries each latent has ``[n_latents]``."""
@@ -60,6 +63,22 @@ def count(index: torch.Tensor, n: int, where: torch.Tensor | None = None) -> tor
     return torch.zeros(n, dtype=index.dtype, device=index.device).scatter_add_(0, index, ones)
 
 
+def _bounds(counts: torch.Tensor) -> torch.Tensor:
+    return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+
+def _triton(tensor: torch.Tensor) -> bool:
+    from saekit.config import config
+    from saekit.sae import kernels
+
+    choice = config.get("sparse_kernels")
+    if choice not in ("auto", "triton", "torch"):
+        from saekit.errors import ConfigError
+
+        raise ConfigError(f"sparse_kernels={choice!r}; use 'auto', 'triton' or 'torch'")
+    return choice != "torch" and kernels.usable(tensor)
+
+
 def _bag_sum(indices: torch.Tensor, table: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=weights)
 
@@ -76,15 +95,28 @@ def row_dots(a: torch.Tensor, w: torch.Tensor, codes: Codes) -> torch.Tensor:
             return torch.autograd.grad(out, weights, a)[0]
 
 
+def _by_row_sum(codes: Codes, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out[r] = sum over entries n of row r of weights[n] * table[cols[n]]`` (``[n_rows, d]``)."""
+    if _triton(table):
+        from saekit.sae.kernels import segment_sum
+
+        return segment_sum(table, codes.cols, weights, codes.row_bounds)
+    return _bag_sum(codes.cols, table, codes.offsets, weights)
+
+
 def _by_latent_sum(codes: Codes, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``out[l] = sum over entries n of latent l of weights[n] * table[rows[n]]`` (``[n_latents, d]``)."""
-    order, starts = codes.by_latent
-    return _bag_sum(codes.rows[order], table, starts, weights[order])
+    order, bounds = codes.by_latent
+    if _triton(table):
+        from saekit.sae.kernels import segment_sum
+
+        return segment_sum(table, codes.rows, weights, bounds, order)
+    return _bag_sum(codes.rows[order], table, bounds[:-1], weights[order])
 
 
 class _GatheredLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, x, weight, bias, codes):
+    def forward(ctx, values, x, weight, bias, shift, codes):
         ctx.save_for_backward(x, weight)
         ctx.codes = codes
         return values.clone()
@@ -93,21 +125,28 @@ class _GatheredLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         codes: Codes = ctx.codes
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = grad_b = grad_shift = None
         if ctx.needs_input_grad[1]:
-            grad_x = _bag_sum(codes.cols, weight, codes.offsets, grad)
+            grad_x = _by_row_sum(codes, weight, grad)
         if ctx.needs_input_grad[2]:
             grad_w = _by_latent_sum(codes, x, grad)
-        if ctx.needs_input_grad[3]:
-            grad_b = torch.zeros(codes.n_latents, dtype=grad.dtype, device=grad.device).index_add_(0, codes.cols, grad)
-        return None, grad_x, grad_w, grad_b, None
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            per_latent = torch.zeros(codes.n_latents, dtype=grad.dtype, device=grad.device).index_add_(0, codes.cols, grad)
+            grad_b = per_latent if ctx.needs_input_grad[3] else None
+            # every entry's pre-activation holds -shift · weight[col]: one [d_sae] x [d_sae, d_in] product
+            grad_shift = -(per_latent @ weight) if ctx.needs_input_grad[4] else None
+        return None, grad_x, grad_w, grad_b, grad_shift, None
 
 
 def gathered_linear(values: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                    codes: Codes) -> torch.Tensor:
-    """``x[rows[n]] · weight[cols[n]] + bias[cols[n]]`` per entry, whose value the caller already has
-    (``values``, from the dense forward); the backward touches only the entries."""
-    return _GatheredLinear.apply(values, x, weight, bias, codes)
+                    codes: Codes, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x[rows[n]] - shift) · weight[cols[n]] + bias[cols[n]]`` per entry, whose value the caller already has
+    (``values``, from the dense forward; ``x`` is the input already shifted); the backward touches only the
+    entries. Give ``x`` without gradient and ``shift`` (the decoder bias): the shift's gradient is then one
+    product, not a ``[B, d_in]`` gradient of the input."""
+    if shift is None:
+        shift = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+    return _GatheredLinear.apply(values, x, weight, bias, shift, codes)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -115,7 +154,7 @@ class _SparseDecode(torch.autograd.Function):
     def forward(ctx, values, weight, codes):
         ctx.save_for_backward(values, weight)
         ctx.codes = codes
-        return _bag_sum(codes.cols, weight, codes.offsets, values)
+        return _by_row_sum(codes, weight, values)
 
     @staticmethod
     def backward(ctx, grad):

@@ -278,9 +278,25 @@ def run_train(ctx, spec: dict) -> dict | None:
         torch.cuda.set_device(device)
     group = _Distributed(ctx, device)
     try:
-        return _Trainer(ctx, spec, tc, configs, device, group).run()
+        with _matmul_precision(device, tc.tf32):
+            return _Trainer(ctx, spec, tc, configs, device, group).run()
     finally:
         group.close()
+
+
+@contextmanager
+def _matmul_precision(device: torch.device, tf32: bool):
+    """TF32 for float32 matmuls on a CUDA device while the job runs (restored after: a foreground job runs in
+    the caller's process)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32  # pragma: gpu
+    torch.backends.cuda.matmul.allow_tf32 = tf32  # pragma: gpu
+    try:  # pragma: gpu
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before  # pragma: gpu
 
 
 class _Trainer:
