@@ -30,7 +30,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "widget_liveness": (5.0, "seconds between a widget's checks that a silent job's worker is alive"),
     "dashboard_refresh": (2.0, "seconds between the dashboard's reads of the job list"),
     "reader_threads": (min(8, os.cpu_count() or 2), "threads that read and decompress store chunks"),
-    "writer_threads": (min(8, os.cpu_count() or 2), "threads that compress and write store chunks (extraction)"),
+    "writer_threads": (min(16, os.cpu_count() or 2), "threads that compress and write store chunks (extraction)"),
     "sparse_kernels": ("auto", "sparse codes' sums: 'triton' (CUDA), 'torch' (embedding_bag) or 'auto' (Triton where "
                                "it runs)"),
     "extract_tokens_per_batch_cpu": (2048, "tokens per forward pass of extraction on the CPU (batch_size='auto')"),

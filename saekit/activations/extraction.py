@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saekit.activations.stats import RunningStats, batch_stats
+from saekit.activations.stats import RunningStats, batch_stats_later, to_host
 from saekit.activations.store import (
     SOURCE_ARRAYS, STORAGE_DTYPES, TORCH_DTYPES, ActivationStore, exists, is_url, open_group, store_location,
 )
@@ -172,13 +172,20 @@ def run_extract(ctx, spec: dict) -> dict:
         ctx.event(f"extracting {int(target):,} tokens at {len(names)} hook point(s) in {dtype}: about "
                   f"{format_bytes(spec.get('disk_bytes', 0))} on disk at {location}")
     reader = tokens.reader()
+    pending = None  # the last batch's rows, on their way to the host: handed to the writer after the next forward
+    written = sequence  # the sequences whose rows the writer has: what a commit records
     try:
-        with out.committing(lambda: writer.commit({"sequences": sequence, "batch_size": batch_size})):
+        with out.committing(lambda: writer.commit({"sequences": written, "batch_size": batch_size})):
             ctx.progress(rows, int(target), unit="tokens", phase="extracting")
             while sequence < tokens.n_sequences and rows < target:
                 end = min(sequence + batch_size, tokens.n_sequences)
                 batch = reader.rows(sequence, end)
                 mask = batch.mask
+                keep = batch.kept(bos)
+                count = int(min(keep.sum(), target - rows))
+                # the kept rows by their positions, known here and sent before the forward pass: the host never
+                # waits for the device to learn them
+                index = _to_device(np.flatnonzero(keep)[:count], device)
                 try:
                     cache = lm.run_with_cache(batch.input_ids, names, attention_mask=mask.astype(np.int64))
                 except Exception as exc:
@@ -191,23 +198,23 @@ def run_extract(ctx, spec: dict) -> dict:
                               level="warning", batch_size=batch_size // 2)
                     batch_size //= 2
                     continue
-                keep = batch.kept(bos)
-                count = int(min(keep.sum(), target - rows))
-                # the kept rows by their positions, known here: a boolean mask on the device would make the
-                # host wait for the count it already has
-                index = torch.from_numpy(np.flatnonzero(keep)[:count]).to(device)
-                rows_out, out_stats = {}, {}
+                copies, stats_later = {}, {}
                 for hook_point in names:
                     stored = cache[hook_point].reshape(-1, lm.d_model).index_select(0, index).to(storage)
-                    out_stats[hook_point] = batch_stats(stored)
-                    host = stored.cpu()
-                    rows_out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()
-                rows_out.update({name: values[:count] for name, values in batch.sources(keep).items()})
-                writer.put(rows_out, out_stats)
+                    stats_later[hook_point] = batch_stats_later(stored)
+                    copies[hook_point] = to_host(stored)
+                del cache
+                sources = {name: values[:count] for name, values in batch.sources(keep).items()}
+                if pending is not None:
+                    written = _hand_over(writer, pending, dtype)
+                pending = (copies, stats_later, sources, end)
                 rows += count
                 sequence = end
                 out.tick()
                 ctx.progress(rows, int(target), unit="tokens", phase="extracting")
+            if pending is not None:
+                written = _hand_over(writer, pending, dtype)
+                pending = None
     except BaseException:
         writer.close()  # stop the thread (after a cancel's commit); rows after the last commit are dropped on resume
         raise
@@ -219,6 +226,25 @@ def run_extract(ctx, spec: dict) -> dict:
     group.attrs.update({"complete": True, "batch_size": batch_size})
     ctx.progress(rows, rows, unit="tokens", phase="done")
     return _result(group, location, names)
+
+
+def _to_device(positions: np.ndarray, device: torch.device) -> torch.Tensor:
+    index = torch.from_numpy(positions)
+    if device.type == "cuda":  # pragma: gpu - from pinned memory, without waiting
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+def _hand_over(writer, pending, dtype: str) -> int:
+    """Wait for a batch's copies to reach the host, give its rows to the writer; the sequence it ends at."""
+    copies, stats_later, sources, end = pending
+    rows_out = {}
+    for hook_point, (host, ready) in copies.items():
+        if ready is not None:  # pragma: gpu
+            ready.synchronize()
+        rows_out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()
+    writer.put({**rows_out, **sources}, {h: finish() for h, finish in stats_later.items()})
+    return end
 
 
 def _run_ranked(ctx, spec: dict, lm, tokens, location: str) -> dict | None:

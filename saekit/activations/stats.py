@@ -12,21 +12,47 @@ def batch_stats(x) -> dict:
     Within a batch the sums are float32 (two passes: the mean, then the squared deviations from it; float64
     costs 3x on CPUs); batches merge in float64. Rows holding NaN or infinity are counted (``nonfinite``) and
     left out of the rest (masked, so that no output's size depends on the data)."""
+    return batch_stats_later(x)()
+
+
+def batch_stats_later(x):
+    """``batch_stats(x)`` as a function to call later: on a GPU the numbers are copied to pinned memory without
+    waiting, and the call waits for that copy (so the host can queue the next forward pass first)."""
     x = torch.as_tensor(x).detach().float()
-    if x.shape[0] == 0:
-        return {"count": 0, "nonfinite": 0}
+    rows, d = x.shape
+    if rows == 0:
+        return lambda: {"count": 0, "nonfinite": 0}
     finite = torch.isfinite(x).all(dim=1, keepdim=True)
     n = finite.sum()
     kept = torch.where(finite, x, 0.0)
     mean = kept.sum(0) / n.clamp_min(1)
     m2 = torch.where(finite, x - mean, 0.0).pow(2).sum(0)
     scalars = torch.stack([n.double(), torch.linalg.vector_norm(kept, dim=1).double().sum(), kept.abs().max().double()])
-    packed = torch.cat([scalars, mean.double(), m2.double()]).cpu().numpy()  # the one read back
-    count, d = int(packed[0]), x.shape[1]
-    if count == 0:
-        return {"count": 0, "nonfinite": x.shape[0]}
-    return {"count": count, "mean": packed[3:3 + d], "m2": packed[3 + d:], "norm_sum": float(packed[1]),
-            "max_abs": float(packed[2]), "nonfinite": x.shape[0] - count}
+    packed, ready = to_host(torch.cat([scalars, mean.double(), m2.double()]))
+
+    def finish() -> dict:
+        if ready is not None:  # pragma: gpu
+            ready.synchronize()
+        numbers = packed.numpy()
+        count = int(numbers[0])
+        if count == 0:
+            return {"count": 0, "nonfinite": rows}
+        return {"count": count, "mean": numbers[3:3 + d], "m2": numbers[3 + d:], "norm_sum": float(numbers[1]),
+                "max_abs": float(numbers[2]), "nonfinite": rows - count}
+
+    return finish
+
+
+def to_host(t: torch.Tensor):
+    """``(host tensor, event)``: a CUDA tensor's copy into pinned host memory, queued without waiting (wait for the
+    event before reading it); a CPU tensor as it is, with no event."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)  # pragma: gpu
+    host.copy_(t, non_blocking=True)  # pragma: gpu
+    ready = torch.cuda.Event()  # pragma: gpu
+    ready.record()  # pragma: gpu
+    return host, ready  # pragma: gpu
 
 
 class RunningStats:

@@ -34,11 +34,14 @@ class _SparseCodedSAE(SAE):
     def _select(self, pre: torch.Tensor) -> tuple[Codes, torch.Tensor]:
         raise NotImplementedError
 
+    BF16_FROM = 2**24  # d_in * d_sae from which "auto" selects in bfloat16 on a GPU (an H200 measured: docs/gpu.md)
+
     def encoder_dtype(self) -> torch.dtype:
-        """The dtype of the encoder's matmul: ``encoder_dtype="auto"`` is bfloat16 on a GPU, float32 elsewhere."""
+        """The dtype of the encoder's matmul: ``encoder_dtype="auto"`` is bfloat16 on a GPU when the matmul is
+        large (``d_in * d_sae >= 2**24``, where it is the step's largest cost), float32 otherwise."""
         name = self.config.encoder_dtype
         if name == "auto":
-            name = "bfloat16" if self.W_enc.is_cuda else "float32"
+            name = "bfloat16" if self.W_enc.is_cuda and self.d_in * self.d_sae >= self.BF16_FROM else "float32"
         return torch.bfloat16 if name == "bfloat16" else torch.float32
 
     def _pre_for_selection(self, sae_in: torch.Tensor) -> torch.Tensor:

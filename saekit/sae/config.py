@@ -167,8 +167,8 @@ class SparseCodedParams(ArchParams):
     reconstructs the residual from the top ``aux_k`` dead latents (default ``d_in // 2``), weighted by
     ``aux_k_coefficient``. ``encoder_dtype`` is the dtype of the encoder's dense matmul, which only *selects*
     the active latents: their values and every gradient stay float32. ``"auto"`` (the default) is
-    ``"bfloat16"`` on a GPU (the step's largest cost, halved; held-out FVU as float32's, see docs/gpu.md) and
-    ``"float32"`` on the CPU."""
+    ``"bfloat16"`` on a GPU when ``d_in * d_sae >= 2**24`` (there the matmul is the step's largest cost; see
+    docs/gpu.md) and ``"float32"`` otherwise (TF32 on a GPU, see ``TrainConfig.tf32``)."""
 
     k: int | None = None
     aux_k: int | None = None
