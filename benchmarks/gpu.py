@@ -23,6 +23,7 @@ Sections (each reports its own failure; the others go on):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -313,7 +314,8 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
     for name, dtype, tf32, sums in (("saekit_default", "auto", True, "auto"), ("saekit_torch_sums", "auto", True, "torch"),
                                     ("saekit_fp32_tf32", "float32", True, "auto")):
         _tf32(tf32)
-        _saekit_config().set(sparse_kernels=sums).__enter__()
+        variant = contextlib.ExitStack()  # the setting holds for this variant's steps, profile included
+        variant.enter_context(_saekit_config().set(sparse_kernels=sums))
         torch.manual_seed(0)
         sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k, encoder_dtype=dtype),
                                  device=device)
@@ -348,8 +350,8 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
         out[name] = {"phases_ms": {p: round(v, 3) for p, v in phases.items()},
                      "step_ms": round(_best(step, device, repeats=5) * 1000, 3), "kernels": kernels(step)}
         del sae, opt
+        variant.close()
     _tf32(False)
-    _saekit_config().set(sparse_kernels="auto").__enter__()
 
     for dtype in (torch.float32, torch.bfloat16):
         pre = torch.randn(batch, d_sae, device=device, dtype=dtype)

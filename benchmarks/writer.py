@@ -87,11 +87,18 @@ def codec_table(data: np.ndarray) -> list[dict]:
     return table, round(size / (time.perf_counter() - t) / 1e6)
 
 
-def pipeline(data: np.ndarray, folder: Path, compression: str, threads: int, megabytes: int) -> dict:
+def pipeline(data: np.ndarray, folder: Path, compression: str, threads: int, megabytes: int,
+             direct: bool = True) -> dict:
+    """``direct=False``: every chunk through Zarr's own write path (as before DirectChunks), for the ratio."""
+    from unittest import mock
+
+    if not direct:
+        with mock.patch("saekit._rows.DirectChunks.of", lambda array: None):
+            return {**pipeline(data, folder, compression, threads, megabytes), "path": "zarr"}
     from saekit.activations.stats import RunningStats, batch_stats
     from saekit.activations.writer import ChunkWriter, create_store
 
-    location = str(folder / f"{compression}-{threads}.zarr")
+    location = str(folder / f"{compression}-{threads}-{direct}-{time.perf_counter_ns()}.zarr")
     group = create_store(location, ["a"], data.shape[1], "bfloat16", CHUNK_BYTES, sources=False,
                          compression=compression)
     batch = 2048
@@ -109,8 +116,36 @@ def pipeline(data: np.ndarray, folder: Path, compression: str, threads: int, meg
     writer.close({"batches": n_batches})
     seconds = time.perf_counter() - t
     written = n_batches * batch * data.shape[1] * data.itemsize
-    return {"compression": compression, "threads": threads, "mb_s": round(written / seconds / 1e6),
-            "mb_s_per_thread": round(written / seconds / 1e6 / threads)}
+    from saekit._zarr import DirectChunks
+
+    direct_used = threads > 1 and DirectChunks.of(group["a"]) is not None
+    return {"compression": compression, "threads": threads, "path": "direct" if direct_used else "zarr",
+            "mb": round(written / 1e6), "mb_s": round(written / seconds / 1e6), "mb_s_per_thread": round(written / seconds / 1e6 / threads)}
+
+
+def beside_python(data: np.ndarray, folder: Path, threads: int, megabytes: int, direct: bool) -> dict:
+    """The writer (zstd) while a Python thread spins, as a model's forward pass does on a GPU (it launches kernels
+    from Python): how much interpreter time the writer leaves it. ``python_loops_per_mb``: the spinning
+    thread's loops per second (its share of the interpreter) beside the writer's MB/s: a writer that holds the
+    interpreter lock less leaves more of either."""
+    import threading
+
+    stop, loops = threading.Event(), [0]
+
+    def spin():
+        while not stop.is_set():
+            sum(range(200))
+            loops[0] += 1
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        result = pipeline(data, folder, "zstd", threads, megabytes, direct=direct)
+    finally:
+        stop.set()
+        spinner.join()
+    result["python_loops_per_s"] = round(loops[0] * result["mb_s"] / result["mb"])
+    return result
 
 
 def main() -> None:
@@ -125,11 +160,16 @@ def main() -> None:
         folder = Path(tmp)
         data, what = activations(folder, opts.tiny, opts.rows, opts.hook)
         codecs, crc = codec_table(data)
-        runs = [pipeline(data, folder, c, threads, opts.mb) for c in ("none", "lz4", "zstd")
-                for threads in sorted({1, min(8, cores)})]
+        runs = []
+        for c in ("none", "lz4", "zstd"):
+            runs.append(pipeline(data, folder, c, 1, opts.mb))
+            threads = max(2, min(16, cores))
+            runs.append(pipeline(data, folder, c, threads, opts.mb, direct=False))
+            runs.append(pipeline(data, folder, c, threads, opts.mb))
+        beside = [beside_python(data, folder, max(2, min(16, cores)), opts.mb, direct) for direct in (False, True)]
     print(json.dumps({"activations": what, "rows": int(data.shape[0]), "d_model": int(data.shape[1]),
                       "dtype": "bfloat16", "cores": cores, "chunk_mib": CHUNK_BYTES / 2**20, "codecs": codecs,
-                      "crc32c_mb_s": crc, "pipeline": runs}, indent=2))
+                      "crc32c_mb_s": crc, "pipeline": runs, "beside_a_python_thread": beside}, indent=2))
 
 
 if __name__ == "__main__":

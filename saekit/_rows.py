@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from saekit._zarr import writable
+from saekit._zarr import DirectChunks, writable
 
 
 class RowAppender:
@@ -34,6 +34,8 @@ class RowAppender:
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="saekit-chunks") if self.threads > 1 else None
         self._pending: deque = deque()
+        # whole chunks go straight to their files where the array allows it (see DirectChunks); Zarr writes the rest
+        self._direct = {n: DirectChunks.of(a) for n, a in self.arrays.items()} if self._pool is not None else {}
         self._reserve(max(expected_rows, rows))
 
     def add(self, rows: dict[str, np.ndarray]) -> None:
@@ -90,7 +92,12 @@ class RowAppender:
                 while lo < end:
                     hi = min(end, (lo // self.chunk_rows + 1) * self.chunk_rows)
                     self._wait(2 * self.threads)
-                    self._pending.append(self._pool.submit(_put, self.arrays[name], lo, hi, data[lo - self.rows:hi - self.rows]))
+                    piece = data[lo - self.rows:hi - self.rows]
+                    direct = self._direct.get(name)
+                    if direct is not None and hi - lo == self.chunk_rows and lo % self.chunk_rows == 0:
+                        self._pending.append(self._pool.submit(direct.write, lo // self.chunk_rows, piece))
+                    else:
+                        self._pending.append(self._pool.submit(_put, self.arrays[name], lo, hi, piece))
                     lo = hi
             self._buffer[name] = [data[count:]] if len(data) > count else []
         self.rows += count
