@@ -173,10 +173,10 @@ def train_section(device: str, d_in: int, d_sae: int, k: int, batch: int, steps:
     with tempfile.TemporaryDirectory(dir=root) as folder:
         ws = sk.Workspace(folder)
         store = sk.ActivationStore.from_array(data[:-batch], "bench", workspace=ws)
-        variants = (("saekit", {}, {}, "auto"),  # the defaults: bf16 selection, TF32, Triton sums
+        variants = (("saekit", {}, {}, "auto"),  # the defaults: encoder_dtype "auto", TF32, Triton sums
                     ("saekit_torch_sums", {}, {}, "torch"),  # embedding_bag instead of the Triton kernels
                     ("saekit_fp32_tf32", {"encoder_dtype": "float32"}, {}, "auto"),
-                    ("saekit_fp32", {"encoder_dtype": "float32"}, {"tf32": False}, "auto"))  # the old defaults
+                    ("saekit_fp32", {"encoder_dtype": "float32"}, {"tf32": False}, "auto"))  # full float32
         for name, sae_changes, train_changes, sums in variants:
             config = sk.SAEConfig(arch="topk", d_sae=d_sae, k=k, **sae_changes)
             tc = sk.TrainConfig(total_tokens=(steps + warmup) * batch, batch_size=batch, log_every=warmup,
@@ -260,7 +260,7 @@ def writer_section(folder: Path, d_model: int, megabytes: int) -> dict:
 
 # -- where a training step's time goes -------------------------------------------------------------------------
 
-def _step_parts(sae, opt, x, dead_after: int):
+def _step_parts(sae, opt, x):
     """saekit's training step, cut where the trainer's phases are (forward, backward, optimizer and the rest)."""
     import torch
 
@@ -320,7 +320,7 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
         sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k, encoder_dtype=dtype),
                                  device=device)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
-        forward, apply = _step_parts(sae, opt, x, 10**9)
+        forward, apply = _step_parts(sae, opt, x)
 
         def step():
             o = forward()

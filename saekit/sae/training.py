@@ -291,12 +291,12 @@ def _matmul_precision(device: torch.device, tf32: bool):
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cuda.matmul.allow_tf32  # pragma: gpu
-    torch.backends.cuda.matmul.allow_tf32 = tf32  # pragma: gpu
-    try:  # pragma: gpu
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before  # pragma: gpu
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class _Trainer:

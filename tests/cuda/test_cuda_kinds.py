@@ -67,3 +67,10 @@ def test_steering_on_cuda_changes_generation_and_leaves_it_after(cuda_lm):
         steered = cuda_lm.generate("The weather", max_new_tokens=8, seed=0, stop_at_eos=False)
     assert steered != plain
     assert cuda_lm.generate("The weather", max_new_tokens=8, seed=0, stop_at_eos=False) == plain
+
+
+def test_auto_encoder_dtype_selects_in_bf16_only_for_large_saes_on_the_gpu():
+    small = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=512, d_sae=8192, k=32), device="cuda")
+    large = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=2304, d_sae=8192, k=32), device="cuda")
+    assert small.encoder_dtype() == torch.float32 and large.encoder_dtype() == torch.bfloat16
+    assert large.to("cpu").encoder_dtype() == torch.float32

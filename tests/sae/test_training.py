@@ -278,3 +278,24 @@ def test_preloading_the_store_trains_the_same_sae(ws, small_store):
     preloaded = sk.train(small_store, "toy", config, quick(preload=True), background=False, progress=False).result()
     for name, value in streamed.state_dict().items():
         torch.testing.assert_close(preloaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_tf32_holds_while_a_cuda_job_runs_and_is_restored_after():
+    """The flag is process-wide and a foreground job runs in the caller's process: the job sets it for its own
+    time only (the flag is a plain setting, so this runs without a GPU), and never on the CPU."""
+    from saekit.sae.training import _matmul_precision
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        with _matmul_precision(torch.device("cuda"), True):
+            assert matmul.allow_tf32 is True
+        assert matmul.allow_tf32 is False
+        with pytest.raises(RuntimeError), _matmul_precision(torch.device("cuda"), True):
+            raise RuntimeError("the job failed")
+        assert matmul.allow_tf32 is False
+        with _matmul_precision(torch.device("cpu"), True):
+            assert matmul.allow_tf32 is False
+    finally:
+        matmul.allow_tf32 = before
