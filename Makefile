@@ -60,9 +60,10 @@ lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^saekit' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' \
 		| sort -f > requirements.lock
 
-# pyflakes, pycodestyle and bugbear over the package (the rules are in pyproject.toml)
+# pyflakes, pycodestyle and bugbear over the package, then the type checker (the settings are in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check saekit
+	$(BIN)/python -m mypy
 
 # fails on a locked package with a known vulnerability that has a fixed release (see tools/audit.py)
 audit: $(STAMP)

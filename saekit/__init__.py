@@ -25,6 +25,7 @@ from saekit.workspace import Workspace, set_workspace
 from saekit import jobs  # the package, callable: sk.jobs() lists the jobs  # noqa: E402
 from saekit.jobs.job import Job, get_job as job, submit  # noqa: E402
 from saekit.jobs.kinds import job_kind  # noqa: E402
+from saekit.jobs.spec import JobSpec, spec_field  # noqa: E402
 
 _logging.configure()
 
@@ -75,7 +76,7 @@ _LAZY = {
 __all__ = sorted([
     "ConfigError", "DataError", "HookPointError", "JobFailedError", "JobNotFoundError", "ModelLoadError",
     "SaekitError", "StorageError", "Workspace", "WorkspaceError", "__version__", "set_workspace", "workspace", "Job", "job", "jobs",
-    "job_kind", "submit",
+    "job_kind", "JobSpec", "spec_field", "submit",
     *_LAZY,
 ])
 

@@ -34,6 +34,7 @@ def publish(staged: str | os.PathLike, final: str | os.PathLike, *, replace: boo
     folder is swapped out and removed)."""
     staged, final = Path(staged), Path(final)
     if replace and final.is_dir() and not final.is_symlink():
+        old: Path | None
         old = staging_path(final)
         try:
             os.rename(final, old)

@@ -43,11 +43,15 @@ class Table:
     @property
     def rows(self) -> list[dict]:
         if self._dicts is None:
+            assert self._names is not None  # rows are dicts unless names were given
             self._dicts = [dict(zip(self._names, r)) for r in self._records]
         return self._dicts
 
     def row(self, index: int) -> dict:
-        return self._dicts[index] if self._dicts is not None else dict(zip(self._names, self._records[index]))
+        if self._dicts is not None:
+            return self._dicts[index]
+        assert self._names is not None  # rows are dicts unless names were given
+        return dict(zip(self._names, self._records[index]))
 
     def __len__(self) -> int:
         return len(self._records)

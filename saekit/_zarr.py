@@ -10,6 +10,7 @@ that fails to decode raises ``StorageError`` naming the store, the array and the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from saekit.errors import StorageError
 WRITE_CONFIG = {"write_empty_chunks": True}
 
 
-def open_group(location: str | Path, mode: str):
+def open_group(location: str | Path, mode: Literal["r", "r+", "a", "w", "w-"]):
     """A Zarr group at a local path or an fsspec URL (``file://``, ``memory://``, ``s3://`` ...)."""
     import zarr
 

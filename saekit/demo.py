@@ -46,7 +46,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     import saekit as sk
     from saekit.models.fetch import SMOLLM2, fetch_model
 
-    ws = sk.set_workspace(workspace) if workspace else sk.workspace()
+    ws = sk.set_workspace(workspace) if workspace else sk.workspace.workspace()
     timings = {}
     print(f"saekit demo in workspace {ws.path}")
 
@@ -150,6 +150,6 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     print("    (kept as LLM labels beside the automatic ones: feats.labels(); feats.label(i, text) adds yours)")
 
     print("\njobs in this workspace (`saekit jobs`):")
-    print(sk.jobs())
+    print(sk.jobs.list_jobs())
     print("\nsummary: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return 0

@@ -64,7 +64,7 @@ class RetentionPolicy:
 
 
 def _env_overrides() -> dict:
-    out = {}
+    out: dict[str, float | bool | None] = {}
     for field in dataclasses.fields(RetentionPolicy):
         raw = os.environ.get(f"SAEKIT_RETENTION_{field.name.upper()}")
         if raw is None or raw == "":
@@ -89,11 +89,11 @@ class Workspace:
     something is written; a path that cannot be written raises ``WorkspaceError`` then.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | Workspace | None = None):
         raw = path if path is not None else (os.environ.get("SAEKIT_HOME") or DEFAULT_PATH)
         if isinstance(raw, Workspace):
             raw = raw.path
-        self.path = Path(os.path.abspath(Path(raw).expanduser()))
+        self.path: Path = Path(os.path.abspath(Path(raw).expanduser()))
         if self.path.exists() and not self.path.is_dir():
             raise WorkspaceError(
                 f"workspace path {str(self.path)!r} is a file, not a folder; "

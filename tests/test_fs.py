@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from saekit._fs import publish, publishing, staging_path
 
 
@@ -24,6 +26,7 @@ print(json.dumps({"corpus": corpus.spec(ws)["ref"]["path"], "tokenizer": tokeniz
 """
 
 
+@pytest.mark.heavy  # eight processes: about 9 s
 def test_concurrent_first_saves_of_one_corpus_and_tokenizer_all_succeed(tmp_path):
     at = time.time() + 8  # every process is ready before it; each then saves at once
     procs = [subprocess.Popen([sys.executable, "-c", SAVE_BOTH, json.dumps({"ws": str(tmp_path / "ws"), "at": at})],

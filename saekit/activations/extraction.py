@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from saekit.activations.writer import compressors, create_store
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError, StorageError
 from saekit.jobs import job_kind, submit
+from saekit.jobs.spec import JobSpec, spec_field
 from saekit.jobs.failures import is_oom
 from saekit.jobs.resumable import ResumableOutput
 from saekit._checks import check_positive_int, is_int, is_number
@@ -32,8 +35,29 @@ from saekit.config import config
 from saekit.models.loading import load_model_from_ref, local_rank, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
+if TYPE_CHECKING:
+    from saekit.registry import JobRecord
+
 log = logging.getLogger("saekit.activations")
 
+
+
+@dataclass(frozen=True)
+class ExtractSpec(JobSpec):
+    """An extract job's spec (``sk.extract`` builds it)."""
+    model: dict = spec_field(doc="the model's reference (``lm.ref``: name or path, revision, fingerprint)")
+    tokens: dict = spec_field(doc="the token store's reference (``TokenStore.reference()``)")
+    hook_points: list[str] = spec_field(doc="the hook points whose activations are stored")
+    max_tokens: int | None = spec_field(doc="rows per hook point at most (None: every token)")
+    dtype: str = spec_field(doc="the storage dtype: bfloat16, float16 or float32")
+    include_bos: bool = spec_field(doc="whether BOS tokens' rows are kept")
+    root: str | None = spec_field(doc="a folder or fsspec URL for the store (None: the workspace)")
+    batch_size: int | str = spec_field(volatile=True, doc="sequences per forward pass, or 'auto'")
+    device: str = spec_field(volatile=True, doc="'auto', 'cpu', 'cuda', 'cuda:1'...")
+    compression: str = spec_field(volatile=True, doc="the chunks' codec: zstd, blosc or none")
+    chunk_bytes: int = spec_field(volatile=True, doc="bytes per stored chunk")
+    commit_every: float = spec_field(volatile=True, doc="seconds between resume points")
+    disk_bytes: int = spec_field(0, volatile=True, doc="the disk the store needs (checked at submit)")
 
 
 def tokens_per_batch(device) -> int:
@@ -71,7 +95,7 @@ def extract(lm, token_store, hook_points: str | list[str], max_tokens: int | Non
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not a storage dtype; use one of {sorted(STORAGE_DTYPES)}")
     check_positive_int("max_tokens", max_tokens, allow_none=True)
-    if batch_size != "auto" and not (is_int(batch_size) and batch_size >= 1):
+    if batch_size != "auto" and not (is_int(batch_size) and int(batch_size) >= 1):
         raise ConfigError(f"batch_size={batch_size!r} must be 'auto' or a positive number of sequences")
     check_positive_int("chunk_bytes", chunk_bytes)
     if not is_number(commit_every) or commit_every <= 0:
@@ -113,47 +137,48 @@ def _load_store(ws: Workspace, result: dict) -> ActivationStore:
     return ActivationStore(result["location"], ws)
 
 
-def _outputs(ws: Workspace, row: dict) -> list[str]:
+def _outputs(ws: Workspace, row: JobRecord) -> list[str]:
 
     return [store_location(ws, row.id, row.spec_dict.get("root"))]
 
 
 @job_kind("extract", load_result=_load_store, outputs=_outputs, output_dirs={"activations": "array-*"},
-          volatile=("batch_size", "device", "compression", "chunk_bytes", "commit_every", "disk_bytes"))
-def run_extract(ctx, spec: dict) -> dict:
+          spec=ExtractSpec)
+def run_extract(ctx, spec: ExtractSpec) -> dict | None:
     """The extract job: token-store sequences -> activation rows in a Zarr store, committed as it goes."""
     from saekit.activations.writer import ChunkWriter
 
-    names, dtype = spec["hook_points"], spec["dtype"]
-    location = store_location(ctx.workspace, ctx.job_id, spec["root"])
+    names, dtype = spec.hook_points, spec.dtype
+    location = store_location(ctx.workspace, ctx.job_id, spec.root)
     out = ResumableOutput(ctx, location=location, exists=lambda: exists(location),
                           owner=lambda: open_group(location, mode="r").attrs.get("job_id"),
-                          commit_every=spec["commit_every"])
+                          commit_every=spec.commit_every)
     if not out.fresh and open_group(location, mode="r").attrs.get("complete"):
         return _result(open_group(location, mode="r"), location, names)  # it ended, but the end was not recorded
     ctx.progress(0, None, unit="tokens", phase="loading the model")
-    device = spec["device"]
-    if ctx.world_size > 1 and resolve_device(device).type == "cuda":  # pragma: gpu - one GPU per rank of a node
-        device = f"cuda:{local_rank(ctx.rank) % torch.cuda.device_count()}"
-    lm = load_model_from_ref(spec["model"], device=device)
-    if lm.ref.get("fingerprint") != spec["model"].get("fingerprint"):
-        raise DataError(f"the model {spec['model']['name_or_path']!r} changed since the job was submitted")
-    tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
+    load_device = spec.device
+    if ctx.world_size > 1 and resolve_device(load_device).type == "cuda":  # pragma: gpu - one GPU per rank of a node
+        load_device = f"cuda:{local_rank(ctx.rank) % torch.cuda.device_count()}"
+    lm = load_model_from_ref(spec.model, device=load_device)
+    if lm.ref.get("fingerprint") != spec.model.get("fingerprint"):
+        raise DataError(f"the model {spec.model['name_or_path']!r} changed since the job was submitted")
+    tokens = TokenStore(spec.tokens["path"], ctx.workspace)
     if ctx.world_size > 1:  # torchrun: this rank's range of the rows (saekit.activations.ranked)
         return _run_ranked(ctx, spec, lm, tokens, location)
     resume = out.resume
     if out.fresh:
         if not is_url(location):
             Path(location).parent.mkdir(parents=True, exist_ok=True)
-        group = create_store(location, names, lm.d_model, dtype, spec["chunk_bytes"], compression=spec["compression"],
-                             attrs={"job_id": ctx.job_id, "model": spec["model"], "tokens": spec["tokens"],
-                                    "include_bos": spec["include_bos"], "max_tokens": spec["max_tokens"]})
+        group = create_store(location, names, lm.d_model, dtype, spec.chunk_bytes, compression=spec.compression,
+                             attrs={"job_id": ctx.job_id, "model": spec.model, "tokens": spec.tokens,
+                                    "include_bos": spec.include_bos, "max_tokens": spec.max_tokens})
     else:
         group = open_group(location, mode="r+")
     device = lm.device
     batch_size = resume["batch_size"] if resume else (
-        spec["batch_size"] if spec["batch_size"] != "auto"
+        spec.batch_size if spec.batch_size != "auto"
         else max(1, tokens_per_batch(device) // tokens.context_length))
+    assert isinstance(batch_size, int)  # validated by extract(): an int or "auto", resolved here
     stats = ({h: RunningStats.from_dict(resume["stats"][h]) for h in names} if resume
              else {h: RunningStats(lm.d_model) for h in names})
 
@@ -161,16 +186,16 @@ def run_extract(ctx, spec: dict) -> dict:
         ctx.commit({**state, "rows": rows, "stats": {h: s.to_dict() for h, s in current.items()}})
 
     sequence, rows = (resume["sequences"], resume["rows"]) if resume else (0, 0)
-    target = min(spec["max_tokens"] or np.inf, tokens.tokens_available(spec["include_bos"]))
+    target = min(spec.max_tokens or np.inf, tokens.tokens_available(spec.include_bos))
     writer = ChunkWriter(group, location, [*names, *SOURCE_ARRAYS], names, rows, stats, on_commit,
                          expected_rows=int(target))
-    bos = tokens.excluded_bos(spec["include_bos"])
+    bos = tokens.excluded_bos(spec.include_bos)
     storage = TORCH_DTYPES[dtype]
     if resume:
         ctx.event(f"resuming at sequence {sequence:,} ({rows:,} tokens committed, batch size {batch_size})")
     else:
         ctx.event(f"extracting {int(target):,} tokens at {len(names)} hook point(s) in {dtype}: about "
-                  f"{format_bytes(spec.get('disk_bytes', 0))} on disk at {location}")
+                  f"{format_bytes(spec.disk_bytes)} on disk at {location}")
     reader = tokens.reader()
     pending = None  # the last batch's rows, on their way to the host: handed to the writer after the next forward
     written = sequence  # the sequences whose rows the writer has: what a commit records
@@ -247,7 +272,7 @@ def _hand_over(writer, pending, dtype: str) -> int:
     return end
 
 
-def _run_ranked(ctx, spec: dict, lm, tokens, location: str) -> dict | None:
+def _run_ranked(ctx, spec: ExtractSpec, lm, tokens, location: str) -> dict | None:
     import torch.distributed as dist
 
     from saekit.activations.ranked import run_ranked

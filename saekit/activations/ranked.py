@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from saekit.activations.stats import RunningStats, batch_stats
 from saekit.activations.store import SOURCE_ARRAYS, TORCH_DTYPES, exists, open_group
 from saekit.activations.writer import ChunkWriter, create_store
 from saekit.errors import ConfigError, JobCancelled, StorageError
+
+if TYPE_CHECKING:
+    from saekit.activations.extraction import ExtractSpec
 
 
 def batch_offsets(tokens, bos: int | None, batch_size: int, block: int = 4096) -> np.ndarray:
@@ -77,26 +81,27 @@ def committed_prefix(ranges: list[tuple[int, int]], positions: list[int]) -> int
     return done
 
 
-def run_ranked(ctx, spec: dict, lm, tokens, location: str, group_of, dist) -> dict | None:
+def run_ranked(ctx, spec: ExtractSpec, lm, tokens, location: str, group_of, dist) -> dict | None:
     """Rank ``ctx.rank``'s share of an extraction (see the module docstring); rank 0 returns the job's result."""
-    names, dtype = spec["hook_points"], spec["dtype"]
-    bos = tokens.excluded_bos(spec["include_bos"])
-    batch_size = spec["batch_size"]
+    names, dtype = spec.hook_points, spec.dtype
+    bos = tokens.excluded_bos(spec.include_bos)
+    batch_size = spec.batch_size
     if batch_size == "auto":
         from saekit.activations.extraction import tokens_per_batch
 
         batch_size = max(1, tokens_per_batch(lm.device) // tokens.context_length)
+    assert isinstance(batch_size, int)  # validated by extract(): an int or "auto", resolved here
     offsets = batch_offsets(tokens, bos, batch_size)
-    target = int(min(spec["max_tokens"] or offsets[-1], offsets[-1]))
+    target = int(min(spec.max_tokens or offsets[-1], offsets[-1]))
     if ctx.rank == 0:
         if exists(location) and open_group(location, mode="r").attrs.get("job_id") != ctx.job_id:
             raise StorageError(f"{location!r} already holds output made by something else; it is never overwritten")
         if not exists(location):
             for stale in ctx.dir.glob("extract-rank-*"):  # positions in a store that is gone: none of them holds
                 stale.unlink()
-            group = create_store(location, names, lm.d_model, dtype, spec["chunk_bytes"], compression=spec["compression"],
-                                 attrs={"job_id": ctx.job_id, "model": spec["model"], "tokens": spec["tokens"],
-                                        "include_bos": spec["include_bos"], "max_tokens": spec["max_tokens"],
+            group = create_store(location, names, lm.d_model, dtype, spec.chunk_bytes, compression=spec.compression,
+                                 attrs={"job_id": ctx.job_id, "model": spec.model, "tokens": spec.tokens,
+                                        "include_bos": spec.include_bos, "max_tokens": spec.max_tokens,
                                         "ranks": ctx.world_size, "batch_size": batch_size})
             for name in [*names, *SOURCE_ARRAYS]:
                 group[name].resize((target, *group[name].shape[1:]))
@@ -146,7 +151,7 @@ def run_ranked(ctx, spec: dict, lm, tokens, location: str, group_of, dist) -> di
             batch += 1
             if ctx.rank == 0:
                 ctx.progress(written - lo + others, target, unit="tokens", phase="extracting", check_cancel=False)
-            if time.monotonic() - last_commit > spec["commit_every"]:
+            if time.monotonic() - last_commit > spec.commit_every:
                 writer.commit({})
                 last_commit = time.monotonic()
                 if ctx.rank == 0:
@@ -169,6 +174,7 @@ def run_ranked(ctx, spec: dict, lm, tokens, location: str, group_of, dist) -> di
         raise StorageError(f"ranks ended at rows {[s and s['pos'] for s in states]}, not at {[h for _, h in ranges]}")
     merged = {h: RunningStats(lm.d_model) for h in names}
     for s in states:
+        assert s is not None  # every rank's state was read: checked above
         for h in names:
             part = s["stats"][h]
             merged[h].merge({**part, "mean": np.asarray(part["mean"]), "m2": np.asarray(part["m2"])})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from saekit._fs import publishing
 from saekit._quiet import quietly
@@ -27,7 +27,7 @@ def _builder_for(files: list[str]) -> str:
             f"cannot tell the format of {files[:3]}{'...' if len(files) > 3 else ''}; give one kind of file "
             f"({', '.join(sorted(set(_BUILDERS)))}) or name the builder, e.g. sk.load_corpus('json', data_files=[...])"
         )
-    return kinds.pop()
+    return cast(str, kinds.pop())  # None refused above
 
 
 TEXT_DTYPES = ("string", "large_string")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +28,34 @@ from saekit._zarr import create_checked_array, exists, open_group
 from saekit.errors import ConfigError, DataError
 from saekit.jobs import job_kind, submit
 from saekit.jobs.resumable import ResumableOutput
+from saekit.jobs.spec import JobSpec, spec_field
 from saekit.workspace import Workspace, as_workspace
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from saekit.registry import JobRecord
 
 PACKINGS = ("concat", "truncate")
 CHUNK_BYTES = 2 * 2**20  # rows per chunk: about 2 MiB of int32 token ids
 LENGTH_BINS = 24  # document-length histogram: bin b holds lengths in [2**(b-1), 2**b)
 TOP_TOKENS = 50
+
+
+@dataclass(frozen=True)
+class TokenizeSpec(JobSpec):
+    """A tokenize job's spec (``sk.tokenize`` builds it)."""
+    corpus: dict = spec_field(doc="the corpus' reference (``Corpus.spec``: source, split, text column, fingerprint)")
+    tokenizer: dict = spec_field(doc="the tokenizer's reference (its saved folder and fingerprint)")
+    context_length: int = spec_field(doc="tokens per row")
+    add_special_tokens: bool = spec_field(doc="whether the tokenizer adds BOS/EOS")
+    return_attention_mask: bool = spec_field(doc="whether the store keeps an attention_mask array")
+    packing: str = spec_field(doc="'concat' (documents end to end) or 'truncate' (one row per document)")
+    max_documents: int | None = spec_field(doc="documents to tokenize at most (None: all)")
+    num_proc: int | None = spec_field(None, volatile=True, doc="tokenizer processes")
+    batch_documents: int = spec_field(1000, volatile=True, doc="documents tokenized at a time")
+    commit_every: float = spec_field(5.0, volatile=True, doc="seconds between resume points")
+    root: str | None = spec_field(None, omit_none=True, doc="a folder or fsspec URL for the store (None: the workspace)")
 
 
 # -- tokenizer references ----------------------------------------------------------------------------
@@ -259,7 +283,7 @@ class _Encoder:
 _WORKER_ENCODER: _Encoder | None = None
 
 
-def _init_worker(path: str, add_special_tokens: bool, fast: bool) -> None:
+def _init_worker(path: str, add_special_tokens: bool, fast: bool | None) -> None:
     global _WORKER_ENCODER
     from transformers import AutoTokenizer
 
@@ -267,12 +291,13 @@ def _init_worker(path: str, add_special_tokens: bool, fast: bool) -> None:
 
 
 def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_ENCODER is not None  # set by _init_worker
     return _WORKER_ENCODER(texts)
 
 
 def _bounded_map(pool, texts, window: int):
     """``pool.map`` in order, with at most ``window`` batches in flight (memory stays bounded)."""
-    futures = collections.deque()
+    futures: collections.deque[Future] = collections.deque()
     for batch in texts:
         futures.append(pool.submit(_encode_in_worker, batch))
         if len(futures) >= window:
@@ -285,20 +310,20 @@ def _load_store(ws: Workspace, result: dict) -> TokenStore:
     return TokenStore(result["path"], ws)
 
 
-def _outputs(ws: Workspace, row: dict) -> list[str]:
+def _outputs(ws: Workspace, row: JobRecord) -> list[str]:
     return [store_location(ws, row.id, row.spec_dict.get("root"))]
 
 
 @job_kind("tokenize", load_result=_load_store, outputs=_outputs, output_dirs={"tokens": None},
-          volatile=("num_proc", "batch_documents", "commit_every"))
-def run_tokenize(ctx, spec: dict) -> dict:
+          spec=TokenizeSpec)
+def run_tokenize(ctx, spec: TokenizeSpec) -> dict:
     """The tokenize job: documents -> rows in a Zarr token store, committed every few seconds."""
     from transformers import AutoTokenizer
 
-    path = store_location(ctx.workspace, ctx.job_id, spec.get("root"))
+    path = store_location(ctx.workspace, ctx.job_id, spec.root)
     out = ResumableOutput(ctx, location=path, exists=lambda: exists(path),
                           owner=lambda: open_group(path, mode="r").attrs.get("job_id"),
-                          commit_every=spec.get("commit_every", 5.0))
+                          commit_every=spec.commit_every)
     def clean_up() -> None:
         for checkpoint in ctx.dir.glob("tokenize_checkpoint_*.npz"):
             checkpoint.unlink(missing_ok=True)
@@ -306,11 +331,11 @@ def run_tokenize(ctx, spec: dict) -> dict:
     if not out.fresh and open_group(path, mode="r").attrs.get("complete"):
         ctx.after_end(clean_up)
         return _result(open_group(path, mode="r"), path)  # it ended, but the end was not recorded
-    corpus = Corpus.from_spec(spec["corpus"])
-    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"]["path"])
-    n = spec["context_length"]
-    n_docs = min(len(corpus), spec["max_documents"] or len(corpus))
-    names = [a for a in ARRAYS if a != "attention_mask" or spec["return_attention_mask"]]
+    corpus = Corpus.from_spec(spec.corpus)
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer["path"])
+    n = spec.context_length
+    n_docs = min(len(corpus), spec.max_documents or len(corpus))
+    names = [a for a in ARRAYS if a != "attention_mask" or spec.return_attention_mask]
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -328,17 +353,17 @@ def run_tokenize(ctx, spec: dict) -> dict:
             if name in names:
                 create_checked_array(group, name, shape=(0, n), chunks=(chunk_rows, n), dtype=dtype)
         group.attrs.update({
-            "saekit": "token_store", "format_version": 1, "job_id": ctx.job_id, "corpus": spec["corpus"],
-            "tokenizer": spec["tokenizer"], "context_length": n, "packing": spec["packing"],
-            "add_special_tokens": spec["add_special_tokens"], "return_attention_mask": spec["return_attention_mask"],
-            "max_documents": spec["max_documents"], "pad_token_id": int(pad_id), "bos_token_id": tokenizer.bos_token_id,
+            "saekit": "token_store", "format_version": 1, "job_id": ctx.job_id, "corpus": spec.corpus,
+            "tokenizer": spec.tokenizer, "context_length": n, "packing": spec.packing,
+            "add_special_tokens": spec.add_special_tokens, "return_attention_mask": spec.return_attention_mask,
+            "max_documents": spec.max_documents, "pad_token_id": int(pad_id), "bos_token_id": tokenizer.bos_token_id,
             "committed_rows": 0, "complete": False,
         })
     else:
         group = open_group(path, mode="r+")
         chunk_rows = group["input_ids"].chunks[0]
     stats = _Stats(len(tokenizer), corpus.split_of())
-    packer = _Packer(n, spec["packing"], pad_id)
+    packer = _Packer(n, spec.packing, pad_id)
     appender = RowAppender(group, names, chunk_rows, resume["rows"] if resume else 0)
     doc = 0
     if resume:
@@ -363,23 +388,24 @@ def run_tokenize(ctx, spec: dict) -> dict:
         if previous and previous != name:
             (ctx.dir / previous).unlink(missing_ok=True)
 
-    batch_docs = int(spec.get("batch_documents", 1000))
-    encoder = _Encoder(tokenizer, spec["add_special_tokens"])
+    batch_docs = int(spec.batch_documents)
+    encoder = _Encoder(tokenizer, spec.add_special_tokens)
     pool = None
-    if spec["num_proc"] and spec["num_proc"] > 1:
+    num_proc = spec.num_proc or 0
+    if num_proc > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         encoder(corpus.texts(doc, min(doc + 64, n_docs)))  # decide the encoding path once, here
-        pool = ProcessPoolExecutor(spec["num_proc"], initializer=_init_worker,
-                                   initargs=(spec["tokenizer"]["path"], spec["add_special_tokens"], encoder.fast))
+        pool = ProcessPoolExecutor(num_proc, initializer=_init_worker,
+                                   initargs=(spec.tokenizer["path"], spec.add_special_tokens, encoder.fast))
     try:
         with out.committing(commit):
             starts = range(doc, n_docs, batch_docs)
             texts = (corpus.texts(lo, min(lo + batch_docs, n_docs)) for lo in starts)
-            encoded = _bounded_map(pool, texts, window=2 * spec["num_proc"]) if pool is not None else map(encoder, texts)
+            encoded = _bounded_map(pool, texts, window=2 * num_proc) if pool is not None else map(encoder, texts)
             ctx.progress(doc, n_docs, unit="documents", phase="tokenizing", tokens=int(stats.token_counts.sum()))
             for lo, (ids, lengths) in zip(starts, encoded):
-                stats.add_documents(lo, lengths, n, spec["packing"] == "truncate")
+                stats.add_documents(lo, lengths, n, spec.packing == "truncate")
                 rows = packer.rows(ids, lengths, lo)
                 if len(rows["input_ids"]):
                     stats.add_rows(rows["input_ids"], rows["attention_mask"].astype(bool))

@@ -88,7 +88,8 @@ class TokenReader:
     def __init__(self, store: "TokenStore", block_rows: int | None = None):
         self.store = store
         self.block_rows = block_rows or max(store["input_ids"].chunks[0], 1024)
-        self.start, self.block = 0, None
+        self.start = 0
+        self.block: TokenRows | None = None
 
     def rows(self, lo: int, hi: int) -> TokenRows:
         if self.block is None or lo < self.start or hi > self.start + len(self.block):

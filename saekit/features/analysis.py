@@ -18,6 +18,7 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from saekit.features.featureset import analyses_folder, tables_location
 from saekit.features.sources import ModelRows, Rows, StoreRows
 from saekit.jobs import job_kind, submit
 from saekit.jobs.resumable import ResumableOutput
+from saekit.jobs.spec import JobSpec, spec_field
 from saekit.models.loading import load_model_from_ref, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
@@ -44,6 +46,31 @@ FORMAT_VERSION = 2  # 2: meta.json carries the tables' checksums
 
 
 # -- references to the inputs ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnalyzeSpec(JobSpec):
+    """An analyze job's spec (``sk.analyze`` builds it)."""
+    sae: dict = spec_field(doc="the SAE's reference (its folder and the job that trained it)")
+    source: dict = spec_field(doc="{'store': store reference} or {'model': model reference, 'tokens': token store}")
+    hook_point: str = spec_field(doc="the hook point whose activations are analysed")
+    n_tokens: int = spec_field(doc="tokens analysed")
+    top_k: int = spec_field(doc="top contexts kept per latent")
+    quantiles: int = spec_field(doc="quantile bins of the sample")
+    per_quantile: int = spec_field(doc="contexts shown per bin")
+    context: list[int] = spec_field(doc="[tokens before, tokens after] an example")
+    reservoir: int = spec_field(doc="the per-latent sample the bins are drawn from")
+    neighbours: int = spec_field(doc="nearest latents by decoder cosine, and co-firing latents, kept")
+    seed: int = spec_field(doc="the sample's seed")
+    model: dict | None = spec_field(doc="the model's reference for the logit lens (None: no lens)")
+    lens: str | None = spec_field(doc="the cached unembedding's path (the worker need not load the model)")
+    tokens: dict = spec_field(doc="the token store's reference (the contexts' text)")
+    batch_size: int | str = spec_field(volatile=True, doc="rows per block, or 'auto'")
+    device: str = spec_field(volatile=True, doc="'auto', 'cpu', 'cuda'...")
+    commit_every: float = spec_field(volatile=True, doc="seconds between checkpoints")
+    allow_other_hook: dict | None = spec_field(None, omit_none=True, doc="{'trained': hook, 'analysed': hook} "
+                                               "when the SAE reads another hook point (allow_other_hook=True)")
+    root: str | None = spec_field(None, omit_none=True, doc="an fsspec URL for the tables (None: the workspace)")
+
 
 def sae_reference(sae, ws: Workspace) -> tuple[dict, object]:
     """The SAE as a spec reference (a saekit folder and a fingerprint) and the SAE itself. A finished training
@@ -234,7 +261,8 @@ def _load_result(ws: Workspace, result: dict):
 
 def _outputs(ws: Workspace, row) -> list[Path | str]:
     local = analyses_folder(ws, row.id)
-    remote = tables_location(ws, row.id, row.spec_dict) if row.spec_dict.get("root") else None
+    root = row.spec_dict.get("root")
+    remote = tables_location(ws, row.id, root) if root else None
     return [remote, local] if remote else [local]
 
 
@@ -307,15 +335,15 @@ class _Pass:
 
 
 @job_kind("analyze", load_result=_load_result, outputs=_outputs, output_dirs={"analyses": None},
-          volatile=("batch_size", "device", "commit_every"))
-def run_analyze(ctx, spec: dict) -> dict:
+          spec=AnalyzeSpec)
+def run_analyze(ctx, spec: AnalyzeSpec) -> dict:
     """The analyze job: one ordered pass over the source, checkpointed, then the per-latent tables."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from saekit.sae.model import SAE
 
-    location = tables_location(ctx.workspace, ctx.job_id, spec)
+    location = tables_location(ctx.workspace, ctx.job_id, spec.root)
     meta = read_file(location, "meta.json")
     if meta is not None:  # it ended, but the end was not recorded
         return {"folder": location, **json.loads(meta)["summary"]}
@@ -323,33 +351,33 @@ def run_analyze(ctx, spec: dict) -> dict:
         remove(stale)
     state_path = ctx.dir / STATE_FILE  # the pass' checkpoint, in the job's own folder until the tables are written
     out = ResumableOutput(ctx, location=str(state_path), exists=state_path.exists, owner=lambda: ctx.job_id,
-                          commit_every=spec["commit_every"])
-    device = resolve_device(spec["device"])
-    if spec.get("allow_other_hook"):
-        other = spec["allow_other_hook"]
+                          commit_every=spec.commit_every)
+    device = resolve_device(spec.device)
+    if spec.allow_other_hook:
+        other = spec.allow_other_hook
         ctx.event(f"the SAE was trained on {other['trained']}; these are activations of {other['analysed']} "
                   "(allow_other_hook=True)", level="warning")
     ctx.progress(0, None, unit="tokens", phase="loading the SAE")
-    sae = SAE.load(spec["sae"]["path"], device=str(device)).eval()
+    sae = SAE.load(spec.sae["path"], device=str(device)).eval()
     lm = None
-    if "store" in spec["source"]:
-        store = ActivationStore(spec["source"]["store"]["location"], ctx.workspace)
-        source = StoreRows(store, spec["hook_point"], spec["n_tokens"])
+    if "store" in spec.source:
+        store = ActivationStore(spec.source["store"]["location"], ctx.workspace)
+        source: StoreRows | ModelRows = StoreRows(store, spec.hook_point, spec.n_tokens)
     else:
         ctx.progress(0, None, unit="tokens", phase="loading the model")
-        lm = load_model_from_ref(spec["source"]["model"], device=spec["device"])
-        source = ModelRows(lm, TokenStore(spec["source"]["tokens"]["path"], ctx.workspace), spec["hook_point"],
-                           spec["n_tokens"])
-    before, after = spec["context"]
-    acc = Accumulator(sae.d_sae, top_k=spec["top_k"], reservoir=spec["reservoir"], context=(before, after),
-                      seed=spec["seed"], device=device)
-    stream = _Pass(sae, acc, before, after, _block_rows(sae, spec["batch_size"]), device)
+        lm = load_model_from_ref(spec.source["model"], device=spec.device)
+        source = ModelRows(lm, TokenStore(spec.source["tokens"]["path"], ctx.workspace), spec.hook_point,
+                           spec.n_tokens)
+    before, after = spec.context
+    acc = Accumulator(sae.d_sae, top_k=spec.top_k, reservoir=spec.reservoir, context=(before, after),
+                      seed=spec.seed, device=device)
+    stream = _Pass(sae, acc, before, after, _block_rows(sae, spec.batch_size), device)
     position = None
     if not out.fresh:
         with safe_open(state_path, "pt") as f:  # the checkpoint holds its own position: one file, one rename
             position = json.loads(f.metadata()["position"])
         stream.load(load_file(state_path), position)
-        ctx.event(f"resuming after {acc.rows_seen:,} of {spec['n_tokens']:,} tokens")
+        ctx.event(f"resuming after {acc.rows_seen:,} of {spec.n_tokens:,} tokens")
 
     commits = 0
 
@@ -362,7 +390,7 @@ def run_analyze(ctx, spec: dict) -> dict:
         ctx.commit({"position": position, "rows": acc.rows_seen})
         fault_point(f"analyze_committed_{commits}", ctx.attempt)
 
-    total = spec["n_tokens"]
+    total = spec.n_tokens
     ctx.progress(acc.rows_seen, total, unit="tokens", phase="analysing")
     with out.committing(commit):
         for rows in source.blocks(stream.block, position):
@@ -375,7 +403,7 @@ def run_analyze(ctx, spec: dict) -> dict:
     lens = None
     if lm is not None:
         lens = lm.unembedding()
-    elif spec["model"] is not None:  # saved by analyze(): the worker need not load the model for the logit lens
+    elif spec.model is not None:  # saved by analyze(): the worker need not load the model for the logit lens
         lens = _load_unembedding(spec, device)
     fault_point("analyze_before_tables", ctx.attempt)
     summary = _write(ctx, spec, sae, acc, lens, location)
@@ -400,22 +428,23 @@ def _save_unembedding(lm, ws: Workspace) -> Path:
     return path
 
 
-def _load_unembedding(spec: dict, device):
+def _load_unembedding(spec: AnalyzeSpec, device):
     from safetensors.torch import load_file
 
-    path = Path(spec["lens"] or "")
+    path = Path(spec.lens or "")
     if not path.exists():  # the cache was cleared: load the model
-        return load_model_from_ref(spec["model"], device=spec["device"]).unembedding()
+        assert spec.model is not None  # run_analyze calls this only with a model
+        return load_model_from_ref(spec.model, device=spec.device).unembedding()
     tensors = load_file(path, device=str(device))
     return tensors["unembedding"], tensors.get("scale")
 
 
-def _write(ctx, spec: dict, sae, acc: Accumulator, lens, location: str) -> dict:
+def _write(ctx, spec: AnalyzeSpec, sae, acc: Accumulator, lens, location: str) -> dict:
     """The analysis folder: latents.parquet, examples.parquet, meta.json (published in one rename; under a
     root URL, uploaded with meta.json last)."""
     from saekit.features.tables import examples_table, latents_table, vocab_strings, write_tables
 
-    tokens = TokenStore(spec["tokens"]["path"], ctx.workspace)
+    tokens = TokenStore(spec.tokens["path"], ctx.workspace)
     started = time.monotonic()
     vocab = vocab_strings(tokens.tokenizer())
     latents = latents_table(spec, sae, acc, lens, vocab)
@@ -423,10 +452,10 @@ def _write(ctx, spec: dict, sae, acc: Accumulator, lens, location: str) -> dict:
     alive = int((acc.count > 0).sum())
     summary = {"n_latents": sae.d_sae, "n_tokens": acc.rows_seen, "alive": alive,
                "dead": sae.d_sae - alive, "examples": int(examples.num_rows)}
-    meta = {"format_version": FORMAT_VERSION, "job_id": ctx.job_id, "sae": {**spec["sae"], "digest": sae_digest(sae)},
-            "source": spec["source"],
-            "hook_point": spec["hook_point"], "tokens": spec["tokens"], "tokenizer": tokens.attrs["tokenizer"]["path"],
-            "settings": {k: spec[k] for k in ("top_k", "quantiles", "per_quantile", "context", "reservoir", "neighbours",
+    meta = {"format_version": FORMAT_VERSION, "job_id": ctx.job_id, "sae": {**spec.sae, "digest": sae_digest(sae)},
+            "source": spec.source,
+            "hook_point": spec.hook_point, "tokens": spec.tokens, "tokenizer": tokens.attrs["tokenizer"]["path"],
+            "settings": {k: getattr(spec, k) for k in ("top_k", "quantiles", "per_quantile", "context", "reservoir", "neighbours",
                                               "seed", "n_tokens")},
             "hist_edges": [e if math.isfinite(e) else None for e in hist_edges()], "logit_lens": lens is not None,
             "summary": summary}

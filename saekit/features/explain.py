@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,10 +27,27 @@ from saekit.features import labels, scoring
 from saekit.features.llm import CachedChat, as_backend, backend_from_spec
 from saekit.jobs.job import Job, submit
 from saekit.jobs.kinds import job_kind
+from saekit.jobs.spec import JobSpec, spec_field
 from saekit.workspace import Workspace
 
 RESULTS = "explanations.jsonl"
 POOL_WINDOWS = 256
+
+
+@dataclass(frozen=True)
+class ExplainSpec(JobSpec):
+    """An explain job's spec (``sk.explain`` builds it)."""
+    analysis: str = spec_field(doc="the analysis' id")
+    folder: str = spec_field(doc="the analysis' tables (a folder or URL)")
+    features: list[int] = spec_field(doc="the latents explained and scored")
+    explainer: dict | None = spec_field(doc="the explaining chat model's ``spec()`` (None: explanations given)")
+    scorer: dict | None = spec_field(doc="the scoring chat model's ``spec()`` (None: no scores)")
+    explanations: dict[str, str] | None = spec_field(doc="given explanations by latent (None: the explainer's)")
+    n_examples: int = spec_field(doc="top examples shown to the explainer")
+    n_score: int = spec_field(doc="activating and non-activating examples scored per latent")
+    method: str = spec_field(doc="'yes_no' or 'likelihood'")
+    seed: int = spec_field(doc="the scoring examples' seed")
+    device: str = spec_field(volatile=True, doc="where a local chat model and the SAE run")
 
 
 def explain(feats, features=None, *, explainer=None, scorer=None, explanations: dict[int, str] | None = None,
@@ -122,6 +140,7 @@ def negative_pool(feats, sae, seed: int, device: str):
             if store is not None:
                 x = store.read(hook, lo, hi).float()
             else:
+                assert lm is not None  # loaded above when there is no store
                 x = lm.run_with_cache([ids[j] for j in inside], hook)[hook][0].float()
             z = sae.encode(x.to(sae.device))
             fires.append((z > 0).any(0).cpu().numpy())
@@ -137,10 +156,10 @@ def _first_line(text: str) -> str | None:
     return labels.one_line(line)[:300] if line.strip() else None  # a label: no control characters
 
 
-def explain_one(feature, explainer, scorer, pool, fires, spec: dict, given: str | None) -> dict:
+def explain_one(feature, explainer, scorer, pool, fires, spec: ExplainSpec, given: str | None) -> dict:
     """Explain and score one feature; what it used and cost."""
-    rng = np.random.default_rng([spec["seed"], feature.id])
-    n_examples, n_score = spec["n_examples"], spec["n_score"]
+    rng = np.random.default_rng([spec.seed, feature.id])
+    n_examples, n_score = spec.n_examples, spec.n_score
     tokens_in = tokens_out = 0
     if given is None:
         reply = explainer.complete(scoring.explanation_messages(feature.examples[:n_examples]))
@@ -154,7 +173,7 @@ def explain_one(feature, explainer, scorer, pool, fires, spec: dict, given: str 
         quiet = np.flatnonzero(~fires[:, feature.id])
         negatives = [pool[i] for i in rng.permutation(quiet)[:n_score]]
 
-        likelihood = spec["method"] == "likelihood"
+        likelihood = spec.method == "likelihood"
 
         def ask(kind: str, text: str) -> float:
             nonlocal tokens_in, tokens_out
@@ -202,28 +221,28 @@ def _done(path) -> dict[int, dict]:
     return done
 
 
-@job_kind("explain", load_result=_load_result, volatile=("device",))
-def run_explain(ctx, spec: dict) -> dict:
+@job_kind("explain", load_result=_load_result, spec=ExplainSpec)
+def run_explain(ctx, spec: ExplainSpec) -> dict:
     """The explain job: per latent, explain (cached LLM calls), score, append the result; then the labels."""
     from saekit.features.featureset import FeatureSet
 
-    feats = FeatureSet(spec["folder"], workspace=ctx.workspace)
+    feats = FeatureSet(spec.folder, workspace=ctx.workspace)
     cache = ctx.workspace.dir("cache", "llm")
-    ctx.progress(0, len(spec["features"]), unit="latents", phase="loading the models")
-    explainer = CachedChat(backend_from_spec(spec["explainer"], spec["device"]), cache) if spec["explainer"] else None
+    ctx.progress(0, len(spec.features), unit="latents", phase="loading the models")
+    explainer = CachedChat(backend_from_spec(spec.explainer, spec.device), cache) if spec.explainer else None
     scorer = None
-    if spec["scorer"]:
-        scorer = explainer if spec["scorer"] == spec["explainer"] else CachedChat(backend_from_spec(spec["scorer"], spec["device"]), cache)
+    if spec.scorer:
+        scorer = explainer if spec.scorer == spec.explainer else CachedChat(backend_from_spec(spec.scorer, spec.device), cache)
     pool, fires = [], None
     if scorer is not None:
-        ctx.progress(0, len(spec["features"]), unit="latents", phase="finding non-activating contexts")
-        pool, fires = negative_pool(feats, feats.sae(device="cpu").eval(), spec["seed"], spec["device"])
+        ctx.progress(0, len(spec.features), unit="latents", phase="finding non-activating contexts")
+        pool, fires = negative_pool(feats, feats.sae(device="cpu").eval(), spec.seed, spec.device)
     path = ctx.dir / RESULTS
     done = _done(path)
-    todo = [i for i in spec["features"] if i not in done]
-    given = {int(k): v for k, v in (spec["explanations"] or {}).items()}
+    todo = [i for i in spec.features if i not in done]
+    given = {int(k): v for k, v in (spec.explanations or {}).items()}
     lock, started = threading.Lock(), time.monotonic()
-    ctx.progress(len(done), len(spec["features"]), unit="latents", phase="explaining" if explainer else "scoring")
+    ctx.progress(len(done), len(spec.features), unit="latents", phase="explaining" if explainer else "scoring")
 
     def work(latent: int) -> None:
         ctx.check_cancelled()
@@ -232,7 +251,7 @@ def run_explain(ctx, spec: dict) -> dict:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             done[latent] = row
-            ctx.progress(len(done), len(spec["features"]), unit="latents")
+            ctx.progress(len(done), len(spec.features), unit="latents")
             said = repr(row["explanation"]) if row["explanation"] is not None else "no explanation (an empty answer)"
             ctx.event(f"latent {latent}: {said}" + "".join(
                 f", {k} {row[k]:.3f}" for k in ("detection_auc", "fuzzing_auc") if row.get(k) is not None)
@@ -247,7 +266,7 @@ def run_explain(ctx, spec: dict) -> dict:
     else:
         for latent in todo:
             work(latent)
-    rows = [done[i] for i in spec["features"]]
+    rows = [done[i] for i in spec.features]
     if explainer is not None:
         _write_labels(ctx, feats, spec, rows, explainer, scorer)
     backends = [b for b in (explainer, scorer if scorer is not explainer else None) if b is not None]
@@ -259,7 +278,7 @@ def run_explain(ctx, spec: dict) -> dict:
     return summary
 
 
-def _write_labels(ctx, feats, spec, rows, explainer, scorer) -> None:
+def _write_labels(ctx, feats, spec: ExplainSpec, rows, explainer, scorer) -> None:
     """The explanations as ``llm`` labels, once per job: a resumed job whose labels reached the journal (the
     truth a registry is rebuilt from) only makes sure the registry holds them, it never writes them again."""
     from saekit.registry.labels import add_labels, read_journal

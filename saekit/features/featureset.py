@@ -120,7 +120,9 @@ class Feature:
         ``sae`` is given); ``relative=True`` makes ``coeff`` a multiple of this feature's max activation."""
         if self.featureset is None and (relative or sae is None):
             raise ConfigError("this Feature is not attached to its analysis; use sk.steer(lm, sae, {id: coeff})")
-        sae = sae if sae is not None else self.featureset.sae(device=str(lm.device))
+        if sae is None:
+            assert self.featureset is not None  # checked above
+            sae = self.featureset.sae(device=str(lm.device))
         return provided("steer")(lm, sae, {self.id: coeff}, mode=mode, positions=positions,
                               hook_point=self.featureset.meta["hook_point"] if self.featureset else None,
                               relative_to=self.featureset if relative else None)
@@ -147,9 +149,8 @@ def analyses_folder(ws: Workspace, job_id: str) -> Path:
     return ws.path / "analyses" / job_id
 
 
-def tables_location(ws: Workspace, job_id: str, spec: dict) -> str:
+def tables_location(ws: Workspace, job_id: str, root: str | None) -> str:
     """Where the analysis' tables are: ``<root>/<job id>`` when it was given a root, else its workspace folder."""
-    root = spec.get("root")
     return f"{root}/{job_id}" if root else str(analyses_folder(ws, job_id))
 
 
@@ -163,7 +164,7 @@ class FeatureSet:
         self.folder = str(folder).rstrip("/") if is_url(folder) else Path(folder)  # a folder, or a URL (root=)
         self.workspace = as_workspace(workspace)
         if _parent is not None:
-            self._shared = _parent._shared
+            self._shared: _Files = _parent._shared
         else:
             meta = read_file(self.folder, "meta.json")
             if meta is None:
@@ -463,7 +464,8 @@ class _Files:
         row = self.latents.slice(latent, 1).to_pylist()[0]
         vocab = self.vocab
         edges = [e if e is not None else math.inf for e in self.meta["hist_edges"]]
-        examples, quantiles = [], {}
+        examples: list[Example] = []
+        quantiles: dict[int, list[Example]] = {}
         q_edges = row["quantile_edges"]
         for quantile, value, source_row, tokens, values, center in zip(*(self.examples(latent).column(c).to_pylist() for c in (
                 "quantile", "value", "row", "tokens", "values", "center"))):
@@ -498,7 +500,7 @@ def analyses(workspace: Workspace | str | None = None) -> ObjectTable:
     rows = []
     for job in registry.list_jobs(ws, kind="analyze", with_spec=True):
         spec = job.spec_dict
-        folder = tables_location(ws, job.id, spec)
+        folder = tables_location(ws, job.id, spec.get("root"))
         meta = read_file(folder, "meta.json") if job.status == "completed" or not spec.get("root") else None
         summary = json.loads(meta)["summary"] if meta is not None else {}
         source = spec.get("source", {})

@@ -224,7 +224,8 @@ def read_import(path: str | Path, analysis: str, n_latents: int, *, sae: str | N
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{str(path)!r} is not a labels export: {exc}",
                         suggestion="import a file written by feats.export_labels(path)") from exc
-    comparable = bool(origin and sae) and (origin == sae or (origin.startswith("sha256:") and sae.startswith("sha256:")))
+    comparable = bool(origin and sae
+                      and (origin == sae or (origin.startswith("sha256:") and sae.startswith("sha256:"))))
     if comparable and origin != sae:
         if not force:
             raise DataError(f"{str(path)!r} holds the labels of another SAE ({origin}); this analysis is of {sae}, "

@@ -38,7 +38,8 @@ def logit_lens(w_dec: torch.Tensor, unembedding: torch.Tensor, norm_weight: torc
     if norm_weight is not None:
         w = w * norm_weight.float().to(w.device)
     u = unembedding.float()
-    out = {name: [] for name in ("top_ids", "top_values", "bottom_ids", "bottom_values")}
+    names = ("top_ids", "top_values", "bottom_ids", "bottom_values")
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for lo in range(0, len(w), BLOCK):
         logits = w[lo:lo + BLOCK] @ u.t()  # [block, vocab]
         top = logits.topk(n, dim=1)

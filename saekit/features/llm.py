@@ -78,7 +78,7 @@ class LocalChat:
         logp = logits.log_softmax(-1)
         first = {c: self.lm.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices}
         values = {c: float(logp[t]) for c, t in first.items()}
-        return Reply(max(values, key=values.get), len(ids), 1, values)
+        return Reply(max(values, key=values.__getitem__), len(ids), 1, values)
 
     def continuation_logprob(self, prefix: str, continuation: str) -> Reply:
         """``log P(continuation | prefix)`` under the model, summed over the continuation's tokens."""

@@ -52,9 +52,10 @@ class StoreRows:
         for lo in range(start, self.n_tokens, block):
             hi = min(lo + block, self.n_tokens)
             sources = self.store.sources(lo, hi)
-            yield Rows(self.store.read(self.hook_point, lo, hi).float(),
-                       *(torch.from_numpy(sources[n].astype(np.int64)) for n in ("token_ids", "doc_ids", "positions")),
-                       {"row": hi})
+            x = self.store.read(self.hook_point, lo, hi).float()
+            token_ids, doc_ids, positions = (torch.from_numpy(sources[n].astype(np.int64))
+                                             for n in ("token_ids", "doc_ids", "positions"))
+            yield Rows(x, token_ids, doc_ids, positions, {"row": hi})
 
 
 class ModelRows:
@@ -78,6 +79,6 @@ class ModelRows:
             sources = batch.sources(keep)
             emitted += count
             sequence = end
-            yield Rows(x[:count], *(torch.from_numpy(sources[n][:count].astype(np.int64))
-                                    for n in ("token_ids", "doc_ids", "positions")),
-                       {"sequence": sequence, "rows": emitted})
+            token_ids, doc_ids, positions = (torch.from_numpy(sources[n][:count].astype(np.int64))
+                                             for n in ("token_ids", "doc_ids", "positions"))
+            yield Rows(x[:count], token_ids, doc_ids, positions, {"sequence": sequence, "rows": emitted})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import google_crc32c
 import numpy as np
@@ -27,6 +28,9 @@ from saekit._fs import open_file, read_file
 from saekit.errors import DataError
 from saekit.features.accumulate import Accumulator
 from saekit.features.lens import decoder_neighbours, logit_lens
+
+if TYPE_CHECKING:
+    from saekit.features.analysis import AnalyzeSpec
 
 EXAMPLES_GROUP = 8192  # rows per Parquet row group of examples.parquet
 TOP_TOKENS = 10  # the most frequent activating tokens kept per latent
@@ -121,13 +125,13 @@ def _lists(t: torch.Tensor, valid: torch.Tensor | None = None) -> list[list]:
     return [[v for v, ok in zip(row, oks) if ok] for row, oks in zip(rows, valid.tolist())]
 
 
-def latents_table(spec: dict, sae, acc: Accumulator, lens, vocab: list[str]) -> pa.Table:
+def latents_table(spec: AnalyzeSpec, sae, acc: Accumulator, lens, vocab: list[str]) -> pa.Table:
     """One row per latent (see the module docstring); ``lens`` is (unembedding, final-norm scale) or None."""
     n_tokens = max(acc.rows_seen, 1)
     count = acc.count.cpu()
     frequency = count.double() / n_tokens
     mean = torch.where(count > 0, acc.total.cpu() / count.clamp_min(1).double(), torch.zeros((), dtype=torch.float64))
-    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec["quantiles"])
+    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec.quantiles)
     tok_ids, tok_counts = top_tokens(acc)
     columns = {
         "latent": pa.array(np.arange(sae.d_sae, dtype=np.int32)),
@@ -144,11 +148,11 @@ def latents_table(spec: dict, sae, acc: Accumulator, lens, vocab: list[str]) -> 
     }
     search = [SEARCH_SEPARATOR.join(t) for t in columns["top_tokens"].to_pylist()]
     w_dec = sae.W_dec.detach()
-    if spec["neighbours"]:
-        ids, cos = decoder_neighbours(w_dec, spec["neighbours"])
+    if spec.neighbours:
+        ids, cos = decoder_neighbours(w_dec, spec.neighbours)
         columns["neighbour_ids"] = pa.array(list(ids.int().numpy()), type=pa.list_(pa.int32()))
         columns["neighbour_cosines"] = pa.array(list(cos.numpy()), type=pa.list_(pa.float32()))
-        co_ids, share = acc.cooccurrence(spec["neighbours"])
+        co_ids, share = acc.cooccurrence(spec.neighbours)
         columns["cooccurring_ids"] = pa.array(_lists(co_ids, co_ids >= 0), type=pa.list_(pa.int32()))
         columns["cooccurring_shares"] = pa.array(_lists(share, co_ids >= 0), type=pa.list_(pa.float32()))
     if lens is not None:
@@ -164,14 +168,14 @@ def latents_table(spec: dict, sae, acc: Accumulator, lens, vocab: list[str]) -> 
     return pa.table(columns)
 
 
-def examples_table(spec: dict, acc: Accumulator) -> pa.Table:
+def examples_table(spec: AnalyzeSpec, acc: Accumulator) -> pa.Table:
     """One row per kept context, sorted by latent: its top-k (``quantile`` = -1, best first), then its quantile
     samples (``quantile`` = the bin, lowest first). ``tokens``/``values`` are the window; ``center`` is where
     in the window the activating token is; a token of -1 is outside the document."""
-    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec["quantiles"])
+    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec.quantiles)
     top, sample = acc.top.sorted(), acc.sample
     t_lat, t_slot = (top["rows"].cpu() >= 0).nonzero(as_tuple=True)  # row-major: by latent, then rank
-    q_lat, q_bin, q_slot = quantile_samples(acc, edges, spec["per_quantile"])
+    q_lat, q_bin, q_slot = quantile_samples(acc, edges, spec.per_quantile)
     latent = torch.cat([t_lat, q_lat])
     quantile = torch.cat([torch.full_like(t_lat, -1), q_bin])
     # stable sort by latent keeps each latent's top-k before its quantile samples, each in its own order
@@ -187,7 +191,7 @@ def examples_table(spec: dict, acc: Accumulator) -> pa.Table:
     rank = torch.cat([t_slot, torch.zeros_like(q_slot)])[order]
     qs = quantile[order]
     # the rank of a quantile sample within its bin: position in its (latent, bin) run
-    run = latent[order] * (spec["quantiles"] + 2) + (qs + 1)
+    run = latent[order] * (spec.quantiles + 2) + (qs + 1)
     starts = torch.searchsorted(run, run, side="left")
     rank = torch.where(qs >= 0, torch.arange(n) - starts, rank)
     offsets = pa.array(np.arange(0, (n + 1) * window, window, dtype=np.int32))

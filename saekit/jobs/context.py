@@ -30,7 +30,7 @@ class JobContext:
     On torchrun ranks other than 0 the voice is silent: only rank 0 writes the event log.
     """
 
-    def __init__(self, workspace: Workspace, job_id: str, attempt: int, spec: dict, *,
+    def __init__(self, workspace: Workspace, job_id: str, attempt: int, spec: Any, *,
                  writer: EventWriter | None, resume_point: Any = None, rank: int = 0, world_size: int = 1,
                  listeners: tuple[Callable[[dict], None], ...] = ()):
         self.workspace = workspace
@@ -44,7 +44,7 @@ class JobContext:
         self._writer = writer
         self._listeners = listeners
         self._cancel_path = self.dir / "cancel"
-        self._last_progress = (0.0, None, None)  # time, phase, total
+        self._last_progress: tuple[float, str | None, float | None] = (0.0, None, None)  # time, phase, total
         self._progress_interval = config.get("progress_interval")
         self.cleanups: list[Callable[[], None]] = []
 
@@ -78,7 +78,7 @@ class JobContext:
     def event(self, message: str, *, level: str = "info", **data: Any) -> None:
         """Record a human-readable event (shown in widgets, ``job.events()`` and ``saekit show``)."""
         getattr(log, level if level in ("debug", "info", "warning", "error") else "info")("%s: %s", self.job_id, message)
-        record = {"t": "event", "level": level, "message": message}
+        record: dict[str, Any] = {"t": "event", "level": level, "message": message}
         if data:
             record["data"] = data
         self._write(record)

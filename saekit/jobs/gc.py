@@ -35,7 +35,7 @@ _STAGING = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")  # saekit._fs.staging_path
 def _being_written(path: Path) -> bool:
     """A staging folder whose writer is alive (it becomes an output in one rename)."""
     match = _STAGING.match(path.name)
-    return bool(match) and psutil.pid_exists(int(match.group(1)))
+    return match is not None and psutil.pid_exists(int(match.group(1)))
 
 
 def spec_paths(ws: Workspace, spec) -> list[str]:

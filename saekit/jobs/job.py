@@ -54,6 +54,10 @@ class Job:
         self._row = refresh(self.workspace, row)
         return self._row
 
+    def _at_hand(self) -> registry.JobRecord:
+        """The record last read (read now when there is none)."""
+        return self._row if self._row is not None else self._load()
+
     def _sync_log(self) -> LogState:
         self._log.update(self._tail.read())
         return self._log
@@ -152,7 +156,7 @@ class Job:
                         return self
                 if deadline is not None and now >= deadline:
                     raise JobTimeoutError(
-                        f"job {self.id} is still {self._row.status} after {timeout} s; "
+                        f"job {self.id} is still {self._at_hand().status} after {timeout} s; "
                         "wait longer, or job.cancel()", suggestion=None,
                     )
                 time.sleep(poll)
@@ -194,7 +198,7 @@ class Job:
     def result(self, timeout: float | None = None, *, progress: bool | None = None) -> Any:
         """Wait for the job, then return its result (a store, an SAE, ... per kind); raises
         ``JobFailedError`` if it failed or was cancelled."""
-        row = self.wait(timeout, progress=progress)._row
+        row = self.wait(timeout, progress=progress)._at_hand()
         if row.status != "completed":
             if row.traceback is None and row.status == "failed":
                 row = self._load()  # a listing's row carries no traceback
@@ -235,7 +239,7 @@ class Job:
             raise _not_found(self.workspace, self.id)
         self._row = row
         if requeued:
-            _record_submission(self.workspace, registry.get_job(self.workspace, self.id))
+            _record_submission(self.workspace, row)
             _launch(self.workspace, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
             self._load()
         return self
@@ -276,7 +280,7 @@ class Job:
         if row.active:
             raise JobStateError(f"job {self.id} is {row.status}; job.cancel() and job.wait() first, then delete it")
         if row.spec is None:
-            row = registry.get_job(self.workspace, self.id)
+            row = registry.get_job(self.workspace, self.id) or row
         try:
             kind = get_kind(row.kind)
         except ConfigError as exc:  # a kind this process does not know: its outputs are unknown here
@@ -398,10 +402,10 @@ def _listeners(ws: Workspace, job_id: str) -> tuple:
     return (update,)
 
 
-def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, name: str | None = None,
+def submit(kind: str, spec: Any, *, workspace: Workspace | str | None = None, name: str | None = None,
            background: bool = True, force: bool = False, launcher: str | None = None, nproc: int = 1,
            nnodes: int = 1, rdzv_endpoint: str | None = None, progress: bool = True) -> Job:
-    """Start (or find) the job for ``spec`` and return its handle.
+    """Start (or find) the job for ``spec`` (a dict, or an instance of the kind's spec class) and return its handle.
 
     At most one queued/running job per key: starting an active spec returns that job; a completed
     one is returned as it is unless ``force=True``; a failed or cancelled one starts a new attempt
@@ -421,9 +425,7 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
             f"job kind {kind!r} is defined in __main__, which a background worker cannot import; "
             "define it in a module, or run it with background=False"
         )
-    spec = normalize(dict(spec))
-    if info.validate is not None:
-        spec = normalize(info.validate(spec))
+    spec = _checked_spec(info, spec)
     row, outcome = registry.submit_job(
         ws, new_id=f"{kind}-{secrets.token_hex(4)}", kind=kind, key=spec_key(kind, spec, info.volatile), name=name,
         spec=canonical_json(spec), entry=info.module, force=force, launcher=launcher, worker_pid=os.getpid(),
@@ -433,6 +435,17 @@ def submit(kind: str, spec: dict, *, workspace: Workspace | str | None = None, n
         _record_submission(ws, row, spec)
         _launch(ws, row, launcher, nproc, progress, nnodes, rdzv_endpoint)
     return Job(row.id, ws)
+
+
+def _checked_spec(info, spec: Any) -> dict:
+    """The spec as stored: checked against the kind's spec class (when it has one), then its ``validate``."""
+    if info.spec is None:
+        spec = normalize(dict(spec))
+        return normalize(info.validate(spec)) if info.validate is not None else spec
+    typed = info.parse(spec)
+    if info.validate is not None:
+        typed = info.parse(info.validate(typed))
+    return normalize(typed.to_dict())
 
 
 def _record_submission(ws: Workspace, row: registry.JobRecord, spec: dict | None = None) -> None:

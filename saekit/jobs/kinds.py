@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from saekit._trust import load_plugins, note_registration
 from saekit.errors import ConfigError
+from saekit.jobs.spec import JobSpec
 
 # saekit's own kinds and the modules that register them
 BUILTIN = {
@@ -33,7 +34,7 @@ class JobKind:
     name: str
     fn: Callable[..., Any]
     module: str  # the module that registers the kind (recorded in job rows for people to read, never imported)
-    validate: Callable[[dict], dict] | None = None  # normalise a spec; raise ConfigError on bad input
+    validate: Callable[[Any], Any] | None = None  # normalise a spec (dict, or spec instance); ConfigError on bad input
     load_result: Callable[[Any, Any], Any] | None = None  # (workspace, result JSON) -> user object
     outputs: Callable[[Any, Any], list] | None = None  # (workspace, job record) -> paths that job.delete() removes
     output_dirs: tuple[tuple[str, str | None], ...] = ()  # workspace folders holding its outputs, for `saekit gc`
@@ -42,13 +43,19 @@ class JobKind:
     runs: Callable[[dict], list[dict]] | None = None  # spec -> one spec per run the job makes (a sweep: per SAE)
     health: Callable[[dict, Any], dict] | None = None  # (metrics {(step, name): value}, result) -> level, reasons
     tokens_per_step: Callable[[dict], float] | None = None  # spec -> tokens a logged step stands for (charts)
+    spec: type[JobSpec] | None = None  # the spec's fields (a frozen dataclass); None: a dict the kind checks itself
+
+    def parse(self, data: Any) -> Any:
+        """The spec the kind's function gets: an instance of its spec class, or the dict when it has none."""
+        return data if self.spec is None else self.spec.from_dict(data, self.name)
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
-             volatile: tuple[str, ...] = (), disposable=None, runs=None, health=None, tokens_per_step=None):
+             volatile: tuple[str, ...] = (), disposable=None, runs=None, health=None, tokens_per_step=None,
+             spec: type[JobSpec] | None = None):
     """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
     ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
@@ -62,6 +69,9 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
     ``sk.runs()`` and a line of ``sk.compare``; ``health(metrics, result)`` judges a run from its logged metrics
     (``{(step, name): value}``) and its result (``{"level": "ok"|"suspicious"|"diverged", "reasons": [...]}``);
     ``tokens_per_step(spec)`` says how many tokens a step stands for, so charts can count tokens.
+    ``spec`` is a frozen dataclass deriving from ``JobSpec``: ``submit`` refuses a spec with an unknown, missing or
+    mistyped field (naming it), the function gets the instance, and its ``spec_field(volatile=True)`` fields are
+    the volatile ones.
     A background worker finds the kind by importing the same module, so define it in a module (see
     ``saekit._trust`` for how the worker learns of it).
     """
@@ -73,8 +83,9 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
             raise ConfigError(f"a job kind named {name!r} is registered already by {existing.module}; choose another name")
         _KINDS[name] = JobKind(
             name=name, fn=fn, module=module, validate=validate, load_result=load_result, outputs=outputs,
-            output_dirs=tuple((output_dirs or {}).items()), volatile=tuple(volatile),
-            disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step,
+            output_dirs=tuple((output_dirs or {}).items()),
+            volatile=tuple(dict.fromkeys((*volatile, *(spec.volatile() if spec is not None else ())))),
+            disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step, spec=spec,
         )
         note_registration(module)
         return fn

@@ -120,23 +120,23 @@ def start_worker(ws: Workspace, row: registry.JobRecord, *, launcher: str = "bac
     if nnodes > 1:  # it starts once the other nodes have joined: nothing to wait for here
         log.warning("job %s waits for %d more node(s): run `saekit --workspace %s join %s` on each", job_id,
                     nnodes - 1, ws.path, job_id)
-        return registry.get_job(ws, job_id)
+        return registry.current_job(ws, job_id)
     deadline = time.monotonic() + settings().worker_start_timeout
     while time.monotonic() < deadline:
         if any(r.get("t") == "start" and r.get("attempt") == attempt for r in tail.read()):
-            return registry.get_job(ws, job_id)
+            return registry.current_job(ws, job_id)
         code = proc.poll()
         if code is not None:
             if any(r.get("t") == "start" and r.get("attempt") == attempt for r in tail.read()):
-                return registry.get_job(ws, job_id)
-            current = registry.get_job(ws, job_id)
+                return registry.current_job(ws, job_id)
+            current = registry.current_job(ws, job_id)
             if current.status != "queued" or current.attempt != attempt:
                 return current  # it ended (cancelled before it started, or another worker took it)
             return _fail_start(ws, row, f"the worker exited with code {code} before it took the job")
         time.sleep(0.02)
     log.warning("job %s: its worker has not started within %.0f s; it stays queued", job_id,
                 settings().worker_start_timeout)
-    return registry.get_job(ws, job_id)
+    return registry.current_job(ws, job_id)
 
 
 def _fail_start(ws: Workspace, row: registry.JobRecord, why: str) -> registry.JobRecord:
@@ -146,4 +146,4 @@ def _fail_start(ws: Workspace, row: registry.JobRecord, why: str) -> registry.Jo
         ws, row.id, row.attempt, "failed", result=None, error_type="worker_lost", error_message=message,
         suggestion=f"read {ws.log_path(row.id)}, fix the cause, then job.resume()", finished_at=registry.utcnow(),
     )
-    return failed if failed is not None else registry.get_job(ws, row.id)
+    return failed if failed is not None else registry.current_job(ws, row.id)

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import traceback
+from typing import overload
 
 import psutil
 
@@ -123,7 +124,7 @@ def execute(ws: Workspace, job_id: str, *, launcher: str = "inprocess", listener
                 worker_pid=os.getpid(), worker_host=HOST, launcher=launcher,
             )
             if started is None:  # cancelled (or taken) between our read and now
-                current = registry.get_job(ws, job_id)
+                current = registry.current_job(ws, job_id)
                 writer.write({"t": "end", "attempt": attempt, "status": str(current.status), "result": None,
                               "error_type": current.error_type, "error_message": current.error_message,
                               "suggestion": None})
@@ -143,10 +144,12 @@ def _run_attempt(ws: Workspace, row: JobRecord, attempt: int, resume_point, writ
     job_id = row.id
     heartbeat = _Heartbeat(writer, settings().heartbeat_interval)
     heartbeat.start()
-    result, error, interrupted, ctx, trace = None, (None, None, None), None, None, None
+    result, ctx, trace = None, None, None
+    error: tuple[str | None, str | None, str | None] = (None, None, None)
+    interrupted: BaseException | None = None
     try:
         kind = get_kind(row.kind)
-        spec = row.spec_dict
+        spec = kind.parse(row.spec_dict)
         ctx = JobContext(ws, job_id, attempt, spec, writer=writer, resume_point=resume_point, listeners=listeners,
                          world_size=world_size)
         result = normalize(kind.fn(ctx, spec), "the job's result")
@@ -172,12 +175,12 @@ def _run_attempt(ws: Workspace, row: JobRecord, attempt: int, resume_point, writ
     _write_end(writer, end)
     for listener in listeners:
         listener(end)
-    row = _record_end(ws, job_id, end, writer)
+    recorded = _record_end(ws, job_id, end, writer)
     if status == "completed" and ctx is not None:
         _clean_up(job_id, ctx.cleanups)
     if interrupted is not None:
         raise interrupted
-    return row
+    return recorded
 
 
 def _try_write(writer: EventWriter, record: dict) -> bool:
@@ -255,7 +258,7 @@ def _execute_follower(ws: Workspace, job_id: str, rank: int, world_size: int) ->
         return row
     kind = get_kind(row.kind)
     resume = LogState().update(read_all(events_path(ws, job_id))).commit
-    ctx = JobContext(ws, job_id, row.attempt, row.spec_dict, writer=None, resume_point=resume, rank=rank,
+    ctx = JobContext(ws, job_id, row.attempt, kind.parse(row.spec_dict), writer=None, resume_point=resume, rank=rank,
                      world_size=world_size)
     try:
         kind.fn(ctx, ctx.spec)
@@ -296,10 +299,18 @@ def _never_started(ws: Workspace, row: JobRecord) -> str | None:
     pid, host = row.worker_pid, row.worker_host
     if pid is not None and host in (None, HOST) and not _pid_alive(pid):
         return f"its {row.launcher or 'launching'} process (pid {pid}) exited before the job started"
-    age = (registry.utcnow() - row.queued_at).total_seconds()
+    age = (registry.utcnow() - (row.queued_at or row.created_at or registry.utcnow())).total_seconds()
     if pid is None and age > settings().worker_start_timeout:
         return f"no worker took it within {settings().worker_start_timeout:.0f} s of being queued"
     return None
+
+
+@overload
+def refresh(ws: Workspace, row: JobRecord) -> JobRecord: ...
+
+
+@overload
+def refresh(ws: Workspace, row: JobRecord | None) -> JobRecord | None: ...
 
 
 def refresh(ws: Workspace, row: JobRecord | None) -> JobRecord | None:

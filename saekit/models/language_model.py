@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, cast
 
 import numpy as np
 import torch
@@ -43,12 +43,12 @@ class LanguageModel:
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, name: str, ref: dict):
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a HF PreTrainedModel: its methods are untyped on nn.Module
         self.tokenizer = tokenizer
         self.name = name
         self.ref = ref
         self.arch = architecture_of(model)
-        self.blocks: nn.ModuleList = get_module(model, self.arch.layers)
+        self.blocks = cast(nn.ModuleList, get_module(model, self.arch.layers))
         self.prompt_length: int | None = None  # set while generate() runs
 
     # -- facts ---------------------------------------------------------------------------------------
@@ -113,8 +113,9 @@ class LanguageModel:
         scale = None
         if self.arch.final_norm is not None:
             norm = get_module(self.model, self.arch.final_norm)
-            if getattr(norm, "weight", None) is not None:
-                scale = norm.weight.detach().float()
+            norm_weight = getattr(norm, "weight", None)
+            if norm_weight is not None:
+                scale = norm_weight.detach().float()
                 if self.config.model_type.startswith("gemma"):  # Gemma's RMSNorm scales by (1 + weight)
                     scale = scale + 1
         return weight, scale
@@ -141,7 +142,12 @@ class LanguageModel:
                 return args, {**kwargs, "hidden_states": out}
 
             return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        module = block if site == "resid_post" else get_module(block, self.arch.attn if site == "attn_out" else self.arch.mlp)
+        if site == "resid_post":
+            module = block
+        else:
+            path = self.arch.attn if site == "attn_out" else self.arch.mlp
+            assert path is not None  # parse_hook_point refuses the sites this architecture lacks
+            module = get_module(block, path)
 
         def hook(module, args, output):
             x = output[0] if isinstance(output, tuple) else output
@@ -260,7 +266,7 @@ class LanguageModel:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         sample = bool(temperature)
         options = {"do_sample": sample, "use_cache": use_cache, "pad_token_id": pad}
-        if sample:
+        if temperature:  # sample
             options.update(temperature=float(temperature), top_p=float(top_p) if top_p else 1.0, top_k=0)
         else:
             options.update(temperature=None, top_p=None, top_k=None)

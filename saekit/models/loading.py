@@ -176,7 +176,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "au
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the weights or tokenizer of {name!r}: {exc}") from exc
-    model.to(device).eval().requires_grad_(False)
+    # transformers wraps .to with functools.wraps, and typeshed's _Wrapped does not bind self
+    model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     if trust_remote_code:
         grant_remote_code(source)  # the workers this process starts may run this model's code too
     ref = {"name_or_path": source, "gguf_file": gguf_file, "trust_remote_code": trust_remote_code,

@@ -39,7 +39,7 @@ def stdlib_docstrings(limit: int | None = None, min_chars: int = 40) -> list[str
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        objects = [module]
+        objects: list[object] = [module]
         for name, value in sorted(vars(module).items()):
             if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
                 continue
@@ -87,6 +87,7 @@ def tiny_config(arch: str = "llama", *, vocab_size: int = 512, d_model: int = 64
     from transformers import AutoConfig
 
     common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": None}
+    kw: dict[str, int | float]
     if arch == "gpt2":
         kw = dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=max_positions)
     elif arch == "gpt_neox":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import psutil
 
@@ -19,7 +20,7 @@ class SystemSampler:
 
     def __init__(self, gpus: GpuReader | None = None):
         self.gpus = gpus if gpus is not None else GpuReader()
-        self._last: tuple[float, object, object] | None = None
+        self._last: tuple[float, Any, Any] | None = None
         psutil.cpu_percent(None)  # the first call only starts the measurement
 
     def _counters(self):

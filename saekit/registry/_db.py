@@ -32,7 +32,7 @@ from saekit.workspace import Workspace
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 FULL_DISK_BYTES = 16 * 2**20  # less free space than this beside the registry means the disk is full
 # DuckDB errors that say the program used DuckDB wrongly (a bug in saekit), not that the file is bad
@@ -253,16 +253,12 @@ def transaction(ws: Workspace, *, write: bool = False) -> Iterator[Tx]:
                 try:
                     if write:
                         _migrate(con, ws)
-                    elif _version(con, ws) < SCHEMA_VERSION:
-                        con.close()
-                        con = None
-                    if con is not None:
+                    if write or _version(con, ws) >= SCHEMA_VERSION:  # else: migrate below, then read again
                         with _run(ws, con) as tx:
                             yield tx
                         return
                 finally:
-                    if con is not None:
-                        con.close()
+                    con.close()
             elif ws.path.is_dir() and not os.access(ws.path, os.W_OK):
                 with _nothing_recorded(ws) as tx:  # a read-only workspace without a registry
                     yield tx

@@ -21,7 +21,7 @@ from saekit.errors import RegistryBusyError, StorageError, WorkspaceError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 def _busy(path: Path) -> RegistryBusyError:

@@ -32,7 +32,8 @@ def final_metrics(ws: Workspace, job_ids: Sequence[str]):
 
 def job_specs(ws: Workspace, *, kind: str | None = None, status: Sequence[str] | None = None) -> list[dict]:
     """Rows (id, kind, name, status, spec, result, created_at, finished_at) of the matching jobs, oldest first."""
-    where, params = [], []
+    where: list[str] = []
+    params: list = []
     if kind is not None:
         where.append("kind = ?")
         params.append(kind)
@@ -61,10 +62,11 @@ def write_metrics(ws: Workspace, job_ids: Sequence[str], path: Path) -> int:
         tx.execute(f"COPY (SELECT job_id, step, name, value FROM metrics WHERE job_id IN "
                    f"(SELECT unnest(?::VARCHAR[])) ORDER BY job_id, step, name) TO '{_quoted(path)}' "
                    "(FORMAT parquet)", [list(job_ids)])
-        return tx.one(f"SELECT count(*) AS n FROM read_parquet('{_quoted(path)}')")["n"]
+        counted = tx.one(f"SELECT count(*) AS n FROM read_parquet('{_quoted(path)}')")
+        return counted["n"] if counted is not None else 0
 
 
-def insert_finished_jobs(ws: Workspace, rows: list[dict], metrics_file: Path | None, *, labels: list[dict] = (),
+def insert_finished_jobs(ws: Workspace, rows: list[dict], metrics_file: Path | None, *, labels: Sequence[dict] = (),
                          publish=None) -> None:
     """Insert finished jobs' rows (every column), their metrics from a Parquet file and their ``labels``, in one
     transaction; refuses (and inserts nothing) when an id is taken or a row is not finished. ``publish()``, when

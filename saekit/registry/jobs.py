@@ -10,7 +10,7 @@ import datetime as dt
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
-from saekit.errors import JobStateError
+from saekit.errors import JobNotFoundError, JobStateError
 from saekit.registry._db import Tx, transaction
 from saekit.registry.records import JobRecord
 from saekit.registry.schema import ACTIVE_STATES, FINAL_STATES, JOB_STATES
@@ -34,9 +34,9 @@ def _in(states: Sequence[str]) -> str:
 
 
 def _requeue(tx: Tx, job_id: str, launcher: str, worker_pid: int, spec: str | None = None,
-             entry: str | None = None) -> JobRecord | None:
-    """Start a new attempt of a failed or cancelled job (same id, attempt + 1)."""
-    return JobRecord.from_row(tx.one(
+             entry: str | None = None) -> JobRecord:
+    """Start a new attempt of a failed or cancelled job (same id, attempt + 1; the caller saw it so)."""
+    return _returned(tx.one(
         f"""UPDATE jobs SET status = 'queued', active_key = key, attempt = attempt + 1,
                spec = coalesce(?, spec), entry = coalesce(?, entry),
                result = NULL, error_type = NULL, error_message = NULL, suggestion = NULL, traceback = NULL,
@@ -45,6 +45,13 @@ def _requeue(tx: Tx, job_id: str, launcher: str, worker_pid: int, spec: str | No
            WHERE id = ? AND status IN {_in(('failed', 'cancelled'))} RETURNING *""",
         [spec, entry, launcher, worker_pid, utcnow(), job_id],
     ))
+
+
+def _returned(row: dict | None) -> JobRecord:
+    """The row an UPDATE/INSERT ... RETURNING made (it always makes one where the caller checked the state)."""
+    if row is None:
+        raise JobStateError("the job changed state inside its own transaction")
+    return JobRecord.from_row(row)
 
 
 def submit_job(ws: Workspace, *, new_id: str, kind: str, key: str, name: str | None, spec: str,
@@ -74,7 +81,7 @@ def submit_job(ws: Workspace, *, new_id: str, kind: str, key: str, name: str | N
                VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *""",
             [new_id, kind, key, key, name, spec, entry, launcher, worker_pid, now, now],
         )
-        return JobRecord.from_row(row), "created"
+        return _returned(row), "created"
 
 
 def resume_job(ws: Workspace, job_id: str, *, launcher: str, worker_pid: int) -> tuple[JobRecord | None, bool]:
@@ -172,6 +179,14 @@ def delete_job(ws: Workspace, job_id: str) -> JobRecord | None:
         tx.execute("DELETE FROM feature_labels WHERE analysis = ?", [job_id])
         tx.execute("DELETE FROM jobs WHERE id = ?", [job_id])
         return row
+
+
+def current_job(ws: Workspace, job_id: str) -> JobRecord:
+    """The job's row, which must exist (a job is never deleted while active)."""
+    row = get_job(ws, job_id)
+    if row is None:
+        raise JobNotFoundError(f"job {job_id} is gone from the registry of {ws.path}")
+    return row
 
 
 def get_job(ws: Workspace, job_id: str) -> JobRecord | None:

@@ -61,7 +61,7 @@ def json_object(value, what: str) -> str | None:
 def read_journal(folder: Path) -> list[dict]:
     """The rows of an analysis' label journal (to rebuild the registry); a cut last line is skipped."""
     path = folder / JOURNAL
-    rows = []
+    rows: list[dict] = []
     if not path.exists():
         return rows
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, overload
 
 
 class Status(str, Enum):
@@ -58,6 +58,14 @@ class JobRecord:
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     traceback: str | None = None  # where a failed attempt failed: the worker's traceback (credentials masked)
+
+    @overload
+    @classmethod
+    def from_row(cls, row: dict) -> "JobRecord": ...
+
+    @overload
+    @classmethod
+    def from_row(cls, row: dict | None) -> "JobRecord | None": ...
 
     @classmethod
     def from_row(cls, row: dict | None) -> "JobRecord | None":

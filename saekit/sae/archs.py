@@ -139,6 +139,7 @@ class BatchTopKSAE(_SparseCodedSAE):
 
     THRESHOLD_MOMENTUM = 0.99
     saelens_architecture = "jumprelu"
+    threshold: torch.Tensor  # a buffer, registered in __init__
 
     def saelens_tensors(self):
         return {**super().saelens_tensors(), "threshold": self.threshold.detach().clamp_min(0).expand(self.d_sae).clone()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
 
 from saekit._checks import check_choice, check_finite, check_non_negative, check_positive_int
 from saekit.errors import ConfigError
@@ -27,6 +28,8 @@ LEGACY_FIELDS = frozenset({"k", "l1_coefficient", "l0_coefficient", "jumprelu_ba
 
 class _Config:
     """``to_dict()`` / ``from_dict()`` shared by the configs; unknown keys are refused by name."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every subclass is a dataclass
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,7 +77,7 @@ class SAEConfig(_Config):
     expansion_factor: int | None = None
     normalize_decoder: bool = True
     b_dec_init: str = "geometric_median"
-    params: ArchParams = field(default=None)
+    params: ArchParams = field(default=cast(ArchParams, None))  # always set by __init__
 
     def __init__(self, arch: str = "topk", *, d_in: int | None = None, d_sae: int | None = None,
                  expansion_factor: int | None = None, normalize_decoder: bool = True,

@@ -31,6 +31,7 @@ def reconstruction_metrics(sae, batches: Iterable[torch.Tensor]) -> dict:
         n += len(x)
     if n == 0:
         return {}
+    assert sum_x is not None and sum_x2 is not None  # the loop ran
     total_variance = float((sum_x2 - sum_x.pow(2) / n).sum())
     return {"fvu": sum_err / max(total_variance, 1e-12), "mse": sum_err / n, "l0": l0 / n,
             "never_fired_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": n}
@@ -81,7 +82,7 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
         return {}
     ce = {k: v / count for k, v in totals.items()}
     gap = ce["zero"] - ce["clean"]
-    out = {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
+    out: dict[str, object] = {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
            "ce_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan"),
            "ce_tokens": count}
     warnings = ce_warnings(out)

@@ -38,7 +38,8 @@ def assess(metrics: dict[tuple[int, str], float], evaluations: list[dict] | None
         who = f"SAE {prefix.removeprefix('sae')}: " if prefix else ""
         if fvus and math.isfinite(fvus[-1]) and fvus[-1] > 1:
             reasons.append(("diverged", f"{who}training FVU {fvus[-1]:.3g} > 1: worse than predicting the mean"))
-    for i, evaluation in enumerate(evaluations or []):
+    evaluations = evaluations or []
+    for i, evaluation in enumerate(evaluations):
         who = f"SAE {i}: " if len(evaluations) > 1 else ""
         fvu = evaluation.get("fvu")
         if isinstance(fvu, (int, float)) and (not math.isfinite(fvu) or fvu > 1):

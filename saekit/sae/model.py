@@ -98,6 +98,7 @@ class SAE(nn.Module):
     params_cls: type[ArchParams] = ArchParams
     saelens_architecture: str | None = None  # the name SAELens gives this architecture (export); None: no export
     saelens_imports: tuple[str, ...] = ()  # SAELens architectures this class loads
+    _loaded_from: tuple[str, dict[str, tuple[int, int]]]  # set by load(): the folder and _versions() then
 
     def __init__(self, config: SAEConfig, *, device: str | torch.device | None = None):
         if type(self) is SAE:
@@ -112,6 +113,7 @@ class SAE(nn.Module):
         config = config.resolved(config.d_in)
         self.config = config
         d_in, d_sae = config.d_in, config.d_sae
+        assert d_in is not None and d_sae is not None  # resolved
         decoder = torch.empty(d_sae, d_in, device=device)
         nn.init.kaiming_uniform_(decoder, a=math.sqrt(5))
         decoder /= decoder.norm(dim=1, keepdim=True)
@@ -131,10 +133,12 @@ class SAE(nn.Module):
     # -- facts -----------------------------------------------------------------------------------------
     @property
     def d_in(self) -> int:
+        assert self.config.d_in is not None  # resolved in __init__
         return self.config.d_in
 
     @property
     def d_sae(self) -> int:
+        assert self.config.d_sae is not None  # resolved in __init__
         return self.config.d_sae
 
     @property
@@ -240,7 +244,8 @@ class SAE(nn.Module):
         folder = Path(folder)
         layout = detect_layout(folder)
         if layout != "saekit":
-            loader = {"saelens": "sk.SAE.from_saelens(folder)", "sparsify": "sk.SAE.from_sparsify(folder)"}.get(layout)
+            loaders = {"saelens": "sk.SAE.from_saelens(folder)", "sparsify": "sk.SAE.from_sparsify(folder)"}
+            loader = loaders.get(layout or "")
             raise DataError(f"{str(folder)!r} " + (f"is a {layout} SAE folder, not a saekit one" if loader else
                             f"holds no saekit SAE (expected {CONFIG_FILE} and {WEIGHTS_FILE})"),
                             suggestion=f"load it with {loader}, or sk.SAE.from_pretrained(folder) for any layout"
@@ -346,4 +351,4 @@ def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1
     return median.float()
 
 
-from saekit.sae import archs as _archs  # noqa: F401,E402  registers the built-in architectures (after SAE exists)
+import saekit.sae.archs  # noqa: F401,E402  registers the built-in architectures (after SAE exists)

@@ -158,19 +158,21 @@ class ModelSource:
         local = batch_size // world
         lo, hi = rank * local, (rank + 1) * local
         ahead, counts = None, np.zeros(0, dtype=np.int64)  # token rows read from the cursor on, and their row counts
-        kept = (None, None)  # (position, rows) of the last sequence computed: the next batch may start in it
+        # (position, rows) of the last sequence computed: the next batch may start in it
+        kept: tuple[int, torch.Tensor] | None = None
         while True:
             while counts.sum() - self.skip < batch_size:
                 at = self.cursor + len(counts)
                 more = self.tokens.take(self._indices(seed, at, at + self.per_forward))
                 ahead = more if ahead is None else _joined(ahead, more)
                 counts = np.concatenate([counts, more.kept(self.bos).sum(1)])
+            assert ahead is not None  # the first pass reads (skip < batch_size)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) - self.skip  # each one's first row in the batch
             ends = starts + counts
             need = np.flatnonzero((starts < hi) & (ends > lo) & (counts > 0))  # the sequences this slice overlaps
             first, last = int(need[0]), int(need[-1])
             pieces = []
-            if kept[0] == self.cursor + first:
+            if kept is not None and kept[0] == self.cursor + first:
                 pieces.append(kept[1])
                 first += 1
             for a in range(first, last + 1, self.per_forward):

@@ -7,6 +7,7 @@ registry, so any notebook of the workspace can train with ``sk.train(..., templa
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Templates:
         """Change some parts of a template."""
         ws = as_workspace(workspace)
         self.get(name, workspace=ws)
-        fields = {}
+        fields: dict[str, str | bool] = {}
         if sae_config is not None:
             fields["sae_config"] = json.dumps(_configs(sae_config, None)[0].to_dict())
         if train_config is not None:
@@ -124,14 +125,15 @@ class Templates:
         if not rows.delete_template(ws, name):
             self.get(name, workspace=ws)  # raises, naming the templates there are
 
-    def export_json(self, names: list[str] | None = None, *, workspace: Workspace | str | None = None) -> str:
+    def export_json(self, names: builtins.list[str] | None = None, *, workspace: Workspace | str | None = None) -> str:
         """The templates (all, or ``names``) as a JSON document for ``import_json``."""
         ws = as_workspace(workspace)
         chosen = rows.template_names(ws) if names is None else list(names)
         items = [self.get(n, workspace=ws).to_dict() for n in chosen]
         return json.dumps({"format": FORMAT, "templates": items}, indent=2, sort_keys=True)
 
-    def import_json(self, text: str, *, overwrite: bool = False, workspace: Workspace | str | None = None) -> list[Template]:
+    def import_json(self, text: str, *, overwrite: bool = False,
+                    workspace: Workspace | str | None = None) -> builtins.list[Template]:
         """Save the templates of an ``export_json`` document; names that exist are refused (all of them,
         before any is written) unless ``overwrite=True``."""
         ws = as_workspace(workspace)

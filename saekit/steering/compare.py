@@ -65,7 +65,7 @@ def _coeffs(coeffs) -> list[float]:
 def score(lm, sae, hook_point: str, prompt_ids: list[int], ids: list[int], features: list[int]) -> Scored:
     """Re-read a continuation with the unsteered model: the features' activation on it and its log-probability."""
     full = torch.tensor([prompt_ids + ids], device=lm.device)
-    seen = {}
+    seen: dict[str, torch.Tensor] = {}
     with torch.no_grad(), lm.hooks({hook_point: lambda x: seen.__setitem__("x", x.detach())}):
         logits = lm.model(input_ids=full).logits.float()
     start = len(prompt_ids)
@@ -94,6 +94,9 @@ class _Shown:
     """A result shown by a view of ``saekit.widgets.steering`` in a notebook and as text elsewhere."""
 
     _view = _text = ""
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
 
     def widget(self):
         return provided(self._view)(self.to_dict())

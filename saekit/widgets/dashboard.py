@@ -6,6 +6,7 @@ labelled by their names and the settings that differ between them, with a table 
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import traitlets
 
@@ -38,8 +39,8 @@ class Dashboard(SnapshotWidget):
     _esm = esm("dashboard.js")
 
     workspace_path = traitlets.Unicode("").tag(sync=True)
-    active = traitlets.List([]).tag(sync=True)
-    recent = traitlets.List([]).tag(sync=True)
+    active: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
+    recent: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
 
     def __init__(self, *, workspace: Workspace | str | None = None, poller: Poller = POLLER, **kwargs):
         super().__init__(**kwargs)
@@ -222,8 +223,8 @@ class Compare(SnapshotWidget):
     metric = traitlets.Unicode("fvu").tag(sync=True)
     x_label = traitlets.Unicode("step").tag(sync=True)
     series = traitlets.Dict({}).tag(sync=True)  # label -> [[x, y], ...]
-    columns = traitlets.List([]).tag(sync=True)  # the summary table's header
-    rows = traitlets.List([]).tag(sync=True)  # and its rows
+    columns: traitlets.List[str] = traitlets.List([]).tag(sync=True)  # the summary table's header
+    rows: traitlets.List[list] = traitlets.List([]).tag(sync=True)  # and its rows
 
     def __init__(self, jobs, metric: str = "fvu", *, names: list[str] | None = None,
                  workspace: Workspace | str | None = None, poller: Poller = POLLER, **kwargs):
@@ -280,7 +281,7 @@ class Compare(SnapshotWidget):
         for record in records:
             if record.get("t") == "start":
                 points.clear()
-                self._starts[job_id] = record.get("time")
+                self._starts[job_id] = cast(float, record.get("time"))
             elif record.get("t") == "progress" and record.get("total"):
                 start = self._starts.setdefault(job_id, record["time"])
                 points.append([record["time"] - start, 100.0 * float(record.get("done") or 0) / float(record["total"])])

@@ -20,7 +20,7 @@ class FeatureBrowser(SnapshotWidget):
     title = traitlets.Unicode("").tag(sync=True)
     query = traitlets.Unicode("").tag(sync=True)
     sort = traitlets.Unicode("frequency").tag(sync=True)
-    rows = traitlets.List([]).tag(sync=True)
+    rows: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
     matches = traitlets.Int(0).tag(sync=True)
     total = traitlets.Int(0).tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)

@@ -62,11 +62,14 @@ class JobWidget(SnapshotWidget):
     cancel_requested = traitlets.Bool(False).tag(sync=True)
     metrics = traitlets.Dict({}).tag(sync=True)  # name -> [[step, value], ...]
     latest = traitlets.Unicode("").tag(sync=True)  # "loss=0.12, fvu=0.05": the newest logged values
-    step_times = traitlets.List([]).tag(sync=True)  # [[step, epoch seconds], ...] (charts against time)
+    # [[step, epoch seconds], ...] (charts against time)
+    step_times: traitlets.List[list] = traitlets.List([]).tag(sync=True)
     tokens_per_step = traitlets.Float(0.0).tag(sync=True)  # (charts against tokens)
     health = traitlets.Dict({}).tag(sync=True)  # {"level": "ok"|"suspicious"|"diverged", "reasons": [...]}
-    evaluation = traitlets.List([]).tag(sync=True)  # [{"label", "metrics": {...}}] held out, once trained
-    resources = traitlets.List([]).tag(sync=True)  # recent samples of the worker: time, cpu_percent, rss, gpu_memory
+    # [{"label", "metrics": {...}}] held out, once trained
+    evaluation: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
+    # recent samples of the worker: time, cpu_percent, rss, gpu_memory
+    resources: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
 
     def __init__(self, job, *, poller: Poller = POLLER, **kwargs):
         super().__init__(**kwargs)

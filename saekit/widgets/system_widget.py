@@ -49,9 +49,10 @@ class SystemMonitor(SnapshotWidget):
 
     interval = traitlets.Float(2.0).tag(sync=True)
     intervals = traitlets.List(list(INTERVALS)).tag(sync=True)
-    samples = traitlets.List([]).tag(sync=True)  # the last HISTORY_SECONDS of samples
+    samples: traitlets.List[dict] = traitlets.List([]).tag(sync=True)  # the last HISTORY_SECONDS of samples
     gpu_reason = traitlets.Unicode("").tag(sync=True)  # why there are no GPUs, in plain words
-    gpu_jobs = traitlets.List([]).tag(sync=True)  # [{gpu, pid, memory, job_id, kind, name}] measured through NVML
+    # [{gpu, pid, memory, job_id, kind, name}] measured through NVML
+    gpu_jobs: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
 
     def __init__(self, interval: float = 2.0, *, workspace: Workspace | str | None = None, nvml=None,
                  poller: Poller = POLLER, **kwargs):

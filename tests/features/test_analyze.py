@@ -80,6 +80,7 @@ def test_both_sources_give_the_same_analysis(setup):
     assert [e.row for e in from_store[PLANTED].examples] == [e.row for e in from_model[PLANTED].examples]
 
 
+@pytest.mark.heavy  # 10-13 s each
 @pytest.mark.parametrize("fault", ["analyze_committed_2:1", "analyze_saved_3:1", "analyze_before_tables:1"])
 def test_killed_and_resumed_gives_identical_files(setup, monkeypatch, fault):
     s = setup

@@ -4,6 +4,7 @@ tests/simulated_cuda.py) gives the tables of the CPU run, byte for byte. Before,
 "indices should be either on cpu or on the same device as the indexed tensor (cpu)"."""
 
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,7 +36,7 @@ class _OnDevice:
 
 
 def _tables(sae, store, device):
-    spec = {"quantiles": 4, "per_quantile": 3, "neighbours": 4}
+    spec = SimpleNamespace(quantiles=4, per_quantile=3, neighbours=4)  # what the tables read of an AnalyzeSpec
     acc = Accumulator(sae.d_sae, top_k=8, reservoir=32, context=(4, 2), seed=0, device=device)
     stream = _Pass(sae, acc, 4, 2, 500, device)
     for rows in StoreRows(store, HOOK, store.n_tokens).blocks(stream.block, None):

@@ -92,6 +92,7 @@ def _snapshot(ws):
     return out
 
 
+@pytest.mark.heavy  # the history fixture: the whole pipeline, about 35 s
 def test_runs_is_a_table_of_configs_and_final_metrics(history):
     ws, sweep, single = history["ws"], history["sweep"], history["single"]
     table = sk.runs("train", workspace=ws)
@@ -117,6 +118,7 @@ def test_runs_is_a_table_of_configs_and_final_metrics(history):
     assert sk.runs("no-such-kind", workspace=ws).empty
 
 
+@pytest.mark.heavy  # the history fixture: the whole pipeline, about 35 s
 def test_export_and_import_across_two_workspaces(history, tmp_path, monkeypatch):
     ws, feats, sweep, boom = history["ws"], history["feats"], history["sweep"], history["boom"]
     monkeypatch.setenv("HOME", str(history["home"]))
@@ -176,6 +178,7 @@ def test_export_and_import_across_two_workspaces(history, tmp_path, monkeypatch)
     assert len(sk.job(sweep.id, workspace=third).result()) == 2
 
 
+@pytest.mark.heavy  # the history fixture: the whole pipeline, about 35 s
 def test_backup_while_a_job_runs(history, tmp_path):
     ws = sk.Workspace(tmp_path / "busy")
     gate = tmp_path / "gate"
@@ -197,6 +200,7 @@ def test_backup_while_a_job_runs(history, tmp_path):
     assert again.returncode == 2 and "exists; choose a new file name" in again.stderr
 
 
+@pytest.mark.heavy  # the history fixture: the whole pipeline, about 35 s
 def test_retention_strictest_policy_keeps_every_result_and_metric(history, capsys):
     ws = history["ws"]  # (the last test of this module to use it: it compacts the workspace in place)
     before = _snapshot(ws)

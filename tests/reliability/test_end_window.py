@@ -4,6 +4,7 @@ there) leaves it resumable: tokenize used to remove its checkpoint and training 
 import os
 
 import numpy as np
+import pytest
 import torch
 from data_for_tests import quick, toy_store
 
@@ -14,6 +15,7 @@ def _kill_before_the_end(monkeypatch):
     monkeypatch.setenv("SAEKIT_FAULT", "before_end:1")  # inherited by the workers: attempt 1 dies there
 
 
+@pytest.mark.heavy  # a killed worker and its resume: 6-7 s
 def test_tokenize_killed_before_its_end_resumes(ws, tiny_lm, docs_file, monkeypatch):
     corpus = sk.load_corpus(docs_file)
     _kill_before_the_end(monkeypatch)
@@ -29,6 +31,7 @@ def test_tokenize_killed_before_its_end_resumes(ws, tiny_lm, docs_file, monkeypa
     assert not list(ws.job_dir(job.id).glob("tokenize_checkpoint_*"))  # removed once the end was recorded
 
 
+@pytest.mark.heavy  # a killed worker and its resume: 6-7 s
 def test_training_killed_before_its_end_resumes(ws, monkeypatch):
     store = toy_store()
     _kill_before_the_end(monkeypatch)
@@ -45,6 +48,7 @@ def test_training_killed_before_its_end_resumes(ws, monkeypatch):
     assert not list((ws.path / "saes" / job.id).glob("step_*"))
 
 
+@pytest.mark.heavy  # a killed worker and its resume: 6-7 s
 def test_extraction_killed_before_its_end_resumes_at_once(ws, tiny_lm, docs_file, monkeypatch):
     tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=32, background=False, progress=False).result()
     _kill_before_the_end(monkeypatch)
