@@ -75,11 +75,11 @@ class _SparseCodedSAE(SAE):
         pre = self._pre_for_selection(sae_in)
         codes, values = self._select(pre)
         acts = self._entries(sae_in, pre, codes, values).relu()
-        x_hat = sparse_decode(acts, self.W_dec, codes) + self.b_dec
-        total_variance = _total_variance(x)
-        error = x_hat - x
-        fvu = error.pow(2).sum() / total_variance
-        loss, extra = fvu, {}
+        x_hat, losses = self._reconstruct(x, acts, codes)
+        loss = losses.pop("fvu")
+        for more in losses.values():  # what an architecture adds (Matryoshka: each prefix's FVU)
+            loss = loss + more
+        extra = {name: value.detach() for name, value in losses.items()}
         if state.dead is not None and bool(state.dead.any()):
             auxk = self._auxk(sae_in, pre, state.dead, (x - x_hat).detach())
             loss = loss + self.config.aux_k_coefficient * auxk
@@ -88,6 +88,12 @@ class _SparseCodedSAE(SAE):
         active = acts > 0
         fired = count(codes.cols, self.d_sae, active)
         return TrainingOutput(loss, x_hat.detach(), fired, active.sum() / len(x), {**extra, "l1": acts.sum() / len(x)})
+
+    def _reconstruct(self, x: torch.Tensor, acts: torch.Tensor, codes: Codes) -> tuple[torch.Tensor, dict]:
+        """The reconstruction of ``x`` from the code, and the losses that score it (``fvu``, and whatever a
+        subclass adds: their sum is trained, and each but ``fvu`` is logged as a metric)."""
+        x_hat = sparse_decode(acts, self.W_dec, codes) + self.b_dec
+        return x_hat, {"fvu": (x_hat - x).pow(2).sum() / _total_variance(x)}
 
     def _auxk(self, sae_in, pre, dead, residual) -> torch.Tensor:
         """Reconstruct the residual from the top ``aux_k`` dead latents (their gradients revive them);
@@ -281,3 +287,6 @@ class ReLUSAE(SAE):
         loss = mse + self.config.l1_coefficient * state.sparsity_scale * l1
         active = z.detach() > 0
         return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": l1.detach()})
+
+
+from saekit.sae import matryoshka  # noqa: E402,F401  registers matryoshka_batchtopk (it builds on BatchTopK)

@@ -64,7 +64,8 @@ class SAEConfig(_Config):
 
     ``arch`` names a registered architecture: built in are ``relu`` (L1 penalty weighted by decoder norms),
     ``topk``, ``batchtopk`` (top ``k * batch`` over the whole batch while training, a learned threshold at
-    inference) and ``jumprelu`` (per-latent thresholds learned with straight-through gradients and an L0
+    inference), ``matryoshka_batchtopk`` (BatchTopK whose every prefix of ``widths`` latents must reconstruct
+    alone) and ``jumprelu`` (per-latent thresholds learned with straight-through gradients and an L0
     penalty); ``saekit.sae.register_arch`` adds more. ``d_in`` may be left out: training takes it from the
     data. Width is ``d_sae``, or ``expansion_factor * d_in`` (16 when neither is given). Every other keyword
     is a setting of the architecture (``k``, ``l1_coefficient``, ...), validated by its parameter class.

@@ -508,11 +508,13 @@ class _Trainer:
         values = {}
         for run, out in zip(self.runs, outputs):
             err = (out.x_hat - x).pow(2)
+            more = sorted(set(out.extra) - {"l1", "auxk"})  # an architecture's own metrics (Matryoshka: fvu_at_<w>)
             numbers = torch.stack([out.loss.detach(), err.sum(-1).mean(), err.sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12),
                                    out.l0.float(), out.extra.get("l1", torch.tensor(0.0, device=x.device)).float(),
-                                   out.extra.get("auxk", torch.tensor(0.0, device=x.device)).float()]).float()
+                                   out.extra.get("auxk", torch.tensor(0.0, device=x.device)).float(),
+                                   *(out.extra[name].float() for name in more)]).float()
             self.group.mean_([numbers])
-            loss, mse, fvu, l0, l1, auxk = numbers.tolist()
+            loss, mse, fvu, l0, l1, auxk, *own = numbers.tolist()
             if not math.isfinite(loss):
                 last = self.ctx.resume_point["step"] if self.ctx.resume_point else None
                 kept = (f"the last good checkpoint (step {last:,}) is kept" if last is not None
@@ -534,6 +536,7 @@ class _Trainer:
                      "data_wait_fraction": data_wait}
             if "auxk" in out.extra:
                 named["auxk"] = auxk
+            named.update(zip(more, own))
             values.update({self._name(run, k): v for k, v in named.items()})
         if self.group.rank == 0:
             self.ctx.metrics(self.step, **values)

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent('''
     for a, b in zip(sums["triton"], sums["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     grads = {}
-    for arch in ("topk", "batchtopk"):
+    for arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
         for choice in ("triton", "torch"):
             torch.manual_seed(0)
             sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=24, d_sae=96, k=4, aux_k=8))

@@ -10,7 +10,7 @@ import saekit as sk
 from saekit.errors import ConfigError, DataError
 from saekit.sae.model import TrainingState, geometric_median
 
-ARCHS = {"relu": {}, "topk": {"k": 4}, "batchtopk": {"k": 4}, "jumprelu": {}}
+ARCHS = {"relu": {}, "topk": {"k": 4}, "batchtopk": {"k": 4}, "jumprelu": {}, "matryoshka_batchtopk": {"k": 4}}
 
 
 def _sae(arch, d_in=16, d_sae=48, seed=0):
@@ -19,7 +19,7 @@ def _sae(arch, d_in=16, d_sae=48, seed=0):
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             sae.threshold.fill_(0.05)
     return sae
 
@@ -139,7 +139,8 @@ def test_saelens_round_trip(tmp_path, arch):
 
     weights = load_file(folder / "sae_weights.safetensors")
     assert weights["W_enc"].shape == (16, 48) and weights["W_dec"].shape == (48, 16)
-    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu",
+                                   "matryoshka_batchtopk": "jumprelu"}.get(arch, arch)
     back = sk.SAE.from_saelens(folder)
     x = torch.randn(30, 16)
     torch.testing.assert_close(back.encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
@@ -192,7 +193,7 @@ def test_training_forward_reports_what_the_trainer_logs():
         out = sae.training_forward(torch.randn(32, 16), TrainingState(dead=torch.ones(48, dtype=torch.bool)))
         assert out.loss.requires_grad and out.x_hat.shape == (32, 16) and out.fired.shape == (48,)
         assert float(out.l0) >= 0 and "l1" in out.extra
-        if arch in ("topk", "batchtopk"):
+        if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
             assert "auxk" in out.extra and float(out.l0) <= 4.0 + 1e-6
 
 

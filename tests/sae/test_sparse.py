@@ -103,7 +103,7 @@ def test_a_training_step_makes_no_host_sync_a_gpu_would_wait_for():
     """On a GPU the host waits whenever a step reads a value back or sizes an output by the data (``bincount``,
     boolean masks, ``nonzero``, ``bool(tensor)``): counted on this CPU, per architecture (issue 25). TopK makes
     none until a latent can be dead (one, for the auxiliary loss, after); BatchTopK's exact selection needs its
-    five; ReLU and JumpReLU none. ``count`` gives ``bincount``'s result."""
+    five (Matryoshka's prefixes add none); ReLU and JumpReLU none. ``count`` gives ``bincount``'s result."""
     import sys
     from pathlib import Path
 
@@ -117,7 +117,8 @@ def test_a_training_step_makes_no_host_sync_a_gpu_would_wait_for():
     assert torch.equal(count(index, 64), torch.bincount(index, minlength=64))
     where = torch.rand(1000) > 0.5
     assert torch.equal(count(index, 64, where), torch.bincount(index[where], minlength=64))
-    expected = {"topk": (0, 1), "batchtopk": (5, 5), "relu": (0, 0), "jumprelu": (0, 0)}
+    expected = {"topk": (0, 1), "batchtopk": (5, 5), "relu": (0, 0), "jumprelu": (0, 0),
+                "matryoshka_batchtopk": (5, 5)}  # its prefixes add none
     for arch, (early, later) in expected.items():
         sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=32, d_sae=256, **({"k": 8} if "topk" in arch else {})))
         x = torch.randn(64, 32)
