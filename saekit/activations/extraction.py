@@ -54,7 +54,7 @@ class ExtractSpec(JobSpec):
     root: str | None = spec_field(doc="a folder or fsspec URL for the store (None: the workspace)")
     batch_size: int | str = spec_field(volatile=True, doc="sequences per forward pass, or 'auto'")
     device: str = spec_field(volatile=True, doc="'auto', 'cpu', 'cuda', 'cuda:1'...")
-    compression: str = spec_field(volatile=True, doc="the chunks' codec: zstd, blosc or none")
+    compression: str = spec_field(volatile=True, doc="the chunks' codec: zstd, lz4 or none")
     chunk_bytes: int = spec_field(volatile=True, doc="bytes per stored chunk")
     commit_every: float = spec_field(volatile=True, doc="seconds between resume points")
     disk_bytes: int = spec_field(0, volatile=True, doc="the disk the store needs (checked at submit)")
@@ -175,10 +175,9 @@ def run_extract(ctx, spec: ExtractSpec) -> dict | None:
     else:
         group = open_group(location, mode="r+")
     device = lm.device
-    batch_size = resume["batch_size"] if resume else (
+    batch_size = int(resume["batch_size"] if resume else (
         spec.batch_size if spec.batch_size != "auto"
-        else max(1, tokens_per_batch(device) // tokens.context_length))
-    assert isinstance(batch_size, int)  # validated by extract(): an int or "auto", resolved here
+        else max(1, tokens_per_batch(device) // tokens.context_length)))  # extract() allows an int or "auto"
     stats = ({h: RunningStats.from_dict(resume["stats"][h]) for h in names} if resume
              else {h: RunningStats(lm.d_model) for h in names})
 

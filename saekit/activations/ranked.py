@@ -90,7 +90,7 @@ def run_ranked(ctx, spec: ExtractSpec, lm, tokens, location: str, group_of, dist
         from saekit.activations.extraction import tokens_per_batch
 
         batch_size = max(1, tokens_per_batch(lm.device) // tokens.context_length)
-    assert isinstance(batch_size, int)  # validated by extract(): an int or "auto", resolved here
+    batch_size = int(batch_size)  # extract() allows an int or "auto"
     offsets = batch_offsets(tokens, bos, batch_size)
     target = int(min(spec.max_tokens or offsets[-1], offsets[-1]))
     if ctx.rank == 0:

@@ -9,6 +9,7 @@ worker imports only what its job needs), from installed packages (entry points o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -75,6 +76,9 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
     A background worker finds the kind by importing the same module, so define it in a module (see
     ``saekit._trust`` for how the worker learns of it).
     """
+
+    if spec is not None and not (isinstance(spec, type) and issubclass(spec, JobSpec) and dataclasses.is_dataclass(spec)):
+        raise ConfigError(f"job_kind({name!r}, spec={spec!r}) needs a dataclass deriving from saekit.JobSpec")
 
     def register(fn):
         module = fn.__module__

@@ -66,19 +66,23 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     """BatchTopK whose loss sums the FVU of every prefix of the latents (``widths``, the last being ``d_sae``); the
     metrics ``fvu_at_<w>`` say how well each prefix reconstructs alone."""
 
-    _boundaries: torch.Tensor  # a buffer: where each prefix ends but the last
-
     def __init__(self, config, *, device=None):
         super().__init__(config, device=device)
         self.widths = cast(MatryoshkaParams, self.config.params).prefixes(self.d_sae)
-        self.register_buffer("_boundaries", torch.tensor(self.widths[:-1], dtype=torch.long, device=device),
-                             persistent=False)
+        self._boundaries: dict[torch.device, torch.Tensor] = {}  # where each prefix but the last ends, per device
+
+    def _ends(self, device: torch.device) -> torch.Tensor:
+        """The inner prefixes' widths on ``device`` (made once: a copy to a GPU each step would wait for it). Not a
+        buffer: ``SAE.load`` builds on the meta device and fills only what the file holds."""
+        if device not in self._boundaries:
+            self._boundaries[device] = torch.tensor(self.widths[:-1], dtype=torch.long, device=device)
+        return self._boundaries[device]
 
     def _reconstruct(self, x, acts, codes: Codes):
         """Every prefix's reconstruction from the one code: ``x_hat`` (the whole SAE's) and the losses."""
         b = codes.n_rows
-        levels = len(self._boundaries) + 1
-        level = torch.bucketize(codes.cols, self._boundaries, right=True)  # the first prefix holding the latent
+        levels = len(self.widths)
+        level = torch.bucketize(codes.cols, self._ends(codes.cols.device), right=True)  # the first prefix holding it
         order = torch.argsort(level * b + codes.rows, stable=True)  # by level, then row (then latent, as before)
         grouped = Codes(level[order] * b + codes.rows[order], codes.cols[order], levels * b, codes.n_latents)
         parts = sparse_decode(acts[order], self.W_dec, grouped).view(levels, b, -1)

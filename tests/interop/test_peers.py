@@ -44,7 +44,7 @@ def _random_sae(arch: str, **settings) -> sk.SAE:
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             sae.threshold.fill_(0.1)
     return sae
 
@@ -54,7 +54,8 @@ def test_saekit_folders_load_in_saelens(tmp_path):
 
     x = torch.randn(40, 16)
     saes = {"relu": _random_sae("relu"), "topk": _random_sae("topk", k=5), "jumprelu": _random_sae("jumprelu"),
-            "batchtopk": _random_sae("batchtopk", k=5), "gated": _random_sae("gated")}
+            "batchtopk": _random_sae("batchtopk", k=5), "gated": _random_sae("gated"),
+            "matryoshka": _random_sae("matryoshka_batchtopk", k=5, widths=[8, 24])}
     for name, sae in saes.items():
         sae.to_saelens(tmp_path / name, hook_name="blocks.1.hook_resid_post", model_name="tiny")
     _peer("read-saelens", tmp_path, x)

@@ -160,3 +160,11 @@ def test_the_readme_example_runs(ws, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"has no field 'nn' \(did you mean 'n'\?\)"):
         sk.submit("readme_count", {"nn": 100}, background=False)
     assert "did you mean 'n'" in submit_line and module.CountSpec.volatile() == ("chunk",)
+
+
+def test_a_spec_class_must_be_a_jobspec_dataclass():
+    class Loose:
+        n: int = 1
+
+    with pytest.raises(ConfigError, match="needs a dataclass deriving from saekit.JobSpec"):
+        sk.job_kind("loose_spec", spec=Loose)

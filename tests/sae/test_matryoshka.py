@@ -70,9 +70,11 @@ def test_it_trains_with_a_metric_per_prefix_and_behaves_as_any_sae(ws, small_sto
     assert last["fvu_at_8"] > last["fvu_at_16"] > last["fvu_at_32"] > last["fvu"]
     assert metrics["fvu_at_8"].dropna().iloc[-1] < metrics["fvu_at_8"].dropna().iloc[0]
     assert sae.arch == "matryoshka_batchtopk" and float(sae.threshold) > 0  # inference is BatchTopK's threshold
-    back = sk.SAE.load(ws.path / "saes" / job.id / "final")
+    back = sk.SAE.load(ws.path / "saes" / job.id / "final").to("cpu")  # built on meta, then moved: as on a GPU
     x = small_store.read("toy", 0, 100).float()
     torch.testing.assert_close(back.encode(x), sae.encode(x))
+    state = TrainingState()
+    torch.testing.assert_close(back.training_forward(x, state).loss, sae.training_forward(x, state).loss)
     lens = sk.SAE.from_saelens(sae.to_saelens(tmp_path / "lens", hook_name="toy"))  # SAELens: the JumpReLU it is
     torch.testing.assert_close(lens.encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
 
