@@ -199,8 +199,8 @@ def train_section(device: str, d_in: int, d_sae: int, k: int, batch: int, steps:
 
 
 def archs_section(device: str, d_in: int, d_sae: int, batch: int, steps: int) -> dict:
-    """ReLU, JumpReLU and BatchTopK: sk.train's tokens/s with the defaults (TF32; BatchTopK's bf16 selection)
-    against full float32, and held-out FVU."""
+    """ReLU, JumpReLU, BatchTopK and Matryoshka BatchTopK: sk.train's tokens/s with the defaults (TF32; the bf16
+    selection) against full float32, and held-out FVU; Matryoshka's step against BatchTopK's (issue 27: <= 1.3x)."""
     import torch
 
     import saekit as sk
@@ -211,9 +211,10 @@ def archs_section(device: str, d_in: int, d_sae: int, batch: int, steps: int) ->
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
         ws = sk.Workspace(folder)
         store = sk.ActivationStore.from_array(data[:-batch], "bench", workspace=ws)
-        for arch, extra in (("relu", {}), ("jumprelu", {}), ("batchtopk", {"k": 32})):
+        for arch, extra in (("relu", {}), ("jumprelu", {}), ("batchtopk", {"k": 32}),
+                            ("matryoshka_batchtopk", {"k": 32})):
             for name, sae_changes, tf32 in (("default", {}, True), ("fp32", {"encoder_dtype": "float32"}, False)):
-                sae_changes = sae_changes if arch == "batchtopk" else {}
+                sae_changes = sae_changes if "k" in extra else {}
                 config = sk.SAEConfig(arch=arch, d_sae=d_sae, **extra, **sae_changes)
                 tc = sk.TrainConfig(total_tokens=(steps + 3) * batch, batch_size=batch, log_every=3,
                                     checkpoint_every=10**9, eval_tokens=batch, device=device, tf32=tf32)
@@ -225,6 +226,9 @@ def archs_section(device: str, d_in: int, d_sae: int, batch: int, steps: int) ->
                     out[f"{arch}_{name}_held_out_fvu"] = round(_fvu(sae(held.float()), held.float()), 4)
             if out.get(f"{arch}_fp32_tokens_per_s"):
                 out[f"{arch}_default_over_fp32"] = round(out[f"{arch}_default_tokens_per_s"] / out[f"{arch}_fp32_tokens_per_s"], 2)
+    if out.get("matryoshka_batchtopk_default_tokens_per_s") and out.get("batchtopk_default_tokens_per_s"):
+        out["matryoshka_step_over_batchtopk"] = round(out["batchtopk_default_tokens_per_s"]
+                                                      / out["matryoshka_batchtopk_default_tokens_per_s"], 2)
     return out
 
 
