@@ -6,7 +6,9 @@ computes them, so the numbers compare:
 - ``precision``, ``recall``, ``f1``: each latent as a detector of its best-matching feature (fires vs fires), on
   held-out rows, averaged over the latents (a dead latent counts 0);
 - ``recovered``: the true features some decoder row matches at |cosine| > 0.9;
-- ``fvu``, ``l0``, ``true_l0``, ``dead_fraction`` on the same rows.
+- ``fvu``, ``l0``, ``true_l0``, ``dead_fraction`` on the same rows;
+- with parents in the world, ``absorption``: how much a parent's latent stops firing when one of its children fires
+  (``absorption()``), and the two recalls it compares.
 """
 
 from __future__ import annotations
@@ -25,6 +27,32 @@ def matched_cosines(decoder: torch.Tensor, dictionary: torch.Tensor) -> torch.Te
         dictionary.float(), dim=1).t()).abs()
     rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
     return cos[torch.as_tensor(rows), torch.as_tensor(cols)]
+
+
+def absorption(fires: torch.Tensor, codes: torch.Tensor, truth: SyntheticFeatures, parent_latents: torch.Tensor) -> dict:
+    """Per parent ``p`` and its latent (``parent_latents[p]``, the decoder row closest to it): the latent's recall on
+    rows where ``p`` fires alone and where it fires with a child. ``absorption`` is the mean over parents of
+    ``1 - recall_with_child / recall_alone`` (at least 0): 0 when a child never stops the parent's latent, 1 when the
+    children's latents take over the parent's direction whenever they fire (feature absorption)."""
+    c = truth.config
+    true = codes > 0
+    alone, with_child, share = [], [], []
+    for p in range(c.parents):
+        parent, child = true[:, p], true[:, truth.children[p]].any(1)
+        latent = fires[:, parent_latents[p]]
+        r_alone = float(latent[parent & ~child].float().mean()) if bool((parent & ~child).any()) else float("nan")
+        r_child = float(latent[parent & child].float().mean()) if bool((parent & child).any()) else float("nan")
+        alone.append(r_alone)
+        with_child.append(r_child)
+        if r_alone > 0 and r_child == r_child:
+            share.append(max(0.0, 1 - r_child / r_alone))
+    return {"absorption": _mean(share), "parent_recall_alone": _mean(alone),
+            "parent_recall_with_child": _mean(with_child)}
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the numbers that are not NaN (NaN when there are none)."""
+    return float(torch.tensor(values, dtype=torch.float64).nanmean()) if values else float("nan")
 
 
 @torch.no_grad()
@@ -50,4 +78,5 @@ def recovery(sae, truth: SyntheticFeatures, n: int = 16384, *, seed: int = 1) ->
         "fvu": float((x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
         "l0": float(fires.sum(1).float().mean()), "true_l0": float((codes > 0).sum(1).float().mean()),
         "dead_fraction": float((~fires.any(0)).float().mean()),
+        **(absorption(fires, codes, truth, cos[:, :truth.config.parents].argmax(dim=0)) if truth.config.parents else {}),
     }

@@ -9,7 +9,7 @@ import torch
 
 import saekit as sk
 from saekit.errors import ConfigError
-from saekit.evaluation import matched_cosines
+from saekit.evaluation import absorption, matched_cosines
 
 
 def test_settings_are_checked_by_name():
@@ -94,3 +94,19 @@ def test_an_sae_trained_on_the_rows_recovers_the_dictionary(ws):
     scores = sk.recovery(sae, truth)
     assert scores["mcc"] > 0.9 and scores["recovered"] > 0.8, scores
     assert scores["f1"] > 0.6 and scores["dead_fraction"] < 0.05, scores
+
+
+def test_absorption_sees_a_parent_latent_that_stops_when_a_child_fires():
+    truth = sk.SyntheticFeatures(d_in=32, n_features=60, mean_active=4, parents=4, children=3, child_probability=0.5)
+    _, codes = truth.sample(20_000)
+    true = codes > 0
+    parent_latents = torch.arange(4)  # latent p stands for parent p
+    faithful = true[:, :4].clone()  # fires wherever its parent does
+    child = torch.stack([true[:, truth.children[p]].any(1) for p in range(4)], dim=1)
+    absorbed = faithful & ~child  # silent whenever a child fires: the children took its direction
+    kept = absorption(faithful, codes, truth, parent_latents)
+    lost = absorption(absorbed, codes, truth, parent_latents)
+    assert kept["absorption"] == 0.0 and kept["parent_recall_with_child"] == 1.0
+    assert lost["absorption"] == 1.0 and lost["parent_recall_alone"] == 1.0 and lost["parent_recall_with_child"] == 0.0
+    half = faithful & ~(child & (torch.rand(20_000, 4, generator=torch.Generator().manual_seed(0)) < 0.5))
+    assert absorption(half, codes, truth, parent_latents)["absorption"] == pytest.approx(0.5, abs=0.05)
