@@ -27,3 +27,21 @@ def quick(**changes):
     base = {"total_tokens": 20_000, "batch_size": 500, "lr": 3e-3, "log_every": 5, "checkpoint_every": 10,
             "dead_after_tokens": 5_000, "eval_tokens": 2_000}
     return sk.TrainConfig(**{**base, **changes})
+
+
+def commits(ws, job) -> int:
+    """How many resume points the job's event log holds."""
+    from saekit.jobs.events import read_all
+    from saekit.jobs.lifecycle import events_path
+
+    return len([r for r in read_all(events_path(ws, job.id)) if r["t"] == "commit"])
+
+
+def wait_for(predicate, what: str, timeout: float = 120) -> None:
+    """Poll ``predicate`` until it holds (a bound against a stuck worker, not a timing assumption)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

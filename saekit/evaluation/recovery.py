@@ -18,13 +18,18 @@ import torch
 from saekit.evaluation.synthetic import SyntheticFeatures
 
 
-def matched_cosines(decoder: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
+def abs_cosines(decoder: torch.Tensor, dictionary: torch.Tensor) -> torch.Tensor:
+    """``[rows of decoder, rows of dictionary]``: the |cosine| of every pair."""
+    normalize = torch.nn.functional.normalize
+    return (normalize(decoder.float(), dim=1) @ normalize(dictionary.float(), dim=1).t()).abs()
+
+
+def matched_cosines(decoder: torch.Tensor, dictionary: torch.Tensor, cos: torch.Tensor | None = None) -> torch.Tensor:
     """The |cosine| of each pair of an optimal one-to-one matching of decoder rows and features (as many pairs as
-    the smaller of the two has rows)."""
+    the smaller of the two has rows); ``cos`` when their ``abs_cosines`` are at hand."""
     from scipy.optimize import linear_sum_assignment
 
-    cos = (torch.nn.functional.normalize(decoder.float(), dim=1) @ torch.nn.functional.normalize(
-        dictionary.float(), dim=1).t()).abs()
+    cos = abs_cosines(decoder, dictionary) if cos is None else cos
     rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
     return cos[torch.as_tensor(rows), torch.as_tensor(cols)]
 
@@ -63,7 +68,7 @@ def recovery(sae, truth: SyntheticFeatures, n: int = 16384, *, seed: int = 1) ->
     x_hat = sae.decode(z.to(sae.device)).float().cpu()
     decoder = sae.W_dec.detach().float().cpu()
     dictionary = truth.dictionary
-    cos = (torch.nn.functional.normalize(decoder, dim=1) @ dictionary.t()).abs()  # [d_sae, n_features]
+    cos = abs_cosines(decoder, dictionary)  # [d_sae, n_features]
     best = cos.argmax(dim=1)
     fires, true = z != 0, codes[:, best] > 0
     tp = (fires & true).sum(0).double()
@@ -71,7 +76,7 @@ def recovery(sae, truth: SyntheticFeatures, n: int = 16384, *, seed: int = 1) ->
     recall = torch.where(true.sum(0) > 0, tp / true.sum(0).clamp_min(1), 0.0)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
     return {
-        "mcc": float(matched_cosines(decoder, dictionary).mean()),
+        "mcc": float(matched_cosines(decoder, dictionary, cos).mean()),
         "uniqueness": len(best.unique()) / len(best),
         "precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean()),
         "recovered": float((cos.max(dim=0).values > 0.9).float().mean()),

@@ -89,7 +89,7 @@ class JobSpec:
                    and spec.default_factory is MISSING]
         if missing:
             raise ConfigError(f"{name} lacks the field {missing[0]!r}", suggestion=f"its fields are {', '.join(fields_)}")
-        hints = _hints(cls)
+        hints = typing.get_type_hints(cls)
         for key, value in data.items():
             if not _matches(value, hints[key]):
                 raise ConfigError(f"{name} has {key}={value!r} ({type(value).__name__}), which is not "
@@ -108,7 +108,7 @@ class JobSpec:
     @classmethod
     def reference(cls) -> str:
         """The fields as a Markdown table (field, type, default, what it is), for the reference docs."""
-        hints = _hints(cls)
+        hints = typing.get_type_hints(cls)
         lines = ["| field | type | default | |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             default = "required" if f.default is MISSING else f"`{f.default!r}`"
@@ -117,10 +117,6 @@ class JobSpec:
             note = note.strip().replace("``", "`")
             lines.append(f"| `{f.name}` | {_describe(hints[f.name])} | {default} | {note} |")
         return "\n".join(lines)
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -140,8 +136,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin in (list, tuple) or hint in (list, tuple):
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) if args else \
-            isinstance(value, (list, tuple))
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
     if origin is dict or hint is dict:
         return isinstance(value, dict) and (not args or all(_matches(v, args[1]) for v in value.values()))
     return isinstance(value, hint)

@@ -3,11 +3,10 @@ the dense computation), training with a metric per prefix, exact resume, and wha
 
 import os
 import signal
-import time
 
 import pytest
 import torch
-from data_for_tests import dictionary_data, quick
+from data_for_tests import commits, dictionary_data, quick, wait_for
 
 import saekit as sk
 from saekit.errors import ConfigError
@@ -79,11 +78,6 @@ def test_it_trains_with_a_metric_per_prefix_and_behaves_as_any_sae(ws, small_sto
     torch.testing.assert_close(lens.encode(x), sae.encode(x), rtol=1e-5, atol=1e-6)
 
 
-def _commits(ws, job):
-    return sum(1 for line in (ws.job_dir(job.id) / "events.jsonl").read_text().splitlines() if '"t":"commit"' in
-               line.replace(" ", ""))
-
-
 @pytest.mark.heavy
 def test_killed_and_resumed_equals_one_go(ws):
     x, _ = dictionary_data(40_000, 16, 64, 3, seed=5)
@@ -91,14 +85,9 @@ def test_killed_and_resumed_equals_one_go(ws):
     args = (store, "toy", sk.SAEConfig(arch="matryoshka_batchtopk", d_sae=128, k=3))
     tc = quick(total_tokens=300_000, checkpoint_every=50, log_every=25, dead_after_tokens=20_000)
     job = sk.train(*args, tc, progress=False)
-    deadline = time.monotonic() + 300
-    while _commits(ws, job) < 2:
-        assert time.monotonic() < deadline, "two checkpoints"
-        time.sleep(0.05)
+    wait_for(lambda: commits(ws, job) >= 2, "two checkpoints")
     os.kill(job.info()["worker_pid"], signal.SIGKILL)
-    while job.status != "failed":
-        assert time.monotonic() < deadline, "the kill to be noticed"
-        time.sleep(0.05)
+    wait_for(lambda: job.status == "failed", "the kill to be noticed")
     job.resume(progress=False)
     resumed = job.result(timeout=300)
     expected = sk.train(*args, tc, background=False, force=True, progress=False).result()

@@ -2,17 +2,14 @@
 
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 import torch
-from data_for_tests import dictionary_data, quick
+from data_for_tests import commits, dictionary_data, quick, wait_for
 
 import saekit as sk
 from saekit.errors import ConfigError, HookPointError, JobFailedError
-from saekit.jobs.events import read_all
-from saekit.jobs.lifecycle import events_path
 from saekit.sae.sources import StoreSource
 
 
@@ -91,17 +88,6 @@ def test_dense_architectures_learn(ws, small_store, arch):
         assert not torch.allclose(sae.threshold, torch.full((64,), 0.05))  # thresholds learned
 
 
-def _commits(ws, job) -> int:
-    return len([r for r in read_all(events_path(ws, job.id)) if r["t"] == "commit"])
-
-
-def _wait_for(predicate, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 @pytest.mark.heavy
 def test_killed_cancelled_and_resumed_equals_one_go(ws):
     """kill -9 mid-run, resume, cancel, resume: the final weights equal an uninterrupted run's."""
@@ -110,13 +96,13 @@ def test_killed_cancelled_and_resumed_equals_one_go(ws):
     args = (store, "toy", sk.SAEConfig(arch="batchtopk", d_sae=256, k=3))
     tc = quick(total_tokens=600_000, checkpoint_every=50, log_every=25, dead_after_tokens=20_000)
     job = sk.train(*args, tc, progress=False)
-    _wait_for(lambda: _commits(ws, job) >= 2, "two checkpoints")
+    wait_for(lambda: commits(ws, job) >= 2, "two checkpoints")
     os.kill(job.info()["worker_pid"], signal.SIGKILL)
-    _wait_for(lambda: job.status == "failed", "the kill to be noticed")
+    wait_for(lambda: job.status == "failed", "the kill to be noticed")
     assert job.info()["error_type"] == "worker_lost"
     job.resume(progress=False)
-    before = _commits(ws, job)
-    _wait_for(lambda: _commits(ws, job) >= before + 2, "checkpoints after the resume")
+    before = commits(ws, job)
+    wait_for(lambda: commits(ws, job) >= before + 2, "checkpoints after the resume")
     job.cancel().wait(timeout=60)
     assert job.status == "cancelled"
     job.resume(progress=False)
