@@ -15,7 +15,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -140,11 +140,13 @@ class ActivationStore:
         return {**stats.summary(), "mean": stats.mean, "var": stats.var}
 
     # -- streaming ------------------------------------------------------------------------------------
-    def batches(self, hook_point: str, batch_size: int, *, shuffle: bool = True, seed: int = 0, start_step: int = 0,
-                epochs: int | None = 1, buffer_bytes: int = 256 * 2**20, prefetch: int = 2,
+    def batches(self, hook_point: str | Sequence[str], batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                start_step: int = 0, epochs: int | None = 1, buffer_bytes: int = 256 * 2**20, prefetch: int = 2,
                 device: str | torch.device | None = None, rows: int | None = None,
                 preload: bool = False) -> Iterator[torch.Tensor]:
-        """Batches ``[batch_size, d_model]`` of one hook point, deterministic for a seed.
+        """Batches ``[batch_size, d_model]`` of one hook point, deterministic for a seed (several hook points:
+        their rows side by side, ``[batch_size, n * d_model]``, the same token in each row: a transcoder's
+        input and target).
 
         Rows are read chunk by chunk in a seeded random order; each window of chunks (about
         ``buffer_bytes``) is shuffled as a whole; batches are consecutive slices of that stream, across
@@ -154,16 +156,19 @@ class ActivationStore:
         held out for evaluation). ``preload=True`` reads those rows once onto ``device`` (a GPU whose memory
         holds them) and gathers every batch there: the same batches, no reading while training.
         """
-        self.check_hook_point(hook_point)
+        names = [hook_point] if isinstance(hook_point, str) else list(hook_point)
+        for name in names:
+            self.check_hook_point(name)
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1")
         n = self.n_tokens if rows is None else min(rows, self.n_tokens)
         if n <= 0:
             raise DataError(f"activation store {self.id} has no committed rows yet" if rows is None
                             else f"rows={rows} leaves no rows of activation store {self.id} to read")
-        array = self.group[hook_point]
-        plan = _WindowPlan(n, array.chunks[0], array.chunks[0] * self.d_model * array.dtype.itemsize, shuffle, seed,
-                           buffer_bytes)
+        arrays = [self.group[name] for name in names]
+        array = arrays[0]
+        plan = _WindowPlan(n, array.chunks[0], array.chunks[0] * self.d_model * array.dtype.itemsize * len(arrays),
+                           shuffle, seed, buffer_bytes)
         dtype = self.group.attrs["dtype"]
         target = None if device is None else torch.device(device)
         start_row = start_step * batch_size
@@ -171,11 +176,12 @@ class ActivationStore:
         if stop_row is not None and start_row >= stop_row:
             return
         if preload:
-            yield from self._preloaded(hook_point, n, plan, start_row, stop_row, batch_size, target)
+            yield from self._preloaded(names, n, plan, start_row, stop_row, batch_size, target)
             return
         # a window in the reading buffer plus (prefetch - 1) windows of pieces in the queue
         readers = ThreadPoolExecutor(max_workers=config.get("reader_threads"), thread_name_prefix="saekit-read")
-        read = functools.partial(read_rows, array, location=self.location, name=hook_point)
+        reads = [functools.partial(read_rows, a, location=self.location, name=name) for a, name in zip(arrays, names)]
+        read = reads[0] if len(reads) == 1 else (lambda lo, hi: np.concatenate([r(lo, hi) for r in reads], axis=1))
         windows = _Prefetcher(plan.windows_from(start_row, stop_row, read, dtype, readers),
                               max(1, prefetch - 1) * plan.pieces_per_window)
         try:
@@ -185,9 +191,9 @@ class ActivationStore:
             windows.close()
             readers.shutdown(wait=False, cancel_futures=True)
 
-    def _preloaded(self, hook_point: str, n: int, plan: "_WindowPlan", start_row: int, stop_row: int | None,
+    def _preloaded(self, names: list[str], n: int, plan: "_WindowPlan", start_row: int, stop_row: int | None,
                    batch_size: int, target: torch.device | None) -> Iterator[torch.Tensor]:
-        data = self.read(hook_point, 0, n)
+        data = torch.cat([self.read(name, 0, n) for name in names], 1) if len(names) > 1 else self.read(names[0], 0, n)
         if target is not None:
             data = data.to(target)
         for take in _rebatch(plan.indices_from(start_row, stop_row), batch_size, np.concatenate):
@@ -198,41 +204,45 @@ class ActivationStore:
     def from_array(cls, x, hook_point: str = "custom", *, workspace: Workspace | str | None = None,
                    chunk_bytes: int = 4 * 2**20) -> "ActivationStore":
         """Wrap activations you already have (numpy or torch, ``[..., d_model]``) as a store named by their
-        content, under ``<workspace>/activations/``; the same data twice is the same store."""
+        content, under ``<workspace>/activations/``; the same data twice is the same store. ``x`` may be a dict
+        ``{hook_point: rows}`` of several hook points of the same tokens (as wide and as many rows each, e.g. a
+        transcoder's input and target); ``hook_point`` is then unused."""
         ws = as_workspace(workspace)
-        check_array_name(hook_point)
-        tensor = torch.as_tensor(x).detach().cpu()
-        if tensor.ndim < 2:
-            raise ConfigError(f"from_array needs rows of activations [..., d_model]; got shape {tuple(tensor.shape)}")
-        tensor = tensor.reshape(-1, tensor.shape[-1]).contiguous()
+        given = x if isinstance(x, dict) else {hook_point: x}
+        if not given:
+            raise ConfigError("from_array got an empty dict; give {hook_point: rows}")
+        tensors = {name: _rows_of(name, rows) for name, rows in given.items()}
+        first = next(iter(tensors.values()))
+        if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors.values()):
+            shapes = {name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in tensors.items()}
+            raise ConfigError(f"from_array's hook points must have the same rows, width and dtype; got {shapes}")
         names = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-        if tensor.dtype not in names:
-            tensor = tensor.float()
-        bad = ~torch.isfinite(tensor).all(dim=1)
-        if bool(bad.any()):
-            rows = bad.nonzero().squeeze(1)
-            raise DataError(f"from_array: {len(rows):,} of {len(tensor):,} rows hold NaN or infinity (the first is row "
-                            f"{int(rows[0])}); activations must be finite",
-                            suggestion="drop or fix those rows (e.g. x[torch.isfinite(x).all(-1)]) before wrapping them")
-        dtype = names[tensor.dtype]
-        bits = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
-        digest = hashlib.sha256(bits.tobytes()).hexdigest()[:12]
-        store_id = f"array-{hook_point.replace('/', '_')}-{digest}"
+        dtype = names[first.dtype]
+        bits = {name: t.view(torch.uint16).numpy() if dtype == "bfloat16" else t.numpy() for name, t in tensors.items()}
+        digest = hashlib.sha256()
+        for name, array in bits.items():
+            digest.update(name.encode() if len(bits) > 1 else b"")  # one hook point: the id it always had
+            digest.update(array.tobytes())
+        label = "+".join(bits) if len(bits) > 1 else next(iter(bits))
+        store_id = f"array-{label.replace('/', '_')}-{digest.hexdigest()[:12]}"
         location = store_location(ws, store_id)
         if not exists(location):
             from saekit.activations.writer import create_store
 
             ws.dir("activations")
             with publishing(location) as tmp:  # all or nothing; the same array made twice at once: one wins
-                group = create_store(str(tmp), [hook_point], tensor.shape[1], dtype, chunk_bytes, sources=False,
+                group = create_store(str(tmp), list(bits), first.shape[1], dtype, chunk_bytes, sources=False,
                                      attrs={"source": "array", "job_id": None})
-                array = writable(group[hook_point])
-                array.resize(bits.shape)  # from_array writes once: no need to size ahead
-                array[:] = bits
-                stats = RunningStats(tensor.shape[1])
-                for lo in range(0, len(bits), 65536):
-                    stats.update(tensor[lo:lo + 65536])
-                group.attrs.update({"n_tokens": len(bits), "stats": {hook_point: stats.to_dict()}, "complete": True})
+                stats = {}
+                for name, array_bits in bits.items():
+                    array = writable(group[name])
+                    array.resize(array_bits.shape)  # from_array writes once: no need to size ahead
+                    array[:] = array_bits
+                    running = RunningStats(first.shape[1])
+                    for lo in range(0, len(array_bits), 65536):
+                        running.update(tensors[name][lo:lo + 65536])
+                    stats[name] = running.to_dict()
+                group.attrs.update({"n_tokens": len(first), "stats": stats, "complete": True})
         return cls(location, ws)
 
     def delete(self) -> None:
@@ -249,6 +259,25 @@ class ActivationStore:
         state = "" if self.complete else ", incomplete"
         return (f"ActivationStore({self.id!r}, {self.n_tokens:,} tokens x {self.d_model}, "
                 f"{', '.join(self.hook_points)}, {self.group.attrs['dtype']}{state})")
+
+
+def _rows_of(name: str, x) -> torch.Tensor:
+    """``x`` as ``[rows, d_model]`` float rows on the CPU, checked (a hook point name, rank, finite values)."""
+    check_array_name(name)
+    tensor = torch.as_tensor(x).detach().cpu()
+    if tensor.ndim < 2:
+        raise ConfigError(f"from_array needs rows of activations [..., d_model]; got shape {tuple(tensor.shape)}"
+                          f" for {name!r}")
+    tensor = tensor.reshape(-1, tensor.shape[-1]).contiguous()
+    if tensor.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        tensor = tensor.float()
+    bad = ~torch.isfinite(tensor).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1)
+        raise DataError(f"from_array: {len(rows):,} of {len(tensor):,} rows of {name!r} hold NaN or infinity (the first "
+                        f"is row {int(rows[0])}); activations must be finite",
+                        suggestion="drop or fix those rows (e.g. x[torch.isfinite(x).all(-1)]) before wrapping them")
+    return tensor
 
 
 def _rebatch(pieces: Iterator, size: int, concat) -> Iterator:

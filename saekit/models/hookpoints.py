@@ -1,9 +1,11 @@
-"""Hook points named like TransformerLens (``blocks.{i}.resid_pre|resid_post|attn_out|mlp_out``) and the
-modules of each supported architecture they map onto.
+"""Hook points named like TransformerLens (``blocks.{i}.resid_pre|resid_post|attn_out|mlp_in|mlp_out``) and
+the modules of each supported architecture they map onto.
 
 - ``resid_pre``: the input of block i (a forward pre-hook on the block);
 - ``resid_post``: the output of block i (before the model's final norm, also for the last block);
-- ``attn_out`` / ``mlp_out``: what the attention / MLP branch adds to the residual stream.
+- ``attn_out`` / ``mlp_out``: what the attention / MLP branch adds to the residual stream;
+- ``mlp_in``: what the MLP reads (the normalised residual stream; TransformerLens' ``ln2.hook_normalized``),
+  a transcoder's usual input, with ``mlp_out`` its target.
 
 In sequential blocks ``resid_pre + attn_out + mlp_out == resid_post``; in parallel blocks (GPT-NeoX with
 ``use_parallel_residual``, Phi-1/2) the same sum holds with both branches reading ``resid_pre``.
@@ -19,8 +21,8 @@ from torch import nn
 
 from saekit.errors import HookPointError, ModelLoadError
 
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
-_NAME = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_out)$")
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
+_NAME = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_in|mlp_out)$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,15 @@ class Architecture:
     mlp: str | None = None  # module whose output is the MLP branch
     final_norm: str | None = None
     parallel: bool = False
+    mlp_input: str | None = None  # the MLP module whose input is ``mlp_in`` (None: the ``mlp`` one)
+
+    def module_of(self, site: str) -> str | None:
+        """The module (relative to a block) a branch site hooks: its output, or for ``mlp_in`` its input."""
+        if site == "attn_out":
+            return self.attn
+        if site == "mlp_in":
+            return self.mlp_input or self.mlp
+        return self.mlp if site == "mlp_out" else None
 
 
 _LLAMA_LIKE = Architecture("model.layers", "self_attn", "mlp", "model.norm")
@@ -43,7 +54,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     # Gemma 2 normalises each branch before adding it: the branch is the post-norm's output
-    "gemma2": Architecture("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "model.norm"),
+    "gemma2": Architecture("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "model.norm",
+                           mlp_input="mlp"),
     "phi": Architecture("model.layers", "self_attn", "mlp", "model.final_layernorm", parallel=True),
     "phi3": _LLAMA_LIKE,
 }
@@ -83,8 +95,24 @@ def architecture_of(model: nn.Module) -> Architecture:
     )
 
 
+_SAELENS_SITES = {"ln2.hook_normalized": "mlp_in", "hook_mlp_in": "mlp_in"}
+
+
+def saelens_hook(name: str | None) -> str | None:
+    """A SAELens (TransformerLens) hook name in saekit's words: ``blocks.6.hook_resid_post`` ->
+    ``blocks.6.resid_post``, ``blocks.6.ln2.hook_normalized`` -> ``blocks.6.mlp_in``; other names pass unchanged."""
+    if not isinstance(name, str):
+        return None
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    if match is None:
+        return name
+    site = match.group(2)
+    site = _SAELENS_SITES.get(site, site.removeprefix("hook_"))
+    return f"blocks.{match.group(1)}.{site}"
+
+
 def hook_point_names(arch: Architecture, n_layers: int) -> list[str]:
-    sites = [s for s in SITES if s.startswith("resid") or getattr(arch, s.split("_")[0]) is not None]
+    sites = [s for s in SITES if s.startswith("resid") or arch.module_of(s) is not None]
     return [f"blocks.{i}.{site}" for i in range(n_layers) for site in sites]
 
 

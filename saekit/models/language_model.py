@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, cast
@@ -131,21 +133,29 @@ class LanguageModel:
     def _register(self, name: str, fn: HookFn):
         layer, site = self.parse_hook_point(name)
         block = self.blocks[layer]
-        if site == "resid_pre":
+        if site in ("resid_pre", "mlp_in"):  # the input of the block, or of its MLP
+            first = "hidden_states"
+            target = block
+            if site == "mlp_in":
+                path = self.arch.module_of(site)
+                assert path is not None  # parse_hook_point refuses the sites this architecture lacks
+                target = get_module(block, path)
+                first = next(iter(inspect.signature(target.forward).parameters), first)
+
             def pre_hook(module, args, kwargs):
-                x = args[0] if args else kwargs["hidden_states"]
+                x = args[0] if args else kwargs[first]
                 out = fn(x)
                 if out is None:
                     return None
                 if args:
                     return (out, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": out}
+                return args, {**kwargs, first: out}
 
-            return block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            return target.register_forward_pre_hook(pre_hook, with_kwargs=True)
         if site == "resid_post":
             module = block
         else:
-            path = self.arch.attn if site == "attn_out" else self.arch.mlp
+            path = self.arch.module_of(site)
             assert path is not None  # parse_hook_point refuses the sites this architecture lacks
             module = get_module(block, path)
 

@@ -68,20 +68,23 @@ class _SparseCodedSAE(SAE):
         if values.dtype != torch.float32:
             with torch.no_grad():
                 values = row_dots(sae_in, self.W_enc, codes) + self.b_enc[codes.cols]
-        return gathered_linear(values, sae_in, self.W_enc, self.b_enc, codes, shift=self.b_dec)
+        return gathered_linear(values, sae_in, self.W_enc, self.b_enc, codes,
+                               shift=None if self.config.transcoder else self.b_dec)
 
-    def training_forward(self, x: torch.Tensor, state: TrainingState) -> TrainingOutput:
-        sae_in = (x - self.b_dec).detach()
+    def training_forward(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None
+                         ) -> TrainingOutput:
+        y = x if target is None else target
+        sae_in = self._centered(x).detach()
         pre = self._pre_for_selection(sae_in)
         codes, values = self._select(pre)
         acts = self._entries(sae_in, pre, codes, values).relu()
-        x_hat, losses = self._reconstruct(x, acts, codes)
+        x_hat, losses = self._reconstruct(y, acts, codes, self._output_base(x))
         loss = losses.pop("fvu")
         for more in losses.values():  # what an architecture adds (Matryoshka: each prefix's FVU)
             loss = loss + more
         extra = {name: value.detach() for name, value in losses.items()}
         if state.dead is not None and bool(state.dead.any()):
-            auxk = self._auxk(sae_in, pre, state.dead, (x - x_hat).detach())
+            auxk = self._auxk(sae_in, pre, state.dead, (y - x_hat).detach())
             loss = loss + self.config.aux_k_coefficient * auxk
             extra["auxk"] = auxk.detach()
         acts = acts.detach()
@@ -89,17 +92,19 @@ class _SparseCodedSAE(SAE):
         fired = count(codes.cols, self.d_sae, active)
         return TrainingOutput(loss, x_hat.detach(), fired, active.sum() / len(x), {**extra, "l1": acts.sum() / len(x)})
 
-    def _reconstruct(self, x: torch.Tensor, acts: torch.Tensor, codes: Codes) -> tuple[torch.Tensor, dict]:
-        """The reconstruction of ``x`` from the code, and the losses that score it (``fvu``, and whatever a
-        subclass adds: their sum is trained, and each but ``fvu`` is logged as a metric)."""
-        x_hat = sparse_decode(acts, self.W_dec, codes) + self.b_dec
-        return x_hat, {"fvu": (x_hat - x).pow(2).sum() / _total_variance(x)}
+    def _reconstruct(self, y: torch.Tensor, acts: torch.Tensor, codes: Codes, base: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict]:
+        """The prediction of ``y`` (the input, or a transcoder's target) from the code plus ``base`` (``b_dec``,
+        and a skip-transcoder's linear path), and the losses that score it (``fvu``, and whatever a subclass
+        adds: their sum is trained, and each but ``fvu`` is logged as a metric)."""
+        y_hat = sparse_decode(acts, self.W_dec, codes) + base
+        return y_hat, {"fvu": (y_hat - y).pow(2).sum() / _total_variance(y)}
 
     def _auxk(self, sae_in, pre, dead, residual) -> torch.Tensor:
         """Reconstruct the residual from the top ``aux_k`` dead latents (their gradients revive them);
         the squared error is normalized by the residual's, as in Gao et al.'s code."""
         dead_ids = dead.nonzero().squeeze(1)
-        k_aux = self.config.aux_k or max(1, self.d_in // 2)
+        k_aux = self.config.aux_k or max(1, self.d_out // 2)
         k = min(k_aux, len(dead_ids))
         values, local = pre[:, dead_ids].topk(k, dim=1, sorted=False)
         codes = Codes.from_topk(dead_ids[local], self.d_sae)
@@ -259,12 +264,13 @@ class JumpReLUSAE(SAE):
         pre = self.pre_activations(x)
         return pre * (pre > self.threshold)
 
-    def training_forward(self, x, state):
-        pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+    def training_forward(self, x, state, target=None):
+        y = x if target is None else target
+        pre = F.linear(self._centered(x), self.W_enc, self.b_enc)
         theta, bw = self.threshold, self.config.jumprelu_bandwidth
         z = _JumpReLU.apply(pre, theta, bw)
-        x_hat = z @ self.W_dec + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        x_hat = z @ self.W_dec + self._output_base(x)
+        mse = (x_hat - y).pow(2).sum(-1).mean()
         l0 = _Step.apply(pre, theta, bw).sum(-1).mean()
         loss = mse + self.config.l0_coefficient * state.sparsity_scale * l0
         z = z.detach()
@@ -279,10 +285,11 @@ class ReLUSAE(SAE):
     def encode(self, x):
         return self.pre_activations(x).relu()
 
-    def training_forward(self, x, state):
-        z = F.linear(x - self.b_dec, self.W_enc, self.b_enc).relu()
-        x_hat = z @ self.W_dec + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+    def training_forward(self, x, state, target=None):
+        y = x if target is None else target
+        z = F.linear(self._centered(x), self.W_enc, self.b_enc).relu()
+        x_hat = z @ self.W_dec + self._output_base(x)
+        mse = (x_hat - y).pow(2).sum(-1).mean()
         l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = mse + self.config.l1_coefficient * state.sparsity_scale * l1
         active = z.detach() > 0

@@ -17,6 +17,7 @@ from saekit._checks import check_choice, check_finite, check_non_negative, check
 from saekit.errors import ConfigError
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+TRANSCODER_FIELDS = ("transcoder", "d_out", "skip_connection")
 LR_DECAYS = ("none", "linear", "cosine")
 NORMALIZATIONS = ("expected_norm", "none")
 
@@ -70,6 +71,11 @@ class SAEConfig(_Config):
     data. Width is ``d_sae``, or ``expansion_factor * d_in`` (16 when neither is given). Every other keyword
     is a setting of the architecture (``k``, ``l1_coefficient``, ...), validated by its parameter class.
     Parameters are float32 whatever the activations' dtype.
+
+    ``transcoder=True`` makes any architecture a transcoder: it encodes one hook point and predicts another
+    (``d_out`` wide, taken from the target when training: ``sk.train(..., target_hook=...)``), without
+    subtracting the decoder bias from its input; ``skip_connection=True`` adds a learned linear path
+    ``W_skip [d_out, d_in]`` from the input to the prediction (a skip-transcoder).
     """
 
     arch: str = "topk"
@@ -78,11 +84,15 @@ class SAEConfig(_Config):
     expansion_factor: int | None = None
     normalize_decoder: bool = True
     b_dec_init: str = "geometric_median"
+    transcoder: bool = False
+    d_out: int | None = None
+    skip_connection: bool = False
     params: ArchParams = field(default=cast(ArchParams, None))  # always set by __init__
 
     def __init__(self, arch: str = "topk", *, d_in: int | None = None, d_sae: int | None = None,
                  expansion_factor: int | None = None, normalize_decoder: bool = True,
-                 b_dec_init: str = "geometric_median", params: ArchParams | None = None, **arch_params):
+                 b_dec_init: str = "geometric_median", transcoder: bool = False, d_out: int | None = None,
+                 skip_connection: bool = False, params: ArchParams | None = None, **arch_params):
         from saekit.sae.model import arch_class
 
         cls = arch_class(arch)
@@ -94,7 +104,9 @@ class SAEConfig(_Config):
         elif not isinstance(params, cls.params_cls):
             raise ConfigError(f"params of arch={arch!r} must be a {cls.params_cls.__name__}; got {type(params).__name__}")
         for name, value in (("arch", arch), ("d_in", d_in), ("d_sae", d_sae), ("expansion_factor", expansion_factor),
-                            ("normalize_decoder", normalize_decoder), ("b_dec_init", b_dec_init), ("params", params)):
+                            ("normalize_decoder", normalize_decoder), ("b_dec_init", b_dec_init),
+                            ("transcoder", transcoder), ("d_out", d_out), ("skip_connection", skip_connection),
+                            ("params", params)):
             object.__setattr__(self, name, value)
         self._validate()
 
@@ -109,6 +121,14 @@ class SAEConfig(_Config):
         if not isinstance(self.normalize_decoder, bool):
             raise ConfigError(f"normalize_decoder={self.normalize_decoder!r} must be True or False")
         check_choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        for name in ("transcoder", "skip_connection"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
+        check_positive_int("d_out", self.d_out, allow_none=True)
+        if not self.transcoder and (self.skip_connection or self.d_out is not None):
+            given = "skip_connection=True" if self.skip_connection else f"d_out={self.d_out}"
+            raise ConfigError(f"{given} is a setting of transcoders; this config is an autoencoder",
+                              suggestion="add transcoder=True (and train with target_hook=...)")
         self.params.check(self.d_in, self.d_sae)
 
     def __getattr__(self, name: str):
@@ -119,8 +139,10 @@ class SAEConfig(_Config):
         raise AttributeError(f"SAEConfig(arch={self.__dict__.get('arch')!r}) has no setting {name!r}")
 
     def to_dict(self) -> dict:
-        """Flat: the shared fields and the architecture's settings side by side."""
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        """Flat: the shared fields and the architecture's settings side by side. The transcoder fields appear
+        only in a transcoder's (an autoencoder's dict, and so its job key, is what it was before them)."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"
+                  and (self.transcoder or f.name not in TRANSCODER_FIELDS)}
         return {**shared, **self.params.to_dict()}
 
     @classmethod
@@ -139,13 +161,19 @@ class SAEConfig(_Config):
         """A copy with ``changes`` applied (shared fields or settings of the architecture), validated again."""
         return SAEConfig.from_dict({**self.to_dict(), **changes})
 
-    def resolved(self, d_in: int) -> "SAEConfig":
-        """This config for inputs of width ``d_in``: ``d_in`` and ``d_sae`` filled in and checked."""
+    def resolved(self, d_in: int, d_out: int | None = None) -> "SAEConfig":
+        """This config for inputs of width ``d_in`` (and a transcoder's targets of width ``d_out``, by default
+        ``d_in``): ``d_in``, ``d_sae`` and ``d_out`` filled in and checked."""
         if self.d_in is not None and self.d_in != d_in:
             raise ConfigError(f"SAEConfig.d_in={self.d_in} does not match the data's width {d_in}",
                               suggestion=f"use d_in={d_in} or leave d_in out")
         d_sae = self.d_sae if self.d_sae is not None else d_in * (self.expansion_factor or 16)
-        return self.replace(d_in=d_in, d_sae=d_sae, expansion_factor=None)
+        if not self.transcoder:
+            return self.replace(d_in=d_in, d_sae=d_sae, expansion_factor=None)
+        if d_out is not None and self.d_out is not None and self.d_out != d_out:
+            raise ConfigError(f"SAEConfig.d_out={self.d_out} does not match the target's width {d_out}",
+                              suggestion=f"use d_out={d_out} or leave d_out out")
+        return self.replace(d_in=d_in, d_sae=d_sae, expansion_factor=None, d_out=d_out or self.d_out or d_in)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())

@@ -10,17 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
-
 @torch.no_grad()
-def reconstruction_metrics(sae, batches: Iterable[torch.Tensor]) -> dict:
-    """FVU (1 - explained variance, over all held-out rows), MSE (summed over d_in, mean over tokens), L0,
-    and the fraction of latents that never fired, for raw activations ``batches``."""
+def reconstruction_metrics(sae, batches: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """FVU (1 - explained variance, over all held-out rows), MSE (summed over the output's width, mean over
+    tokens), L0, and the fraction of latents that never fired, for raw activations ``batches`` (a transcoder's:
+    ``(input, target)`` pairs, scored against the target)."""
     n, sum_x, sum_x2, sum_err, l0 = 0, None, None, 0.0, 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=sae.device)
-    for x in batches:
+    for batch in batches:
+        inputs, x = batch if isinstance(batch, tuple) else (batch, batch)
+        inputs = inputs.to(device=sae.device, dtype=torch.float32)
         x = x.to(device=sae.device, dtype=torch.float32)
-        z = sae.encode(x)
-        x_hat = sae.decode(z)
+        z = sae.encode(inputs)
+        x_hat = sae.decode(z) + sae.skip_path(inputs)
         active = z != 0
         fired |= active.any(0)
         l0 += float(active.sum())
@@ -39,11 +41,14 @@ def reconstruction_metrics(sae, batches: Iterable[torch.Tensor]) -> dict:
 
 @torch.no_grad()
 def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, batch_sequences: int = 8,
-                       include_bos: bool = False) -> dict:
+                       include_bos: bool = False, target_hook: str | None = None) -> dict:
     """Next-token cross-entropy over ``sequences`` of a token store: clean, with the SAE's reconstruction
     spliced in at ``hook_point``, and with that activation zeroed; ``ce_recovered`` =
     (zero - sae) / (zero - clean); ``kl`` = mean KL(clean || spliced) per token. A document's leading
-    BOS keeps its activation when the SAE was trained without BOS rows."""
+    BOS keeps its activation when the SAE was trained without BOS rows. A transcoder's prediction from
+    ``hook_point`` replaces ``target_hook`` (and the zero ablation is of the target)."""
+    spliced = target_hook or hook_point
+    seen: dict[str, torch.Tensor] = {}  # a transcoder's input at this forward pass
     bos = tokens.excluded_bos(include_bos)
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
     count = 0
@@ -68,9 +73,14 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
         logits = {
             "clean": lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits,
         }
-        with lm.hooks({hook_point: lambda x: splice(x, lambda a: sae(a.float()))}):
+        if target_hook is None:
+            replace = {hook_point: lambda x: splice(x, lambda a: sae(a.float()))}
+        else:  # the input is read on the way (it comes first in the forward pass), the target replaced
+            replace = {hook_point: lambda x: seen.__setitem__("input", x),
+                       target_hook: lambda x: splice(x, lambda a: sae(seen["input"].float()))}
+        with lm.hooks(replace):
             logits["sae"] = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-        with lm.hooks({hook_point: lambda x: splice(x, torch.zeros_like)}):
+        with lm.hooks({spliced: lambda x: splice(x, torch.zeros_like)}):
             logits["zero"] = lm.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         targets = ids[:, 1:][target_mask]
         logp = {k: F.log_softmax(v[:, :-1][target_mask].float(), dim=-1) for k, v in logits.items()}

@@ -7,19 +7,29 @@ and ``from_pretrained``, which recognises the layout of a folder (or a hub repo)
   ``b_enc``, ``b_dec``, and e.g. ``threshold``). Each architecture class says what it is called there
   (``saelens_architecture``, ``saelens_imports``) and how its tensors map (``saelens_tensors``,
   ``state_from_saelens``), so this module does not branch on architecture names.
-- sparsify: ``cfg.json`` (``activation``, ``k``, ``d_in``, ``num_latents`` or ``expansion_factor``) +
-  ``sae.safetensors`` with ``encoder.weight [d_sae, d_in]``, ``encoder.bias``, ``W_dec``, ``b_dec``.
-  Only ``activation="topk"`` SAEs have a saekit equivalent; others are refused by name.
+- sparsify: ``cfg.json`` (``activation``, ``k``, ``d_in``, ``num_latents`` or ``expansion_factor``,
+  ``transcode``, ``skip_connection``) + ``sae.safetensors`` with ``encoder.weight [d_sae, d_in]``,
+  ``encoder.bias``, ``W_dec``, ``b_dec`` (and ``W_skip``). Only ``activation="topk"`` SAEs and transcoders have
+  a saekit equivalent; others are refused by name. ``to_sparsify`` writes a TopK SAE or transcoder.
+
+Transcoders: SAELens names them ``transcoder`` (ReLU), ``jumprelu_transcoder`` and their ``skip_`` variants
+(``apply_b_dec_to_input`` false, ``d_out``, ``hook_name_out`` in the metadata). A saekit transcoder exports as the
+transcoder of its architecture's SAELens name (BatchTopK's is the JumpReLU it is at inference); SAELens has no
+TopK transcoder, so a TopK one goes to sparsify's layout instead. sparsify's transcoders read a module's input
+and predict its output: ``layers.6.mlp`` is saekit's ``blocks.6.mlp_in`` -> ``blocks.6.mlp_out``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from saekit.errors import DataError
+from saekit.models.hookpoints import saelens_hook
 from saekit.sae.config import SAEConfig
 from saekit.sae.model import _ARCHS, CONFIG_FILE, SAE, WEIGHTS_FILE, arch_class
 
@@ -61,25 +71,56 @@ def to_saelens(sae: SAE, folder: str | Path, *, hook_name: str | None = None, mo
 
     if sae.saelens_architecture is None:
         raise DataError(f"arch={sae.arch!r} has no SAELens equivalent (its class sets no saelens_architecture)")
+    architecture = sae.saelens_architecture
+    metadata = getattr(sae, "metadata", {}) or {}
+    transcoder: dict = {}
+    if sae.is_transcoder:
+        architecture = transcoder_architecture(architecture, sae.config.skip_connection)
+        if architecture not in SAELENS_TRANSCODERS:
+            raise DataError(f"SAELens has no {architecture!r}: it loads transcoders of {sorted(SAELENS_TRANSCODERS)}",
+                            suggestion="write a TopK transcoder with sae.to_sparsify(folder), or train arch='batchtopk' "
+                                       "(it exports as the JumpReLU transcoder it is at inference)")
+        transcoder = {"d_out": sae.d_out}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = getattr(sae, "metadata", {}) or {}
-    cfg = {"architecture": sae.saelens_architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
-           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+    cfg = {"architecture": architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, **transcoder, "dtype": "float32",
+           "device": "cpu", "apply_b_dec_to_input": not sae.is_transcoder, "normalize_activations": "none",
            "reshape_activations": "none", **sae.saelens_cfg(),
            "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "hook_name": hook_name or metadata.get("hook_point"),
                         "model_name": model_name or metadata.get("model_name"), "saekit_arch": sae.arch}}
+    if sae.is_transcoder:
+        cfg["metadata"]["hook_name_out"] = metadata.get("target_hook")
     tensors = {name: t.detach().contiguous().cpu().float() for name, t in sae.saelens_tensors().items()}
     save_file(tensors, folder / SAELENS_WEIGHTS)
     (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
     return folder
 
 
+SAELENS_TRANSCODERS = frozenset({"transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"})
+
+
+def transcoder_architecture(base: str, skip: bool) -> str:
+    """SAELens' name for the transcoder of its SAE architecture ``base`` (``standard`` -> ``transcoder``)."""
+    stem = "" if base == "standard" else f"{base}_"
+    return f"{stem}{'skip_' if skip else ''}transcoder"
+
+
+def _saelens_base(architecture: str) -> tuple[str, bool, bool]:
+    """(the SAE architecture, transcoder?, skip connection?) of a SAELens architecture name."""
+    if not architecture.endswith("transcoder"):
+        return architecture, False, False
+    stem = architecture[:-len("transcoder")].rstrip("_")
+    skip = stem.endswith("skip") or stem == "skip"
+    stem = stem[:-len("skip")].rstrip("_") if skip else stem
+    return stem or "standard", True, skip
+
+
 def _saelens_class(architecture: str, folder: Path) -> type[SAE]:
+    base, _, _ = _saelens_base(architecture)
     for cls in _ARCHS.values():
-        if architecture in cls.saelens_imports:
+        if base in cls.saelens_imports:
             return cls
-    known = sorted({name for cls in _ARCHS.values() for name in cls.saelens_imports})
+    known = sorted({name for cls in _ARCHS.values() for name in cls.saelens_imports} | SAELENS_TRANSCODERS)
     raise DataError(f"SAELens architecture {architecture!r} in {str(folder)!r} has no saekit equivalent; "
                     f"saekit imports {known}", suggestion="register an architecture that lists it in saelens_imports")
 
@@ -97,13 +138,19 @@ def from_saelens(folder: str | Path, *, device: str | torch.device | None = None
                         f"({cfg['normalize_activations']!r}); saekit SAEs take raw activations",
                         suggestion="fold the normalization into the weights before importing")
     tensors = load_file(folder / SAELENS_WEIGHTS)
+    _, transcoder, skip = _saelens_base(architecture)
+    shape: dict[str, Any] = {"transcoder": True, "d_out": int(cfg.get("d_out") or tensors["W_dec"].shape[1]),
+                             "skip_connection": skip} if transcoder else {}
     config = SAEConfig(arch=cls.arch, d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), normalize_decoder=False,
-                       **cls.saelens_settings(cfg))
+                       **shape, **cls.saelens_settings(cfg))
     sae = cls(config, device="meta")
     sae.load_state_dict(cls.state_from_saelens(tensors, cfg), assign=True)
     meta = cfg.get("metadata") or {}
-    sae.metadata = {"imported_from": "saelens", "hook_point": meta.get("hook_name", cfg.get("hook_name")),
+    hook = meta.get("hook_name", cfg.get("hook_name"))
+    sae.metadata = {"imported_from": "saelens", "hook_point": saelens_hook(hook),
                     "model_name": meta.get("model_name", cfg.get("model_name"))}
+    if transcoder:
+        sae.metadata["target_hook"] = saelens_hook(meta.get("hook_name_out", cfg.get("hook_name_out")))
     return sae.to(device) if device is not None else sae
 
 
@@ -122,18 +169,54 @@ def from_sparsify(folder: str | Path, *, device: str | torch.device | None = Non
     if cfg.get("multi_topk"):
         raise DataError(f"{str(folder)!r} was trained with multi_topk; saekit imports plain TopK SAEs")
     weights = load_file(folder / WEIGHTS_FILE)
-    if "W_skip" in weights or cfg.get("skip_connection") or cfg.get("transcode"):
-        raise DataError(f"{str(folder)!r} is a sparsify transcoder/skip-connection model; saekit imports plain SAEs")
     if "encoder.weight" not in weights:
         raise DataError(f"{str(folder)!r} has no encoder.weight; is it a sparsify SAE?")
+    skip = "W_skip" in weights
+    transcoder = bool(cfg.get("transcode"))
+    if skip and not transcoder:
+        raise DataError(f"{str(folder)!r} is a sparsify autoencoder with a skip connection; saekit's skip connections "
+                        "are transcoders' (transcode=True)")
     d_sae, d_in = weights["encoder.weight"].shape
+    shape: dict[str, Any] = ({"transcoder": True, "d_out": int(weights["W_dec"].shape[1]), "skip_connection": skip}
+                             if transcoder else {})
     config = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=int(cfg["k"]),
-                       normalize_decoder=bool(cfg.get("normalize_decoder", True)))
+                       normalize_decoder=bool(cfg.get("normalize_decoder", True)), **shape)
     sae = arch_class("topk")(config, device="meta")
-    sae.load_state_dict({"W_enc": weights["encoder.weight"].float(), "b_enc": weights["encoder.bias"].float(),
-                         "W_dec": weights["W_dec"].float(), "b_dec": weights["b_dec"].float()}, assign=True)
+    state = {"W_enc": weights["encoder.weight"].float(), "b_enc": weights["encoder.bias"].float(),
+             "W_dec": weights["W_dec"].float(), "b_dec": weights["b_dec"].float()}
+    if skip:
+        state["W_skip"] = weights["W_skip"].float()
+    sae.load_state_dict(state, assign=True)
     sae.metadata = {"imported_from": "sparsify", "hook_point": folder.name}
+    module = re.fullmatch(r"(?:model\.|gpt_neox\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp", folder.name)
+    if transcoder and module:  # a module's input and output: saekit's names for them
+        sae.metadata.update(hook_point=f"blocks.{module.group(1)}.mlp_in", target_hook=f"blocks.{module.group(1)}.mlp_out")
     return sae.to(device) if device is not None else sae
+
+
+def to_sparsify(sae: SAE, folder: str | Path) -> Path:
+    """Write a TopK SAE or transcoder as a sparsify folder (``sparsify.SparseCoder.load_from_disk`` reads it)."""
+    from safetensors.torch import save_file
+
+    if sae.arch != "topk":
+        raise DataError(f"sparsify's SAEs are TopK; this one is arch={sae.arch!r}",
+                        suggestion="export it with sae.to_saelens(folder)")
+    if sae.is_transcoder and sae.d_out != sae.d_in:
+        raise DataError(f"sparsify's transcoders predict an output as wide as their input; this one maps {sae.d_in} "
+                        f"to {sae.d_out}")
+    if sae.config.skip_connection and not sae.is_transcoder:
+        raise DataError("a skip connection without transcoder=True has no sparsify equivalent")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"encoder.weight": sae.W_enc, "encoder.bias": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if sae.config.skip_connection:
+        tensors["W_skip"] = sae.W_skip
+    save_file({k: v.detach().contiguous().cpu().float() for k, v in tensors.items()}, folder / WEIGHTS_FILE)
+    cfg = {"activation": "topk", "expansion_factor": max(1, sae.d_sae // sae.d_in), "num_latents": sae.d_sae,
+           "normalize_decoder": sae.config.normalize_decoder, "k": sae.config.k, "multi_topk": False,
+           "skip_connection": sae.config.skip_connection, "transcode": sae.is_transcoder, "d_in": sae.d_in}
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    return folder
 
 
 LOADERS = {"saekit": SAE.load, "saelens": from_saelens, "sparsify": from_sparsify}

@@ -78,16 +78,16 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             self._boundaries[device] = torch.tensor(self.widths[:-1], dtype=torch.long, device=device)
         return self._boundaries[device]
 
-    def _reconstruct(self, x, acts, codes: Codes):
-        """Every prefix's reconstruction from the one code: ``x_hat`` (the whole SAE's) and the losses."""
+    def _reconstruct(self, y, acts, codes: Codes, base):
+        """Every prefix's prediction of ``y`` from the one code: the whole SAE's and the losses."""
         b = codes.n_rows
         levels = len(self.widths)
         level = torch.bucketize(codes.cols, self._ends(codes.cols.device), right=True)  # the first prefix holding it
         order = torch.argsort(level * b + codes.rows, stable=True)  # by level, then row (then latent, as before)
         grouped = Codes(level[order] * b + codes.rows[order], codes.cols[order], levels * b, codes.n_latents)
         parts = sparse_decode(acts[order], self.W_dec, grouped).view(levels, b, -1)
-        prefixes = parts.cumsum(0) + self.b_dec  # [levels, B, d_in]: the reconstruction of each prefix
-        total_variance = _total_variance(x)
-        fvus = (prefixes - x).pow(2).sum((1, 2)) / total_variance
+        prefixes = parts.cumsum(0) + base  # [levels, B, d_out]: the prediction of each prefix
+        total_variance = _total_variance(y)
+        fvus = (prefixes - y).pow(2).sum((1, 2)) / total_variance
         losses = {"fvu": fvus[-1], **{f"fvu_at_{w}": fvu for w, fvu in zip(self.widths[:-1], fvus[:-1])}}
         return prefixes[-1], losses

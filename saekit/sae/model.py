@@ -1,9 +1,12 @@
 """``SAE``: a sparse autoencoder (``torch.nn.Module``) whose architecture is a plug-in chosen by ``arch``.
 
-Every architecture has ``W_enc [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_in]`` and ``b_dec``, encodes
+Every architecture has ``W_enc [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_out]`` and ``b_dec [d_out]``, encodes
 ``x - b_dec`` and decodes ``z @ W_dec + b_dec``. Each subclass (see ``archs.py``) registers itself with
 ``@register_arch(name)`` and owns its activation and its training loss (``training_forward``), so
 ``SAE(config)`` builds the class that ``config.arch`` names.
+
+A transcoder (``config.transcoder``) of any architecture encodes ``x`` itself (its ``b_dec`` is in the output
+space) and predicts another activation, ``d_out`` wide; a skip-transcoder adds ``x @ W_skip.T`` to the prediction.
 """
 
 from __future__ import annotations
@@ -114,13 +117,21 @@ class SAE(nn.Module):
         self.config = config
         d_in, d_sae = config.d_in, config.d_sae
         assert d_in is not None and d_sae is not None  # resolved
-        decoder = torch.empty(d_sae, d_in, device=device)
+        d_out = config.d_out or d_in
+        decoder = torch.empty(d_sae, d_out, device=device)
         nn.init.kaiming_uniform_(decoder, a=math.sqrt(5))
         decoder /= decoder.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(decoder)
-        self.W_enc = nn.Parameter(decoder.clone())
+        if config.transcoder:  # input and output spaces differ: the encoder starts as its own random unit rows
+            encoder = torch.empty(d_sae, d_in, device=device)
+            nn.init.kaiming_uniform_(encoder, a=math.sqrt(5))
+            self.W_enc = nn.Parameter(encoder / encoder.norm(dim=1, keepdim=True))
+        else:
+            self.W_enc = nn.Parameter(decoder.clone())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, device=device))
+        if config.skip_connection:  # starts at zero: the latents learn first, the linear path what they leave
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in, device=device))
         self.metadata: dict = {}  # what a saved SAE's cfg.json says beyond its config (hook point, eval, ...)
 
     @classmethod
@@ -142,6 +153,15 @@ class SAE(nn.Module):
         return self.config.d_sae
 
     @property
+    def d_out(self) -> int:
+        """The prediction's width: ``d_in`` for an autoencoder, the target's for a transcoder."""
+        return self.config.d_out or self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.config.transcoder
+
+    @property
     def device(self) -> torch.device:
         return self.W_dec.device
 
@@ -151,8 +171,18 @@ class SAE(nn.Module):
             raise DataError(f"input of width {x.shape[-1]} given to an SAE with d_in={self.d_in}")
         return x.to(device=self.device, dtype=torch.float32)
 
+    def _centered(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: ``x - b_dec`` for an autoencoder, ``x`` for a transcoder."""
+        return x if self.config.transcoder else x - self.b_dec
+
+    def _output_base(self, x: torch.Tensor) -> torch.Tensor:
+        """What the prediction adds to the decoded latents: ``b_dec``, plus the skip path ``x @ W_skip.T``."""
+        if self.config.skip_connection:
+            return torch.addmm(self.b_dec, x, self.W_skip.t())
+        return self.b_dec
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(self._input(x) - self.b_dec, self.W_enc, self.b_enc)
+        return torch.nn.functional.linear(self._centered(self._input(x)), self.W_enc, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``[..., d_sae]`` (inference rule of the architecture)."""
@@ -167,13 +197,24 @@ class SAE(nn.Module):
         return rows, latents, z[rows, latents]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z @ W_dec + b_dec``: the latents' part of the output (a skip-transcoder's skip path needs the input:
+        ``forward``)."""
         return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+    def skip_path(self, x: torch.Tensor) -> torch.Tensor | float:
+        """A skip-transcoder's linear path ``x @ W_skip.T`` ``[..., d_out]`` (0 for any other SAE)."""
+        if not self.config.skip_connection:
+            return 0.0
+        return self._input(x).matmul(self.W_skip.t())
 
-    def training_forward(self, x: torch.Tensor, state: TrainingState) -> TrainingOutput:
-        """The training loss of a batch ``[B, d_in]`` (float32, normalized) and what the trainer logs."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``x`` (a transcoder: its prediction of the target)."""
+        return self.decode(self.encode(x)) + self.skip_path(x)
+
+    def training_forward(self, x: torch.Tensor, state: TrainingState, target: torch.Tensor | None = None
+                         ) -> TrainingOutput:
+        """The training loss of a batch ``[B, d_in]`` (float32, normalized) and what the trainer logs; a
+        transcoder predicts ``target [B, d_out]`` (an autoencoder: ``x``)."""
         raise NotImplementedError
 
     # -- decoder constraint --------------------------------------------------------------------------
@@ -190,11 +231,15 @@ class SAE(nn.Module):
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        """Make this SAE, trained on ``x * scale``, take raw ``x``: latents unchanged, output in raw units."""
+    def fold_input_scale(self, scale: float, output_scale: float | None = None) -> None:
+        """Make this SAE, trained on ``x * scale`` (and a transcoder on targets ``y * output_scale``, by default
+        ``scale``), take raw ``x``: latents unchanged, output in raw units."""
+        out = scale if output_scale is None else output_scale
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(out)
+        self.b_dec.div_(out)
+        if self.config.skip_connection:
+            self.W_skip.mul_(scale / out)
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, folder: str | Path, *, extra: dict | None = None) -> Path | str:
@@ -280,6 +325,12 @@ class SAE(nn.Module):
 
         return to_saelens(self, folder, **kwargs)
 
+    def to_sparsify(self, folder: str | Path) -> Path:
+        """Write a sparsify folder (``cfg.json`` + ``sae.safetensors``) of a TopK SAE or transcoder."""
+        from saekit.sae.io import to_sparsify
+
+        return to_sparsify(self, folder)
+
     @classmethod
     def from_saelens(cls, folder: str | Path, *, device: str | torch.device | None = None) -> "SAE":
         from saekit.sae.io import from_saelens
@@ -303,23 +354,34 @@ class SAE(nn.Module):
         return {}
 
     def saelens_tensors(self) -> dict[str, torch.Tensor]:
-        """The weights in SAELens' names and shapes (``W_enc`` is ``[d_in, d_sae]`` there)."""
-        return {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
-                "b_enc": self.b_enc.detach(), "b_dec": self.b_dec.detach()}
+        """The weights in SAELens' names and shapes (``W_enc`` is ``[d_in, d_sae]`` there; ``W_skip``, a
+        skip-transcoder's, is ``[d_out, d_in]`` in both)."""
+        out = {"W_enc": self.W_enc.detach().t().contiguous(), "W_dec": self.W_dec.detach().contiguous(),
+               "b_enc": self.b_enc.detach(), "b_dec": self.b_dec.detach()}
+        if self.config.skip_connection:
+            out["W_skip"] = self.W_skip.detach().contiguous()
+        return out
 
     @classmethod
     def state_from_saelens(cls, tensors: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
-        """Our ``state_dict`` from SAELens tensors (``apply_b_dec_to_input=False`` is folded into ``b_enc``)."""
+        """Our ``state_dict`` from SAELens tensors (an SAE's ``apply_b_dec_to_input=False`` is folded into
+        ``b_enc``; a transcoder's ``b_dec`` is its output's, never applied to its input)."""
         w_enc = tensors["W_enc"].float()  # [d_in, d_sae]
         b_enc, b_dec = tensors["b_enc"].float(), tensors["b_dec"].float()
-        if not cfg.get("apply_b_dec_to_input", True):  # W(x) + b == W(x - b_dec) + (b + W b_dec)
+        transcoder = str(cfg.get("architecture", "")).endswith("transcoder")
+        if not cfg.get("apply_b_dec_to_input", True) and not transcoder:  # W(x) + b == W(x - b_dec) + (b + W b_dec)
             b_enc = b_enc + b_dec @ w_enc
-        return {"W_enc": w_enc.t().contiguous(), "b_enc": b_enc, "W_dec": tensors["W_dec"].float().contiguous(),
-                "b_dec": b_dec}
+        state = {"W_enc": w_enc.t().contiguous(), "b_enc": b_enc, "W_dec": tensors["W_dec"].float().contiguous(),
+                 "b_dec": b_dec}
+        if "W_skip" in tensors:
+            state["W_skip"] = tensors["W_skip"].float().contiguous()
+        return state
 
     def extra_repr(self) -> str:
         k = getattr(self.config, "k", None)
-        return f"arch={self.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}" + (f", k={k}" if k else "")
+        kind = (", skip-transcoder" if self.config.skip_connection else ", transcoder") if self.is_transcoder else ""
+        out = f", d_out={self.d_out}" if self.is_transcoder else ""
+        return f"arch={self.arch!r}, d_in={self.d_in}{out}, d_sae={self.d_sae}" + (f", k={k}" if k else "") + kind
 
 
 def _versions(sae: nn.Module) -> dict[str, tuple[int, int]]:

@@ -19,23 +19,26 @@ from saekit.config import config
 from saekit.data.tokens import TokenRows, TokenStore
 
 
-
 class StoreSource:
-    """Batches of one hook point of an activation store; the last ``eval_rows`` rows are held out."""
+    """Batches of one hook point of an activation store; the last ``eval_rows`` rows are held out. With a
+    ``target_hook`` (a transcoder's), each row holds the hook point's activation and then the target's."""
 
     def __init__(self, store: ActivationStore, hook_point: str, eval_tokens: int, buffer_bytes: int = 256 * 2**20,
-                 preload: bool | None = False):
+                 preload: bool | None = False, target_hook: str | None = None):
         self.store, self.hook_point, self.buffer_bytes, self.preload = store, hook_point, buffer_bytes, preload
+        self.target_hook = target_hook
+        self.columns = [hook_point] if target_hook is None else [hook_point, target_hook]
         n = store.n_tokens
         self.eval_rows = min(int(eval_tokens), n // 10)
         self.train_rows = n - self.eval_rows
         self.d_in = store.d_model
+        self.d_out = store.d_model if target_hook is not None else None
 
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
                 state: dict | None = None, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
         """Global batches, or rank ``rank``'s slice of each when ``world`` > 1 (every rank reads them whole:
         the shuffle spans the global batch)."""
-        stream = self.store.batches(self.hook_point, batch_size, seed=seed, start_step=start_step, epochs=None,
+        stream = self.store.batches(self.columns, batch_size, seed=seed, start_step=start_step, epochs=None,
                                     rows=self.train_rows, buffer_bytes=self.buffer_bytes, device=device,
                                     preload=self._preload(device))
         return stream if world == 1 else _slices(stream, rank * (batch_size // world), batch_size // world)
@@ -46,7 +49,7 @@ class StoreSource:
         for anything larger)."""
         if self.preload is not None:
             return self.preload
-        need = self.train_rows * self.d_in * self.store.dtype.itemsize
+        need = self.train_rows * self.d_in * len(self.columns) * self.store.dtype.itemsize
         if device.type == "cuda":  # pragma: gpu
             free, _ = torch.cuda.mem_get_info(device)
             return need * 4 <= free
@@ -61,7 +64,8 @@ class StoreSource:
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for lo in range(self.train_rows, self.store.n_tokens, batch_size):
-            yield self.store.read(self.hook_point, lo, lo + batch_size)
+            parts = [self.store.read(name, lo, lo + batch_size) for name in self.columns]
+            yield torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def describe(self) -> str:
         return (f"activation store {self.store.id}: {self.train_rows:,} training rows, "
@@ -96,8 +100,9 @@ class ModelSource:
     where its slice starts) but runs the model only over the sequences its slice of rows overlaps."""
 
     def __init__(self, lm, tokens: TokenStore, hook_point: str, eval_tokens: int, include_bos: bool = False,
-                 sequences_per_forward: int | None = None):
-        self.lm, self.tokens, self.hook_point = lm, tokens, hook_point
+                 sequences_per_forward: int | None = None, target_hook: str | None = None):
+        self.lm, self.tokens, self.hook_point, self.target_hook = lm, tokens, hook_point, target_hook
+        self.columns = [hook_point] if target_hook is None else [hook_point, target_hook]
         n = tokens.n_sequences
         self.eval_sequences = min(math.ceil(int(eval_tokens) / tokens.context_length), n // 10)
         self.train_sequences = n - self.eval_sequences
@@ -105,13 +110,15 @@ class ModelSource:
         self.per_forward = sequences_per_forward or max(
             1, tokens_per_batch(lm.device) // tokens.context_length)
         self.d_in = lm.d_model
+        self.d_out = lm.d_model if target_hook is not None else None
         self.cursor, self.skip = 0, 0
         self.rows_computed = 0  # activation rows this process ran the model for (a rank: about its share)
 
     def _rows(self, batch, device: torch.device) -> torch.Tensor:
-        cache = self.lm.run_with_cache(batch.input_ids, self.hook_point, attention_mask=batch.mask.astype(np.int64))
+        cache = self.lm.run_with_cache(batch.input_ids, self.columns, attention_mask=batch.mask.astype(np.int64))
         keep = torch.from_numpy(batch.kept(self.bos)).to(self.lm.device)
-        rows = cache[self.hook_point][keep].to(device=device, dtype=torch.float32)
+        acts = cache[self.hook_point] if self.target_hook is None else torch.cat([cache[c] for c in self.columns], -1)
+        rows = acts[keep].to(device=device, dtype=torch.float32)
         self.rows_computed += len(rows)
         return rows
 

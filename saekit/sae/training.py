@@ -52,7 +52,8 @@ CHECKPOINT_FILE = "trainer.pt"
 
 # -- the public entry ----------------------------------------------------------------------------------
 def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | None = None,
-          train_config: TrainConfig | None = None, *, template: str | None = None, eval_model=None,
+          train_config: TrainConfig | None = None, *, target_hook: str | None = None, template: str | None = None,
+          eval_model=None,
           root: str | None = None, background: bool = True, launcher: str | None = None, nproc: int = 1,
           nnodes: int = 1, rdzv_endpoint: str | None = None, force: bool = False, name: str | None = None,
           workspace: Workspace | str | None = None, progress: bool = True):
@@ -61,7 +62,12 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
 
     ``source`` is an ``ActivationStore`` (or its id), or ``(lm, token_store)`` to train on activations
     computed on the fly. ``sae_config`` may be a list: every SAE trains on the same batches, each with
-    its own metrics (``sae{i}/fvu`` ...) and result. ``template="name"`` takes the configs saved with
+    its own metrics (``sae{i}/fvu`` ...) and result. ``target_hook="blocks.6.mlp_out"`` trains transcoders:
+    each SAE encodes ``hook_point`` (e.g. ``blocks.6.mlp_in``) and predicts the target hook's activation of the
+    same token (``transcoder=True`` is implied; add ``skip_connection=True`` for skip-transcoders); FVU is
+    measured against the target, and CE recovered splices the prediction in at the target hook. A store
+    source must hold both hook points (``sk.extract(lm, tokens, [hook_point, target_hook])``).
+    ``template="name"`` takes the configs saved with
     ``sk.templates.save`` (arguments given here win). ``eval_model=lm`` adds the downstream evaluation
     (CE loss recovered, KL) for a store source. ``launcher="torchrun", nproc=N`` trains data-parallel
     (``nnodes=M, rdzv_endpoint="host:port"``: over M machines, each other one joining with ``saekit join JOB_ID``).
@@ -90,17 +96,31 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
         raise ConfigError(f"batch_size={train_config.batch_size} must divide evenly over nproc={nproc}"
                           + (f" x nnodes={nnodes} ranks" if nnodes != 1 else ""))
 
-    spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws)
-    resolved = [c.resolved(d_in) for c in configs]  # ConfigError on a d_in mismatch or k >= d_sae
+    if target_hook is not None:
+        if not isinstance(target_hook, str) or target_hook == hook_point:
+            raise ConfigError(f"target_hook={target_hook!r} must name another hook point than {hook_point!r}, the "
+                              "activation the transcoder predicts (e.g. 'blocks.6.mlp_out' from 'blocks.6.mlp_in')")
+        configs = [c if c.transcoder else c.replace(transcoder=True) for c in configs]
+    else:
+        plain = [i for i, c in enumerate(configs) if c.transcoder]
+        if plain:
+            raise ConfigError(f"SAE config(s) {plain} are transcoders (transcoder=True) but no target_hook was given",
+                              suggestion="name the activation they predict: sk.train(..., target_hook='blocks.6.mlp_out')")
+    spec_source, d_in, train_rows = _describe_source(source, hook_point, train_config, ws, target_hook)
+    resolved = [c.resolved(d_in, d_in if target_hook else None) for c in configs]  # ConfigError on a mismatch
     if train_config.batch_size > train_rows:
         raise ConfigError(f"batch_size={train_config.batch_size} is larger than the {train_rows:,} training rows of "
                           "the source", suggestion="lower batch_size, lower eval_tokens or extract more tokens")
     eval_ref = None
     if eval_model is not None:
         eval_model.parse_hook_point(hook_point)
+        if target_hook is not None:
+            eval_model.parse_hook_point(target_hook)
         eval_ref = eval_model.ref
     spec = {"source": spec_source, "hook_point": hook_point, "saes": [c.to_dict() for c in resolved],
             "train": train_config.to_dict(), "eval_model": eval_ref}
+    if target_hook is not None:  # only then: an autoencoder's job key is what it always was
+        spec["target_hook"] = target_hook
     if root is not None:  # only then, so that a workspace run's job key is what it always was
         if not isinstance(root, str) or not is_url(root):
             raise ConfigError(f"root={root!r} must be an fsspec URL such as 's3://bucket/saes' (SAEs on a local "
@@ -110,24 +130,32 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
                   rdzv_endpoint=rdzv_endpoint, force=force, name=name, progress=progress)
 
 
-def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace) -> tuple[dict, int, int]:
+def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace,
+                     target_hook: str | None = None) -> tuple[dict, int, int]:
     """The source as a spec reference, its width, and how many rows it can train on."""
     if isinstance(source, str):
         source = ActivationStore.open(source, ws)
     if isinstance(source, ActivationStore):
         source.check_hook_point(hook_point)
+        if target_hook is not None and target_hook not in source.hook_points:
+            raise ConfigError(f"target_hook={target_hook!r} is not in activation store {source.id}; it holds "
+                              f"{source.hook_points}", suggestion="extract both hook points in one pass: "
+                              f"sk.extract(lm, tokens, [{hook_point!r}, {target_hook!r}])")
         if not source.complete:
             raise DataError(f"activation store {source.id} is not complete; wait for its job first")
-        nonfinite = source.stats(hook_point).get("nonfinite", 0)
-        if nonfinite:
-            raise DataError(f"activation store {source.id} holds {nonfinite:,} rows with NaN or infinity at {hook_point}",
-                            suggestion="extract again in float32 (dtype='float32'), or drop those rows")
+        for name in (hook_point, target_hook) if target_hook else (hook_point,):
+            nonfinite = source.stats(name).get("nonfinite", 0)
+            if nonfinite:
+                raise DataError(f"activation store {source.id} holds {nonfinite:,} rows with NaN or infinity at {name}",
+                                suggestion="extract again in float32 (dtype='float32'), or drop those rows")
         rows = StoreSource(source, hook_point, tc.eval_tokens).train_rows
         return {"store": {"id": source.id, "location": source.location}}, source.d_model, rows
     if isinstance(source, tuple) and len(source) == 2:
         lm, tokens = source
         tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
         lm.parse_hook_point(hook_point)
+        if target_hook is not None:
+            lm.parse_hook_point(target_hook)
         if not tokens.complete:
             raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
         lm.check_token_store(tokens)
@@ -162,6 +190,12 @@ class _Run:
         self.since_fired.copy_(state["since_fired"])
 
 
+def _expected_norm_scale(rows: torch.Tensor) -> float:
+    """The factor that makes the rows' mean squared norm their width."""
+    rows = rows.float()
+    return float(math.sqrt(rows.shape[1] / rows.pow(2).sum(1).mean().clamp_min(1e-12)))
+
+
 def _lr_factor(step: int, tc: TrainConfig) -> float:
     total = tc.total_steps
     factor = 1.0
@@ -186,16 +220,19 @@ class TrainSpec(JobSpec):
     eval_model: dict | None = spec_field(None, doc="the model's reference for CE/KL evaluation (None: none)")
     root: str | None = spec_field(None, omit_none=True, doc="an fsspec URL for checkpoints and finals "
                                                             "(None: the workspace)")
+    target_hook: str | None = spec_field(None, omit_none=True, doc="the hook point transcoders predict (None: "
+                                                                   "autoencoders of ``hook_point``)")
 
 
 def _open_source(spec: TrainSpec, tc: TrainConfig, ws: Workspace, device: torch.device):
     ref = spec.source
     if "store" in ref:
         store = ActivationStore(ref["store"]["location"], ws)
-        return StoreSource(store, spec.hook_point, tc.eval_tokens, tc.shuffle_buffer_bytes, tc.preload), None
+        return StoreSource(store, spec.hook_point, tc.eval_tokens, tc.shuffle_buffer_bytes, tc.preload,
+                           target_hook=spec.target_hook), None
     lm = load_model_from_ref(ref["model"], device=tc.device)
     tokens = TokenStore(ref["tokens"]["path"], ws)
-    return ModelSource(lm, tokens, spec.hook_point, tc.eval_tokens), lm
+    return ModelSource(lm, tokens, spec.hook_point, tc.eval_tokens, target_hook=spec.target_hook), lm
 
 
 class _Distributed:
@@ -334,6 +371,7 @@ class _Trainer:
             for stale in ctx.dir.glob("checkpoint-*"):
                 remove(stale)
         self.scale = 1.0
+        self.output_scale = 1.0  # a transcoder's targets' (autoencoders: the input's)
         self.step = 0
 
     # -- metric names ---------------------------------------------------------------------------------
@@ -366,7 +404,8 @@ class _Trainer:
     def _write_checkpoint(self, folder: Path) -> None:
         for run in self.runs:
             run.sae.save(folder / f"sae{run.index}")
-        torch.save({"step": self.step, "scale": self.scale, "runs": [r.state() for r in self.runs],
+        torch.save({"step": self.step, "scale": self.scale, "output_scale": self.output_scale,
+                    "runs": [r.state() for r in self.runs],
                     "source": self.source.state(), "rng": torch.get_rng_state()}, folder / CHECKPOINT_FILE)
 
     def _checkpoints(self) -> list[str]:
@@ -404,16 +443,19 @@ class _Trainer:
                 run.restore(run_state)
         torch.set_rng_state(state["rng"])
         self.step, self.scale = int(state["step"]), float(state["scale"])
+        self.output_scale = float(state.get("output_scale", self.scale))
         self.ctx.event(f"resuming from the checkpoint at step {self.step:,}")
         return state["source"]
 
     # -- the loop -------------------------------------------------------------------------------------
-    def _initialise(self, sample: torch.Tensor) -> None:
-        """Input scale (mean squared norm -> d_in) and each decoder bias, from the first rows."""
+    def _initialise(self, sample: torch.Tensor, target: torch.Tensor | None) -> None:
+        """Input scale (mean squared norm -> d_in) and each decoder bias, from the first rows (a transcoder's
+        targets get their own scale, and the decoder bias is theirs)."""
         sample = sample[:INIT_SAMPLE_ROWS].float()
         if self.tc.normalize_activations == "expected_norm":
-            self.scale = float(math.sqrt(sample.shape[1] / sample.pow(2).sum(1).mean().clamp_min(1e-12)))
-        sample = sample * self.scale
+            self.scale = _expected_norm_scale(sample)
+            self.output_scale = self.scale if target is None else _expected_norm_scale(target[:INIT_SAMPLE_ROWS])
+        sample = sample * self.scale if target is None else target[:INIT_SAMPLE_ROWS].float() * self.output_scale
         for run in self.runs:
             init = run.config.b_dec_init
             if init != "zeros":
@@ -427,7 +469,9 @@ class _Trainer:
         source_state = self._restore(ctx.resume_point) if ctx.resume_point else None
         if group.rank == 0:
             passes = tc.total_tokens / max(1, getattr(self.source, "train_rows", 0) or tc.total_tokens)
-            ctx.event(f"training {len(self.runs)} SAE(s) on {self.source.describe()}: {total:,} steps of "
+            what = (f"transcoder(s) {self.spec.hook_point} -> {self.spec.target_hook}" if self.spec.target_hook
+                    else "SAE(s)")
+            ctx.event(f"training {len(self.runs)} {what} on {self.source.describe()}: {total:,} steps of "
                       f"{tc.batch_size:,} tokens" + (f" ({passes:.1f} passes over the data)" if passes > 1.01 else ""))
         batches = self.source.batches(tc.batch_size, tc.seed, self.step, self.device, source_state,
                                       rank=group.rank, world=group.world)  # this rank's slice of each global batch
@@ -442,11 +486,16 @@ class _Trainer:
                     break
                 waited += time.monotonic() - asked
                 x = batch.to(device=self.device, dtype=torch.float32)
-                if self.step == 0 and not ctx.resume_point:
-                    self._initialise(group.gathered(x))  # from the whole first batch, the same on every rank
+                y = None
+                if self.spec.target_hook is not None:  # a transcoder's rows: its input, then its target
+                    x, y = x[:, :self.source.d_in], x[:, self.source.d_in:]
+                if self.step == 0 and not ctx.resume_point:  # from the whole first batch, the same on every rank
+                    self._initialise(group.gathered(x), None if y is None else group.gathered(y))
                 x = x * self.scale
+                if y is not None:
+                    y = y * self.output_scale
                 log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == total
-                outputs = [self._forward_backward(run, x) for run in self.runs]
+                outputs = [self._forward_backward(run, x, y) for run in self.runs]
                 fired = [out.fired.clone() for out in outputs]
                 grads = [p.grad for run in self.runs for p in run.sae.parameters() if p.grad is not None]
                 # gradients (mean), fired counts (sum) and the cancel flag in one all-reduce: every rank stops together
@@ -458,7 +507,7 @@ class _Trainer:
                 if log_now:
                     now = time.monotonic()
                     elapsed = max(now - interval_start, 1e-9)
-                    self._log(outputs, x, interval_tokens / elapsed, waited / elapsed)
+                    self._log(outputs, x if y is None else y, interval_tokens / elapsed, waited / elapsed)
                     interval_start, interval_tokens, waited = now, 0, 0.0
                 if cancelled:
                     raise JobCancelled(f"job {ctx.job_id} was cancelled")
@@ -480,7 +529,7 @@ class _Trainer:
                       f"(its slices: {(self.step - first_step) * (tc.batch_size // group.world):,})")
         return self._finish()
 
-    def _forward_backward(self, run: _Run, x: torch.Tensor):
+    def _forward_backward(self, run: _Run, x: torch.Tensor, y: torch.Tensor | None):
         tc = self.tc
         warmup = tc.steps(tc.l1_warmup)
         # a latent is dead after dead_after_tokens without firing: none can be before that many tokens were seen
@@ -488,7 +537,8 @@ class _Trainer:
         possible = self.step * tc.batch_size >= tc.dead_after_tokens
         state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens if possible else None,
                               sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
-        out = run.sae.training_forward(x, state)
+        # an autoencoder's call is what it was before transcoders (a plug-in's training_forward may not take target)
+        out = run.sae.training_forward(x, state) if y is None else run.sae.training_forward(x, state, target=y)
         out.loss.backward()
         return out
 
@@ -504,7 +554,8 @@ class _Trainer:
         run.since_fired.add_(self.tc.batch_size).masked_fill_(fired > 0, 0)
 
     def _log(self, outputs, x: torch.Tensor, tokens_per_s: float, data_wait: float) -> None:
-        """The interval's metrics; ``data_wait`` is the fraction of its wall time spent waiting for batches."""
+        """The interval's metrics (``x``: what the SAEs predict, the input or a transcoder's target); ``data_wait``
+        is the fraction of its wall time spent waiting for batches."""
         values = {}
         for run, out in zip(self.runs, outputs):
             err = (out.x_hat - x).pow(2)
@@ -551,19 +602,21 @@ class _Trainer:
         results: list[dict] = []
         for run in self.runs:
             sae = run.sae.eval()
-            sae.fold_input_scale(self.scale)
-            evaluation = reconstruction_metrics(sae, self.source.eval_batches(tc.batch_size))
+            sae.fold_input_scale(self.scale, self.output_scale)
+            evaluation = reconstruction_metrics(sae, self._eval_batches())
             evaluation["dead_fraction"] = float((run.since_fired >= tc.dead_after_tokens).float().mean())
             if lm is not None and tc.ce_eval_tokens:
                 evaluation.update(downstream_metrics(sae, lm, tokens, self.spec.hook_point, self._ce_sequences(tokens),
-                                                     include_bos=include_bos))
+                                                     include_bos=include_bos, target_hook=self.spec.target_hook))
             sub = f"sae{run.index}" if len(self.runs) > 1 else ""
             if self.remote:
                 path: str | Path = f"{self.remote}/final" + (f"/{sub}" if sub else "")
             else:
                 assert self.folder is not None  # not on object storage
                 path = self.folder / "final" / sub
-            sae.save(path, extra={"hook_point": self.spec.hook_point, "job_id": ctx.job_id, "input_scale_folded": self.scale,
+            target = {"target_hook": self.spec.target_hook} if self.spec.target_hook else {}
+            sae.save(path, extra={"hook_point": self.spec.hook_point, **target, "job_id": ctx.job_id,
+                                  "input_scale_folded": self.scale,
                                   "trained_tokens": self.step * tc.batch_size, "source": self.spec.source,
                                   "eval": evaluation})
             results.append({"path": str(path), "eval": evaluation})
@@ -582,7 +635,16 @@ class _Trainer:
         ctx.after_end(remove_checkpoints)
         ctx.progress(self.step, tc.total_steps, unit="steps", phase="done")
         return {"saes": results, "steps": self.step, "tokens": self.step * tc.batch_size,
-                "hook_point": self.spec.hook_point}
+                "hook_point": self.spec.hook_point, **({"target_hook": self.spec.target_hook}
+                                                       if self.spec.target_hook else {})}
+
+    def _eval_batches(self):
+        """Held-out raw rows: tensors, or (input, target) pairs for transcoders."""
+        for batch in self.source.eval_batches(self.tc.batch_size):
+            if self.spec.target_hook is None:
+                yield batch
+            else:
+                yield batch[:, :self.source.d_in], batch[:, self.source.d_in:]
 
     def _downstream_model(self):
         """(model, token store, include_bos) for the CE evaluation, or Nones when there is no model."""

@@ -16,6 +16,9 @@ Several features at once add their changes (computed from the same ``x``). ``pos
 last token is a prompt position, so the first new token is predicted unsteered). The hook knows a token's
 absolute position from the attention mask's length, so generation with the KV cache (one new position per
 forward pass) and without it (every position each time) are steered identically.
+
+A transcoder's features are steered where it writes (its target hook, e.g. ``blocks.6.mlp_out``: its decoder rows
+live there); ``clamp`` and ``ablate`` compute the feature's activation from what it reads (``blocks.6.mlp_in``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ def sae_hook_point(sae, hook_point: str | None) -> str:
     return hook_point
 
 
+def transcoder_target(sae) -> str:
+    """The hook point a transcoder writes (its prediction's), from its files."""
+    target = (getattr(sae, "metadata", {}) or {}).get("target_hook")
+    if not isinstance(target, str):
+        raise ConfigError("this transcoder's files do not say which hook point it predicts (metadata 'target_hook')",
+                          suggestion="set it: sae.metadata['target_hook'] = 'blocks.6.mlp_out'")
+    return target.replace("hook_", "")
+
+
 class Steering:
     """The intervention ``sk.steer`` returns: a context manager that installs it on ``lm`` (see the module)."""
 
@@ -72,9 +84,14 @@ class Steering:
                                   "one finite number")
             checked[feature] = coeff
         features = checked
-        self.hook_point = sae_hook_point(sae, hook_point)
+        # a transcoder reads one hook point and writes another: its features are steered where it writes (the
+        # decoder rows live there), with clamp's activations computed from what it reads
+        self.input_hook = sae_hook_point(sae, hook_point)
+        self.hook_point = transcoder_target(sae) if sae.is_transcoder else self.input_hook
+        lm.parse_hook_point(self.input_hook)
         lm.parse_hook_point(self.hook_point)
-        if sae.d_in != lm.d_model:
+        self._read: torch.Tensor | None = None  # a transcoder's input at this forward pass (clamp, ablate)
+        if sae.d_in != lm.d_model or sae.d_out != lm.d_model:
             raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {lm.name} is {lm.d_model}-wide",
                               suggestion="steer with an SAE trained on this model")
         self.lm, self.sae, self.mode, self.positions = lm, sae, mode, positions
@@ -109,7 +126,7 @@ class Steering:
     def at(self, positions: str) -> "Steering":
         """The same intervention at other positions."""
         return Steering(self.lm, self.sae, self.features, mode=self.mode, positions=positions,
-                        hook_point=self.hook_point, relative_to=self.relative_to)
+                        hook_point=self.input_hook, relative_to=self.relative_to)
 
     # -- the hooks ------------------------------------------------------------------------------------
     def _track(self, module, args, kwargs) -> None:
@@ -148,9 +165,13 @@ class Steering:
         if self.mode == "cap":
             over = (xf @ self._units.T - self._coeffs).clamp_min(0)  # [..., n]
             return -(over @ self._units)
-        acts = self.sae.encode(xf.reshape(-1, xf.shape[-1]).to(self.sae.device))
+        read = xf if self._read is None else self._read.float()
+        acts = self.sae.encode(read.reshape(-1, read.shape[-1]).to(self.sae.device))
         a = acts.index_select(-1, self._index).to(x.device).reshape(*xf.shape[:-1], -1)
         return (self._coeffs - a) @ self._dirs
+
+    def _remember(self, x: torch.Tensor) -> None:
+        self._read = x
 
     def _steer(self, x: torch.Tensor):
         if not self._ids:
@@ -173,7 +194,10 @@ class Steering:
         stack = ExitStack()
         try:
             stack.callback(self.lm.model.register_forward_pre_hook(self._track, with_kwargs=True).remove)
-            stack.enter_context(self.lm.hooks({self.hook_point: self._steer}))
+            hooks = {self.hook_point: self._steer}
+            if self.input_hook != self.hook_point and self.mode in ("clamp", "ablate"):
+                hooks = {self.input_hook: self._remember, **hooks}
+            stack.enter_context(self.lm.hooks(hooks))
         except BaseException:
             stack.close()
             raise

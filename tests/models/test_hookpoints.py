@@ -27,7 +27,8 @@ def inputs():
 def test_hook_points_match_hidden_states_and_add_up(arch, overrides):
     lm = build(arch, **overrides)
     ids = inputs()
-    assert lm.hook_points() == [f"blocks.{i}.{s}" for i in range(3) for s in ("resid_pre", "resid_post", "attn_out", "mlp_out")]
+    assert lm.hook_points() == [f"blocks.{i}.{s}" for i in range(3)
+                                for s in ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")]
     cache = lm.run_with_cache(ids, lm.hook_points())
     with torch.no_grad():
         hidden = lm.model(ids, output_hidden_states=True).hidden_states
@@ -40,6 +41,13 @@ def test_hook_points_match_hidden_states_and_add_up(arch, overrides):
         torch.testing.assert_close(pre, hidden[i], rtol=1e-5, atol=1e-5)
         total = pre + cache[f"blocks.{i}.attn_out"] + cache[f"blocks.{i}.mlp_out"]
         torch.testing.assert_close(total, post, rtol=1e-4, atol=1e-5)
+        # mlp_in is what the MLP reads: the MLP of it is the branch (Gemma 2 normalises the branch after)
+        block = lm.blocks[i]
+        with torch.no_grad():
+            branch = get_module(block, lm.arch.module_of("mlp_in"))(cache[f"blocks.{i}.mlp_in"])
+            if lm.arch.mlp_input is not None:
+                branch = get_module(block, lm.arch.mlp)(branch)
+        torch.testing.assert_close(branch, cache[f"blocks.{i}.mlp_out"], rtol=1e-4, atol=1e-5)
     assert lm.arch.parallel == (arch == "phi" or (arch == "gpt_neox" and overrides.get("use_parallel_residual", True)))
 
 
@@ -95,6 +103,14 @@ def test_hooks_read_and_replace_activations():
         zeroed = lm.run_with_cache(ids, ["blocks.0.attn_out", "blocks.0.resid_pre", "blocks.0.resid_post"])
     # the cache hook sees the replaced branch, and the residual no longer includes attention
     assert torch.count_nonzero(zeroed["blocks.0.attn_out"]) == 0
+    for arch in ("gpt2", "llama"):  # the MLP's input is replaced too (GPT-2's MLP takes hidden_states, Llama's x)
+        lm = build(arch)
+        with lm.hooks({"blocks.0.mlp_in": torch.zeros_like}):
+            replaced = lm.run_with_cache(ids, ["blocks.0.mlp_in", "blocks.0.mlp_out"])
+        with torch.no_grad():
+            from_zeros = get_module(lm.blocks[0], lm.arch.mlp)(torch.zeros_like(replaced["blocks.0.mlp_in"]))
+        assert torch.count_nonzero(replaced["blocks.0.mlp_in"]) == 0
+        torch.testing.assert_close(replaced["blocks.0.mlp_out"], from_zeros)
 
 
 def test_bad_hook_point_names_the_valid_ones():
