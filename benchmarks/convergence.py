@@ -1,14 +1,22 @@
 """How fast saekit's TopK defaults converge against EleutherAI's sparsify on the same rows; prints JSON.
 
-    python benchmarks/convergence.py [--real-rows 1000000] [--peer-python .venv-interop/bin/python]
+    python benchmarks/convergence.py [--real-rows 1000000] [--rows-cache /tmp/smol6.npy]
+                                     [--peer-python .venv-interop/bin/python] [--only smollm2]
 
-Two data sets: ``random`` (train.py's Gaussian rows, d_in 512, d_sae 8192, k 32) and ``smollm2``
-(SmolLM2-135M-Instruct's ``blocks.6.resid_post`` over the standard-library docstrings, d_in 576, d_sae 4608,
-k 32). On each, held-out FVU (the same held-out rows) after 60 steps and after one epoch of batch 4096:
-``sk.train`` with its defaults; the same with the encoder initialised as before 2026-12-04 (rows of unit norm,
-``unit_encoder``); and sparsify's SparseCoder stepped as its Trainer steps it (Adam at its default learning rate,
-b_dec from the first batch's mean, decoder gradient projection and renormalisation) in a Python that has it
-(``make interop-env``). One run, one process per trainer.
+Three data sets, each trained by three trainers on the same batches in the same order:
+
+- ``random``: Gaussian rows (d_in 512, d_sae 8192, k 32, 65,536 training rows);
+- ``smollm2``: SmolLM2-135M-Instruct's ``blocks.6.resid_post`` over the standard-library docstrings (d_in 576,
+  d_sae 4608, k 32, 1M training rows);
+- ``planted``: rows made of 4 of 256 random unit atoms in 64 dims (the tests' planted dictionary), d_sae 256 =
+  atoms, k 4, batch 1024, 1.5M tokens; scored by the fraction of atoms some decoder row matches at cosine > 0.9.
+
+On ``random`` and ``smollm2``, held-out FVU (the same held-out 4,096 rows) after 60 steps and after one epoch of
+batch 4096. The trainers: ``sk.train`` with its defaults (``saekit``); the same with the defaults before
+2026-12-04's change (``lr=2e-4 / sqrt(d_sae / 2**14)``, ``dead_after_tokens=10_000_000``: ``saekit_before``);
+and sparsify's SparseCoder stepped as its Trainer steps it (Adam at its default learning rate, the first batch's
+mean as b_dec, decoder gradient projection and renormalisation; its AuxK starts after 10M tokens, so never here)
+in a Python that has it (``make interop-env``). One process per trainer.
 """
 
 from __future__ import annotations
@@ -25,21 +33,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BATCH, HELD = 4096, 4096
+HELD = 4096
 
 SPARSIFY = """
 import json, math, sys
 import numpy as np, torch
 from sparsify import SparseCoder, SparseCoderConfig
 data = torch.from_numpy(np.load(sys.argv[1])).float()
-d_sae, k, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-held, train = data[-{held}:], data[:-{held}]
+d_sae, k, steps, batch, held_rows = (int(a) for a in sys.argv[2:7])
+held, train = data[-held_rows:], data[:-held_rows]
 torch.manual_seed(0)
 sae = SparseCoder(data.shape[1], SparseCoderConfig(k=k, num_latents=d_sae))
 opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / math.sqrt(d_sae / 2**14))
-n = len(train) // {batch}
+n = len(train) // batch
 for i in range(steps):
-    xb = train[(i % n) * {batch}:(i % n + 1) * {batch}]
+    xb = train[(i % n) * batch:(i % n + 1) * batch]
     if i == 0:
         sae.b_dec.data = xb.mean(0)
     sae(xb).fvu.backward()
@@ -47,43 +55,38 @@ for i in range(steps):
     opt.step()
     opt.zero_grad(set_to_none=True)
     sae.set_decoder_norm_to_unit_norm()
+np.save(sys.argv[7], sae.W_dec.detach().numpy())
 with torch.no_grad():
-    print(json.dumps({{"fvu": float(sae(held).fvu)}}))
-""".format(held=HELD, batch=BATCH)
+    print(json.dumps({"fvu": float(sae(held).fvu)}))
+"""
 
 
-def saekit_fvu(data: np.ndarray, d_sae: int, k: int, steps: int, unit_encoder: bool) -> float:
+def saekit_run(data: np.ndarray, d_sae: int, k: int, steps: int, batch: int, held: int, before: bool):
+    """(held-out FVU, decoder rows) of ``sk.train`` on ``data`` (its last ``held`` rows held out)."""
     import torch
-
-    import importlib
 
     import saekit as sk
 
-    archs = importlib.import_module("saekit.sae.archs")
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         ws = sk.Workspace(tmp)
         store = sk.ActivationStore.from_array(torch.from_numpy(data), "x", workspace=ws)
-        tc = sk.TrainConfig(total_tokens=steps * BATCH, batch_size=BATCH, eval_tokens=HELD, log_every=10**6,
-                            checkpoint_every=10**9, device="cpu")
-        before = archs.ENCODER_INIT_SCALE
-        archs.ENCODER_INIT_SCALE = 1.0 if unit_encoder else before
-        try:
-            job = sk.train(store, "x", sk.SAEConfig(arch="topk", d_sae=d_sae, k=k), tc, background=False,
-                           progress=False, workspace=ws)
-        finally:
-            archs.ENCODER_INIT_SCALE = before
-        return round(job.info()["result"]["saes"][0]["eval"]["fvu"], 4)
+        earlier = {"lr": 2e-4 / math.sqrt(d_sae / 2**14), "dead_after_tokens": 10_000_000} if before else {}
+        tc = sk.TrainConfig(total_tokens=steps * batch, batch_size=batch, eval_tokens=held, log_every=10**6,
+                            checkpoint_every=10**9, device="cpu", **earlier)
+        job = sk.train(store, "x", sk.SAEConfig(arch="topk", d_sae=d_sae, k=k), tc, background=False, progress=False,
+                       workspace=ws)
+        return job.info()["result"]["saes"][0]["eval"]["fvu"], job.result().W_dec.detach().numpy()
 
 
-def sparsify_fvu(python: str | None, data: np.ndarray, d_sae: int, k: int, steps: int) -> float | None:
+def sparsify_run(python: str | None, data: np.ndarray, d_sae: int, k: int, steps: int, batch: int, held: int):
     if python is None:
-        return None
+        return None, None
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rows.npy"
+        path, w_dec = Path(tmp) / "rows.npy", Path(tmp) / "w_dec.npy"
         np.save(path, data)
-        done = subprocess.run([python, "-c", SPARSIFY, str(path), str(d_sae), str(k), str(steps)],
-                              capture_output=True, text=True, check=True)
-    return round(json.loads(done.stdout.strip().splitlines()[-1])["fvu"], 4)
+        done = subprocess.run([python, "-c", SPARSIFY, str(path), str(d_sae), str(k), str(steps), str(batch), str(held),
+                               str(w_dec)], capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])["fvu"], np.load(w_dec)
 
 
 def real_rows(rows: int) -> np.ndarray:
@@ -95,13 +98,32 @@ def real_rows(rows: int) -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = sk.Workspace(Path(tmp) / "ws")
-        lm = sk.load_model(fetch_model(progress=False), gguf_file=SMOLLM2["gguf_file"], device="cpu")
+        lm = sk.load_model(fetch_model(progress=False, workspace=ws), gguf_file=SMOLLM2["gguf_file"], device="cpu")
         copies = max(1, math.ceil(rows / 400_000))
         corpus = sk.load_corpus(datasets.Dataset.from_dict({"text": stdlib_docstrings() * 4 * copies}))
         toks = sk.tokenize(corpus, lm, context_length=256, background=False, progress=False, workspace=ws).result()
         store = sk.extract(lm, toks, ["blocks.6.resid_post"], max_tokens=rows, dtype="float32", background=False,
                            progress=False, workspace=ws).result()
         return store.read("blocks.6.resid_post", 0, store.n_tokens).float().numpy()
+
+
+def planted_rows(n: int = 300_000, d: int = 64, atoms: int = 256, active: int = 4):
+    """The tests' planted dictionary (tests/data_for_tests.py: ``dictionary_data``): rows and the atoms."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(atoms, d, generator=g), dim=1)
+    chosen = torch.rand(n, atoms, generator=g).argsort(1)[:, :active]
+    codes = torch.zeros(n, atoms).scatter_(1, chosen, torch.rand(n, active, generator=g) * 2 + 0.5)
+    return (codes @ dictionary).numpy(), dictionary.numpy()
+
+
+def recovered(w_dec: np.ndarray | None, atoms: np.ndarray) -> float | None:
+    """The fraction of atoms whose best-matching decoder row has cosine > 0.9."""
+    if w_dec is None:
+        return None
+    rows = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True).clip(1e-12)
+    return round(float(((rows @ atoms.T).max(0) > 0.9).mean()), 4)
 
 
 def _cached(path: str | None, make) -> np.ndarray:
@@ -119,24 +141,42 @@ def main() -> None:
     parser.add_argument("--random-rows", type=int, default=65536)
     parser.add_argument("--peer-python", default=str(ROOT / ".venv-interop" / "bin" / "python"))
     parser.add_argument("--rows-cache", default=None, help="keep the SmolLM2 rows in this .npy file between runs")
+    parser.add_argument("--only", choices=("random", "smollm2", "planted"), default=None)
     opts = parser.parse_args()
     peer = opts.peer_python if Path(opts.peer_python).exists() else None
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    sets = {"random": (torch.randn(opts.random_rows + HELD, 512, generator=g).numpy(), 8192, 32),
-            "smollm2": (_cached(opts.rows_cache, lambda: real_rows(opts.real_rows + HELD)), 4608, 32)}
     out: dict = {"peer": peer or "no sparsify here (make interop-env)"}
-    for name, (data, d_sae, k) in sets.items():
-        epoch = (len(data) - HELD) // BATCH
+    sets = {"random": lambda: (torch.randn(opts.random_rows + HELD, 512, generator=torch.Generator().manual_seed(0)
+                                           ).numpy(), 8192, 32),
+            "smollm2": lambda: (_cached(opts.rows_cache, lambda: real_rows(opts.real_rows + HELD)), 4608, 32)}
+    for name, make in sets.items():
+        if opts.only and name != opts.only:
+            continue
+        data, d_sae, k = make()
+        epoch = (len(data) - HELD) // 4096
         for label, steps in (("60_steps", 60), ("one_epoch", epoch)):
-            row = {"steps": steps, "saekit": saekit_fvu(data, d_sae, k, steps, False),
-                   "saekit_unit_encoder": saekit_fvu(data, d_sae, k, steps, True),
-                   "sparsify": sparsify_fvu(peer, data, d_sae, k, steps)}
-            if row["sparsify"]:
-                row["saekit_over_sparsify"] = round(row["saekit"] / row["sparsify"], 3)
+            row = {"steps": steps}
+            for trainer, before in (("saekit", False), ("saekit_before", True)):
+                row[trainer] = round(saekit_run(data, d_sae, k, steps, 4096, HELD, before)[0], 4)
+            theirs = sparsify_run(peer, data, d_sae, k, steps, 4096, HELD)[0]
+            if theirs is not None:
+                row["sparsify"] = round(theirs, 4)
+                row["saekit_over_sparsify"] = round(row["saekit"] / theirs, 3)
             out[f"{name}_{label}"] = row
             print(json.dumps({f"{name}_{label}": row}), file=sys.stderr, flush=True)
+    if not opts.only or opts.only == "planted":
+        rows, atoms = planted_rows()
+        steps = 1_500_000 // 1024
+        row = {"steps": steps}
+        for trainer, before in (("saekit", False), ("saekit_before", True)):
+            fvu, w_dec = saekit_run(rows, 256, 4, steps, 1024, 8192, before)
+            row[trainer] = {"recovered": recovered(w_dec, atoms), "fvu": round(fvu, 4)}
+        fvu, w_dec = sparsify_run(peer, rows, 256, 4, steps, 1024, 8192)
+        if fvu is not None:
+            row["sparsify"] = {"recovered": recovered(w_dec, atoms), "fvu": round(fvu, 4)}
+        out["planted"] = row
+        print(json.dumps({"planted": row}), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=2))
 
 

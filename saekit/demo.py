@@ -4,12 +4,16 @@
 2. load it (the memory it needs is checked first);
 3. write a corpus of Python's standard-library docstrings and tokenize it in a background job;
 4. read activations at a few hook points and generate a sentence;
-5. extract ``blocks.6.resid_post`` activations into a Zarr store in a background job, and stream
-   shuffled batches back from it;
-6. train a TopK SAE on them in a background job, and evaluate it on held-out tokens (FVU, L0, dead
-   latents, and the model's loss with the SAE spliced in);
-7. analyse every latent of that SAE in one streaming pass over the store (a background job), print a few
-   features (top tokens, frequency, logit lens) and export them as a self-contained HTML file.
+5. extract ``blocks.6.resid_post`` activations (and ``blocks.6.mlp_in`` / ``mlp_out``, in the same pass) into a
+   Zarr store in a background job, and stream shuffled batches back from it;
+6. train a TopK SAE and a Matryoshka BatchTopK SAE on them (one sweep, one read of the data) in a background
+   job, and evaluate them on held-out tokens (FVU, L0, dead latents, and the model's loss with the SAE spliced
+   in);
+7. train a skip-transcoder from the MLP's input to its output (CE with its prediction spliced in at mlp_out);
+8. analyse every latent of the TopK SAE in one streaming pass over the store (a background job), print a few
+   features (top tokens, frequency, logit lens) and export them as a self-contained HTML file;
+9. steer the model with one of those features;
+10. name features: automatic labels, and SmolLM2 explaining and scoring a few.
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -28,6 +32,15 @@ HOOK_POINTS = ["blocks.6.resid_pre", "blocks.6.attn_out", "blocks.6.mlp_out", "b
 def _step(n: int, text: str) -> float:
     print(f"\n[{n}] {text}", flush=True)
     return time.perf_counter()
+
+
+def _print_evaluation(sae, item: dict) -> None:
+    evaluation = item["eval"]
+    print(f"    {sae}")
+    print("      held out: " + ", ".join(f"{k} {evaluation[k]:.3f}" for k in
+                                         ("fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_recovered",
+                                          "kl") if k in evaluation))
+    print(f"      saved in {item['path']} (sk.SAE.load(path), sae.to_saelens(folder))")
 
 
 def _corpus_file(ws) -> Path:
@@ -84,8 +97,9 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     prompt = "The Python standard library"
     print(f"    {prompt!r} -> {lm.generate(prompt, max_new_tokens=16).text!r}")
 
-    t = _step(5, f"extract {max_tokens:,} tokens of blocks.6.resid_post into an activation store (a background job)")
-    job = sk.extract(lm, store, "blocks.6.resid_post", max_tokens=max_tokens)
+    t = _step(5, f"extract {max_tokens:,} tokens of blocks.6.resid_post, mlp_in and mlp_out into an activation store "
+                 "(one forward pass, a background job)")
+    job = sk.extract(lm, store, ["blocks.6.resid_post", "blocks.6.mlp_in", "blocks.6.mlp_out"], max_tokens=max_tokens)
     acts = job.result(progress=True)
     timings["extract"] = time.perf_counter() - t
     stats = acts.stats("blocks.6.resid_post")
@@ -95,24 +109,32 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     batch = next(acts.batches("blocks.6.resid_post", 4096, seed=0))
     print(f"    a shuffled training batch: {tuple(batch.shape)} {batch.dtype}")
 
-    t = _step(6, "train a TopK SAE (8x, k=32) on those activations (a background job), then evaluate it")
-    run = sk.train(acts, "blocks.6.resid_post", sk.SAEConfig(arch="topk", expansion_factor=8, k=32),
-                   sk.TrainConfig(total_tokens=train_tokens, batch_size=2048, lr=1e-3, log_every=10,
-                                  eval_tokens=max_tokens // 10, ce_eval_tokens=1024),
-                   eval_model=lm)
-    sae = run.result(progress=True)
+    t = _step(6, "train a TopK and a Matryoshka BatchTopK SAE (8x, k=32) on those activations in one sweep (a "
+                 "background job), then evaluate them")
+    train_config = sk.TrainConfig(total_tokens=train_tokens, batch_size=2048, lr=1e-3, log_every=10,
+                                  eval_tokens=max_tokens // 10, ce_eval_tokens=1024)
+    run = sk.train(acts, "blocks.6.resid_post", [sk.SAEConfig(arch="topk", expansion_factor=8, k=32),
+                                                 sk.SAEConfig(arch="matryoshka_batchtopk", expansion_factor=8, k=32)],
+                   train_config, eval_model=lm)
+    sae, matryoshka = run.result(progress=True)
     timings["train"] = time.perf_counter() - t
     metrics = run.metrics()
-    evaluation = run.info()["result"]["saes"][0]["eval"]
-    print(f"    {sae}")
-    print(f"    {len(metrics)} logged steps; training tokens/s {metrics['tokens_per_s'].dropna().median():,.0f}; "
-          f"loss {metrics['loss'].dropna().iloc[0]:.3f} -> {metrics['loss'].dropna().iloc[-1]:.3f}")
-    print("    held out: " + ", ".join(f"{k} {evaluation[k]:.3f}" for k in
-                                       ("fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_recovered", "kl")
-                                       if k in evaluation))
-    print(f"    saved in {run.info()['result']['saes'][0]['path']} (sk.SAE.load(path), sae.to_saelens(folder))")
+    print(f"    {len(metrics)} logged steps; training tokens/s (both SAEs) {metrics['tokens_per_s'].dropna().median():,.0f}")
+    for trained, item in zip((sae, matryoshka), run.info()["result"]["saes"]):
+        _print_evaluation(trained, item)
+    widths = ", ".join(f"{name.split('_')[-1]} latents {value:.3f}" for name, value in metrics.iloc[-1].items()
+                       if name.startswith("sae1/fvu_at_"))
+    print(f"    Matryoshka's nested dictionaries alone (training FVU): {widths}")
 
-    t = _step(7, "analyse every latent of the SAE over the store (a background job): contexts, logit lens, neighbours")
+    t = _step(7, "train a skip-transcoder: blocks.6.mlp_in -> blocks.6.mlp_out (what the MLP computes, sparsely)")
+    transcoding = sk.train(acts, "blocks.6.mlp_in", sk.SAEConfig(arch="topk", expansion_factor=8, k=32, transcoder=True,
+                                                                 skip_connection=True),
+                           train_config, target_hook="blocks.6.mlp_out", eval_model=lm)
+    transcoder = transcoding.result(progress=True)
+    timings["transcoder"] = time.perf_counter() - t
+    _print_evaluation(transcoder, transcoding.info()["result"]["saes"][0])
+
+    t = _step(8, "analyse every latent of the SAE over the store (a background job): contexts, logit lens, neighbours")
     feats = sk.analyze(sae, acts, model=lm).result(progress=True)
     timings["analyze"] = time.perf_counter() - t
     print(f"    {feats}")
@@ -128,7 +150,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     html = feats.export_html(ws.dir("demo") / "features.html", [f.id for f in shown])
     print(f"    {len(shown)} features exported to {html} (open it in a browser; in Jupyter, `feats` is the browser)")
 
-    t = _step(8, "steer the model with one of those features: generations side by side, from one seed")
+    t = _step(9, "steer the model with one of those features: generations side by side, from one seed")
     steered = shown[0]
     comparison = sk.compare_steering(lm, sae, prompt, [steered.id], coeffs=[1, 2], relative_to=feats,
                                      max_new_tokens=24)
@@ -137,7 +159,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     print(f"    (add {steered.id}'s decoder direction at 1x and 2x its max activation; in Jupyter the comparison "
           "is a widget, sk.steering_sweep measures the curve)")
 
-    t = _step(9, "name features: automatic labels, then SmolLM2 explains three of them and scores its explanations")
+    t = _step(10, "name features: automatic labels, then SmolLM2 explains three of them and scores its explanations")
     for f in shown[:3]:
         print(f"    feature {f.id:>5}: automatic label {f.auto_label!r}")
     explained = sk.explain(feats, [f.id for f in shown[:3]], explainer=lm, scorer=lm, n_examples=8, n_score=6)

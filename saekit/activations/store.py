@@ -211,7 +211,7 @@ class ActivationStore:
         given = x if isinstance(x, dict) else {hook_point: x}
         if not given:
             raise ConfigError("from_array got an empty dict; give {hook_point: rows}")
-        tensors = {name: _rows_of(name, rows) for name, rows in given.items()}
+        tensors = {name: _rows_of(name, rows, named=len(given) > 1) for name, rows in given.items()}
         first = next(iter(tensors.values()))
         if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors.values()):
             shapes = {name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in tensors.items()}
@@ -261,21 +261,22 @@ class ActivationStore:
                 f"{', '.join(self.hook_points)}, {self.group.attrs['dtype']}{state})")
 
 
-def _rows_of(name: str, x) -> torch.Tensor:
-    """``x`` as ``[rows, d_model]`` float rows on the CPU, checked (a hook point name, rank, finite values)."""
+def _rows_of(name: str, x, named: bool = False) -> torch.Tensor:
+    """``x`` as ``[rows, d_model]`` float rows on the CPU, checked (a hook point name, rank, finite values); errors
+    name the hook point when ``named``."""
     check_array_name(name)
     tensor = torch.as_tensor(x).detach().cpu()
     if tensor.ndim < 2:
         raise ConfigError(f"from_array needs rows of activations [..., d_model]; got shape {tuple(tensor.shape)}"
-                          f" for {name!r}")
+                          + (f" for {name!r}" if named else ""))
     tensor = tensor.reshape(-1, tensor.shape[-1]).contiguous()
     if tensor.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         tensor = tensor.float()
     bad = ~torch.isfinite(tensor).all(dim=1)
     if bool(bad.any()):
         rows = bad.nonzero().squeeze(1)
-        raise DataError(f"from_array: {len(rows):,} of {len(tensor):,} rows of {name!r} hold NaN or infinity (the first "
-                        f"is row {int(rows[0])}); activations must be finite",
+        raise DataError(f"from_array: {len(rows):,} of {len(tensor):,} rows" + (f" of {name!r}" if named else "")
+                        + f" hold NaN or infinity (the first is row {int(rows[0])}); activations must be finite",
                         suggestion="drop or fix those rows (e.g. x[torch.isfinite(x).all(-1)]) before wrapping them")
     return tensor
 

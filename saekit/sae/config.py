@@ -250,10 +250,12 @@ class JumpReLUParams(ArchParams):
 class TrainConfig(_Config):
     """How an SAE is trained.
 
-    ``lr=None`` picks ``2e-4 / sqrt(d_sae / 16384)``. ``lr_warmup`` and ``l1_warmup`` (the sparsity
-    penalty's ramp) are steps, or a fraction of the run when below 1; ``lr_decay`` runs over the last
+    ``lr=None`` picks the architecture's rate, scaled by ``1 / sqrt(d_sae / 16384)``: ``8e-4`` at 16384 for TopK,
+    BatchTopK and Matryoshka, ``2e-4`` for the others (``sae.default_lr()``). ``lr_warmup`` and ``l1_warmup`` (the
+    sparsity penalty's ramp) are steps, or a fraction of the run when below 1; ``lr_decay`` runs over the last
     ``lr_decay_fraction`` of the run. ``log_every`` and ``checkpoint_every`` count steps. A latent is dead
-    once it has not fired for ``dead_after_tokens`` tokens. ``normalize_activations="expected_norm"``
+    once it has not fired for ``dead_after_tokens`` tokens (its auxiliary loss then revives it); ``None`` is a
+    twentieth of the run, at least four batches and at most 10M tokens (``dead_after``). ``normalize_activations="expected_norm"``
     scales inputs so their mean squared norm is ``d_in`` (the scale is folded into the saved weights).
     ``eval_tokens`` rows are held out of training and evaluated at the end; with a model, the
     downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
@@ -273,7 +275,7 @@ class TrainConfig(_Config):
     l1_warmup: float = 0.05
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    dead_after_tokens: int = 10_000_000
+    dead_after_tokens: int | None = None
     normalize_activations: str = "expected_norm"
     log_every: int = 50
     checkpoint_every: int = 1000
@@ -288,8 +290,9 @@ class TrainConfig(_Config):
 
     def __post_init__(self):
         for name in ("total_tokens", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "dead_after_tokens", "shuffle_buffer_bytes"):
+                     "shuffle_buffer_bytes"):
             check_positive_int(name, getattr(self, name))
+        check_positive_int("dead_after_tokens", self.dead_after_tokens, allow_none=True)
         if self.lr is not None:
             check_finite("lr", self.lr)
             if not self.lr > 0:
@@ -315,6 +318,15 @@ class TrainConfig(_Config):
         check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
         if self.batch_size > self.total_tokens:
             raise ConfigError(f"batch_size={self.batch_size} is larger than total_tokens={self.total_tokens}")
+
+    @property
+    def dead_after(self) -> int:
+        """Tokens without firing after which a latent counts as dead: ``dead_after_tokens``, or when None a twentieth
+        of the run (at least four batches, at most 10M tokens: Gao et al.'s figure for runs of billions of tokens,
+        which a short run would never reach, leaving its dead latents without the auxiliary loss)."""
+        if self.dead_after_tokens is not None:
+            return self.dead_after_tokens
+        return min(10_000_000, max(4 * self.batch_size, self.total_tokens // 20))
 
     @property
     def total_steps(self) -> int:

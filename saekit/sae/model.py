@@ -101,6 +101,7 @@ class SAE(nn.Module):
     params_cls: type[ArchParams] = ArchParams
     saelens_architecture: str | None = None  # the name SAELens gives this architecture (export); None: no export
     saelens_imports: tuple[str, ...] = ()  # SAELens architectures this class loads
+    LR_AT_16K = 2e-4  # Adam's learning rate at d_sae 2**14 when TrainConfig(lr=None) (Gao et al., 2024)
     _loaded_from: tuple[str, dict[str, tuple[int, int]]]  # set by load(): the folder and _versions() then
 
     def __init__(self, config: SAEConfig, *, device: str | torch.device | None = None):
@@ -151,6 +152,11 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         assert self.config.d_sae is not None  # resolved in __init__
         return self.config.d_sae
+
+    def default_lr(self) -> float:
+        """The learning rate ``TrainConfig(lr=None)`` trains this SAE at: ``LR_AT_16K / sqrt(d_sae / 2**14)``, Gao et
+        al.'s scaling with the width (each architecture says its ``LR_AT_16K``)."""
+        return self.LR_AT_16K / math.sqrt(self.d_sae / 2**14)
 
     @property
     def d_out(self) -> int:

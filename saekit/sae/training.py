@@ -174,7 +174,7 @@ class _Run:
         torch.manual_seed(tc.seed + index)
         self.index, self.config = index, config
         self.sae = SAE.from_config(config, device=device)
-        self.lr = tc.lr or 2e-4 / math.sqrt(self.sae.d_sae / 2**14)
+        self.lr = tc.lr or self.sae.default_lr()
         options: dict[str, Any] = {"lr": self.lr, "betas": tuple(tc.adam_betas), "eps": tc.adam_eps}
         try:  # one fused kernel (CPU and CUDA in torch >= 2.4): 2.5 ms vs 17 ms per step at 2 x 8192 x 512
             self.optimizer = torch.optim.Adam(self.sae.parameters(), fused=True, **options)
@@ -532,10 +532,10 @@ class _Trainer:
     def _forward_backward(self, run: _Run, x: torch.Tensor, y: torch.Tensor | None):
         tc = self.tc
         warmup = tc.steps(tc.l1_warmup)
-        # a latent is dead after dead_after_tokens without firing: none can be before that many tokens were seen
+        # a latent is dead after dead_after tokens without firing: none can be before that many tokens were seen
         # (the host knows it without asking the device)
-        possible = self.step * tc.batch_size >= tc.dead_after_tokens
-        state = TrainingState(dead=run.since_fired >= tc.dead_after_tokens if possible else None,
+        possible = self.step * tc.batch_size >= tc.dead_after
+        state = TrainingState(dead=run.since_fired >= tc.dead_after if possible else None,
                               sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
         # an autoencoder's call is what it was before transcoders (a plug-in's training_forward may not take target)
         out = run.sae.training_forward(x, state) if y is None else run.sae.training_forward(x, state, target=y)
@@ -581,7 +581,7 @@ class _Trainer:
                     f"the loss of SAE {run.index} became {loss} at step {self.step:,} on finite activations: the "
                     f"training diverged; {kept}",
                     suggestion=f"lower lr (it was {run.lr:g}), then train again (force=True)")
-            dead = float((run.since_fired >= self.tc.dead_after_tokens).float().mean())
+            dead = float((run.since_fired >= self.tc.dead_after).float().mean())
             named = {"loss": loss, "mse": mse, "fvu": fvu, "l0": l0, "l1": l1, "dead_fraction": dead,
                      "lr": run.optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_per_s,
                      "data_wait_fraction": data_wait}
@@ -604,7 +604,7 @@ class _Trainer:
             sae = run.sae.eval()
             sae.fold_input_scale(self.scale, self.output_scale)
             evaluation = reconstruction_metrics(sae, self._eval_batches())
-            evaluation["dead_fraction"] = float((run.since_fired >= tc.dead_after_tokens).float().mean())
+            evaluation["dead_fraction"] = float((run.since_fired >= tc.dead_after).float().mean())
             if lm is not None and tc.ce_eval_tokens:
                 evaluation.update(downstream_metrics(sae, lm, tokens, self.spec.hook_point, self._ce_sequences(tokens),
                                                      include_bos=include_bos, target_hook=self.spec.target_hook))
