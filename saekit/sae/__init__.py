@@ -8,6 +8,7 @@ loading and the SAELens export work for it as for the built-in ones.
 
 from saekit._checks import check_choice, check_finite, check_non_negative, check_positive_int
 from saekit.sae.config import ArchParams, SAEConfig, TrainConfig
+import saekit.sae.archs  # noqa: E402,F401  the built-in architectures (imported first: `archs` below is the function)
 from saekit.sae.model import SAE, TrainingOutput, TrainingState, archs, register_arch
 
 # the checks an architecture's settings use in ``__post_init__`` (see docs/adding-an-architecture.md)

@@ -93,7 +93,7 @@ class SAEConfig(_Config):
                  expansion_factor: int | None = None, normalize_decoder: bool = True,
                  b_dec_init: str = "geometric_median", transcoder: bool = False, d_out: int | None = None,
                  skip_connection: bool = False, params: ArchParams | None = None, **arch_params):
-        from saekit.sae.model import arch_class
+        from saekit.sae.arch_registry import arch_class
 
         cls = arch_class(arch)
         if params is None:
@@ -147,7 +147,7 @@ class SAEConfig(_Config):
 
     @classmethod
     def from_dict(cls, data: dict) -> "SAEConfig":
-        from saekit.sae.model import arch_class
+        from saekit.sae.arch_registry import arch_class
 
         if not isinstance(data, dict):
             raise ConfigError(f"SAEConfig.from_dict takes a dict; got {type(data).__name__}")

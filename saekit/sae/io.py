@@ -31,7 +31,8 @@ import torch
 from saekit.errors import DataError
 from saekit.models.hookpoints import saelens_hook
 from saekit.sae.config import SAEConfig
-from saekit.sae.model import _ARCHS, CONFIG_FILE, SAE, WEIGHTS_FILE, arch_class
+from saekit.sae.arch_registry import _ARCHS, arch_class, archs
+from saekit.sae.model import CONFIG_FILE, SAE, WEIGHTS_FILE
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_FORMAT_VERSION = "6.0.0"  # the layout written: SAELens >= 6 reads hook and model names from metadata
@@ -117,7 +118,7 @@ def _saelens_base(architecture: str) -> tuple[str, bool, bool]:
 
 def _saelens_class(architecture: str, folder: Path) -> type[SAE]:
     base, _, _ = _saelens_base(architecture)
-    for cls in _ARCHS.values():
+    for cls in (_ARCHS[name] for name in archs()):  # archs() loads the built-in ones first
         if base in cls.saelens_imports:
             return cls
     known = sorted({name for cls in _ARCHS.values() for name in cls.saelens_imports} | SAELENS_TRANSCODERS)

@@ -449,19 +449,23 @@ class _Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
     def _initialise(self, sample: torch.Tensor, target: torch.Tensor | None) -> None:
-        """Input scale (mean squared norm -> d_in) and each decoder bias, from the first rows (a transcoder's
-        targets get their own scale, and the decoder bias is theirs)."""
+        """Input scale (mean squared norm -> d_in) and each decoder bias, from the first rows. A transcoder's targets
+        get their own scale and the decoder bias is theirs; as it encodes its input uncentred, its encoder bias
+        starts by centring the pre-activations (``-W_enc @ mean``, as sparsify does)."""
         sample = sample[:INIT_SAMPLE_ROWS].float()
         if self.tc.normalize_activations == "expected_norm":
             self.scale = _expected_norm_scale(sample)
             self.output_scale = self.scale if target is None else _expected_norm_scale(target[:INIT_SAMPLE_ROWS])
-        sample = sample * self.scale if target is None else target[:INIT_SAMPLE_ROWS].float() * self.output_scale
+        inputs = sample * self.scale
+        outputs = inputs if target is None else target[:INIT_SAMPLE_ROWS].float() * self.output_scale
         for run in self.runs:
             init = run.config.b_dec_init
-            if init != "zeros":
-                center = geometric_median(sample.cpu()) if init == "geometric_median" else sample.mean(0)
-                with torch.no_grad():
+            with torch.no_grad():
+                if init != "zeros":
+                    center = geometric_median(outputs.cpu()) if init == "geometric_median" else outputs.mean(0)
                     run.sae.b_dec.copy_(center.to(self.device))
+                if run.sae.is_transcoder:
+                    run.sae.b_enc.copy_(-(run.sae.W_enc @ inputs.mean(0).to(self.device)))
 
     def run(self) -> dict | None:
         tc, ctx, group = self.tc, self.ctx, self.group

@@ -204,3 +204,16 @@ def test_topk_encoders_start_at_the_norm_of_a_default_linear_layer():
         sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=64, d_sae=256, **({"k": 4} if "topk" in arch else {})))
         assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(256), atol=1e-5)
         assert torch.allclose(sae.W_enc, sae.W_dec * scale, atol=1e-6), arch
+
+
+def test_the_architecture_registry_is_a_leaf():
+    """Configs, models, files and the built-in architectures look names up in saekit.sae.arch_registry, which imports
+    none of them at load time (the circle config -> model -> archs -> model is gone)."""
+    import ast
+
+    from saekit.sae import arch_registry
+
+    tree = ast.parse(open(arch_registry.__file__).read())
+    top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    top |= {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    assert {m for m in top if m and m.startswith("saekit")} == {"saekit._trust", "saekit.errors", "saekit.sae.config"}
