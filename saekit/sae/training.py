@@ -492,7 +492,7 @@ class _Trainer:
                 x = batch.to(device=self.device, dtype=torch.float32)
                 y = None
                 if self.spec.target_hook is not None:  # a transcoder's rows: its input, then its target
-                    x, y = x[:, :self.source.d_in], x[:, self.source.d_in:]
+                    x, y = x[:, :self.source.d_in].contiguous(), x[:, self.source.d_in:].contiguous()
                 if self.step == 0 and not ctx.resume_point:  # from the whole first batch, the same on every rank
                     self._initialise(group.gathered(x), None if y is None else group.gathered(y))
                 x = x * self.scale
