@@ -40,7 +40,8 @@ def _print_evaluation(sae, item: dict) -> None:
     print("      held out: " + ", ".join(f"{k} {evaluation[k]:.3f}" for k in
                                          ("fvu", "l0", "dead_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_recovered",
                                           "kl") if k in evaluation))
-    print(f"      saved in {item['path']} (sk.SAE.load(path), sae.to_saelens(folder))")
+    export = "sae.to_sparsify(folder)" if sae.is_transcoder and sae.arch == "topk" else "sae.to_saelens(folder)"
+    print(f"      saved in {item['path']} (sk.SAE.load(path), {export})")
 
 
 def _corpus_file(ws) -> Path:
@@ -119,11 +120,11 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     sae, matryoshka = run.result(progress=True)
     timings["train"] = time.perf_counter() - t
     metrics = run.metrics()
-    print(f"    {len(metrics)} logged steps; training tokens/s (both SAEs) {metrics['tokens_per_s'].dropna().median():,.0f}")
+    print(f"    {len(metrics)} logged steps; training tokens/s (both SAEs) {metrics['sae0/tokens_per_s'].dropna().median():,.0f}")
     for trained, item in zip((sae, matryoshka), run.info()["result"]["saes"]):
         _print_evaluation(trained, item)
-    widths = ", ".join(f"{name.split('_')[-1]} latents {value:.3f}" for name, value in metrics.iloc[-1].items()
-                       if name.startswith("sae1/fvu_at_"))
+    prefixes = sorted((int(name.rsplit("_", 1)[1]), name) for name in metrics.columns if name.startswith("sae1/fvu_at_"))
+    widths = ", ".join(f"{width} latents {metrics[name].dropna().iloc[-1]:.3f}" for width, name in prefixes)
     print(f"    Matryoshka's nested dictionaries alone (training FVU): {widths}")
 
     t = _step(7, "train a skip-transcoder: blocks.6.mlp_in -> blocks.6.mlp_out (what the MLP computes, sparsely)")
