@@ -95,7 +95,10 @@ def architecture_of(model: nn.Module) -> Architecture:
     )
 
 
-_SAELENS_SITES = {"ln2.hook_normalized": "mlp_in", "hook_mlp_in": "mlp_in"}
+# TransformerLens' hook_mlp_in is the residual before ln2 (resid_mid), not what the MLP reads: it stays unmapped. Its
+# ln2.hook_normalized equals mlp_in when the model was loaded without folding the norm's weights (fold_ln=False).
+_SAELENS_SITES = {"ln2.hook_normalized": "mlp_in"}
+_FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
 
 
 def saelens_hook(name: str | None) -> str | None:
@@ -109,6 +112,15 @@ def saelens_hook(name: str | None) -> str | None:
     site = match.group(2)
     site = _SAELENS_SITES.get(site, site.removeprefix("hook_"))
     return f"blocks.{match.group(1)}.{site}"
+
+
+def comes_before(first: str, second: str) -> bool | None:
+    """Whether hook point ``first`` is computed before ``second`` in a forward pass (None when either is not a
+    ``blocks.{i}.{site}`` name)."""
+    a, b = _NAME.match(first), _NAME.match(second)
+    if a is None or b is None:
+        return None
+    return (int(a.group(1)), _FORWARD_ORDER[a.group(2)]) < (int(b.group(1)), _FORWARD_ORDER[b.group(2)])
 
 
 def hook_point_names(arch: Architecture, n_layers: int) -> list[str]:

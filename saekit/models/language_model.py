@@ -38,7 +38,7 @@ class _StopForward(Exception):
 class LanguageModel:
     """A causal language model and its tokenizer.
 
-    ``hook_points()`` lists ``blocks.{i}.{resid_pre,resid_post,attn_out,mlp_out}``; ``hooks({name: fn})``
+    ``hook_points()`` lists ``blocks.{i}.{resid_pre,resid_post,attn_out,mlp_in,mlp_out}``; ``hooks({name: fn})``
     reads (``fn`` returns None) or replaces (``fn`` returns a tensor) activations there;
     ``run_with_cache(input_ids, names)`` returns them and stops after the deepest block needed.
     ``ref`` is how a background job loads the same model again.

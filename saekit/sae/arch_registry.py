@@ -1,6 +1,7 @@
-"""The architecture registry: which ``SAE`` subclass each ``arch`` name builds. A leaf module (it imports no other
-module of ``saekit.sae`` at load time), so configs, models, files and the built-in architectures all look names up
-here without importing one another in a circle. The built-in architectures (``archs.py``) register on first use.
+"""The architecture registry: which ``SAE`` subclass each ``arch`` name builds. A leaf module (at load time it
+imports only ``saekit.sae.config``, for ``ArchParams``, of ``saekit.sae``), so configs, models, files and the built-in
+architectures all look names up here without importing one another in a circle. The built-in architectures
+(``archs.py``) register on first use.
 """
 
 from __future__ import annotations

@@ -87,10 +87,11 @@ def to_saelens(sae: SAE, folder: str | Path, *, hook_name: str | None = None, mo
     cfg = {"architecture": architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, **transcoder, "dtype": "float32",
            "device": "cpu", "apply_b_dec_to_input": not sae.is_transcoder, "normalize_activations": "none",
            "reshape_activations": "none", **sae.saelens_cfg(),
-           "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "hook_name": hook_name or metadata.get("hook_point"),
+           "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION,
+                        "hook_name": hook_name or metadata.get("saelens_hook_name") or metadata.get("hook_point"),
                         "model_name": model_name or metadata.get("model_name"), "saekit_arch": sae.arch}}
     if sae.is_transcoder:
-        cfg["metadata"]["hook_name_out"] = metadata.get("target_hook")
+        cfg["metadata"]["hook_name_out"] = metadata.get("saelens_hook_name_out") or metadata.get("target_hook")
     tensors = {name: t.detach().contiguous().cpu().float() for name, t in sae.saelens_tensors().items()}
     save_file(tensors, folder / SAELENS_WEIGHTS)
     (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
@@ -148,10 +149,12 @@ def from_saelens(folder: str | Path, *, device: str | torch.device | None = None
     sae.load_state_dict(cls.state_from_saelens(tensors, cfg), assign=True)
     meta = cfg.get("metadata") or {}
     hook = meta.get("hook_name", cfg.get("hook_name"))
-    sae.metadata = {"imported_from": "saelens", "hook_point": saelens_hook(hook),
+    # saekit's names for the hook points, and SAELens' own, which an export writes back
+    sae.metadata = {"imported_from": "saelens", "hook_point": saelens_hook(hook), "saelens_hook_name": hook,
                     "model_name": meta.get("model_name", cfg.get("model_name"))}
     if transcoder:
-        sae.metadata["target_hook"] = saelens_hook(meta.get("hook_name_out", cfg.get("hook_name_out")))
+        hook_out = meta.get("hook_name_out", cfg.get("hook_name_out"))
+        sae.metadata.update(target_hook=saelens_hook(hook_out), saelens_hook_name_out=hook_out)
     return sae.to(device) if device is not None else sae
 
 

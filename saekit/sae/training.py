@@ -15,6 +15,7 @@ source a rank runs the model only over the sequences of its slice.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import tempfile
@@ -34,7 +35,9 @@ from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError, JobCancelled, NumericsError
 from saekit.jobs import job_kind, submit
 from saekit.jobs.spec import JobSpec, spec_field
+from saekit.models.hookpoints import comes_before
 from saekit.models.loading import load_model_from_ref, local_rank, resolve_device
+from saekit.sae.arch_registry import arch_class
 from saekit.sae.config import SAEConfig, TrainConfig
 from saekit.sae.evaluation import downstream_metrics, reconstruction_metrics
 from saekit.sae.model import SAE, TrainingState, geometric_median
@@ -100,7 +103,16 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
         if not isinstance(target_hook, str) or target_hook == hook_point:
             raise ConfigError(f"target_hook={target_hook!r} must name another hook point than {hook_point!r}, the "
                               "activation the transcoder predicts (e.g. 'blocks.6.mlp_out' from 'blocks.6.mlp_in')")
+        if comes_before(hook_point, target_hook) is False:
+            raise ConfigError(f"target_hook={target_hook!r} is computed before {hook_point!r} in the forward pass: a "
+                              "transcoder predicts a later activation from an earlier one",
+                              suggestion="swap them, e.g. sk.train(acts, 'blocks.6.mlp_in', ..., target_hook='blocks.6.mlp_out')")
         configs = [c if c.transcoder else c.replace(transcoder=True) for c in configs]
+        unable = sorted({c.arch for c in configs
+                         if "target" not in inspect.signature(arch_class(c.arch).training_forward).parameters})
+        if unable:
+            raise ConfigError(f"architecture(s) {unable} cannot train as transcoders: their training_forward takes no "
+                              "target", suggestion="see docs/adding-an-architecture.md (Transcoders)")
     else:
         plain = [i for i, c in enumerate(configs) if c.transcoder]
         if plain:
@@ -183,11 +195,14 @@ class _Run:
         self.since_fired = torch.zeros(self.sae.d_sae, dtype=torch.long, device=device)
 
     def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "since_fired": self.since_fired.cpu()}
+        return {"optimizer": self.optimizer.state_dict(), "since_fired": self.since_fired.cpu(), "lr": self.lr}
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict, tc: TrainConfig) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.since_fired.copy_(state["since_fired"])
+        # the rate the run started with: a checkpoint without it was written when lr=None meant 2e-4 at 2**14 for
+        # every architecture, so a run begun then keeps that rate when a later saekit resumes it
+        self.lr = float(state.get("lr", tc.lr or 2e-4 / math.sqrt(self.sae.d_sae / 2**14)))
 
 
 def _expected_norm_scale(rows: torch.Tensor) -> float:
@@ -440,7 +455,7 @@ class _Trainer:
             state = torch.load(path / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
             for run, run_state in zip(self.runs, state["runs"]):
                 run.sae.load_state_dict(load_file(path / f"sae{run.index}" / "sae.safetensors", device=str(self.device)))
-                run.restore(run_state)
+                run.restore(run_state, self.tc)
         torch.set_rng_state(state["rng"])
         self.step, self.scale = int(state["step"]), float(state["scale"])
         self.output_scale = float(state.get("output_scale", self.scale))
@@ -511,7 +526,7 @@ class _Trainer:
                 if log_now:
                     now = time.monotonic()
                     elapsed = max(now - interval_start, 1e-9)
-                    self._log(outputs, x if y is None else y, interval_tokens / elapsed, waited / elapsed)
+                    self._log(outputs, x if y is None else y, interval_tokens / elapsed, waited / elapsed, inputs=x)
                     interval_start, interval_tokens, waited = now, 0, 0.0
                 if cancelled:
                     raise JobCancelled(f"job {ctx.job_id} was cancelled")
@@ -557,7 +572,8 @@ class _Trainer:
         run.sae.normalize_decoder()
         run.since_fired.add_(self.tc.batch_size).masked_fill_(fired > 0, 0)
 
-    def _log(self, outputs, x: torch.Tensor, tokens_per_s: float, data_wait: float) -> None:
+    def _log(self, outputs, x: torch.Tensor, tokens_per_s: float, data_wait: float,
+             inputs: torch.Tensor | None = None) -> None:
         """The interval's metrics (``x``: what the SAEs predict, the input or a transcoder's target); ``data_wait``
         is the fraction of its wall time spent waiting for batches."""
         values = {}
@@ -574,7 +590,8 @@ class _Trainer:
                 last = self.ctx.resume_point["step"] if self.ctx.resume_point else None
                 kept = (f"the last good checkpoint (step {last:,}) is kept" if last is not None
                         else "no checkpoint was written yet")
-                bad_rows = int((~torch.isfinite(x).all(dim=1)).sum())
+                rows = x if inputs is None or inputs is x else torch.cat([x, inputs], 1)  # a transcoder's both halves
+                bad_rows = int((~torch.isfinite(rows).all(dim=1)).sum())
                 if bad_rows:  # the data, not the optimisation
                     raise DataError(
                         f"the activations hold NaN or infinity ({bad_rows:,} of the {len(x):,} rows of the batch at "
@@ -619,7 +636,7 @@ class _Trainer:
                 assert self.folder is not None  # not on object storage
                 path = self.folder / "final" / sub
             target = {"target_hook": self.spec.target_hook} if self.spec.target_hook else {}
-            sae.save(path, extra={"hook_point": self.spec.hook_point, **target, "job_id": ctx.job_id,
+            sae.save(path, extra={"hook_point": self.spec.hook_point, **target, "job_id": ctx.job_id, "lr": run.lr,
                                   "input_scale_folded": self.scale,
                                   "trained_tokens": self.step * tc.batch_size, "source": self.spec.source,
                                   "eval": evaluation})

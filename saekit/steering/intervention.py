@@ -32,6 +32,7 @@ import torch
 
 from saekit._checks import as_int, as_number, check_choice
 from saekit.errors import ConfigError
+from saekit.models.hookpoints import comes_before
 
 MODES = ("add", "clamp", "ablate", "cap")
 POSITIONS = ("all", "prompt", "generated")
@@ -90,9 +91,14 @@ class Steering:
         self.hook_point = transcoder_target(sae) if sae.is_transcoder else self.input_hook
         lm.parse_hook_point(self.input_hook)
         lm.parse_hook_point(self.hook_point)
+        if sae.is_transcoder and comes_before(self.input_hook, self.hook_point) is False:
+            raise ConfigError(f"this transcoder reads {self.input_hook}, which the forward pass computes after "
+                              f"{self.hook_point}, the activation it writes: it cannot be steered there")
         self._read: torch.Tensor | None = None  # a transcoder's input at this forward pass (clamp, ablate)
         if sae.d_in != lm.d_model or sae.d_out != lm.d_model:
-            raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {lm.name} is {lm.d_model}-wide",
+            widths = (f"reads {sae.d_in}-wide activations" if sae.d_in != lm.d_model
+                      else f"writes {sae.d_out}-wide activations")
+            raise ConfigError(f"the SAE {widths} but {lm.name} is {lm.d_model}-wide",
                               suggestion="steer with an SAE trained on this model")
         self.lm, self.sae, self.mode, self.positions = lm, sae, mode, positions
         self.features = {int(i): float(c) for i, c in features.items()}

@@ -285,3 +285,20 @@ def test_tf32_holds_while_a_cuda_job_runs_and_is_restored_after():
             assert matmul.allow_tf32 is False
     finally:
         matmul.allow_tf32 = before
+
+
+def test_a_resumed_run_keeps_the_learning_rate_it_started_with():
+    """The rate is in the checkpoint; a checkpoint without it (saekit before the TopK rate became 8e-4 at 2**14) was
+    written when lr=None meant 2e-4 at 2**14, and a run resumed from it keeps that rate."""
+    from saekit.sae.training import _Run
+
+    tc = sk.TrainConfig(total_tokens=10_000, batch_size=100, device="cpu")
+    run = _Run(0, sk.SAEConfig(arch="topk", d_in=8, d_sae=64, k=2), tc, torch.device("cpu"))
+    assert run.lr == pytest.approx(8e-4 / (64 / 2**14) ** 0.5)
+    state = run.state()
+    again = _Run(0, sk.SAEConfig(arch="topk", d_in=8, d_sae=64, k=2), tc, torch.device("cpu"))
+    again.restore(state, tc)
+    assert again.lr == run.lr
+    old = {k: v for k, v in state.items() if k != "lr"}
+    again.restore(old, tc)
+    assert again.lr == pytest.approx(2e-4 / (64 / 2**14) ** 0.5)

@@ -9,6 +9,8 @@ steered at its output."""
 
 import os
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from data_for_tests import commits, quick, wait_for
 from saekit.errors import ConfigError
 
 IN, OUT = "blocks.1.mlp_in", "blocks.1.mlp_out"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 
 def pairs(n: int, d_in: int = 16, d_out: int = 16, atoms: int = 64, active: int = 3, linear: float = 0.5, seed: int = 0):
@@ -152,3 +155,16 @@ def test_an_mlp_transcoder_of_a_model_trains_analyses_and_steers(ws, tiny_model_
     with torch.no_grad():
         a = sae.encode(clean[IN])[..., top]
     torch.testing.assert_close(ablated[OUT], clean[OUT] - a[..., None] * sae.W_dec[top], rtol=1e-4, atol=1e-5)
+
+
+def test_a_transcoder_predicts_a_later_activation_and_needs_an_architecture_that_can(ws):
+    import gated_sae  # noqa: F401  a plug-in whose training_forward takes no target
+
+    x, y = pairs(4_000)
+    store = sk.ActivationStore.from_array({"blocks.1.mlp_in": x, "blocks.1.mlp_out": y})
+    with pytest.raises(ConfigError, match="is computed before 'blocks.1.mlp_out'"):
+        sk.train(store, "blocks.1.mlp_out", sk.SAEConfig(arch="topk", k=3), quick(), target_hook="blocks.1.mlp_in",
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"\['gated'\] cannot train as transcoders"):
+        sk.train(store, IN, sk.SAEConfig(arch="gated"), quick(), target_hook=OUT, progress=False)
+    assert sk.jobs().empty
