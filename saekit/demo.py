@@ -112,7 +112,7 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
 
     t = _step(6, "train a TopK and a Matryoshka BatchTopK SAE (8x, k=32) on those activations in one sweep (a "
                  "background job), then evaluate them")
-    train_config = sk.TrainConfig(total_tokens=train_tokens, batch_size=2048, lr=1e-3, log_every=10,
+    train_config = sk.TrainConfig(total_tokens=train_tokens, batch_size=2048, lr=1e-3,
                                   eval_tokens=max_tokens // 10, ce_eval_tokens=1024)
     run = sk.train(acts, "blocks.6.resid_post", [sk.SAEConfig(arch="topk", expansion_factor=8, k=32),
                                                  sk.SAEConfig(arch="matryoshka_batchtopk", expansion_factor=8, k=32)],

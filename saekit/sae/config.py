@@ -253,10 +253,12 @@ class TrainConfig(_Config):
     ``lr=None`` picks the architecture's rate, scaled by ``1 / sqrt(d_sae / 16384)``: ``8e-4`` at 16384 for TopK,
     BatchTopK and Matryoshka, ``2e-4`` for the others (``sae.default_lr()``). ``lr_warmup`` and ``l1_warmup`` (the
     sparsity penalty's ramp) are steps, or a fraction of the run when below 1; ``lr_decay`` runs over the last
-    ``lr_decay_fraction`` of the run. ``log_every`` and ``checkpoint_every`` count steps. A latent is dead
-    once it has not fired for ``dead_after_tokens`` tokens (its auxiliary loss then revives it); ``None`` is a
-    twentieth of the run, at least four batches and at most 10M tokens (``dead_after``). ``normalize_activations="expected_norm"``
-    scales inputs so their mean squared norm is ``d_in`` (the scale is folded into the saved weights).
+    ``lr_decay_fraction`` of the run. ``log_every`` and ``checkpoint_every`` count steps; ``log_every=None``
+    logs about 100 points of any run (every step of one under 200 steps, at most every 50: ``log_interval``).
+    A latent is dead once it has not fired for ``dead_after_tokens`` tokens (its auxiliary loss then revives it);
+    ``None`` is a twentieth of the run, at least four batches and at most 10M tokens (``dead_after``).
+    ``normalize_activations="expected_norm"`` scales inputs so their mean squared norm is ``d_in`` (the scale is
+    folded into the saved weights).
     ``eval_tokens`` rows are held out of training and evaluated at the end; with a model, the
     downstream evaluation (CE loss, KL) runs the whole model three times over ``ce_eval_tokens`` tokens.
     ``preload`` reads a store's training rows onto the device once and gathers batches there (the same
@@ -277,7 +279,7 @@ class TrainConfig(_Config):
     adam_eps: float = 1e-8
     dead_after_tokens: int | None = None
     normalize_activations: str = "expected_norm"
-    log_every: int = 50
+    log_every: int | None = None
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     eval_tokens: int = 65_536
@@ -289,9 +291,9 @@ class TrainConfig(_Config):
     tf32: bool = True
 
     def __post_init__(self):
-        for name in ("total_tokens", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "shuffle_buffer_bytes"):
+        for name in ("total_tokens", "batch_size", "checkpoint_every", "keep_checkpoints", "shuffle_buffer_bytes"):
             check_positive_int(name, getattr(self, name))
+        check_positive_int("log_every", self.log_every, allow_none=True)
         check_positive_int("dead_after_tokens", self.dead_after_tokens, allow_none=True)
         if self.lr is not None:
             check_finite("lr", self.lr)
@@ -327,6 +329,14 @@ class TrainConfig(_Config):
         if self.dead_after_tokens is not None:
             return self.dead_after_tokens
         return min(10_000_000, max(4 * self.batch_size, self.total_tokens // 20))
+
+    @property
+    def log_interval(self) -> int:
+        """Steps between logged metrics: ``log_every``, or when None about a hundredth of the run, between 1 and 50 (a
+        short run in a notebook gets a curve, not the 0-2 points a fixed 50 gave a 98-step run)."""
+        if self.log_every is not None:
+            return self.log_every
+        return min(50, max(1, self.total_steps // 100))
 
     @property
     def total_steps(self) -> int:

@@ -3,8 +3,8 @@
 Each step takes a global batch from the source (a prefetch thread reads ahead), normalizes it, and
 steps every SAE: loss, backward, the decoder gradient's parallel part removed, Adam (float32 state),
 decoder rows renormalized, dead-latent counters updated. Metrics go to the job's event log every
-``log_every`` steps. Every ``checkpoint_every`` steps (and on cancel) a checkpoint holds the weights,
-optimizers, counters, the data position and the RNG, so a new attempt continues exactly where it
+``log_every`` steps (``TrainConfig.log_interval``). Every ``checkpoint_every`` steps (and on cancel) a
+checkpoint holds the weights, optimizers, counters, the data position and the RNG, so a new attempt continues exactly where it
 stopped. At the end the input scale is folded into the weights, the SAEs are evaluated on held-out
 data and saved to ``saes/<job_id>/final/``.
 
@@ -513,7 +513,7 @@ class _Trainer:
                 x = x * self.scale
                 if y is not None:
                     y = y * self.output_scale
-                log_now = (self.step + 1) % tc.log_every == 0 or self.step + 1 == total
+                log_now = (self.step + 1) % tc.log_interval == 0 or self.step + 1 == total
                 outputs = [self._forward_backward(run, x, y) for run in self.runs]
                 fired = [out.fired.clone() for out in outputs]
                 grads = [p.grad for run in self.runs for p in run.sae.parameters() if p.grad is not None]

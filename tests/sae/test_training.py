@@ -302,3 +302,15 @@ def test_a_resumed_run_keeps_the_learning_rate_it_started_with():
     old = {k: v for k, v in state.items() if k != "lr"}
     again.restore(old, tc)
     assert again.lr == pytest.approx(2e-4 / (64 / 2**14) ** 0.5)
+
+
+def test_the_default_log_schedule_gives_any_run_a_curve(ws, small_store):
+    """log_every=None: every step of a run under 200 steps, about a hundredth of a longer one, at most every 50."""
+    assert [sk.TrainConfig(total_tokens=n * 100, batch_size=100).log_interval for n in (1, 50, 199, 200, 1_000, 10**6)] \
+        == [1, 1, 1, 2, 10, 50]
+    assert sk.TrainConfig(log_every=7).log_interval == 7
+    with pytest.raises(ConfigError, match="log_every"):
+        sk.TrainConfig(log_every=0)
+    job = sk.train(small_store, "toy", sk.SAEConfig(arch="topk", expansion_factor=4, k=3),
+                   quick(total_tokens=25_000, log_every=None), background=False, progress=False)
+    assert job.metrics()["fvu"].notna().sum() == 50  # a 50-step run: 50 points, not the one a fixed 50 gave
