@@ -89,7 +89,9 @@ def sparsify_run(python: str | None, data: np.ndarray, d_sae: int, k: int, steps
         return json.loads(done.stdout.strip().splitlines()[-1])["fvu"], np.load(w_dec)
 
 
-def real_rows(rows: int) -> np.ndarray:
+def smollm2_rows(rows: int, hooks: list[str]) -> dict[str, np.ndarray]:
+    """SmolLM2-135M-Instruct's activations at ``hooks`` over the standard-library docstrings (repeated as needed),
+    ``rows`` of them, float32, from one extraction pass."""
     import datasets
 
     import saekit as sk
@@ -102,20 +104,18 @@ def real_rows(rows: int) -> np.ndarray:
         copies = max(1, math.ceil(rows / 400_000))
         corpus = sk.load_corpus(datasets.Dataset.from_dict({"text": stdlib_docstrings() * 4 * copies}))
         toks = sk.tokenize(corpus, lm, context_length=256, background=False, progress=False, workspace=ws).result()
-        store = sk.extract(lm, toks, ["blocks.6.resid_post"], max_tokens=rows, dtype="float32", background=False,
-                           progress=False, workspace=ws).result()
-        return store.read("blocks.6.resid_post", 0, store.n_tokens).float().numpy()
+        store = sk.extract(lm, toks, hooks, max_tokens=rows, dtype="float32", background=False, progress=False,
+                           workspace=ws).result()
+        return {h: store.read(h, 0, store.n_tokens).float().numpy() for h in hooks}
 
 
-def planted_rows(n: int = 300_000, d: int = 64, atoms: int = 256, active: int = 4):
-    """The tests' planted dictionary (tests/data_for_tests.py: ``dictionary_data``): rows and the atoms."""
-    import torch
+def planted_rows():
+    """The tests' planted dictionary (``tests/data_for_tests.py``): 300,000 rows of 4 of 256 atoms in 64 dims."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from data_for_tests import dictionary_data
 
-    g = torch.Generator().manual_seed(0)
-    dictionary = torch.nn.functional.normalize(torch.randn(atoms, d, generator=g), dim=1)
-    chosen = torch.rand(n, atoms, generator=g).argsort(1)[:, :active]
-    codes = torch.zeros(n, atoms).scatter_(1, chosen, torch.rand(n, active, generator=g) * 2 + 0.5)
-    return (codes @ dictionary).numpy(), dictionary.numpy()
+    rows, atoms = dictionary_data(300_000, 64, 256, 4)
+    return rows.numpy(), atoms.numpy()
 
 
 def recovered(w_dec: np.ndarray | None, atoms: np.ndarray) -> float | None:
@@ -149,7 +149,9 @@ def main() -> None:
     out: dict = {"peer": peer or "no sparsify here (make interop-env)"}
     sets = {"random": lambda: (torch.randn(opts.random_rows + HELD, 512, generator=torch.Generator().manual_seed(0)
                                            ).numpy(), 8192, 32),
-            "smollm2": lambda: (_cached(opts.rows_cache, lambda: real_rows(opts.real_rows + HELD)), 4608, 32)}
+            "smollm2": lambda: (_cached(opts.rows_cache, lambda: smollm2_rows(opts.real_rows + HELD,
+                                                                               ["blocks.6.resid_post"])["blocks.6.resid_post"]),
+                                4608, 32)}
     for name, make in sets.items():
         if opts.only and name != opts.only:
             continue

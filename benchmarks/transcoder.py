@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from convergence import smollm2_rows  # noqa: E402  the same rows, made the same way
 BATCH, HELD, D_SAE, K = 4096, 4096, 4608, 32
 HOOKS = ("blocks.6.mlp_in", "blocks.6.mlp_out", "blocks.6.resid_post")
 
@@ -119,24 +120,6 @@ def sparsify_runs(python: str | None, rows_path: str, which: str, steps: list[in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def layer6_rows(n: int) -> dict[str, np.ndarray]:
-    import datasets
-
-    import saekit as sk
-    from saekit.models.fetch import SMOLLM2, fetch_model
-    from saekit.models.tiny import stdlib_docstrings
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ws = sk.Workspace(Path(tmp) / "ws")
-        lm = sk.load_model(fetch_model(progress=False, workspace=ws), gguf_file=SMOLLM2["gguf_file"], device="cpu")
-        copies = max(1, math.ceil(n / 400_000))
-        corpus = sk.load_corpus(datasets.Dataset.from_dict({"text": stdlib_docstrings() * 4 * copies}))
-        toks = sk.tokenize(corpus, lm, context_length=256, background=False, progress=False, workspace=ws).result()
-        store = sk.extract(lm, toks, list(HOOKS), max_tokens=n, dtype="float32", background=False, progress=False,
-                           workspace=ws).result()
-        return {h: store.read(h, 0, store.n_tokens).float().numpy() for h in HOOKS}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=300_000, help="training rows (4,096 more are held out)")
@@ -149,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = opts.rows_cache or str(Path(tmp) / "rows.npz")
         if not Path(path).exists():
-            np.savez(path, **layer6_rows(opts.rows + HELD))
+            np.savez(path, **smollm2_rows(opts.rows + HELD, list(HOOKS)))
         with np.load(path) as rows:
             n_rows = len(rows[HOOKS[0]])
         steps = [opts.steps, (n_rows - HELD) // BATCH]

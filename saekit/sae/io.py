@@ -111,10 +111,9 @@ def _saelens_base(architecture: str) -> tuple[str, bool, bool]:
     """(the SAE architecture, transcoder?, skip connection?) of a SAELens architecture name."""
     if not architecture.endswith("transcoder"):
         return architecture, False, False
-    stem = architecture[:-len("transcoder")].rstrip("_")
-    skip = stem.endswith("skip") or stem == "skip"
-    stem = stem[:-len("skip")].rstrip("_") if skip else stem
-    return stem or "standard", True, skip
+    stem = architecture.removesuffix("transcoder").rstrip("_")  # "jumprelu_skip", "skip", "jumprelu", ""
+    skip = stem.endswith("skip")
+    return stem.removesuffix("skip").rstrip("_") or "standard", True, skip
 
 
 def _saelens_class(architecture: str, folder: Path) -> type[SAE]:
@@ -208,8 +207,6 @@ def to_sparsify(sae: SAE, folder: str | Path) -> Path:
     if sae.is_transcoder and sae.d_out != sae.d_in:
         raise DataError(f"sparsify's transcoders predict an output as wide as their input; this one maps {sae.d_in} "
                         f"to {sae.d_out}")
-    if sae.config.skip_connection and not sae.is_transcoder:
-        raise DataError("a skip connection without transcoder=True has no sparsify equivalent")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"encoder.weight": sae.W_enc, "encoder.bias": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}

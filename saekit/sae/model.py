@@ -72,7 +72,7 @@ class SAE(nn.Module):
         self.config = config
         d_in, d_sae = config.d_in, config.d_sae
         assert d_in is not None and d_sae is not None  # resolved
-        d_out = config.d_out or d_in
+        d_out = self.d_out
         if config.transcoder:
             # input and output spaces differ: the encoder starts as random unit rows and the decoder at zero (as
             # sparsify's transcoders do: on SmolLM2's layer 6 MLP, 30 steps, held-out FVU 0.496 instead of 0.536 with

@@ -32,7 +32,6 @@ class StoreSource:
         self.eval_rows = min(int(eval_tokens), n // 10)
         self.train_rows = n - self.eval_rows
         self.d_in = store.d_model
-        self.d_out = store.d_model if target_hook is not None else None
 
     def batches(self, batch_size: int, seed: int, start_step: int, device: torch.device,
                 state: dict | None = None, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
@@ -110,7 +109,6 @@ class ModelSource:
         self.per_forward = sequences_per_forward or max(
             1, tokens_per_batch(lm.device) // tokens.context_length)
         self.d_in = lm.d_model
-        self.d_out = lm.d_model if target_hook is not None else None
         self.cursor, self.skip = 0, 0
         self.rows_computed = 0  # activation rows this process ran the model for (a rank: about its share)
 

@@ -504,10 +504,7 @@ class _Trainer:
                 if batch is None:
                     break
                 waited += time.monotonic() - asked
-                x = batch.to(device=self.device, dtype=torch.float32)
-                y = None
-                if self.spec.target_hook is not None:  # a transcoder's rows: its input, then its target
-                    x, y = x[:, :self.source.d_in].contiguous(), x[:, self.source.d_in:].contiguous()
+                x, y = self._split(batch.to(device=self.device, dtype=torch.float32))
                 if self.step == 0 and not ctx.resume_point:  # from the whole first batch, the same on every rank
                     self._initialise(group.gathered(x), None if y is None else group.gathered(y))
                 x = x * self.scale
@@ -659,13 +656,18 @@ class _Trainer:
                 "hook_point": self.spec.hook_point, **({"target_hook": self.spec.target_hook}
                                                        if self.spec.target_hook else {})}
 
+    def _split(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(input, target) of a batch: a transcoder's rows hold its input, then its target; an autoencoder's target
+        is its input (None)."""
+        if self.spec.target_hook is None:
+            return batch, None
+        return batch[:, :self.source.d_in], batch[:, self.source.d_in:]
+
     def _eval_batches(self):
         """Held-out raw rows: tensors, or (input, target) pairs for transcoders."""
         for batch in self.source.eval_batches(self.tc.batch_size):
-            if self.spec.target_hook is None:
-                yield batch
-            else:
-                yield batch[:, :self.source.d_in], batch[:, self.source.d_in:]
+            x, y = self._split(batch)
+            yield x if y is None else (x, y)
 
     def _downstream_model(self):
         """(model, token store, include_bos) for the CE evaluation, or Nones when there is no model."""
