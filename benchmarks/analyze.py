@@ -12,6 +12,15 @@ In one run, over the same activation store (a tiny random Llama, d_model 256, ov
 - ``search_ms``: ``FeatureSet.search`` over an analysis of 65,536 latents (median of 20);
 - ``card_ms``: opening one feature (its examples read from Parquet) and ``to_dict`` (median of 20);
 - ``delete_s``: ``job.delete()`` of an analysis whose examples file holds 10M rows (``--delete-rows``).
+
+``--dashboard`` instead compares with SAEDashboard at its own benchmark's shapes, in one run: a random GPT-2
+shape (d_model 256, 6 layers), a random ReLU SAE (d_sae 2048, about half its latents on each token, as
+SAEDashboard's random SAE) at ``blocks.3.resid_post``, 256 x 128 tokens from the model (no store). saekit's
+side is the whole ``sk.analyze`` job as a user runs it (a background worker, from submit to result: it starts
+a process and imports the model's code, about 3.5 s here), the same job in this process with the model loaded
+(what SAEDashboard's time covers), and ``export_html`` of 64 latents; SAEDashboard's is ``benchmarks/saedashboard_baseline.py`` run by the
+``--dashboard-python`` interpreter (default ``.venv-dashboard/bin/python``; its docstring says how to make
+that environment): ``SaeVisRunner.run`` over every latent and ``save_feature_centric_vis`` of 64.
 """
 
 from __future__ import annotations
@@ -184,6 +193,53 @@ def measure_delete(ws, lm, store, rows: int) -> dict:
             "delete_s": round(time.perf_counter() - t, 3), "gone": not feats.folder.exists()}
 
 
+def measure_dashboard(folder: Path, python: str, repeats: int, quick: bool) -> dict:
+    """saekit's analyze job and HTML export against SAEDashboard's, at SAEDashboard's shapes (see above)."""
+    import torch
+
+    import saekit as sk
+    from saekit.models.tiny import make_tiny_model, stdlib_docstrings
+
+    sk.set_workspace(folder / "ws")
+    sequences, d_sae = (32, 256) if quick else (256, 2048)
+    # the largest vocabulary a tokenizer trained on the docstrings reaches (about 14k; SAEDashboard's model has
+    # GPT-2's 50,257: its logit tables multiply by a 3.5x larger unembedding)
+    model = make_tiny_model(folder / "gpt2-256", "gpt2", d_model=256, n_layers=6, n_heads=8, vocab_size=50_257)
+    lm = sk.load_model(model, device="cpu")
+    corpus = folder / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in stdlib_docstrings()))
+    toks = sk.tokenize(sk.load_corpus(corpus), lm, context_length=128, background=False, progress=False).result()
+    torch.manual_seed(0)
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=256, d_sae=d_sae))  # b_enc = 0: half fire
+    sae.metadata["hook_point"] = "blocks.3.resid_post"
+    out: dict = {"tokens": sequences * 128, "d_sae": d_sae, "vocab": len(lm.tokenizer)}
+    job_s, here_s, html_s = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        feats = sk.analyze(sae, (lm, toks), n_tokens=sequences * 128, force=True, progress=False).result()
+        job_s.append(time.perf_counter() - start)
+        start = time.perf_counter()  # in this process, the model loaded: what SAEDashboard's run_s covers
+        sk.analyze(sae, (lm, toks), n_tokens=sequences * 128, force=True, background=False, progress=False).result()
+        here_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        sk.job(feats.id).result().export_html(folder / "features.html", features=list(range(64)))
+        html_s.append(time.perf_counter() - start)
+    out |= {"saekit_job_s": round(min(job_s), 2), "saekit_in_process_s": round(min(here_s), 2),
+            "saekit_html_64_s": round(min(html_s), 3),
+            "saekit_fired_share": round(float(sk.job(feats.id).result().to_pandas()["frequency"].mean()), 3)}
+    if not Path(python).exists():
+        out["saedashboard"] = f"no {python}: make it as benchmarks/saedashboard_baseline.py says"
+        return out
+    cmd = [python, str(Path(__file__).with_name("saedashboard_baseline.py"))] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["saedashboard"] = theirs
+    out["job_speedup_over_saedashboard"] = round(theirs["run_s"] / min(job_s), 2)
+    out["in_process_speedup_over_saedashboard"] = round(theirs["run_s"] / min(here_s), 2)
+    out["html_speedup_over_saedashboard"] = round(theirs["html_64_s"] / min(html_s), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100_000)
@@ -194,10 +250,17 @@ def main() -> None:
     parser.add_argument("--search-latents", type=int, default=65_536)
     parser.add_argument("--delete-rows", type=int, default=10_000_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that it runs")
+    parser.add_argument("--dashboard", action="store_true", help="only the comparison with SAEDashboard (above)")
+    parser.add_argument("--dashboard-python", default=str(Path(__file__).resolve().parents[1] / ".venv-dashboard/bin/python"))
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
         _child_rss(Path(args.child_rss), args.d_sae, args.tokens)
+        return
+    if args.dashboard:
+        with tempfile.TemporaryDirectory(prefix="saekit-bench-dashboard-") as tmp:
+            result = measure_dashboard(Path(tmp), args.dashboard_python, 1 if args.quick else 2, args.quick)
+        print(json.dumps({"benchmark": "analyze_vs_saedashboard", **result}, indent=2))
         return
     if args.quick:
         args.tokens, args.d_sae, args.repeats, args.search_latents, args.delete_rows = 20_000, 1024, 1, 4096, 200_000

@@ -527,6 +527,21 @@ def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae:
 
     encode_s = _best(encode, device, repeats=2)
     out["bare_encode_tokens_per_s"] = round(store.n_tokens / encode_s)
+
+    def streaming():  # the analysis' streaming pass alone: what the job adds to a bare encode, per token
+        from saekit.features.accumulate import Accumulator
+        from saekit.features.analysis import _block_rows, _Pass
+        from saekit.features.sources import StoreRows
+
+        acc = Accumulator(d_sae, top_k=20, reservoir=100, context=(16, 4), device=device)
+        stream = _Pass(on_device, acc, 16, 4, _block_rows(on_device, "auto"), device)
+        for rows in StoreRows(store, hook, store.n_tokens).blocks(stream.block, None):
+            stream.feed(rows)
+        stream.finish()
+
+    pass_s = _best(streaming, device, repeats=2)
+    out["pass_tokens_per_s"] = round(store.n_tokens / pass_s)
+    out["pass_over_bare_encode"] = round(encode_s / pass_s, 3)
     results = {}
     for name, source in (("store", store), ("model", (lm, toks))):
         start = time.perf_counter()

@@ -25,6 +25,10 @@ MAX_BLOCK_ROWS = 2**BLOCK_ROW_BITS
 ORDER_BITS = 31 + BLOCK_ROW_BITS  # a block-local order of one latent's entries; the latent takes the bits above
 SAMPLE_KEY_BITS = ORDER_BITS  # the reservoir's random keys
 DENSE_LOOKUP_LIMIT = 2**26  # block rows x latents up to which a window lookup may build the dense block (256 MB)
+LOOKUPS_PER_CELL = 16  # dense lookups once the searches would be more than 1/16 of the block's cells
+COOCCURRENCE_PAIRS = 2**24  # ordered latent pairs on the co-occurrence sample's rows, at most
+COOCCURRENCE_MATRIX = 2**24  # up to this d_sae**2 the pairs are counted into a dense matrix
+PRODUCT_PER_PAIR = 64  # a multiply-add of the 0/1 product costs 1/64 of listing and counting one pair
 _MIX1, _MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64's constants, as signed int64
 
 
@@ -34,14 +38,26 @@ def hist_edges() -> list[float]:
     return [0.0, *inner, float("inf")]
 
 
-def random_keys(rows: torch.Tensor, latents: torch.Tensor, d_sae: int, seed: int) -> torch.Tensor:
-    """A reproducible pseudo-random ``SAMPLE_KEY_BITS``-bit key per (row, latent) (splitmix64 of
-    ``row * d_sae + latent``)."""
-    x = rows.to(torch.int64) * d_sae + latents.to(torch.int64) + seed * 0x5851F42D
+def _splitmix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser of int64 ``x`` (a well-mixed int64 per value)."""
+    x = x.to(torch.int64)
     x = (x ^ (x >> 30)) * _MIX1
     x = (x ^ (x >> 27)) * _MIX2
-    x = x ^ (x >> 31)
-    return x & ((1 << SAMPLE_KEY_BITS) - 1)
+    return x ^ (x >> 31)
+
+
+def row_hashes(first: int, n: int, seed: int, device) -> torch.Tensor:
+    """The hashes of stream rows ``first .. first + n`` that a reservoir key XORs with its latent's hash.
+
+    A reservoir key (``SAMPLE_KEY_BITS`` bits) is ``row_hash ^ latent_hash``: for one latent the keys of
+    its rows are as random as the row hashes, so its entries with the smallest keys are a uniform sample,
+    and a hash per row and per latent (not per entry) keeps it cheap."""
+    return _splitmix(torch.arange(first, first + n, device=device) + seed * 0x5851F42D)
+
+
+def latent_hashes(d_sae: int, device) -> torch.Tensor:
+    """The hash of each latent (see ``row_hashes``)."""
+    return _splitmix(torch.arange(d_sae, device=device) - (1 << 40))  # apart from any row's number
 
 
 def top_keys(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -113,12 +129,14 @@ class Buffer:
         # the block's own best `size` per latent: one sort of (latent, order)
         by_latent = torch.argsort((latents << ORDER_BITS) | order, stable=True)
         touched, counts = torch.unique_consecutive(latents[by_latent], return_counts=True)
-        n = len(touched)
-        group = torch.repeat_interleave(torch.arange(n, device=device), counts)
-        rank = torch.arange(len(by_latent), device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        keep = rank < size
-        index = torch.full((n, size), -1, dtype=torch.int64, device=device)
-        index[group[keep], rank[keep]] = by_latent[keep]
+        n, m = len(touched), len(by_latent)
+        group = torch.repeat_interleave(torch.arange(n, device=device), counts, output_size=m)
+        rank = torch.arange(m, device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts,
+                                                                        output_size=m)
+        # each latent's first `size` candidates into its row of `index`; the rest into a last, dropped slot
+        slot = torch.where(rank < size, group * size + rank, n * size)
+        index = torch.full((n * size + 1,), -1, dtype=torch.int64, device=device).scatter_(0, slot, by_latent)
+        index = index[:-1].view(n, size)
         cand_keys = torch.where(index >= 0, keys[index.clamp_min(0)], torch.full_like(index, self.empty))
         # the best `size` of what each latent had and its candidates (the old ones first among equals, so a
         # padding candidate never displaces anything)
@@ -173,8 +191,11 @@ class Accumulator:
         self.hist = torch.zeros((d_sae, HIST_BINS), dtype=torch.int64, device=device)
         self.top = Buffer(d_sae, top_k, self.window, largest=True, device=device)
         self.sample = Buffer(d_sae, reservoir, self.window, largest=False, device=device)
+        self.latent_hash = latent_hashes(d_sae, device)
         self.cooccurrence_rows = cooccurrence_rows
         self.sampled: list[torch.Tensor] = []  # (row, latent) of the first rows: the co-occurrence sample
+        self.sampled_pairs = 0  # ordered pairs of latents on the sampled rows (at most COOCCURRENCE_PAIRS)
+        self.sample_full = False  # a row did not fit the pair budget: no later row is sampled
 
     # -- one block ------------------------------------------------------------------------------------
     def add(self, block: Block) -> None:
@@ -186,31 +207,38 @@ class Accumulator:
             block = Block(block.start, block.core, block.before, block.rows[order], block.latents[order],
                           block.values[order], block.token_ids, block.doc_ids, block.positions)
             code_keys = code_keys[order]
-        core = (block.rows >= block.before) & (block.rows < block.before + block.core)
-        rows, latents, values = block.rows[core], block.latents[core], block.values[core]
+        bounds = torch.tensor([block.before, block.before + block.core], device=block.rows.device)
+        lo, hi = torch.searchsorted(block.rows, bounds).tolist()  # the core's entries: rows are ascending
+        rows, latents, values = block.rows[lo:hi], block.latents[lo:hi], block.values[lo:hi]
         stream_rows = rows - block.before + block.start
         self.rows_seen += block.core
-        self.count += torch.bincount(latents, minlength=self.d_sae)
-        self.total += torch.bincount(latents, weights=values.double(), minlength=self.d_sae)
+        self.count.index_add_(0, latents, torch.ones_like(latents))
+        self.total.index_add_(0, latents, values.double())
         self.max.scatter_reduce_(0, latents, values, reduce="amax")
         bins = ((torch.log10(values.clamp_min(1e-30)) - HIST_LOG10_MIN) * HIST_PER_DECADE).floor().long() + 1
         bins = bins.clamp(0, HIST_BINS - 1)
         self.hist.view(-1).index_add_(0, latents * HIST_BINS + bins, torch.ones_like(bins))
-        self._cooccur(stream_rows, latents)
+        self._cooccur(block.start, stream_rows, latents)
 
         def top_order(values, rows):  # best first within a latent: value descending, then row ascending
             bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
             return ((1 << ORDER_BITS) - 1) - ((bits << BLOCK_ROW_BITS) | (MAX_BLOCK_ROWS - 1 - rows))
 
-        self._offer(self.top, block, code_keys, rows, latents, values, stream_rows, top_keys(values, stream_rows),
-                    top_order)
-        keys = random_keys(stream_rows, latents, self.d_sae, self.seed)
-        self._offer(self.sample, block, code_keys, rows, latents, values, stream_rows, keys, None)
+        row_hash = row_hashes(block.start, block.core, self.seed, rows.device)
+        sample_keys = (row_hash[rows - block.before] ^ self.latent_hash[latents]) & ((1 << SAMPLE_KEY_BITS) - 1)
+        for buffer, keys, order in ((self.top, top_keys(values, stream_rows), top_order),
+                                    (self.sample, sample_keys, None)):
+            self._offer(buffer, block, code_keys, buffer.beats(latents, keys), rows, latents, values, stream_rows,
+                        keys, order)
 
-    def _offer(self, buffer: Buffer, block: Block, code_keys, rows, latents, values, stream_rows, keys, order) -> None:
-        take = buffer.beats(latents, keys)
-        if not bool(take.any()):
+    def _offer(self, buffer: Buffer, block: Block, code_keys, take, rows, latents, values, stream_rows, keys,
+               order) -> None:
+        take = take.nonzero().squeeze(1)  # one read-back on a GPU, not one per tensor
+        if len(take) == 0:
             return
+        if _many(len(take), self.d_sae, buffer.size):  # e.g. a dense code's first block: only each latent's best
+            best = _block_best(rows[take] - block.before, latents[take], keys[take], block.core, self.d_sae, buffer)
+            take = take[best.nonzero().squeeze(1)]
         rows, latents, values, stream_rows, keys = rows[take], latents[take], values[take], stream_rows[take], keys[take]
         ranks = keys if order is None else order(values, rows)  # a reservoir's order is its random key
 
@@ -232,10 +260,9 @@ class Accumulator:
         safe = torch.where(same, around, rows[:, None])
         tokens = torch.where(same, block.token_ids[safe], -1)
         n_rows = len(block.token_ids)
-        if 16 * safe.numel() > n_rows * self.d_sae and n_rows * self.d_sae <= DENSE_LOOKUP_LIMIT:
+        if LOOKUPS_PER_CELL * safe.numel() > n_rows * self.d_sae and n_rows * self.d_sae <= DENSE_LOOKUP_LIMIT:
             if block.dense is None:  # many lookups: a dense block is cheaper than searches
-                block.dense = torch.zeros((n_rows, self.d_sae), dtype=block.values.dtype, device=rows.device)
-                block.dense[block.rows, block.latents] = block.values
+                block.dense = _densify(block, self.d_sae)
             acts = torch.where(same, block.dense[safe, latents[:, None]], 0.0)
             return acts, tokens
         wanted = safe * self.d_sae + latents[:, None]
@@ -243,61 +270,176 @@ class Accumulator:
         acts = torch.where((code_keys[at] == wanted) & same, block.values[at], 0.0)
         return acts, tokens
 
-    def _cooccur(self, stream_rows: torch.Tensor, latents: torch.Tensor) -> None:
-        """Keep the active latents of the first ``cooccurrence_rows`` rows (the co-occurrence sample)."""
-        first = stream_rows < self.cooccurrence_rows
-        if bool(first.any()):
-            self.sampled.append(torch.stack([stream_rows[first], latents[first]]).cpu())
+    def _cooccur(self, start: int, stream_rows: torch.Tensor, latents: torch.Tensor) -> None:
+        """Keep the active latents of the first rows (the co-occurrence sample): the first ``cooccurrence_rows``
+        rows, fewer where their latents make more than ``COOCCURRENCE_PAIRS`` ordered pairs (a dense SAE, e.g.
+        a ReLU SAE early in training, has thousands of active latents a row). Which rows are kept depends only
+        on the rows before them, so it does not depend on the block size or on a resume."""
+        if self.sample_full or start >= self.cooccurrence_rows:
+            return  # known on the host: no sync once the sample is taken
+        rows, latents = stream_rows.cpu(), latents.cpu()  # ``stream_rows`` ascending (``add`` sorts the codes)
+        first = rows < self.cooccurrence_rows
+        rows, latents = rows[first], latents[first]
+        if len(rows) == 0:
+            return
+        _, per_row = torch.unique_consecutive(rows, return_counts=True)
+        pairs = self.sampled_pairs + torch.cumsum(per_row * (per_row - 1), 0)
+        fits = int((pairs <= COOCCURRENCE_PAIRS).sum())  # a prefix of the rows: ``pairs`` is non-decreasing
+        if fits < len(per_row):
+            self.sample_full = True
+        if fits:
+            self.sampled_pairs = int(pairs[fits - 1])
+            kept = int(per_row[:fits].sum())
+            self.sampled.append(torch.stack([rows[:kept], latents[:kept]]))
 
     # -- saving and restoring (a resume continues exactly) ------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         sampled = torch.cat(self.sampled, dim=1) if self.sampled else torch.zeros((2, 0), dtype=torch.int64)
         return {"count": self.count, "total": self.total, "max": self.max, "hist": self.hist,
                 "rows_seen": torch.tensor([self.rows_seen]), "sampled": sampled,
+                "sample_full": torch.tensor([int(self.sample_full)]),
                 **self.top.state("top"), **self.sample.state("sample")}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("count", "total", "max", "hist"):
             getattr(self, name).copy_(state[name])
         self.rows_seen = int(state["rows_seen"][0])
-        self.sampled = [state["sampled"]] if state["sampled"].shape[1] else []
+        sampled = state["sampled"].cpu()
+        self.sampled = [sampled] if sampled.shape[1] else []
+        self.sampled_pairs, self.sample_full = _pair_count(sampled[0]), bool(state.get("sample_full", torch.zeros(1))[0])
         self.top.load("top", state)
         self.sample.load("sample", state)
 
     def cooccurrence(self, n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """Per latent the ``n`` latents that fired with it most often on the sampled rows: ids [d_sae, n] (-1
-        where fewer) and the fraction of its firings there that each of them shared."""
-        ids = torch.full((self.d_sae, n), -1, dtype=torch.int64)
-        share = torch.zeros((self.d_sae, n), dtype=torch.float32)
+        where fewer) and the fraction of its firings there that each of them shared. Counted on the
+        accumulator's device; returned on the CPU."""
+        device = self.count.device
+        ids = torch.full((self.d_sae, n), -1, dtype=torch.int64, device=device)
+        share = torch.zeros((self.d_sae, n), dtype=torch.float32, device=device)
         if not self.sampled:
-            return ids, share
-        rows, latents = torch.cat(self.sampled, dim=1)
+            return ids.cpu(), share.cpu()
+        rows, latents = torch.cat(self.sampled, dim=1).to(device)
         fired = torch.bincount(latents, minlength=self.d_sae)
-        a, b = _pairs(rows, latents)
-        if len(a) == 0:
-            return ids, share
-        keys, counts = torch.unique(a * self.d_sae + b, return_counts=True)
+        d = self.d_sae
+        if d * d <= COOCCURRENCE_MATRIX:  # count into a [d_sae, d_sae] matrix; the n largest of each row
+            together = _pair_matrix(rows, latents, d)
+            together.fill_diagonal_(0)
+            key = together * d + (d - 1 - torch.arange(d, device=device))  # most shared first, then the lower id
+            best = key.topk(min(n, d), dim=1).values
+            counts, found = best // d, d - 1 - best % d
+            valid = counts > 0
+            ids[:, :best.shape[1]] = torch.where(valid, found, -1)
+            share[:, :best.shape[1]] = torch.where(valid, counts.float() / fired.clamp_min(1).float()[:, None], 0.0)
+            return ids.cpu(), share.cpu()
+        chunks = [torch.unique(a * d + b, return_counts=True) for a, b in _pairs(rows, latents)]
+        if not chunks:
+            return ids.cpu(), share.cpu()
+        keys, counts = chunks[0]
+        if len(chunks) > 1:  # the same pair counted in several chunks: add them up
+            keys, where = torch.unique(torch.cat([k for k, _ in chunks]), return_inverse=True)
+            counts = torch.zeros(len(keys), dtype=torch.int64, device=device).index_add_(0, where, torch.cat([c for _, c in chunks]))
         a, b = keys // self.d_sae, keys % self.d_sae
         order = torch.argsort(counts, descending=True, stable=True)
         order = order[torch.argsort(a[order], stable=True)]  # by latent, most shared first
         a, b, counts = a[order], b[order], counts[order]
-        rank = torch.arange(len(a)) - torch.searchsorted(a, torch.arange(self.d_sae))[a]
+        rank = torch.arange(len(a), device=device) - torch.searchsorted(a, torch.arange(self.d_sae, device=device))[a]
         keep = rank < n
         ids[a[keep], rank[keep]] = b[keep]
         share[a[keep], rank[keep]] = counts[keep].float() / fired[a[keep]].clamp_min(1).float()
-        return ids, share
+        return ids.cpu(), share.cpu()
 
 
-def _pairs(rows: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ordered pair of different latents active on the same row: (first latents, second latents)."""
+def _many(candidates: int, d_sae: int, size: int) -> bool:
+    """Whether a block offers a buffer so many candidates (more than twice what it holds) that finding each
+    latent's best of them on a dense matrix beats sorting them all."""
+    return candidates > 2 * d_sae * size
+
+
+def _densify(block: Block, d_sae: int) -> torch.Tensor:
+    """The block's codes as a dense ``[block rows, d_sae]`` matrix."""
+    dense = torch.zeros((len(block.token_ids), d_sae), dtype=block.values.dtype, device=block.values.device)
+    dense[block.rows, block.latents] = block.values
+    return dense
+
+
+def _block_best(rows: torch.Tensor, latents: torch.Tensor, keys: torch.Tensor, n_rows: int, d_sae: int,
+                buffer: Buffer, cells: int = 2**24) -> torch.Tensor:
+    """Which entries (``rows`` ascending, in ``0..n_rows``) are among their latent's ``buffer.size`` best by
+    ``keys`` within a slice of about ``cells / d_sae`` rows: a superset of the latent's best of all rows
+    (the best of the whole are the best of their slice). Each slice's keys go into a dense matrix whose
+    per-latent ``size``-th best key (``topk``, O(n)) is the bar; nothing is sorted."""
+    step = max(1, cells // d_sae)
+    if n_rows <= buffer.size:
+        return torch.ones_like(keys, dtype=torch.bool)
+    ends = torch.arange(0, n_rows + step, step, device=rows.device).clamp_max(n_rows)
+    bounds = torch.searchsorted(rows, ends).tolist()
+    keep = torch.ones_like(keys, dtype=torch.bool)
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        first = i * step
+        height = min(step, n_rows - first)
+        if height <= buffer.size or hi == lo:
+            continue  # every entry of the slice is among its best
+        grid = torch.full((height, d_sae), buffer.empty, dtype=torch.int64, device=keys.device)
+        grid[rows[lo:hi] - first, latents[lo:hi]] = keys[lo:hi]
+        edge = grid.topk(buffer.size, dim=0, largest=buffer.largest, sorted=False).values
+        bar = edge.min(0).values if buffer.largest else edge.max(0).values
+        keep[lo:hi] = keys[lo:hi] >= bar[latents[lo:hi]] if buffer.largest else keys[lo:hi] <= bar[latents[lo:hi]]
+    return keep
+
+
+def _pair_matrix(rows: torch.Tensor, latents: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """How often each pair of latents fired on the same row, as an int64 ``[d_sae, d_sae]`` matrix: a
+    product of the rows' 0/1 codes where the codes are dense (cheaper than listing ~L0**2 pairs a row),
+    else a count of the listed pairs."""
+    n_rows = int(rows.unique().numel())
+    if n_rows * d_sae * d_sae <= PRODUCT_PER_PAIR * _pair_count(rows):
+        together = torch.zeros((d_sae, d_sae), dtype=torch.float64, device=rows.device)
+        unique_rows, local = torch.unique(rows, return_inverse=True)
+        step = max(1, 2**24 // d_sae)
+        for lo in range(0, len(unique_rows), step):
+            part = (local >= lo) & (local < lo + step)
+            fired = torch.zeros((min(step, len(unique_rows) - lo), d_sae), dtype=torch.float32, device=rows.device)
+            fired[local[part] - lo, latents[part]] = 1.0
+            together += (fired.t() @ fired).double()  # exact: each product sums fewer than 2**24 ones
+        return together.round().long()
+    together = torch.zeros(d_sae * d_sae, dtype=torch.int64, device=rows.device)
+    for a, b in _pairs(rows, latents):
+        together += torch.bincount(a * d_sae + b, minlength=d_sae * d_sae)
+    return together.view(d_sae, d_sae)
+
+
+def _pair_count(rows: torch.Tensor) -> int:
+    """Ordered pairs of different latents on the same row, over ``rows`` (one entry per active latent)."""
+    _, per_row = torch.unique_consecutive(rows, return_counts=True)
+    return int((per_row * (per_row - 1)).sum())
+
+
+def _pairs(rows: torch.Tensor, latents: torch.Tensor, chunk: int = 2**22):
+    """Every ordered pair of different latents active on the same row, as (first latents, second latents),
+    in chunks of whole rows of about ``chunk`` pairs (memory stays bounded whatever the L0)."""
     order = torch.argsort(rows, stable=True)
     rows, latents = rows[order], latents[order]
     _, counts = torch.unique_consecutive(rows, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    pairs = torch.cumsum(counts * counts, 0)  # with each entry paired with itself, dropped below
+    lo_row, lo_pairs = 0, 0
+    while lo_row < len(counts):
+        hi_row = max(lo_row + 1, int(torch.searchsorted(pairs, lo_pairs + chunk, right=True)))
+        lo = int(ends[lo_row - 1]) if lo_row else 0
+        a, b = _row_pairs(latents[lo:int(ends[hi_row - 1])], counts[lo_row:hi_row])
+        if len(a):
+            yield a, b
+        lo_row, lo_pairs = hi_row, int(pairs[hi_row - 1])
+
+
+def _row_pairs(latents: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ordered pairs of different entries within each group of ``counts`` consecutive ``latents``."""
     starts = torch.cumsum(counts, 0) - counts
-    group_of = torch.repeat_interleave(torch.arange(len(counts)), counts)  # each entry's row group
+    group_of = torch.repeat_interleave(torch.arange(len(counts), device=latents.device), counts)  # each entry's row group
     size = counts[group_of]  # each entry pairs with every entry of its group
-    first = torch.repeat_interleave(torch.arange(len(latents)), size)
-    within = torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+    first = torch.repeat_interleave(torch.arange(len(latents), device=latents.device), size)
+    within = torch.arange(len(first), device=latents.device) - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
     second = starts[group_of[first]] + within
     keep = first != second
     return latents[first[keep]], latents[second[keep]]

@@ -17,12 +17,13 @@ from saekit.errors import ConfigError
 def chosen(feats, features) -> list:
     """The features to export: latent ids (or Features), or the first 50 of the view."""
     if features is None:
-        return list(feats[:50])
+        return feats.features(feats.ids[:50])
     if isinstance(features, int):
         features = [features]
-    out = []
-    for f in features:
-        out.append(f if hasattr(f, "examples") else feats.feature(f))
+    features = list(features)
+    ids = [f for f in features if not hasattr(f, "examples")]
+    read = iter(feats.features(ids))  # their labels in one query
+    out = [f if hasattr(f, "examples") else next(read) for f in features]
     if not out:
         raise ConfigError("no features to export: give latent ids, e.g. features=[3, 17]")
     return out

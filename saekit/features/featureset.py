@@ -232,13 +232,24 @@ class FeatureSet:
 
     def feature(self, latent: int) -> Feature:
         """The feature of latent ``latent`` (its id in the SAE, whatever this view holds)."""
-        if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or not 0 <= latent < self.n_latents:
-            raise IndexError(f"latent {latent!r} out of range: the SAE has {self.n_latents} latents (0..{self.n_latents - 1})")
-        feature = self._shared.feature(int(latent), self.id)
-        shown = labels.shown(self.workspace, self.id).get(int(latent))
-        feature.label, feature.label_source = shown if shown else (feature.auto_label or None, "auto")
-        feature.featureset = self
-        return feature
+        return self.features([latent])[0]
+
+    def features(self, latents) -> list[Feature]:
+        """The features of several latents (ids in the SAE), their labels read in one query."""
+        for latent in latents:
+            if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or not 0 <= latent < self.n_latents:
+                raise IndexError(f"latent {latent!r} out of range: the SAE has {self.n_latents} latents "
+                                 f"(0..{self.n_latents - 1})")
+        latents = [int(i) for i in latents]
+        shown_labels = labels.shown(self.workspace, self.id) if latents else {}
+        out = []
+        for latent in latents:
+            feature = self._shared.feature(latent, self.id)
+            shown = shown_labels.get(latent)
+            feature.label, feature.label_source = shown if shown else (feature.auto_label or None, "auto")
+            feature.featureset = self
+            out.append(feature)
+        return out
 
     # -- selections ------------------------------------------------------------------------------------------
     def _view(self, ids: np.ndarray, title: str) -> "FeatureSet":
@@ -467,7 +478,8 @@ class _Files:
         examples: list[Example] = []
         quantiles: dict[int, list[Example]] = {}
         q_edges = row["quantile_edges"]
-        for quantile, value, source_row, tokens, values, center in zip(*(self.examples(latent).column(c).to_pylist() for c in (
+        table = self.examples(latent)  # read once (its row groups), not once a column
+        for quantile, value, source_row, tokens, values, center in zip(*(table.column(c).to_pylist() for c in (
                 "quantile", "value", "row", "tokens", "values", "center"))):
             ex = Example(value=value, row=source_row, tokens=[vocab[t] if t >= 0 else "" for t in tokens],
                          token_ids=tokens, values=values, center=center, quantile=quantile)

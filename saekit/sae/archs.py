@@ -146,7 +146,7 @@ class TopKSAE(_SparseCodedSAE):
         values = values.gather(-1, by_latent)
         rows = torch.arange(len(pre), device=pre.device).repeat_interleave(self.config.k)
         values, latents = values.reshape(-1), indices.reshape(-1)
-        keep = values > 0
+        keep = (values > 0).nonzero().squeeze(1)  # one read-back on a GPU, not one per tensor
         return rows[keep], latents[keep], values[keep]
 
 

@@ -73,7 +73,11 @@ class SAE(nn.Module):
         d_in, d_sae = config.d_in, config.d_sae
         assert d_in is not None and d_sae is not None  # resolved
         d_out = self.d_out
-        if config.transcoder:
+        if device is not None and torch.device(device).type == "meta":  # load(): the weights come from the file
+            # (initialising meta tensors runs torch's Python reference ops, which import torch._dynamo: a second)
+            self.W_enc = nn.Parameter(torch.empty(d_sae, d_in, device=device))
+            self.W_dec = nn.Parameter(torch.empty(d_sae, d_out, device=device))
+        elif config.transcoder:
             # input and output spaces differ: the encoder starts as random unit rows and the decoder at zero (as
             # sparsify's transcoders do: on SmolLM2's layer 6 MLP, 30 steps, held-out FVU 0.496 instead of 0.536 with
             # a random unit decoder, and 0.7% of latents dead instead of 9%)

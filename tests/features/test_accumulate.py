@@ -16,6 +16,16 @@ D_IN, D_SAE, N = 8, 24, 3000
 BEFORE, AFTER = 3, 2
 
 
+@pytest.fixture(autouse=True, params=["sparse", "dense"])
+def code_path(request, monkeypatch):
+    """Every test on both ways of finding a block's candidates: sorting them all, and each latent's best of
+    them on a dense matrix first (what many candidates get, as a dense code's first block offers)."""
+    import saekit.features.accumulate as accumulate
+
+    monkeypatch.setattr(accumulate, "_many", lambda *a: request.param == "dense")
+    return request.param
+
+
 def fixture(seed=0, distinct=None):
     """An SAE, its inputs (``distinct`` different rows repeated, so activations tie), and the rows' sources:
     documents of 1..40 tokens."""
@@ -134,6 +144,18 @@ def test_the_result_does_not_depend_on_block_or_read_size():
         torch.testing.assert_close(tensor, ordered(b)[name], rtol=0, atol=0, msg=name)
 
 
+def test_dense_and_sparse_blocks_keep_the_same_entries(monkeypatch):
+    import saekit.features.accumulate as accumulate
+
+    data = fixture(seed=2, distinct=11)
+    results = []
+    for dense in (False, True):
+        monkeypatch.setattr(accumulate, "_many", lambda *a, dense=dense: dense)
+        results.append(ordered(run(*data, block=100, feed=1000, reservoir=40)))
+    for name, tensor in results[0].items():
+        torch.testing.assert_close(tensor, results[1][name], rtol=0, atol=0, msg=name)
+
+
 def test_a_checkpoint_and_restore_continue_exactly():
     data = fixture(seed=5)
     straight = run(*data, block=128, feed=90, reservoir=30)
@@ -158,3 +180,50 @@ def test_the_reservoir_is_a_uniform_sample():
     assert len(set(kept.tolist())) == reservoir
     quarters = np.histogram(kept, bins=4, range=(0, n))[0]
     assert quarters.min() > reservoir / 4 * 0.6  # each quarter of the stream holds about a quarter of the sample
+
+
+def brute_cooccurrence(sae, x, n_rows, n):
+    """Per latent the ``n`` latents that fired with it most often on the first ``n_rows`` rows (ties by id)."""
+    with torch.no_grad():
+        fired = (sae.encode(x[:n_rows]) > 0).long().numpy()
+    together = fired.T @ fired
+    np.fill_diagonal(together, 0)
+    out = {}
+    for j in range(D_SAE):
+        order = sorted((i for i in range(D_SAE) if together[j, i]), key=lambda i: (-together[j, i], i))[:n]
+        out[j] = [(i, together[j, i] / max(fired[:, j].sum(), 1)) for i in order]
+    return out
+
+
+@pytest.mark.parametrize("counting", ["product", "pair matrix", "pair list"])
+def test_cooccurrence_is_counted_on_the_rows_that_fit_the_pair_budget(monkeypatch, counting):
+    """A dense code (about half the latents on every row, as a ReLU SAE has early on) makes ~L0**2 pairs a
+    row: the sample stops at the last row that fits the pair budget, whatever the block size or a resume,
+    and the pairs are counted to the brute-force counts: by a product of the 0/1 codes, or listed in chunks
+    (summed where a pair spans chunks) into a matrix or a sorted list."""
+    import saekit.features.accumulate as accumulate
+
+    data = fixture(seed=6)
+    sae = data[0]
+    with torch.no_grad():
+        sae.b_enc.zero_()  # half the latents fire on a random row
+    per_row = (sae.encode(data[1]) > 0).sum(1)
+    pairs = torch.cumsum(per_row * (per_row - 1), 0)
+    budget = int(pairs[700]) + 1  # row 700 fits, row 701 does not
+    monkeypatch.setattr(accumulate, "COOCCURRENCE_PAIRS", budget)
+    real_pairs = accumulate._pairs
+    monkeypatch.setattr(accumulate, "_pairs", lambda rows, latents: real_pairs(rows, latents, chunk=20_000))
+    monkeypatch.setattr(accumulate, "PRODUCT_PER_PAIR", 10**9 if counting == "product" else 0)
+    if counting == "pair list":
+        monkeypatch.setattr(accumulate, "COOCCURRENCE_MATRIX", 0)
+    results = [run(*data, block=block, feed=feed, reservoir=4) for block, feed in ((64, 1000), (1000, 33))]
+    state = run(*data, block=128, feed=90, reservoir=4, stop_at=300)
+    results.append(run(*data, block=128, feed=90, reservoir=4, state=state))
+    truth = brute_cooccurrence(sae, data[1], 701, 4)
+    for acc in results:
+        assert acc.sampled_pairs == int(pairs[700]) and acc.sample_full
+        ids, share = acc.cooccurrence(4)
+        for j in range(D_SAE):
+            got = [(int(i), float(s)) for i, s in zip(ids[j], share[j]) if i >= 0]
+            assert [i for i, _ in got] == [i for i, _ in truth[j]], j
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in truth[j]], rtol=1e-6)

@@ -66,3 +66,28 @@ def test_the_simulator_fails_as_cuda_does():
             on + torch.ones(4)
         assert isinstance(on[torch.tensor([1, 2])], OnCuda) and not isinstance(on.cpu(), OnCuda)  # allowed
         assert isinstance(torch.zeros(2, device=on.device), OnCuda) and (on * torch.tensor(2)).device == cuda
+
+
+def test_a_block_of_sparse_codes_reads_back_a_dozen_times():
+    """The streaming pass on a GPU waits for the device only where it must: once a block's co-occurrence
+    sample is taken, folding in a block of TopK codes reads back 12 values (the TopK selection, the sort
+    check, the core's bounds, the document runs, and per buffer the candidates and the merge's groups,
+    evicted and entering slots); it was 42 (a boolean mask per tensor)."""
+    from simulated_cuda import counting_syncs
+
+    from saekit.features.sources import Rows
+
+    torch.manual_seed(0)
+    n, block = 12_288, 2048
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=32, d_sae=512, k=16))
+    acc = Accumulator(sae.d_sae, top_k=20, reservoir=100, context=(16, 4), cooccurrence_rows=4096)
+    stream = _Pass(sae, acc, 16, 4, block, "cpu")
+    x, tokens = torch.randn(n, 32), torch.randint(0, 500, (n,))
+    docs, positions = torch.arange(n) // 128, torch.arange(n) % 128
+    for lo in range(0, n, block):
+        rows = Rows(x[lo:lo + block], tokens[lo:lo + block], docs[lo:lo + block], positions[lo:lo + block],
+                    {"row": lo + block})
+        with counting_syncs() as seen:
+            stream.feed(rows)
+        if lo >= 3 * block:  # the sample is taken, the buffers are full
+            assert len(seen) == 12, [f"{s} at {s.site}" for s in seen]
