@@ -12,6 +12,7 @@ what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -188,6 +189,7 @@ class Accumulator:
         self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.total = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.max = torch.zeros(d_sae, dtype=torch.float32, device=device)
+        self.min = torch.full((d_sae,), math.inf, dtype=torch.float32, device=device)  # of the nonzero activations
         self.hist = torch.zeros((d_sae, HIST_BINS), dtype=torch.int64, device=device)
         self.top = Buffer(d_sae, top_k, self.window, largest=True, device=device)
         self.sample = Buffer(d_sae, reservoir, self.window, largest=False, device=device)
@@ -215,6 +217,7 @@ class Accumulator:
         self.count.index_add_(0, latents, torch.ones_like(latents))
         self.total.index_add_(0, latents, values.double())
         self.max.scatter_reduce_(0, latents, values, reduce="amax")
+        self.min.scatter_reduce_(0, latents, values, reduce="amin")
         bins = ((torch.log10(values.clamp_min(1e-30)) - HIST_LOG10_MIN) * HIST_PER_DECADE).floor().long() + 1
         bins = bins.clamp(0, HIST_BINS - 1)
         self.hist.view(-1).index_add_(0, latents * HIST_BINS + bins, torch.ones_like(bins))
@@ -295,7 +298,7 @@ class Accumulator:
     # -- saving and restoring (a resume continues exactly) ------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         sampled = torch.cat(self.sampled, dim=1) if self.sampled else torch.zeros((2, 0), dtype=torch.int64)
-        return {"count": self.count, "total": self.total, "max": self.max, "hist": self.hist,
+        return {"count": self.count, "total": self.total, "max": self.max, "min": self.min, "hist": self.hist,
                 "rows_seen": torch.tensor([self.rows_seen]), "sampled": sampled,
                 "sample_full": torch.tensor([int(self.sample_full)]),
                 **self.top.state("top"), **self.sample.state("sample")}
@@ -303,6 +306,11 @@ class Accumulator:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("count", "total", "max", "hist"):
             getattr(self, name).copy_(state[name])
+        if "min" in state:
+            self.min.copy_(state["min"])
+        else:  # a checkpoint from before the minimum was kept: the sample's, the lowest seen since
+            kept = torch.where(state["sample.rows"] >= 0, state["sample.values"], math.inf)
+            self.min.copy_(kept.min(dim=1).values if kept.shape[1] else self.min)
         self.rows_seen = int(state["rows_seen"][0])
         sampled = state["sampled"].cpu()
         self.sampled = [sampled] if sampled.shape[1] else []

@@ -55,10 +55,10 @@ class AnalyzeSpec(JobSpec):
     hook_point: str = spec_field(doc="the hook point whose activations are analysed")
     n_tokens: int = spec_field(doc="tokens analysed")
     top_k: int = spec_field(doc="top contexts kept per latent")
-    quantiles: int = spec_field(doc="quantile bins of the sample")
+    quantiles: int = spec_field(doc="equal-count bins of the activations, each shown by samples")
     per_quantile: int = spec_field(doc="contexts shown per bin")
     context: list[int] = spec_field(doc="[tokens before, tokens after] an example")
-    reservoir: int = spec_field(doc="the per-latent sample the bins are drawn from")
+    reservoir: int = spec_field(doc="the per-latent sample the bins' examples are drawn from")
     neighbours: int = spec_field(doc="nearest latents by decoder cosine, and co-firing latents, kept")
     seed: int = spec_field(doc="the sample's seed")
     model: dict | None = spec_field(doc="the model's reference for the logit lens (None: no lens)")
@@ -185,7 +185,8 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
     ``(lm, token_store)`` (activations computed on the fly). ``model`` (or the source's ``lm``) adds the logit
     lens. Per latent it keeps frequency, mean and max, a log-spaced histogram, the exact ``top_k`` activations
     and a ``reservoir`` sample (``2 * quantiles * per_quantile`` by default), each with ``context`` tokens
-    before and after; ``quantiles`` equal-count bins of the sample with ``per_quantile`` contexts each; the
+    before and after; ``quantiles`` equal-count bins of all its activations (edges from the histogram once it
+    fired more often than the sample holds) with ``per_quantile`` contexts each, drawn from the sample; the
     ``neighbours`` nearest latents by decoder cosine and the latents that fire with it. Memory is about
     ``d_sae * (top_k + reservoir) * (context + 1) * 6`` bytes, whatever ``n_tokens``. ``root`` (an fsspec URL
     such as ``s3://bucket/analyses``) puts the tables under ``<root>/<job id>/`` instead of the workspace's

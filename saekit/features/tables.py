@@ -26,7 +26,7 @@ import torch
 
 from saekit._fs import open_file, read_file
 from saekit.errors import DataError
-from saekit.features.accumulate import Accumulator
+from saekit.features.accumulate import Accumulator, hist_edges
 from saekit.features.lens import decoder_neighbours, logit_lens
 
 if TYPE_CHECKING:
@@ -58,6 +58,34 @@ def quantile_edges(values: torch.Tensor, valid: torch.Tensor, quantiles: int) ->
     edges = torch.where(frac >= 0.5, b - diff * (1 - frac), a + diff * frac)  # numpy's _lerp, term for term
     edges = torch.where(frac == 0, a, edges)
     return torch.where(n[:, None] > 0, edges, torch.full_like(edges, float("nan")))
+
+
+def bin_edges(acc: Accumulator, quantiles: int) -> torch.Tensor:
+    """Per latent the ``quantiles + 1`` edges of equal-count bins of all its nonzero activations [d_sae, q + 1],
+    on the CPU; NaN for a latent that never fired. While the latent fired no more often than the reservoir
+    holds, the sample is every activation and the edges are exact (``quantile_edges``). Beyond, they come from
+    the streamed histogram of every activation: the first and last are the exact minimum and maximum, the
+    others interpolated within their histogram bin (log-linearly, between the bin's edges clipped to the
+    minimum and maximum): within one bin, a factor of 10**(1/8), of the exact quantile."""
+    sample_values, sample_valid = acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0
+    exact = quantile_edges(sample_values, sample_valid, quantiles)
+    count, hist = acc.count.cpu(), acc.hist.cpu().double()
+    low, high = acc.min.cpu().double(), acc.max.cpu().double()
+    grid = torch.tensor(hist_edges(), dtype=torch.float64)
+    cum = torch.cumsum(hist, dim=1)
+    targets = torch.linspace(0, 1, quantiles + 1, dtype=torch.float64)[None, :] * cum[:, -1:]
+    b = torch.searchsorted(cum, targets.contiguous(), side="left").clamp_max(hist.shape[1] - 1)  # bin of each target
+    before = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(targets))
+    inside = hist.gather(1, b)
+    frac = torch.where(inside > 0, (targets - before) / inside.clamp_min(1), torch.zeros_like(targets)).clamp(0, 1)
+    lo = torch.maximum(grid[b], low[:, None]).clamp_min(1e-30)
+    hi = torch.minimum(grid[b + 1], high[:, None]).clamp_min(lo)
+    edges = lo * (hi / lo) ** frac
+    edges[:, 0], edges[:, -1] = low, high
+    edges = torch.minimum(torch.maximum(edges, low[:, None]), high[:, None])
+    from_histogram = (count > sample_valid.sum(dim=1))[:, None]
+    edges = torch.where(from_histogram, edges, exact)
+    return torch.where(count[:, None] > 0, edges, torch.full_like(edges, float("nan")))
 
 
 def quantile_samples(acc: Accumulator, edges: torch.Tensor, per_quantile: int):
@@ -131,7 +159,7 @@ def latents_table(spec: AnalyzeSpec, sae, acc: Accumulator, lens, vocab: list[st
     count = acc.count.cpu()
     frequency = count.double() / n_tokens
     mean = torch.where(count > 0, acc.total.cpu() / count.clamp_min(1).double(), torch.zeros((), dtype=torch.float64))
-    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec.quantiles)
+    edges = bin_edges(acc, spec.quantiles)
     tok_ids, tok_counts = top_tokens(acc)
     columns = {
         "latent": pa.array(np.arange(sae.d_sae, dtype=np.int32)),
@@ -172,7 +200,7 @@ def examples_table(spec: AnalyzeSpec, acc: Accumulator) -> pa.Table:
     """One row per kept context, sorted by latent: its top-k (``quantile`` = -1, best first), then its quantile
     samples (``quantile`` = the bin, lowest first). ``tokens``/``values`` are the window; ``center`` is where
     in the window the activating token is; a token of -1 is outside the document."""
-    edges = quantile_edges(acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0, spec.quantiles)
+    edges = bin_edges(acc, spec.quantiles)
     top, sample = acc.top.sorted(), acc.sample
     t_lat, t_slot = (top["rows"].cpu() >= 0).nonzero(as_tuple=True)  # row-major: by latent, then rank
     q_lat, q_bin, q_slot = quantile_samples(acc, edges, spec.per_quantile)

@@ -227,3 +227,31 @@ def test_cooccurrence_is_counted_on_the_rows_that_fit_the_pair_budget(monkeypatc
             got = [(int(i), float(s)) for i, s in zip(ids[j], share[j]) if i >= 0]
             assert [i for i, _ in got] == [i for i, _ in truth[j]], j
             np.testing.assert_allclose([s for _, s in got], [s for _, s in truth[j]], rtol=1e-6)
+
+
+def test_bins_of_a_latent_that_fired_more_than_the_reservoir_holds_span_all_its_activations():
+    """The quantile bins agree with the top contexts: past the reservoir's size the edges come from the
+    histogram of every activation (the first and last the exact minimum and maximum, the others within one
+    histogram bin of numpy's quantile), and each sample shown lies in its bin."""
+    from saekit.features.tables import bin_edges, quantile_samples
+
+    data = fixture(seed=4)
+    acc = run(*data, block=300, feed=77, reservoir=30)
+    truth = brute(*data, top_k=1)
+    edges = bin_edges(acc, 10).numpy()
+    ratio = 10 ** (1 / 8)
+    beyond = 0
+    for j in range(D_SAE):
+        values = truth[j]["all"].astype(np.float64)
+        if len(values) <= 30:
+            continue
+        beyond += 1
+        assert edges[j][0] == np.float32(values.min()) and edges[j][-1] == np.float32(values.max())
+        assert np.all(np.diff(edges[j]) >= 0)
+        expected = np.quantile(values, np.linspace(0, 1, 11))
+        assert np.all(edges[j] <= expected * ratio * (1 + 1e-6)) and np.all(edges[j] >= expected / ratio / (1 + 1e-6))
+    assert beyond > D_SAE // 2
+    latents, bins, slots = quantile_samples(acc, torch.from_numpy(edges), 3)
+    values = acc.sample.values[latents, slots].double().numpy()
+    assert len(values) and np.all(values >= edges[latents.numpy(), bins.numpy()] - 1e-6)
+    assert np.all(values <= edges[latents.numpy(), bins.numpy() + 1] + 1e-6)
