@@ -27,7 +27,7 @@ from saekit._provided import provided
 from saekit._table import ObjectTable
 from saekit.features import labels
 from saekit.errors import ConfigError, DataError
-from saekit.features.tables import EXAMPLES_GROUP, open_checked, read_checked, reading
+from saekit.features.tables import EXAMPLES_GROUP, SEARCH_SEPARATOR, open_checked, read_checked, reading
 from saekit.workspace import Workspace, as_workspace
 
 SORT_KEYS = ("frequency", "max", "mean", "count")
@@ -298,20 +298,31 @@ class FeatureSet:
         return self._view(self.ids[self.column("frequency") > threshold], f"denser than {threshold:g}")
 
     def search(self, query: str) -> "FeatureSet":
-        """The latents whose top tokens, logit-lens tokens or label contain ``query`` (case-insensitive), those
-        with the most matches first, then the most frequent."""
+        """The latents whose top tokens, logit-lens tokens or label contain ``query`` (case-insensitive), best
+        first: a latent whose first top token is the query (leading space aside), then those with the query as
+        a whole token, then by how many tokens contain it (a label counts twice), then the most frequent. A
+        query that is a latent id (``"99"``) puts that latent first."""
         if not isinstance(query, str) or not query.strip():
             raise ConfigError(f"query={query!r}: search for some text, e.g. feats.search('python')")
         needle = query.lower()
         text = self._shared.search_text
-        hits = pc.count_substring(text, needle).to_numpy(zero_copy_only=False).astype(np.int64)  # a writable copy
+        sep = SEARCH_SEPARATOR
+
+        def count(pattern: str) -> np.ndarray:
+            return pc.count_substring(text, pattern).to_numpy(zero_copy_only=False).astype(np.int64)  # writable
+
+        whole = [sep + needle + sep] + ([sep + " " + needle + sep] if not needle.startswith(" ") else [])
+        first = sum(pc.starts_with(text, w).to_numpy(zero_copy_only=False).astype(np.int64) for w in whole)
+        score = 1000 * first + 100 * sum(count(w) for w in whole) + count(needle)
         for latent, label in self._labels().items():
-            hits[latent] += 2 * label.lower().count(needle)  # a label says more than a token
-        hits = hits[self.ids]
-        found = hits > 0
-        ids, hits = self.ids[found], hits[found]
+            score[latent] += 100 * (label.lower() == needle.strip()) + 2 * label.lower().count(needle)
+        if needle.strip().isdigit() and int(needle) < self.n_latents:
+            score[int(needle)] += 10**9  # go to a latent by its id
+        score = score[self.ids]
+        found = score > 0
+        ids, score = self.ids[found], score[found]
         frequency = self._shared.latents.column("frequency").to_numpy()[ids]
-        order = np.lexsort((ids, -frequency, -hits))
+        order = np.lexsort((ids, -frequency, -score))
         return self._view(ids[order], f"search {query!r}")
 
     def _labels(self) -> dict[int, str]:

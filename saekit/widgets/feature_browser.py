@@ -9,7 +9,7 @@ import traitlets
 from saekit.widgets._base import SnapshotWidget, esm
 from saekit.widgets.feature_html import card_html, overview_html
 
-LIST_ROWS = 200  # rows sent to the list; the count says how many matched
+LIST_ROWS = 200  # rows sent to the list at first; "show more" sends as many again
 
 
 class FeatureBrowser(SnapshotWidget):
@@ -22,6 +22,7 @@ class FeatureBrowser(SnapshotWidget):
     sort = traitlets.Unicode("frequency").tag(sync=True)
     rows: traitlets.List[dict] = traitlets.List([]).tag(sync=True)
     matches = traitlets.Int(0).tag(sync=True)
+    limit = traitlets.Int(LIST_ROWS).tag(sync=True)  # rows in the list (the browser's "show more" raises it)
     total = traitlets.Int(0).tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)
     card = traitlets.Dict({}).tag(sync=True)
@@ -31,9 +32,18 @@ class FeatureBrowser(SnapshotWidget):
         self._feats = featureset
         self.title = f"analysis {featureset.id}" + (f" ({featureset.title})" if featureset.title else "")
         self.total = len(featureset)
-        self.observe(lambda change: self._refresh(), names=["query", "sort"])
+        self.observe(self._searched, names=["query"])
+        self.observe(lambda change: self._refresh(), names=["sort", "limit"])
         self.observe(lambda change: self._show(change["new"]), names=["selected"])
         self._refresh()
+
+    def _searched(self, change) -> None:
+        """A new search lists its best matches first (sorted by relevance until another sort is picked)."""
+        self.limit = LIST_ROWS
+        if change["new"].strip() and self.sort != "relevance":
+            self.sort = "relevance"  # refreshes
+        else:
+            self._refresh()
 
     def _view(self):
         feats = self._feats.search(self.query) if self.query.strip() else self._feats
@@ -42,7 +52,7 @@ class FeatureBrowser(SnapshotWidget):
     def _refresh(self) -> None:
         view = self._view()
         self.matches = len(view)
-        self.rows = view.overview(LIST_ROWS)
+        self.rows = view.overview(self.limit)
         if self.rows and self.selected not in {r["id"] for r in self.rows}:
             self.selected = self.rows[0]["id"]
         elif not self.rows:

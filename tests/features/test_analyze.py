@@ -165,8 +165,24 @@ def test_featureset_views_and_reading_back_from_another_process(setup):
     assert top[0].id == int(top.ids[0])
     assert all(f.frequency > 0.3 for f in feats.dense(0.3))
     word = s["lm"].tokenizer.decode([s["token"]]).strip().lower()
-    assert PLANTED in feats.search(word).ids[:3]
+    found = feats.search(word)
+    # latents whose first top token is the word (case and a leading space aside) first, however rare; then
+    # those with it as a whole token; then those with tokens that contain it
+    first = [f.top_tokens[0][0].strip().lower() == word if f.top_tokens else False for f in found]
+    whole = [word in [t.strip().lower() for t, _ in f.top_tokens] for f in found]
+    assert first[0] and first == sorted(first, reverse=True) and PLANTED in found.ids[:sum(first)]
+    assert whole[sum(first):] == sorted(whole[sum(first):], reverse=True)
     assert len(feats.search("zzzz-no-such-token")) == 0
+    assert feats.search("7").ids[0] == 7 and feats.search(" 12 ").ids[0] == 12  # a latent by its id
+    from saekit.widgets.feature_browser import FeatureBrowser
+
+    browser = FeatureBrowser(feats)
+    browser.limit = 3
+    assert [r["id"] for r in browser.rows] == list(feats.sort("frequency").ids[:3]) and browser.matches == D_SAE
+    browser.query = word  # a search lists by relevance, from the first rows again
+    assert browser.sort == "relevance" and browser.rows[0]["id"] == found.ids[0] and browser.limit == 200
+    browser.limit = 5000  # "show more"
+    assert len(browser.rows) == browser.matches
     frame = feats.to_pandas()
     assert list(frame.index) == list(range(D_SAE)) and {"frequency", "max", "top_tokens"} <= set(frame.columns)
     with pytest.raises(ConfigError, match="by="):

@@ -169,9 +169,12 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     box = lab.cell(page, 0).locator("input.saekit-search")
     box.fill(word)
     box.press("Enter")
-    labtools.wait(lambda: _js(page, f"return !!el.querySelector(\".saekit-feature-row[data-latent='{PLANTED}']\")", 0)
+    best = int(feats.search(word).ids[0])  # a latent whose first top token is the word (the planted one, or a tie)
+    labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-feature-row')?.dataset.latent", 0) == str(best)
+                  and _js(page, f"return !!el.querySelector(\".saekit-feature-row[data-latent='{PLANTED}']\")", 0)
                   and _js(page, "return el.querySelector('.saekit-count').textContent", 0).split()[0] != str(len(feats)),
-                  "the search to narrow the list")
+                  "the search to narrow the list, the best match first (by relevance)")
+    assert _js(page, "return el.querySelector('select.saekit-sort').value", 0) == "relevance"
     lab.cell(page, 0).locator(f".saekit-feature-row[data-latent='{PLANTED}']").click()
     labtools.wait(lambda: shown() == str(PLANTED), "the clicked feature's card")
     # its contexts highlight the activating token, with the value on hover
@@ -182,10 +185,19 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     ticks = _js(page, "return [...el.querySelectorAll('.saekit-card .saekit-chart')].map((c) => c.dataset.xticks || '')", 0)
     assert ticks and all(ticks), ticks
     assert word in lab.cell(page, 0).locator(".saekit-logits").first.inner_text()
-    # keys move through the list (the planted latent, the rarest match, is last)
+    # keys move through the list
     before = shown()
-    lab.cell(page, 0).locator(".saekit-browser").press("ArrowUp")
-    labtools.wait(lambda: shown() != before, "ArrowUp to open the feature above")
+    at = _js(page, f"return [...el.querySelectorAll('.saekit-feature-row')].findIndex((r) => r.dataset.latent === '{PLANTED}')", 0)
+    away, back = ("ArrowUp", "ArrowDown") if at > 0 else ("ArrowDown", "ArrowUp")
+    lab.cell(page, 0).locator(".saekit-browser").press(away)
+    labtools.wait(lambda: shown() != before, f"{away} to open the next feature")
+    lab.cell(page, 0).locator(".saekit-browser").press(back)
+    labtools.wait(lambda: shown() == before, f"{back} to open the planted feature again")
+    # a feature by its id
+    box.fill("3")
+    box.press("Enter")
+    labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-feature-row')?.dataset.latent", 0) == "3",
+                  "feature 3 first when searching '3'")
     # a standalone card: a neighbour's button opens that feature in the same card
     lab.run_cell(page, 1)
     labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 1) == str(PLANTED),

@@ -6,7 +6,7 @@ function render({ model, el }) {
   const root = h("div", { class: "saekit-job saekit-browser", tabindex: "0", "data-lm-suppress-shortcuts": "true" });
   el.appendChild(root);
   const head = h("div", { class: "saekit-head" });
-  const search = h("input", { type: "search", class: "saekit-search", placeholder: "search tokens and labels…" });
+  const search = h("input", { type: "search", class: "saekit-search", placeholder: "search tokens and labels, or a feature id…" });
   search.value = model.get("query");
   const sort = h("select", { class: "saekit-sort" });
   for (const key of ["frequency", "max", "mean", "id", "relevance"]) sort.appendChild(h("option", { value: key, text: `sort: ${key}` }));
@@ -42,6 +42,11 @@ function render({ model, el }) {
     }
     list.appendChild(table);
     if (!rows.length) list.appendChild(h("div", { class: "saekit-muted", text: model.get("query") ? "no feature matches" : "no features" }));
+    if (rows.length < model.get("matches")) {
+      const more = h("button", { class: "saekit-more", text: `show ${fmtCount(Math.min(200, model.get("matches") - rows.length))} more` });
+      more.addEventListener("click", () => { model.set("limit", rows.length + 200); model.save_changes(); });
+      list.appendChild(more);
+    }
   }
 
   function drawCardBox() {
@@ -61,6 +66,7 @@ function render({ model, el }) {
 
   drawList(); drawCardBox();
   model.on("change:rows", drawList);
+  model.on("change:sort", () => { sort.value = model.get("sort"); });
   model.on("change:selected", drawList);
   model.on("change:card", drawCardBox);
   const unwatch = watchKernel(model, () => markGone(root, ""));
