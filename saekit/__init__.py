@@ -34,6 +34,7 @@ _provided.provide("job widget", "saekit.widgets.job_widget:JobWidget")
 _provided.provide("feature card", "saekit.widgets.feature_card:FeatureCard")
 _provided.provide("feature browser", "saekit.widgets.feature_browser:FeatureBrowser")
 _provided.provide("features html", "saekit.widgets.feature_html:export_html")
+_provided.provide("text features", "saekit.widgets.text_features:TextFeaturesView")
 _provided.provide("steer", "saekit.steering.intervention:steer")
 for _name in ("SteeringView", "comparison_text", "SweepView", "sweep_text"):
     _provided.provide(_name, f"saekit.widgets.steering:{_name}")

@@ -229,10 +229,10 @@ class Accumulator:
 
         row_hash = row_hashes(block.start, block.core, self.seed, rows.device)
         sample_keys = (row_hash[rows - block.before] ^ self.latent_hash[latents]) & ((1 << SAMPLE_KEY_BITS) - 1)
-        for buffer, keys, order in ((self.top, top_keys(values, stream_rows), top_order),
-                                    (self.sample, sample_keys, None)):
+        for buffer, keys, ranking in ((self.top, top_keys(values, stream_rows), top_order),
+                                      (self.sample, sample_keys, None)):
             self._offer(buffer, block, code_keys, buffer.beats(latents, keys), rows, latents, values, stream_rows,
-                        keys, order)
+                        keys, ranking)
 
     def _offer(self, buffer: Buffer, block: Block, code_keys, take, rows, latents, values, stream_rows, keys,
                order) -> None:

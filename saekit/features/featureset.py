@@ -413,6 +413,14 @@ class FeatureSet:
                  "mean": float(cols["mean"][j]), "max": float(cols["max"][j]), "top_tokens": tops[j][:5],
                  "label": given.get(int(i)) or self._shared.auto_labels[int(i)]} for j, i in enumerate(ids)]
 
+    def on_text(self, lm, text: str, *, n: int = 5, sae=None):
+        """Which features fire on ``text``: per token the ``n`` strongest latents of the analysed SAE, read at the
+        analysed hook point of ``lm`` (the model the analysis was made from). In a notebook, a view of the
+        text whose tokens list their features, each opening its card; ``.to_pandas()`` gives the table."""
+        from saekit.features.on_text import features_on_text
+
+        return features_on_text(self, lm, text, n=n, sae=sae)
+
     # -- display and export -------------------------------------------------------------------------------------
     def browse(self):
         """The feature browser widget (Jupyter): search, sort, click or arrow keys to open a card."""

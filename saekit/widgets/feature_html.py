@@ -120,3 +120,22 @@ def export_html(feats, path, features=None) -> Path:
     path = Path(path)
     write_atomic(path, page)
     return path
+
+
+def text_features_html(tokens: list[dict], features: dict) -> str:
+    """A text with each token shaded by its strongest activation (its latents on hover), and a table of the
+    tokens' latents."""
+    peak = max((t["top"][0][1] for t in tokens if t["top"]), default=0.0)
+    spans, rows = [], []
+    for position, token in enumerate(tokens):
+        top = token["top"]
+        alpha = min(1.0, top[0][1] / peak) if top and peak > 0 else 0.0
+        style = f"background:rgba(249,115,22,{0.12 + 0.88 * alpha:.3f});" if alpha > 0 else ""
+        hover = ", ".join(f"#{i} {number(v)}" for i, v in top) or "nothing fired"
+        spans.append(f"<span style='{style}border-radius:2px' title='{esc(hover)}'>{esc(_token(token['text']))}</span>")
+        if top:
+            names = "; ".join(f"#{i} {number(v)} {esc(features.get(str(i), {}).get('label') or '')}" for i, v in top)
+            rows.append(f"<tr><td>{position}</td><td><code>{esc(_token(token['text']))}</code></td><td>{names}</td></tr>")
+    return (f"<div style='{BOX}'><div style='font-family:monospace;white-space:pre-wrap;word-break:break-word;"
+            f"margin-bottom:6px'>{''.join(spans)}</div><table style='font-size:12px'><tr><th>#</th><th>token</th>"
+            f"<th>latents (activation, label)</th></tr>{''.join(rows[:64])}</table></div>")

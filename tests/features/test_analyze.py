@@ -155,6 +155,40 @@ def test_a_failed_training_job_is_refused(ws, monkeypatch):
         sk.analyze(failed, store)
 
 
+def test_features_on_my_text(setup):
+    """Per token the strongest latents of the analysed SAE: the planted latent is the strongest on its token
+    and on no other; the table, the widget's data, its snapshot and a card opened from it agree."""
+    s = setup
+    feats = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,
+                       workspace=s["ws"]).result()
+    word = s["lm"].tokenizer.decode([s["token"]])
+    text = f"first{word} then more{word} and the end"
+    found = feats.on_text(s["lm"], text, n=3)
+    ids = s["lm"].tokenizer(text)["input_ids"]
+    assert found.token_ids == ids and len(found.top) == len(ids) and "".join(found.tokens) == s["lm"].tokenizer.decode(ids)
+    z = s["sae"].encode(s["lm"].run_with_cache(torch.tensor([ids]), HOOK)[HOOK][0].float()).detach()
+    for position, pairs in enumerate(found.top):
+        expected = [(int(i), float(v)) for v, i in zip(*z[position].topk(3)) if v > 0]
+        assert [i for i, _ in pairs] == [i for i, _ in expected]
+        planted_here = ids[position] == s["token"]
+        assert (pairs[0][0] == PLANTED) == planted_here if pairs else not planted_here
+    frame = found.to_pandas()
+    assert list(frame.columns) == ["position", "token", "rank", "latent", "activation", "label"]
+    assert len(frame) == sum(len(p) for p in found.top) and PLANTED in set(frame["latent"])
+    view = found.view()
+    strongest = max(range(len(ids)), key=lambda p: found.top[p][0][1] if found.top[p] else 0.0)
+    assert view.selected == strongest  # at first, the token with the strongest activation
+    at = ids.index(s["token"])
+    assert str(PLANTED) in view.features and view.tokens[at]["top"][0][0] == PLANTED
+    view.show_latent(PLANTED)
+    assert view.card["id"] == PLANTED
+    bundle = view._repr_mimebundle_()
+    snapshot = bundle[0]["text/html"] if isinstance(bundle, tuple) else bundle["text/html"]
+    assert f"#{PLANTED}" in snapshot and f"Feature {PLANTED}" in snapshot
+    with pytest.raises(ConfigError, match="text="):
+        feats.on_text(s["lm"], "  ")
+
+
 def test_featureset_views_and_reading_back_from_another_process(setup):
     s = setup
     feats = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,

@@ -156,9 +156,13 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
 
     feats, token = planted_analysis(sk.Workspace(lab.folder / "ws"), tiny_model_dir, docs_file)
     word = feats[PLANTED].top_tokens[0][0].strip()
+    tokenizer = sk.load_model(tiny_model_dir, device="cpu").tokenizer
+    text = f"first{tokenizer.decode([token])} then more{tokenizer.decode([token])} and the end"
+    at = tokenizer(text)["input_ids"].index(token)
     labtools.notebook(lab.folder / "features.ipynb", [
         f"import saekit as sk\nfeats = sk.job({feats.id!r}).result()\nfeats",
         f"feats[{PLANTED}]",
+        f"lm = sk.load_model({str(tiny_model_dir)!r}, device='cpu')\nfeats.on_text(lm, {text!r})",
     ])
     lab.open(page, "features.ipynb")
     lab.run_cell(page, 0)
@@ -187,8 +191,8 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     assert word in lab.cell(page, 0).locator(".saekit-logits").first.inner_text()
     # keys move through the list
     before = shown()
-    at = _js(page, f"return [...el.querySelectorAll('.saekit-feature-row')].findIndex((r) => r.dataset.latent === '{PLANTED}')", 0)
-    away, back = ("ArrowUp", "ArrowDown") if at > 0 else ("ArrowDown", "ArrowUp")
+    row = _js(page, f"return [...el.querySelectorAll('.saekit-feature-row')].findIndex((r) => r.dataset.latent === '{PLANTED}')", 0)
+    away, back = ("ArrowUp", "ArrowDown") if row > 0 else ("ArrowDown", "ArrowUp")
     lab.cell(page, 0).locator(".saekit-browser").press(away)
     labtools.wait(lambda: shown() != before, f"{away} to open the next feature")
     lab.cell(page, 0).locator(".saekit-browser").press(back)
@@ -207,3 +211,13 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 1) == neighbour,
                   "the neighbour's card")
     print("card render ms:", _js(page, "return el.querySelector('.saekit-card').dataset.renderMs", 1), first)
+    # features on my text: a token lists its latents, a latent opens its card
+    lab.run_cell(page, 2)
+    labtools.wait(lambda: _js(page, "return el.querySelectorAll('.saekit-text .saekit-tok').length", 2), "the text's tokens")
+    lab.cell(page, 2).locator(f".saekit-text .saekit-tok[data-position='{at}']").click()
+    link = f".saekit-token-latents .saekit-latent-link[data-latent='{PLANTED}']"
+    labtools.wait(lambda: _js(page, f"return !!el.querySelector(\"{link}\")", 2), "the token's latents, the planted one among them",
+                  show=lambda: lab.cell(page, 2).inner_text()[:1500])
+    lab.cell(page, 2).locator(link).click()
+    labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-text-card .saekit-card')?.dataset.feature", 2)
+                  == str(PLANTED), "the planted feature's card under the text")
