@@ -40,17 +40,27 @@ class Scored:
         return math.exp(-self.logprob / len(self.ids)) if self.ids else float("nan")
 
 
-def _features(features, sae) -> list[int]:
+def _features(features, sae) -> dict[int, float]:
+    """``features`` as {feature: weight}: a list gives each the weight 1; a mapping gives each its own (the
+    coefficient of a setting times the weight is what the feature is steered by)."""
     if is_int(features):
         features = [features]
-    if isinstance(features, Mapping) or not isinstance(features, Sequence) or isinstance(features, str):
-        raise ConfigError(f"features must be a list of feature indices, e.g. [123]; got {features!r}")
-    if not features:
+    if isinstance(features, Mapping):
+        weights = dict(features)
+    elif isinstance(features, Sequence) and not isinstance(features, str):
+        weights = {i: 1.0 for i in features}
+    else:
+        raise ConfigError(f"features must be a list of feature indices, e.g. [123], or {{feature: weight}}, e.g. "
+                          f"{{123: 1.0, 45: 0.5}}; got {features!r}")
+    if not weights:
         raise ConfigError("features is empty; name at least one feature, e.g. [123]")
-    for i in features:
+    for i, w in weights.items():
         if not is_int(i) or not 0 <= i < sae.d_sae:
             raise ConfigError(f"feature {i!r} is not a feature of this SAE (0..{sae.d_sae - 1})")
-    return [int(i) for i in features]
+        if not is_number(w):
+            raise ConfigError(f"the weight {w!r} of feature {i} must be a finite number (its coefficient is "
+                              "the setting's times the weight)")
+    return {int(i): float(w) for i, w in weights.items()}
 
 
 def _coeffs(coeffs) -> list[float]:
@@ -120,6 +130,7 @@ class SteeringComparison(_Shown):
     positions: str
     relative: bool
     rows: list[dict] = field(default_factory=list)  # {"coeff": float | None, "scored": Scored, "differs": [bool]}
+    weights: dict[int, float] = field(default_factory=dict)  # each feature's coefficient is coeff * weight
 
     def to_pandas(self):
         import pandas as pd
@@ -131,7 +142,7 @@ class SteeringComparison(_Shown):
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "features": self.features, "mode": self.mode, "positions": self.positions,
-                "relative": self.relative,
+                "relative": self.relative, "weights": {str(k): v for k, v in self.weights.items()},
                 "rows": [{"coeff": r["coeff"], "text": r["scored"].text, "tokens": r["scored"].tokens,
                           "differs": r["differs"], "activation": {str(k): v for k, v in r["scored"].activation.items()},
                           "logprob": r["scored"].logprob, "perplexity": _finite(r["scored"].perplexity)}
@@ -147,20 +158,22 @@ def _finite(x):
 def compare_steering(lm, sae, prompt, features, coeffs=(0, 2, 4, 8), *, mode: str = "add", positions: str = "all",
                      seed: int = 0, max_new_tokens: int = 40, temperature: float | None = None,
                      top_p: float | None = None, relative_to=None, hook_point: str | None = None) -> SteeringComparison:
-    """Generate from ``prompt`` unsteered and with ``features`` (each at the coefficient) for every coefficient,
+    """Generate from ``prompt`` unsteered and with ``features`` (each at the coefficient; ``{feature: weight}``
+    steers each at the coefficient times its weight) for every coefficient,
     all from ``seed`` (greedy unless ``temperature`` > 0). Each output shows the tokens that differ from the
     unsteered one, the steered features' activation read back on it, and its log-probability under the
     unsteered model. Coefficients as in ``sk.steer`` (absolute unless ``relative_to`` is an analysis). In a
     notebook it is a widget; ``print()`` it in a terminal; ``.to_pandas()`` for the numbers."""
-    features, coeffs = _features(features, sae), _coeffs(coeffs)
+    weights, coeffs = _features(features, sae), _coeffs(coeffs)
+    features = list(weights)
     check_positive_int("max_new_tokens", max_new_tokens, example="40")
     hook = sae_hook_point(sae, hook_point)
-    plan = [steer(lm, sae, {i: c for i in features}, mode=mode, positions=positions, hook_point=hook,
+    plan = [steer(lm, sae, {i: c * w for i, w in weights.items()}, mode=mode, positions=positions, hook_point=hook,
                   relative_to=relative_to) for c in coeffs]  # every setting checked before anything runs
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     base = lm.generate(prompt, **options)
     result = SteeringComparison(prompt if isinstance(prompt, str) else lm.tokenizer.decode(base.prompt_ids),
-                                features, mode, positions, relative_to is not None)
+                                features, mode, positions, relative_to is not None, weights=weights)
     reference = score(lm, sae, hook, base.prompt_ids, base.ids, features)
     result.rows.append({"coeff": None, "scored": reference, "differs": [False] * len(base.ids)})
     for coeff, steering in zip(coeffs, plan):
@@ -197,6 +210,7 @@ class SteeringSweep(_Shown):
     relative: bool
     rows: list[dict]
     samples: list[dict]  # every generation: coeff, prompt, text
+    weights: dict[int, float] = field(default_factory=dict)  # each feature's coefficient is coeff * weight
 
     @property
     def table(self):
@@ -209,6 +223,7 @@ class SteeringSweep(_Shown):
 
     def to_dict(self) -> dict:
         return {"features": self.features, "mode": self.mode, "relative": self.relative,
+                "weights": {str(k): v for k, v in self.weights.items()},
                 "rows": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in self.rows],
                 "samples": self.samples}
 
@@ -219,7 +234,8 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
                    neutral: str = NEUTRAL, target_tokens: Sequence[str] | None = None, mode: str = "add",
                    positions: str = "all", max_new_tokens: int = 24, seed: int = 0, temperature: float | None = None,
                    relative_to=None, hook_point: str | None = None) -> SteeringSweep:
-    """For each coefficient, generate from each of ``prompts`` with ``features`` steered and measure:
+    """For each coefficient, generate from each of ``prompts`` with ``features`` steered (each at the coefficient;
+    ``{feature: weight}`` steers each at the coefficient times its weight) and measure:
 
     - ``concept``: the steered features' mean activation on the outputs, re-encoded under the unsteered model;
     - ``target_probability`` (with ``target_tokens``): the steered model's mean probability of those tokens at
@@ -228,7 +244,8 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
     - ``kl``: mean KL divergence of next-token distributions, unsteered to steered, over ``neutral`` text
       (steered at every position): how much the intervention disturbs unrelated text.
     """
-    features, coeffs = _features(features, sae), _coeffs(coeffs)
+    weights, coeffs = _features(features, sae), _coeffs(coeffs)
+    features = list(weights)
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ConfigError(f"prompts must be a non-empty list of strings; got {prompts!r}")
     if not isinstance(neutral, str) or not neutral.strip():
@@ -236,7 +253,7 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
     targets = _target_ids(lm, target_tokens)
     check_positive_int("max_new_tokens", max_new_tokens, example="24")
     hook = sae_hook_point(sae, hook_point)
-    plan = [steer(lm, sae, {i: c for i in features}, mode=mode, positions=positions, hook_point=hook,
+    plan = [steer(lm, sae, {i: c * w for i, w in weights.items()}, mode=mode, positions=positions, hook_point=hook,
                   relative_to=relative_to) for c in coeffs]
     neutral_ids = lm._as_ids(neutral)
     with torch.no_grad():
@@ -260,7 +277,7 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
         if targets:
             row["target_probability"] = sum(target) / len(target) if target else float("nan")
         rows.append(row)
-    return SteeringSweep(features, mode, relative_to is not None, rows, samples)
+    return SteeringSweep(features, mode, relative_to is not None, rows, samples, weights=weights)
 
 
 def _target_ids(lm, target_tokens) -> list[int]:

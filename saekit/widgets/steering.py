@@ -22,7 +22,9 @@ def _activation(row: dict) -> str:
 
 
 def _heading(data: dict) -> str:
-    feats = ", ".join(f"#{i}" for i in data["features"])
+    weights = data.get("weights") or {}
+    feats = ", ".join(f"#{i}" + (f" ×{weights[str(i)]:g}" if weights.get(str(i), 1.0) != 1.0 else "")
+                      for i in data["features"])
     unit = " × max activation" if data.get("relative") else ""
     return f"steering {feats}, mode {data['mode']}{unit}" + (f", positions {data['positions']}" if "positions" in data else "")
 

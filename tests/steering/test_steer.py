@@ -252,3 +252,21 @@ def test_a_sweep_measures_concept_fluency_and_kl_for_each_coefficient(lm):
         sk.steering_sweep(lm, sae, [1], coeffs=[0, float("nan")])
     with pytest.raises(ConfigError, match="not a feature"):
         sk.compare_steering(lm, sae, "x", [99])
+
+
+def test_each_feature_can_have_its_own_coefficient(lm):
+    """{feature: weight}: each feature is steered at the coefficient times its weight, which is what steering
+    with those coefficients directly generates; the views name the weights."""
+    sae = tied_sae(lm)
+    result = sk.compare_steering(lm, sae, "Return the", {1: 1.0, 2: -0.5}, coeffs=[40], max_new_tokens=8, seed=0)
+    with sk.steer(lm, sae, {1: 40.0, 2: -20.0}):
+        direct = lm.generate("Return the", max_new_tokens=8, seed=0)
+    assert result.rows[1]["scored"].ids == direct.ids and result.features == [1, 2]
+    assert "#2 ×-0.5" in str(result) and "activation_2" in result.to_pandas()
+    sweep = sk.steering_sweep(lm, sae, {1: 2.0}, coeffs=[0, 20], prompts=["Return the"], max_new_tokens=4)
+    with sk.steer(lm, sae, {1: 40.0}):
+        direct = lm.generate("Return the", max_new_tokens=4, seed=0)
+    assert sweep.samples[1]["text"] == lm.tokenizer.decode(direct.ids, skip_special_tokens=True)
+    assert sweep.to_dict()["weights"] == {"1": 2.0}
+    with pytest.raises(ConfigError, match="weight"):
+        sk.compare_steering(lm, sae, "x", {1: float("inf")})

@@ -221,3 +221,26 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     lab.cell(page, 2).locator(link).click()
     labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-text-card .saekit-card')?.dataset.feature", 2)
                   == str(PLANTED), "the planted feature's card under the text")
+
+
+def test_a_sweep_over_geometric_coefficients_has_a_log_like_axis_that_shows_zero(lab, page):
+    """Coefficients 0, 1, 2, 4 ... 64 are drawn on an asinh x axis (0 still shown), labelled as a log scale;
+    evenly spaced ones keep a linear axis."""
+    rows = "[{'coeff': c, 'concept': c / 64, 'perplexity': 10 + c, 'kl': c / 10} for c in %s]"
+    cell = ("from saekit.widgets.steering import SweepView\n"
+            "SweepView({'features': [3], 'weights': {'3': 0.5}, 'mode': 'add', 'relative': False, 'samples': [], "
+            "'rows': " + rows + "})")
+    labtools.notebook(lab.folder / "sweep.ipynb", [cell % "[0, 1, 2, 4, 8, 16, 32, 64]", cell % "[0, 10, 20, 30, 40]"])
+    lab.open(page, "sweep.ipynb")
+    lab.run_cell(page, 0)
+    lab.run_cell(page, 1)
+    for index, scaled in ((0, True), (1, False)):
+        labtools.wait(lambda: any(_ticks(page, index)), f"the sweep's x ticks in cell {index}")
+        label = _js(page, "return el.querySelector('.saekit-chart').textContent", index)
+        assert ("log scale" in label) == scaled, label
+        ticks = [float(t.replace(",", "")) for t in _ticks(page, index)[0].split("|") if t.strip()]
+        assert 0 in ticks and max(ticks) >= (64 if scaled else 40)
+        if scaled:  # asinh: the ticks grow geometrically past the first positive coefficient
+            positive = [t for t in ticks if t > 0]
+            assert positive[-1] / positive[0] >= 8, ticks
+    assert "#3 ×0.5" in _js(page, "return el.textContent", 0)

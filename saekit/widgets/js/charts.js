@@ -136,7 +136,8 @@ class LineChart {
       cursor: { drag: { x: true, y: false } },
       hooks: { setCursor: [(u) => { if (u.cursor.idx === null || u.cursor.idx === undefined) showLast(u); }],
                ready: [showLast] },
-      scales: { x: { time: Boolean(this.options.xTime) }, y: log ? { distr: 3 } : (this.options.yRange ? { auto: true, range: this.options.yRange } : { auto: true }) },
+      // xAsinh: a log-like x axis that still shows 0 (linear within xAsinh of it): coefficients that grow geometrically
+      scales: { x: this.options.xAsinh ? { time: false, distr: 4, asinh: this.options.xAsinh } : { time: Boolean(this.options.xTime) }, y: log ? { distr: 3 } : (this.options.yRange ? { auto: true, range: this.options.yRange } : { auto: true }) },
       axes: [
         { label: this.options.xLabel || "", labelSize: this.options.xLabel ? 30 : 0, values: this._axisValues("x"), size: 36 },
         { label: this.options.yLabel || "", values: this._axisValues("y"), size: 56,

@@ -4,7 +4,8 @@ const TITLES = { concept: "concept score (feature activation)", target_probabili
                  perplexity: "perplexity (unsteered model)", kl: "KL on neutral text" };
 
 function heading(data) {
-  const feats = data.features.map((i) => `#${i}`).join(", ");
+  const weights = data.weights || {};
+  const feats = data.features.map((i) => `#${i}` + (weights[String(i)] !== undefined && weights[String(i)] !== 1 ? ` ×${weights[String(i)]}` : "")).join(", ");
   return `steering ${feats}, mode ${data.mode}${data.relative ? " × max activation" : ""}` +
     (data.positions ? `, positions ${data.positions}` : "");
 }
@@ -34,8 +35,12 @@ function sweep(root, data, series) {
   const box = h("div", { class: "saekit-charts" });
   root.appendChild(box);
   const charts = new ChartSet(box);
+  // coefficients that grow geometrically (0, 1, 2, 4, 8, 16...) get a log-like x axis that still shows 0
+  const positive = data.rows.map((r) => r.coeff).filter((c) => c > 0).sort((a, b) => a - b);
+  const geometric = positive.length >= 3 && data.rows.every((r) => r.coeff >= 0) && positive[positive.length - 1] / positive[0] >= 8;
   charts.show(Object.keys(series).map((m) => ({ key: m, series: { [m]: series[m] }, options: {
-    title: `${TITLES[m] || m} by coefficient`, xLabel: "coefficient", yLabel: m, height: 180, log: m === "perplexity" } })));
+    title: `${TITLES[m] || m} by coefficient`, xLabel: geometric ? "coefficient (log scale)" : "coefficient", yLabel: m,
+    height: 180, log: m === "perplexity", xAsinh: geometric ? positive[0] : 0 } })));
   const columns = ["coeff", ...Object.keys(series)];
   root.appendChild(h("table", { class: "saekit-table" }, [h("tr", {}, columns.map((c) => h("th", { text: c }))),
     ...data.rows.map((r) => h("tr", {}, columns.map((c) => h("td", { text: r[c] === null || r[c] === undefined ? "" : fmtNumber(r[c]) }))))]));
