@@ -312,6 +312,16 @@ class Job:
             return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
         return {"text/plain": repr(self)}
 
+    def _ipython_display_(self) -> None:
+        """In a notebook, the live widget, displayed so that the output saved with the notebook follows the job
+        to its end (``refresh_snapshot``); elsewhere, the text."""
+        from IPython.display import display
+
+        if in_kernel():
+            display(self.widget())
+        else:
+            display({"text/plain": repr(self)}, raw=True)
+
     def __repr__(self) -> str:
         try:
             row = self._load()

@@ -86,6 +86,23 @@ class SnapshotWidget(anywidget.AnyWidget):
     def snapshot_html(self) -> str:  # pragma: no cover
         raise NotImplementedError
 
+    def _ipython_display_(self) -> None:
+        """Shown in a notebook with a display id, so that ``refresh_snapshot`` can replace the static snapshot
+        saved with the output (a job's view displayed while it runs is saved with its end, not its start)."""
+        from IPython.display import display
+
+        data = self._repr_mimebundle_()
+        data, metadata = data if isinstance(data, tuple) else (data, {})
+        self._display_handle = display(data, metadata=metadata, raw=True, display_id=True)
+
+    def refresh_snapshot(self) -> None:
+        """Send this widget's output again (the live view is the same), with its snapshot as it is now."""
+        handle = getattr(self, "_display_handle", None)
+        if handle is not None:
+            data = self._repr_mimebundle_()
+            data, metadata = data if isinstance(data, tuple) else (data, {})
+            handle.update(data, metadata=metadata, raw=True)
+
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})

@@ -83,6 +83,7 @@ class JobWidget(SnapshotWidget):
         self._poller = poller
         self._feed: JobFeed = poller.feed(job.workspace, job.id)
         self._seen = -1
+        self._ended_shown = False  # the snapshot of the end sent (refresh_snapshot)
         self._apply_row(row)
         self._feed.read()
         self._apply_feed()
@@ -182,6 +183,13 @@ class JobWidget(SnapshotWidget):
         """Bring the traits up to date; False once the job has ended (nothing more to follow)."""
         if self.comm is None:
             return False
+        following = self._poll(now)
+        if not following and not self._ended_shown:  # the output saved with the notebook shows the end
+            self._ended_shown = True
+            self.refresh_snapshot()
+        return following
+
+    def _poll(self, now: float | None) -> bool:
         self._feed.read(now)
         self._apply_feed()
         if self._feed.state.end is not None and self.final:

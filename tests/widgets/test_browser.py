@@ -244,3 +244,41 @@ def test_a_sweep_over_geometric_coefficients_has_a_log_like_axis_that_shows_zero
             positive = [t for t in ticks if t > 0]
             assert positive[-1] / positive[0] >= 8, ticks
     assert "#3 ×0.5" in _js(page, "return el.textContent", 0)
+
+
+def test_a_notebook_saved_after_its_jobs_ended_shows_their_end_without_widget_state(lab, page):
+    """A job shown while it runs (as a cell's value, and while .result() waits) is saved with its end: the
+    static snapshot in the output follows the job to completion, so nbconvert without widget state shows
+    "completed" where it showed "running 0.0%"."""
+    import json
+
+    shown, waited = lab.folder / "gate-shown", lab.folder / "gate-waited"
+    labtools.notebook(lab.folder / "followed.ipynb", [
+        "import saekit as sk, kinds_for_tests\n"
+        f"job = sk.submit('count', {{'n': 5, 'tag': 'shown', 'gate': {str(shown)!r}}}, progress=False)\njob",
+        f"sk.submit('count', {{'n': 5, 'tag': 'waited', 'gate': {str(waited)!r}}}).result()",
+    ])
+    lab.open(page, "followed.ipynb")
+    lab.run_cell(page, 0)
+    labtools.wait(lambda: "running" in lab.cell(page, 0).inner_text(), "the running job's view")
+    shown.touch()  # the job ends after it was displayed
+    labtools.wait(lambda: _bar(page, 0) == 100, "the view to follow the job to its end")
+    lab.run_cell(page, 1)
+    labtools.wait(lambda: "running" in lab.cell(page, 1).inner_text(), "the progress view while .result() waits")
+    waited.touch()
+    labtools.wait(lambda: "'n': 5" in lab.cell(page, 1).inner_text(), "the result after the wait")
+    lab.wait_idle(page)
+    lab.save(page)
+    saved = lab.folder / "followed.ipynb"
+    labtools.wait(lambda: "completed" in saved.read_text(), "the notebook saved")
+    notebook = json.loads(saved.read_text())
+    notebook["metadata"].pop("widgets", None)  # as a notebook saved without widget state
+    for cell in notebook["cells"][:2]:
+        html = [o["data"]["text/html"] for o in cell["outputs"] if "text/html" in o.get("data", {})]
+        assert html and all("completed" in "".join(h) and "running" not in "".join(h) for h in html), html
+    stripped = lab.folder / "stripped.ipynb"
+    stripped.write_text(json.dumps(notebook))
+    converted = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--stdout", str(stripped)],
+                               capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0 and converted.stdout.count("completed") >= 2
+    assert "running 0" not in converted.stdout
