@@ -86,6 +86,7 @@ class Feature:
     label_source: str = "auto"  # "user", "llm" or "auto"
     auto_label: str = ""  # from its top tokens and logit lens
     featureset: "FeatureSet | None" = field(default=None, repr=False, compare=False)  # the analysis it belongs to
+    matches: list[tuple[str, int, float]] = field(default_factory=list)  # (analysis, latent, cosine) once matched
 
     @property
     def dead(self) -> bool:
@@ -107,6 +108,7 @@ class Feature:
                            "examples": [example(e) for e in q.examples]} for q in self.quantiles],
             "logits": None if self.logits is None else {k: [list(t) for t in v] for k, v in self.logits.items()},
             "neighbours": [list(n) for n in self.neighbours], "cooccurring": [list(c) for c in self.cooccurring],
+            "matches": [list(m) for m in self.matches],
         }
 
     def label_history(self):
@@ -248,6 +250,8 @@ class FeatureSet:
             shown = shown_labels.get(latent)
             feature.label, feature.label_source = shown if shown else (feature.auto_label or None, "auto")
             feature.featureset = self
+            feature.matches = [(other, int(ids[latent]), float(cos[latent]))
+                               for other, (ids, cos) in self._shared.matches.items()]
             out.append(feature)
         return out
 
@@ -413,6 +417,17 @@ class FeatureSet:
                  "mean": float(cols["mean"][j]), "max": float(cols["max"][j]), "top_tokens": tops[j][:5],
                  "label": given.get(int(i)) or self._shared.auto_labels[int(i)]} for j, i in enumerate(ids)]
 
+    def match(self, other: "FeatureSet"):
+        """Match this analysis' latents with ``other``'s (another SAE of the same model and hook point) by decoder
+        cosine, both ways: a ``FeatureMatch`` (``.to_pandas()``: each latent's match, cosine, and whether it is
+        mutual). From then on, in this session, each one's cards show the match in the other."""
+        from saekit.features.matching import match
+
+        found = match(self, other)
+        self._shared.matches[other.id] = found.a_to_b
+        other._shared.matches[self.id] = found.b_to_a
+        return found
+
     def on_text(self, lm, text: str, *, n: int = 5, sae=None):
         """Which features fire on ``text``: per token the ``n`` strongest latents of the analysed SAE, read at the
         analysed hook point of ``lm`` (the model the analysis was made from). In a notebook, a view of the
@@ -450,6 +465,7 @@ class _Files:
 
     def __init__(self, folder: Path | str, meta: dict):
         self.folder, self.meta = folder, meta
+        self.matches: dict[str, tuple] = {}  # another analysis' id -> (ids, cosines): FeatureSet.match
         self.latents = read_checked(folder, "latents.parquet", meta)
         self._read_lock = threading.Lock()  # a ParquetFile is not safe to read from two threads at once
 

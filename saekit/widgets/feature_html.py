@@ -91,6 +91,8 @@ def card_html(data: dict) -> str:
              + esc(", ".join(f"#{i} ({c:.3f})" for i, c in data["neighbours"]) or "none")
              + "<div style='font-weight:600;margin-top:6px'>fires together with</div>"
              + esc(", ".join(f"#{i} ({100 * s:.1f}%)" for i, s in data["cooccurring"]) or "none"))
+    for analysis, latent, cos in data.get("matches") or []:
+        side += f"<div style='font-weight:600;margin-top:6px'>match in {esc(analysis)}</div>#{latent} (cos {cos:.3f})"
     return (f"<div style='{BOX}' data-feature='{data['id']}'>{head}<div style='display:grid;grid-template-columns:"
             f"minmax(0,3fr) minmax(260px,2fr);gap:12px'><div><div style='font-weight:600;margin-top:6px'>top "
             f"{len(data['examples'])} contexts</div>{contexts}"

@@ -231,6 +231,33 @@ def test_featureset_views_and_reading_back_from_another_process(setup):
     assert out.stdout.split() == [str(D_SAE), str(feats[PLANTED].count)], out.stderr
 
 
+def test_features_of_two_saes_are_matched_by_decoder_cosine(setup):
+    """Two SAEs whose decoders are the same rows in another order: every latent finds its twin (cosine 1,
+    mutual), and from then on each card names its match in the other analysis."""
+    s = setup
+    first = sk.analyze(s["sae"], s["store"], background=False, progress=False, workspace=s["ws"]).result()
+    order = torch.randperm(D_SAE, generator=torch.Generator().manual_seed(0))
+    other = sk.SAE.from_config(s["sae"].config)
+    with torch.no_grad():
+        for name, tensor in s["sae"].state_dict().items():
+            getattr(other, name).copy_(tensor[order] if tensor.shape[:1] == (D_SAE,) else tensor)
+    other.metadata = dict(s["sae"].metadata)
+    second = sk.analyze(other, s["store"], background=False, progress=False, workspace=s["ws"]).result()
+    found = first.match(second)
+    frame = found.to_pandas()
+    inverse = torch.argsort(order)
+    assert list(frame["match"]) == inverse.tolist() and bool(frame["mutual"].all())
+    assert frame["cosine"].min() == pytest.approx(1.0, abs=1e-5) and found.share(0.9) == 1.0
+    assert "100.0% above 0.9" in repr(found)
+    card = first[PLANTED].to_dict()
+    assert card["matches"] == [[second.id, int(inverse[PLANTED]), pytest.approx(1.0, abs=1e-5)]]
+    assert second[int(inverse[PLANTED])].matches[0][:2] == (first.id, PLANTED)
+    bundle = first[PLANTED].card()._repr_mimebundle_()
+    assert f"match in {second.id}" in (bundle[0] if isinstance(bundle, tuple) else bundle)["text/html"]
+    with pytest.raises(ConfigError, match="itself"):
+        first.match(first)
+
+
 def test_exports(setup, tmp_path):
     s = setup
     feats = sk.analyze(s["sae"], s["store"], model=s["lm"], background=False, progress=False,

@@ -78,6 +78,10 @@ function drawCard(container, data, onOpen) {
   }
   right.appendChild(latentList("nearest by decoder cosine", data.neighbours, (v) => v.toFixed(3), onOpen));
   right.appendChild(latentList("fires together with", data.cooccurring, (v) => pct(v), onOpen));
+  for (const [analysis, id, cos] of data.matches || []) {  // FeatureSet.match: its closest latent in another SAE
+    right.appendChild(h("div", { class: "saekit-latents saekit-match" }, [h("div", { class: "saekit-section", text: `match in ${analysis}` }),
+      h("span", { class: "saekit-latent", "data-latent": String(id) }, [h("code", { text: `#${id}` }), h("span", { class: "saekit-muted", text: ` cos ${cos.toFixed(3)}` })])]));
+  }
 
   left.appendChild(h("div", { class: "saekit-section", text: `top ${data.examples.length} contexts` }));
   const top = h("div", { class: "saekit-contexts" });
