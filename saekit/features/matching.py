@@ -5,6 +5,7 @@ other's best). Once matched, each analysis' cards show the match in the other.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,8 +29,8 @@ def best_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 class FeatureMatch:
     """Each latent of analysis ``a`` matched to its closest latent of analysis ``b`` by decoder cosine, and back."""
 
-    a: object  # FeatureSet
-    b: object
+    a: Any  # FeatureSet (a module above: found by duck typing)
+    b: Any
     a_to_b: tuple[torch.Tensor, torch.Tensor]  # (ids in b, cosines) per latent of a
     b_to_a: tuple[torch.Tensor, torch.Tensor]
 
