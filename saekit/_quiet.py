@@ -51,3 +51,20 @@ def quietly(fn):
         with quiet_progress():
             return fn(*args, **kwargs)
     return wrapper
+
+
+def quietly_importing(*modules: str):
+    """Decorator: ``fn`` runs inside ``quiet_progress()`` with ``modules`` imported first (a library imported
+    inside ``fn`` would otherwise show its bars the first time: datasets' "Generating train split")."""
+    import functools
+    import importlib
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for module in modules:
+                importlib.import_module(module)
+            with quiet_progress():
+                return fn(*args, **kwargs)
+        return wrapper
+    return decorate

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from saekit._fs import publishing
-from saekit._quiet import quietly
+from saekit._quiet import quietly_importing
 from saekit.errors import ConfigError, DataError
 from saekit.workspace import Workspace, as_workspace
 
@@ -94,7 +94,7 @@ class Corpus:
     def head(self, n: int = 3) -> list[str]:
         return self.texts(0, n)
 
-    @quietly
+    @quietly_importing("datasets")
     def spec(self, workspace: Workspace | str | None = None) -> dict:
         """What a job spec holds: the reference and the fingerprint (saving an in-memory corpus first)."""
         if self.ref is None:
@@ -110,7 +110,7 @@ class Corpus:
         return {"ref": self.ref, "text_column": self.text_column, "fingerprint": self.fingerprint}
 
     @classmethod
-    @quietly
+    @quietly_importing("datasets")
     def from_spec(cls, spec: dict) -> "Corpus":
         """Load the corpus a job spec refers to; refuses data that changed since the job was submitted."""
         ref = spec["ref"]
@@ -145,7 +145,7 @@ def _content_fingerprint(splits: dict, text_column: str) -> str:
     return h.hexdigest()[:16]
 
 
-@quietly
+@quietly_importing("datasets")
 def load_corpus(path_or_name: Any, data_files: str | list[str] | None = None, split: str | None = None,
                 text_column: str | None = None, **kwargs) -> Corpus:
     """A corpus from local files or folders (text, json/jsonl, csv, parquet), a hub dataset id, a builder

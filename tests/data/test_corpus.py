@@ -81,3 +81,17 @@ def test_bad_corpora(tmp_path):
         sk.load_corpus("json", data_files=[str(tmp_path / "nope.jsonl")])
     with pytest.raises(DataError, match="offline"):
         sk.load_corpus("no-such-user/no-such-dataset")
+
+
+def test_loading_a_corpus_shows_no_progress_bars_of_its_own(tmp_path):
+    """In a fresh process (datasets not imported yet), sk.load_corpus prints none of datasets' bars
+    ("Generating train split"): saekit shows its own progress."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(50)))
+    code = f"import saekit as sk; print(len(sk.load_corpus({str(path)!r})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "50", done.stderr[-2000:]
+    assert "Generating" not in done.stderr and "examples/s" not in done.stderr, done.stderr[-2000:]
