@@ -44,6 +44,7 @@ class JobKind:
     runs: Callable[[dict], list[dict]] | None = None  # spec -> one spec per run the job makes (a sweep: per SAE)
     health: Callable[[dict, Any], dict] | None = None  # (metrics {(step, name): value}, result) -> level, reasons
     tokens_per_step: Callable[[dict], float] | None = None  # spec -> tokens a logged step stands for (charts)
+    bookkeeping: tuple[str, ...] = ()  # settings that do not change what a run learns (comparisons skip them)
     spec: type[JobSpec] | None = None  # the spec's fields (a frozen dataclass); None: a dict the kind checks itself
 
     def parse(self, data: Any) -> Any:
@@ -56,7 +57,7 @@ _KINDS: dict[str, JobKind] = {}
 
 def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
              volatile: tuple[str, ...] = (), disposable=None, runs=None, health=None, tokens_per_step=None,
-             spec: type[JobSpec] | None = None):
+             bookkeeping: tuple[str, ...] = (), spec: type[JobSpec] | None = None):
     """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
     ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
@@ -69,7 +70,9 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
     ``runs(spec)`` splits a job that makes several runs (a training sweep) into one spec per run, each a row of
     ``sk.runs()`` and a line of ``sk.compare``; ``health(metrics, result)`` judges a run from its logged metrics
     (``{(step, name): value}``) and its result (``{"level": "ok"|"suspicious"|"diverged", "reasons": [...]}``);
-    ``tokens_per_step(spec)`` says how many tokens a step stands for, so charts can count tokens.
+    ``tokens_per_step(spec)`` says how many tokens a step stands for, so charts can count tokens;
+    ``bookkeeping`` names settings that do not change what a run learns (how often it logs or checkpoints, how
+    much it evaluates), which ``sk.compare``'s labels leave out, as they leave out volatile fields.
     ``spec`` is a frozen dataclass deriving from ``JobSpec``: ``submit`` refuses a spec with an unknown, missing or
     mistyped field (naming it), the function gets the instance, and its ``spec_field(volatile=True)`` fields are
     the volatile ones.
@@ -89,7 +92,8 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
             name=name, fn=fn, module=module, validate=validate, load_result=load_result, outputs=outputs,
             output_dirs=tuple((output_dirs or {}).items()),
             volatile=tuple(dict.fromkeys((*volatile, *(spec.volatile() if spec is not None else ())))),
-            disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step, spec=spec,
+            disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step,
+            bookkeeping=tuple(bookkeeping), spec=spec,
         )
         note_registration(module)
         return fn

@@ -268,6 +268,10 @@ class TrainConfig(_Config):
     on an H100/H200; sparsify's trainer does the same); ``False`` keeps them in full float32.
     """
 
+    # settings that do not change what the run learns (comparisons of runs leave them out of their labels)
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ("log_every", "checkpoint_every", "keep_checkpoints", "ce_eval_tokens",
+                                              "device", "preload")
+
     total_tokens: int = 10_000_000
     batch_size: int = 4096
     lr: float | None = None

@@ -341,7 +341,7 @@ def _health(metrics: dict, result) -> dict:
 
 @job_kind("train", load_result=_load_saes, outputs=_outputs, output_dirs={"saes": None}, disposable=_disposable,
           runs=_runs, health=_health, tokens_per_step=lambda spec: float(spec.get("train", {}).get("batch_size", 0)),
-          spec=TrainSpec)
+          bookkeeping=TrainConfig.BOOKKEEPING, spec=TrainSpec)
 def run_train(ctx, spec: TrainSpec) -> dict | None:
     tc = TrainConfig.from_dict(spec.train)
     configs = [SAEConfig.from_dict(c) for c in spec.saes]

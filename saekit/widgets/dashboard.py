@@ -177,9 +177,9 @@ def _leaves(value, out: dict | None = None) -> dict:
     return out
 
 
-def differing(settings: list[dict]) -> list[str]:
-    """The setting names whose values are not the same in every run."""
-    keys = sorted({k for s in settings for k in s})
+def differing(settings: list[dict], skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The setting names whose values are not the same in every run (leaving out ``skip``)."""
+    keys = sorted({k for s in settings for k in s} - set(skip))
     return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
 
 
@@ -265,7 +265,9 @@ class Compare(SnapshotWidget):
     def _make_labels(self, names: list[str] | None) -> dict[tuple[str, int], str]:
         """(job id, SAE index) -> label: the given name or the job's, and the settings that differ."""
         settings = {(job.id, i): s for job in self.jobs for i, s in enumerate(run_settings(job))}
-        varying = differing(list(settings.values()))
+        skip = {name for job in self.jobs for name in (*(kind_hook(job.kind, "bookkeeping") or ()),
+                                                       *(kind_hook(job.kind, "volatile") or ()))}
+        varying = differing(list(settings.values()), skip)
         self._settings, self._varying = settings, varying
         labels = {}
         for n, job in enumerate(self.jobs):

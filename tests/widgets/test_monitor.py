@@ -169,8 +169,8 @@ def test_dashboard_lists_active_and_finished_jobs(ws):
 
 def test_compare_overlays_runs(ws):
     store = toy_store()
-    jobs = [sk.train(store, "toy", sk.SAEConfig(arch="topk", d_sae=32, k=k), quick(), background=False, progress=False)
-            for k in (2, 4)]
+    jobs = [sk.train(store, "toy", sk.SAEConfig(arch="topk", d_sae=32, k=k), quick(ce_eval_tokens=100 * k),
+                     background=False, progress=False) for k in (2, 4)]  # ce_eval_tokens differs, but changes no run
     chart = Compare(jobs, "fvu", poller=Poller())
     assert len(chart.series) == 2 and all(len(points) == 8 for points in chart.series.values())
     assert chart not in chart._poller.widgets  # finished runs: nothing to follow
