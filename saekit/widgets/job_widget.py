@@ -243,6 +243,9 @@ class JobWidget(SnapshotWidget):
                f"{snapshot.esc(stats)}</div>")
         error = (f"<div style='background:#fef2f2;color:#7f1d1d;padding:4px'><b>{snapshot.esc(self.error_type)}:</b> "
                  f"{snapshot.esc(self.error_message)}<br>→ {snapshot.esc(self.suggestion)}</div>" if self.error_message else "")
+        if self.status == "cancelled":  # asked for, not an error: say how to go on
+            error = (f"<div style='background:#fffbeb;color:#78350f;padding:4px'><b>cancelled</b> · "
+                     f"sk.job({self.job_id!r}).resume() continues from its last commit</div>")
         reasons = "".join(f"<div style='color:#b45309'>⚠ {snapshot.esc(r)}</div>" for r in self.health.get("reasons", []))
         evaluation = ""
         if self.evaluation:

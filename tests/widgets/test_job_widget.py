@@ -51,6 +51,8 @@ def test_cancel_button_writes_the_flag_and_the_widget_shows_the_end(ws):
     assert cancel_path(ws, job.id).exists() and widget.cancel_requested
     _tick_until(poller, lambda: widget.status == "cancelled", what="the cancel to land")
     assert sk.job(job.id).status == "cancelled" and widget.done < 10_000
+    snapshot = widget.snapshot_html()  # a cancel is not an error: it says how to go on
+    assert "resume()" in snapshot and "#fef2f2" not in snapshot
 
 
 def test_one_poller_one_feed_for_many_widgets(ws, monkeypatch):

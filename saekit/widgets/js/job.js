@@ -105,7 +105,10 @@ function render({ model, el }) {
         `no news from the job for ${fmtDuration(now - updated)}: this view may have lost its kernel (run sk.job("${get("job_id")}") again), or the worker is busy` }));
     }
     if (get("last_event")) top.appendChild(h("div", { class: `saekit-event saekit-${get("last_event_level")}`, text: get("last_event") }));
-    if (status === "failed" || get("error_message")) {
+    if (status === "cancelled") {  // asked for, not an error: say how to go on
+      top.appendChild(h("div", { class: "saekit-cancelled-note" }, [
+        h("b", { text: "cancelled" }), h("span", { text: ` · sk.job("${get("job_id")}").resume() continues from its last commit` })]));
+    } else if (status === "failed" || get("error_message")) {
       top.appendChild(h("div", { class: "saekit-error" }, [
         h("b", { text: `${get("error_type") || "error"}: ` }), h("span", { text: get("error_message") }),
         get("suggestion") ? h("div", { class: "saekit-suggestion", text: `→ ${get("suggestion")}` }) : null,
