@@ -36,8 +36,10 @@ def assess(metrics: dict[tuple[int, str], float], evaluations: list[dict] | None
             reasons.append(("diverged", f"{who}the loss grew from {min(finite):.3g} to {finite[-1]:.3g}"))
     for prefix, fvus in _series(metrics, "fvu").items():
         who = f"SAE {prefix.removeprefix('sae')}: " if prefix else ""
-        if fvus and math.isfinite(fvus[-1]) and fvus[-1] > 1:
-            reasons.append(("diverged", f"{who}training FVU {fvus[-1]:.3g} > 1: worse than predicting the mean"))
+        # above 1 and not falling (a ReLU SAE starts above 1 and falls: its first points are no divergence)
+        if len(fvus) >= 3 and math.isfinite(fvus[-1]) and fvus[-1] > 1 and fvus[-1] >= max(fvus[-3:-1]):
+            reasons.append(("diverged", f"{who}training FVU {fvus[-1]:.3g} > 1 and not falling: worse than "
+                                        "predicting the mean"))
     evaluations = evaluations or []
     for i, evaluation in enumerate(evaluations):
         who = f"SAE {i}: " if len(evaluations) > 1 else ""

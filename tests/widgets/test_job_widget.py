@@ -154,3 +154,15 @@ def test_job_repr_outside_a_kernel_is_text(ws):
     bundle = job._repr_mimebundle_()
     assert list(bundle) == ["text/plain"] and job.id in bundle["text/plain"]
     assert isinstance(job.widget(), JobWidget)
+
+
+def test_a_warm_up_above_fvu_one_is_not_a_divergence():
+    """A ReLU SAE's first points are above FVU 1 and falling: no badge; above 1 and rising is diverged."""
+    from saekit.sae.health import assess
+
+    falling = {(step, "fvu"): fvu for step, fvu in enumerate([1.4, 1.13, 1.05, 0.9])}
+    assert assess({k: v for k, v in falling.items() if k[0] < 2})["level"] == "ok"  # two points: no trend yet
+    assert assess({k: v for k, v in falling.items() if k[0] < 3})["level"] == "ok"  # 1.05 < 1.13: falling
+    assert assess(falling)["level"] == "ok"
+    rising = {(step, "fvu"): fvu for step, fvu in enumerate([0.8, 1.1, 1.3])}
+    assert assess(rising)["level"] == "diverged"
