@@ -45,9 +45,31 @@ function fmtClock(splits) {
 function fmtBytes(n) {
   if (n === null || n === undefined || !isFinite(n)) return "?";
   for (const [unit, size] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
-    if (n >= size) return `${(n / size).toFixed(1)} ${unit}`;
+    if (n >= size) return `${(n / size).toFixed(1).replace(/\.0$/, "")} ${unit}`;
   }
   return `${Math.round(n)} B`;
+}
+
+// tick steps that are round in binary units (256 MiB, 512 MiB, 1 GiB), not 976.6 KiB
+const BYTE_INCRS = Array.from({ length: 51 }, (_, e) => 2 ** e);
+
+// ticks of a log axis at round values (1, 2, 5 times powers of ten; finer over a narrow range; decades over a
+// wide one), not 0.5623 / 1.778 / 3.162
+function logSplits(u, axisIdx, min, max) {
+  if (!(min > 0) || !(max > min)) return [min, max];
+  const lo = Math.floor(Math.log10(min)), hi = Math.ceil(Math.log10(max));
+  let out = [];
+  for (const steps of [[1], [1, 2, 5], [1, 1.5, 2, 3, 5, 7]]) {
+    out = [];
+    for (let e = lo; e <= hi; e++) {
+      for (const m of steps) {
+        const v = m * 10 ** e;
+        if (v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9)) out.push(Number(v.toPrecision(12)));
+      }
+    }
+    if (out.length >= 3) return out;
+  }
+  return out.length >= 2 ? out : [min, max];
 }
 
 function badge(status, extra = "") {
@@ -141,7 +163,9 @@ class LineChart {
       axes: [
         { label: this.options.xLabel || "", labelSize: this.options.xLabel ? 30 : 0, values: this._axisValues("x"), size: 36 },
         { label: this.options.yLabel || "", values: this._axisValues("y"), size: 56,
-          space: (this.options.height || 180) < 150 ? 20 : 30 },  // a small chart still gets ticks
+          space: (this.options.height || 180) < 150 ? 20 : 30,  // a small chart still gets ticks
+          ...(log ? { splits: logSplits, filter: (u, splits) => splits } : {}),  // every round tick labelled
+          ...(this.options.yFormat === fmtBytes ? { incrs: BYTE_INCRS } : {}) },
       ],
       series: [
         { label: this.options.xLabel || "x", value: (u, v) => (v === null ? "" : (this.options.xTime ? new Date(v * 1000).toLocaleTimeString() : fmtNumber(v))) },
