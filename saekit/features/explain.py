@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from saekit._checks import check_choice, check_positive_int
+from saekit._visible import visible
 from saekit.errors import ConfigError
 from saekit.features import labels, scoring
 from saekit.features.llm import CachedChat, as_backend, backend_from_spec
@@ -252,7 +253,8 @@ def run_explain(ctx, spec: ExplainSpec) -> dict:
                 f.write(json.dumps(row) + "\n")
             done[latent] = row
             ctx.progress(len(done), len(spec.features), unit="latents")
-            said = repr(row["explanation"]) if row["explanation"] is not None else "no explanation (an empty answer)"
+            said = (f'"{visible(row["explanation"])}"' if row["explanation"] is not None
+                    else "no explanation (an empty answer)")
             ctx.event(f"latent {latent}: {said}" + "".join(
                 f", {k} {row[k]:.3f}" for k in ("detection_auc", "fuzzing_auc") if row.get(k) is not None)
                 + f" ({row['tokens_in']} tokens in, {row['tokens_out']} out)", level="debug", latent=latent,

@@ -9,11 +9,12 @@ import math
 from pathlib import Path
 
 from saekit._fs import write_atomic
+from saekit._visible import visible
 from saekit.widgets.snapshot import BOX, esc, number
 
 
 def _token(t: str) -> str:
-    return t.replace("\n", "↵").replace("\t", "⇥")
+    return visible(t)
 
 
 def context_html(example: dict, max_value: float) -> str:

@@ -1,8 +1,9 @@
 // The feature card, drawn from a Feature's data (Feature.to_dict()): statistics, the activation histogram,
 // the top contexts and quantile samples with per-token highlighting (the value on hover), the logit lens and
 // the neighbours. `onOpen(id)` is called when a neighbour is clicked (null: neighbours are plain text).
-function tokenText(t) {
-  return t.replace(/\n/g, "↵").replace(/\t/g, "⇥");
+function tokenText(t) {  // as saekit/_visible.py: newline ↵, tab ⇥, any other control character \xNN
+  return t.replace(/\n/g, "↵").replace(/\t/g, "⇥")
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 function contextNode(example, max) {
