@@ -100,6 +100,7 @@ def test_training_charts_have_ticks_that_move_and_a_comparison_updates(lab, page
         "b = sk.submit('count', {'n': 300, 'delay': 0.05, 'tag': 'b'})\n"
         "open('charts_ids.txt', 'a').write(f' {a.id} {b.id}')\n"
         "sk.compare([a, b], 'progress', names=['first', 'second'])",
+        "sk.dashboard()",
     ])
     lab.open(page, "charts.ipynb")
     lab.run_cell(page, 0)
@@ -117,6 +118,15 @@ def test_training_charts_have_ticks_that_move_and_a_comparison_updates(lab, page
     labtools.wait(lambda: _ticks(page, 1) != start, "the comparison of running jobs to update")
     legend = lab.cell(page, 1).inner_text()
     assert "first" in legend and "second" in legend and "tag=a" in legend  # names and what differs
+    # the dashboard at a normal output width (about 1040 px): no column reaches past its edge
+    page.set_viewport_size({"width": 1472, "height": 900})
+    lab.run_cell(page, 2)
+    past_edge = """const root = el.querySelector('.saekit-panel, .saekit-job'); if (!root) return null;
+        const edge = root.getBoundingClientRect();
+        return {width: Math.round(edge.width), rows: root.querySelectorAll('tr').length, out: [...root.querySelectorAll('*')].filter((n) => {
+          const b = n.getBoundingClientRect(); return b.width > 0 && b.right > edge.right + 1; }).map((n) => `${n.tagName}.${n.className}`).slice(0, 8)};"""
+    found = labtools.wait(lambda: (c := _js(page, past_edge, 2)) and c["rows"] > 1 and c, "the dashboard's rows")
+    assert abs(found["width"] - 1040) < 60 and not found["out"], found
     for job_id in (lab.folder / "charts_ids.txt").read_text().split():
         subprocess.run([sys.executable, "-m", "saekit.cli", "--workspace", str(lab.folder / "ws"), "cancel", job_id],
                        capture_output=True)
@@ -211,6 +221,15 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
     labtools.wait(lambda: _js(page, "return el.querySelector('.saekit-card')?.dataset.feature", 1) == neighbour,
                   "the neighbour's card")
     print("card render ms:", _js(page, "return el.querySelector('.saekit-card').dataset.renderMs", 1), first)
+    # at a normal output width (about 1040 px) nothing in the browser or the card reaches past its edge
+    page.set_viewport_size({"width": 1472, "height": 900})
+    clipped = """const root = el.querySelector('.saekit-job'); const edge = root.getBoundingClientRect();
+        return {width: Math.round(edge.width), out: [...root.querySelectorAll('*')].filter((n) => {
+          const b = n.getBoundingClientRect(); return b.width > 0 && (b.right > edge.right + 1 || n.scrollWidth > n.clientWidth + 1 && getComputedStyle(n).overflowX === 'hidden'); })
+          .map((n) => `${n.tagName}.${n.className}`).slice(0, 8)};"""
+    for cell in (0, 1):
+        found = labtools.wait(lambda: (c := _js(page, clipped, cell)) and abs(c["width"] - 1040) < 60 and c, "the 1040 px layout")
+        assert not found["out"], found  # clipped or past the edge (the logit tables were, beside the list)
     # features on my text: a token lists its latents, a latent opens its card
     lab.run_cell(page, 2)
     labtools.wait(lambda: _js(page, "return el.querySelectorAll('.saekit-text .saekit-tok').length", 2), "the text's tokens")

@@ -27,22 +27,22 @@ function render({ model, el }) {
           j.rss ? `RSS ${fmtBytes(j.rss)}` : "", j.gpu_memory ? `GPU ${fmtBytes(j.gpu_memory)}` : ""].filter(Boolean).join(" · ");
         return h("tr", { "data-job": j.id }, [
           h("td", { text: j.name || j.kind }), h("td", { class: "saekit-muted", text: j.id }), h("td", {}, [badge(j.status)]),
-          h("td", {}, [bar]), h("td", { text: progress }), h("td", { text: j.phase || "" }),
-          h("td", { text: j.rate ? `${fmtCount(j.rate)} ${j.unit || ""}/s` : "" }),
+          h("td", {}, [bar, h("div", { class: "saekit-muted", text: progress })]), h("td", { text: j.phase || "" }),
+          h("td", { text: j.rate ? `${fmtNumber(Number(j.rate.toPrecision(3)))} ${j.unit || ""}/s` : "" }),
           h("td", { text: j.eta !== null && j.eta !== undefined && !gone ? fmtDuration(j.eta) : "" }),
           h("td", { text: j.started_at ? fmtDuration(now - j.started_at) : "" }),
-          h("td", { text: j.latest || "" }), h("td", { class: "saekit-muted", text: resources }),
+          h("td", { class: "saekit-wrap", text: j.latest || "" }), h("td", { class: "saekit-muted saekit-wrap", text: resources }),
         ]);
       });
       root.appendChild(h("table", { class: "saekit-table" }, [
-        h("tr", {}, ["job", "id", "status", "progress", "done", "phase", "rate", "ETA", "elapsed", "latest", "resources"]
+        h("tr", {}, ["job", "id", "status", "progress", "phase", "rate", "ETA", "elapsed", "latest", "resources"]
           .map((t) => h("th", { text: t }))), ...rows]));
     }
     if (recent.length) {
       root.appendChild(h("div", { class: "saekit-section", text: "recently finished" }));
       const rows = recent.map((j) => h("tr", {}, [
         h("td", { text: j.name || j.kind }), h("td", { class: "saekit-muted", text: j.id }), h("td", {}, [badge(j.status)]),
-        h("td", { text: Object.entries(j.final || {}).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") }),
+        h("td", { class: "saekit-wrap", text: Object.entries(j.final || {}).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") }),
         h("td", { text: j.error_type || "" }), h("td", { text: j.seconds !== null ? fmtDuration(j.seconds) : "" }),
         h("td", { class: "saekit-muted", text: j.finished_at ? `${fmtDuration(now - j.finished_at)} ago` : "" }),
       ]));
