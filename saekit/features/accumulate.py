@@ -127,8 +127,12 @@ class Buffer:
         ranks one latent's candidates, best first, in ``ORDER_BITS`` bits). ``windows(index)`` gives the value,
         stream row and context window of the candidates at ``index`` (asked only for those that are kept)."""
         size, device = self.size, keys.device
-        # the block's own best `size` per latent: one sort of (latent, order)
-        by_latent = torch.argsort((latents << ORDER_BITS) | order, stable=True)
+        # the block's own best `size` per latent: one sort of (latent, order), two where the latent's bits do not fit
+        if len(self.keys) <= 1 << (63 - ORDER_BITS):
+            by_latent = torch.argsort((latents << ORDER_BITS) | order, stable=True)
+        else:  # d_sae above 2**18: by order, then stably by latent
+            by_order = torch.argsort(order, stable=True)
+            by_latent = by_order[torch.argsort(latents[by_order], stable=True)]
         touched, counts = torch.unique_consecutive(latents[by_latent], return_counts=True)
         n, m = len(touched), len(by_latent)
         group = torch.repeat_interleave(torch.arange(n, device=device), counts, output_size=m)

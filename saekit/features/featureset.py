@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -238,6 +239,7 @@ class FeatureSet:
 
     def features(self, latents) -> list[Feature]:
         """The features of several latents (ids in the SAE), their labels read in one query."""
+        latents = list(latents)
         for latent in latents:
             if isinstance(latent, bool) or not isinstance(latent, (int, np.integer)) or not 0 <= latent < self.n_latents:
                 raise IndexError(f"latent {latent!r} out of range: the SAE has {self.n_latents} latents "
@@ -251,7 +253,7 @@ class FeatureSet:
             feature.label, feature.label_source = shown if shown else (feature.auto_label or None, "auto")
             feature.featureset = self
             feature.matches = [(other, int(ids[latent]), float(cos[latent]))
-                               for other, (ids, cos) in self._shared.matches.items()]
+                               for other, (ids, cos) in MATCHES.get(self.id, {}).items()]
             out.append(feature)
         return out
 
@@ -320,7 +322,7 @@ class FeatureSet:
         score = 1000 * first + 100 * sum(count(w) for w in whole) + count(needle)
         for latent, label in self._labels().items():
             score[latent] += 100 * (label.lower() == needle.strip()) + 2 * label.lower().count(needle)
-        if needle.strip().isdigit() and int(needle) < self.n_latents:
+        if re.fullmatch(r"[0-9]+", needle.strip()) and int(needle) < self.n_latents:
             score[int(needle)] += 10**9  # go to a latent by its id
         score = score[self.ids]
         found = score > 0
@@ -420,12 +422,13 @@ class FeatureSet:
     def match(self, other: "FeatureSet"):
         """Match this analysis' latents with ``other``'s (another SAE of the same model and hook point) by decoder
         cosine, both ways: a ``FeatureMatch`` (``.to_pandas()``: each latent's match, cosine, and whether it is
-        mutual). From then on, in this session, each one's cards show the match in the other."""
+        mutual). From then on, in this process, the cards of either analysis (however opened) show the match in
+        the other; a new process matches again (it is not saved)."""
         from saekit.features.matching import match
 
         found = match(self, other)
-        self._shared.matches[other.id] = found.a_to_b
-        other._shared.matches[self.id] = found.b_to_a
+        MATCHES.setdefault(self.id, {})[other.id] = found.a_to_b
+        MATCHES.setdefault(other.id, {})[self.id] = found.b_to_a
         return found
 
     def on_text(self, lm, text: str, *, n: int = 5, sae=None):
@@ -465,7 +468,6 @@ class _Files:
 
     def __init__(self, folder: Path | str, meta: dict):
         self.folder, self.meta = folder, meta
-        self.matches: dict[str, tuple] = {}  # another analysis' id -> (ids, cosines): FeatureSet.match
         self.latents = read_checked(folder, "latents.parquet", meta)
         self._read_lock = threading.Lock()  # a ParquetFile is not safe to read from two threads at once
 
@@ -535,6 +537,8 @@ class _Files:
             cooccurring=list(zip(row.get("cooccurring_ids") or [], row.get("cooccurring_shares") or [])),
             analysis=analysis, auto_label=self.auto_labels[latent])
 
+
+MATCHES: dict[str, dict[str, tuple]] = {}  # analysis id -> {another analysis' id: (ids, cosines)}: FeatureSet.match
 
 ANALYSIS_COLUMNS = ("id", "status", "sae", "source", "n_latents", "n_tokens", "alive", "created_at")
 

@@ -11,7 +11,7 @@ import torch
 
 from saekit.errors import ConfigError
 
-BLOCK = 4096  # decoder rows compared at a time
+CELLS = 2**26  # similarities computed at a time (256 MB of float32)
 
 
 def best_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,8 +19,9 @@ def best_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     a = torch.nn.functional.normalize(a.float(), dim=1)
     b = torch.nn.functional.normalize(b.float().to(a.device), dim=1)
     ids, cos = torch.empty(len(a), dtype=torch.int64), torch.empty(len(a), dtype=torch.float32)
-    for lo in range(0, len(a), BLOCK):
-        values, index = (a[lo:lo + BLOCK] @ b.t()).max(dim=1)
+    step = max(1, CELLS // len(b))  # rows of ``a`` a step: the similarity block stays at CELLS entries
+    for lo in range(0, len(a), step):
+        values, index = (a[lo:lo + step] @ b.t()).max(dim=1)
         ids[lo:lo + len(values)], cos[lo:lo + len(values)] = index.cpu(), values.cpu()
     return ids, cos
 
@@ -29,7 +30,7 @@ def best_matches(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 class FeatureMatch:
     """Each latent of analysis ``a`` matched to its closest latent of analysis ``b`` by decoder cosine, and back."""
 
-    a: Any  # FeatureSet (a module above: found by duck typing)
+    a: Any  # FeatureSet (not imported: featureset imports this module)
     b: Any
     a_to_b: tuple[torch.Tensor, torch.Tensor]  # (ids in b, cosines) per latent of a
     b_to_a: tuple[torch.Tensor, torch.Tensor]

@@ -71,8 +71,9 @@ def features_on_text(featureset, lm, text: str, *, n: int = 5, sae=None) -> Text
         acts = lm.run_with_cache(ids, hook)[hook][0]
         codes = sae.encode(acts.to(sae.W_enc.device, torch.float32))
     values, latents = codes.topk(min(n, codes.shape[1]), dim=1)
-    top = [[(int(i), float(v)) for i, v in zip(row_ids, row_values) if v > 0]
-           for row_ids, row_values in zip(latents.tolist(), values.tolist())]
     token_ids = ids[0].tolist()
+    special = set(lm.tokenizer.all_special_ids)  # BOS and the like: the analysis leaves them out, and so does this
+    top = [[(int(i), float(v)) for i, v in zip(row_ids, row_values) if v > 0] if token not in special else []
+           for token, row_ids, row_values in zip(token_ids, latents.tolist(), values.tolist())]
     tokens = lm.tokenizer.batch_decode([[i] for i in token_ids], clean_up_tokenization_spaces=False)
     return TextFeatures(text=text, tokens=tokens, token_ids=token_ids, top=top, featureset=featureset)

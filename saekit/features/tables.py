@@ -64,25 +64,32 @@ def bin_edges(acc: Accumulator, quantiles: int) -> torch.Tensor:
     """Per latent the ``quantiles + 1`` edges of equal-count bins of all its nonzero activations [d_sae, q + 1],
     on the CPU; NaN for a latent that never fired. While the latent fired no more often than the reservoir
     holds, the sample is every activation and the edges are exact (``quantile_edges``). Beyond, they come from
-    the streamed histogram of every activation: the first and last are the exact minimum and maximum, the
-    others interpolated within their histogram bin (log-linearly, between the bin's edges clipped to the
-    minimum and maximum): within one bin, a factor of 10**(1/8), of the exact quantile."""
+    the streamed histogram of every activation, by numpy's rule (between the order statistics at
+    ``q * (n - 1)``), each order statistic placed within its histogram bin (log-linearly by its rank there,
+    the bin clipped to the exact minimum and maximum): the first and last edges are exact, and each other edge
+    is off by at most the width of the bins of the two order statistics it lies between (a factor 10**(1/8))."""
     sample_values, sample_valid = acc.sample.values.cpu(), acc.sample.rows.cpu() >= 0
     exact = quantile_edges(sample_values, sample_valid, quantiles)
     count, hist = acc.count.cpu(), acc.hist.cpu().double()
-    low, high = acc.min.cpu().double(), acc.max.cpu().double()
+    low, high = acc.min.cpu().double()[:, None], acc.max.cpu().double()[:, None]
     grid = torch.tensor(hist_edges(), dtype=torch.float64)
     cum = torch.cumsum(hist, dim=1)
-    targets = torch.linspace(0, 1, quantiles + 1, dtype=torch.float64)[None, :] * cum[:, -1:]
-    b = torch.searchsorted(cum, targets.contiguous(), side="left").clamp_max(hist.shape[1] - 1)  # bin of each target
-    before = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(targets))
-    inside = hist.gather(1, b)
-    frac = torch.where(inside > 0, (targets - before) / inside.clamp_min(1), torch.zeros_like(targets)).clamp(0, 1)
-    lo = torch.maximum(grid[b], low[:, None]).clamp_min(1e-30)
-    hi = torch.minimum(grid[b + 1], high[:, None]).clamp_min(lo)
-    edges = lo * (hi / lo) ** frac
-    edges[:, 0], edges[:, -1] = low, high
-    edges = torch.minimum(torch.maximum(edges, low[:, None]), high[:, None])
+    n = cum[:, -1:]
+
+    def order_statistic(rank: torch.Tensor) -> torch.Tensor:  # the rank-th smallest (0-indexed), estimated
+        b = torch.searchsorted(cum, rank.contiguous(), right=True).clamp_max(hist.shape[1] - 1)
+        before = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(rank))
+        within = ((rank - before + 0.5) / hist.gather(1, b).clamp_min(1)).clamp(0, 1)
+        lo = torch.maximum(grid[b], low).clamp_min(1e-30)
+        hi = torch.minimum(grid[b + 1], high).clamp_min(lo)
+        value = lo * (hi / lo) ** within
+        return torch.where(rank <= 0, low, torch.where(rank >= n - 1, high, value))
+
+    position = torch.linspace(0, 1, quantiles + 1, dtype=torch.float64)[None, :] * (n - 1).clamp_min(0)
+    below = position.floor()
+    frac = position - below
+    a, b = order_statistic(below), order_statistic((below + 1).minimum((n - 1).clamp_min(0)))
+    edges = torch.minimum(torch.maximum(a + frac * (b - a), low), high)
     from_histogram = (count > sample_valid.sum(dim=1))[:, None]
     edges = torch.where(from_histogram, edges, exact)
     return torch.where(count[:, None] > 0, edges, torch.full_like(edges, float("nan")))

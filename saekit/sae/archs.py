@@ -15,6 +15,8 @@ backward touch only the selected latents.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -259,8 +261,8 @@ class JumpReLUSAE(SAE):
 
     def __init__(self, config, *, device=None):
         super().__init__(config, device=device)
-        init = torch.full((self.d_sae,), float(config.jumprelu_init_threshold), device=device)
-        self.log_threshold = nn.Parameter(init.clamp_min(1e-12).log())
+        log_init = math.log(max(float(config.jumprelu_init_threshold), 1e-12))  # a number: nothing runs on meta
+        self.log_threshold = nn.Parameter(torch.full((self.d_sae,), log_init, device=device))
 
     @property
     def threshold(self) -> torch.Tensor:

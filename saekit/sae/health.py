@@ -1,8 +1,9 @@
 """Whether a training run's numbers can be read at face value: ``assess`` says ``ok``, ``suspicious`` or
 ``diverged``, with the reasons (what the widgets' amber badge and ``saekit show`` report).
 
-A run diverged when its loss became NaN or infinite, grew tenfold over its lowest value, or its FVU
-(training or held-out) is above 1 (worse than predicting the mean); it is suspicious when the downstream
+A run diverged when its loss became NaN or infinite, grew tenfold over its lowest value, its held-out FVU is
+above 1 (worse than predicting the mean), or its training FVU is above 1 and not below every earlier point (a
+ReLU SAE's warm-up starts above 1 and falls: that is no divergence); it is suspicious when the downstream
 evaluation's ``ce_recovered`` cannot be read (see ``evaluation.ce_warnings``).
 """
 
@@ -36,8 +37,8 @@ def assess(metrics: dict[tuple[int, str], float], evaluations: list[dict] | None
             reasons.append(("diverged", f"{who}the loss grew from {min(finite):.3g} to {finite[-1]:.3g}"))
     for prefix, fvus in _series(metrics, "fvu").items():
         who = f"SAE {prefix.removeprefix('sae')}: " if prefix else ""
-        # above 1 and not falling (a ReLU SAE starts above 1 and falls: its first points are no divergence)
-        if len(fvus) >= 3 and math.isfinite(fvus[-1]) and fvus[-1] > 1 and fvus[-1] >= max(fvus[-3:-1]):
+        # above 1 and not below every earlier point (a ReLU SAE starts above 1 and falls: no divergence)
+        if len(fvus) >= 2 and math.isfinite(fvus[-1]) and fvus[-1] > 1 and fvus[-1] >= min(fvus[:-1]):
             reasons.append(("diverged", f"{who}training FVU {fvus[-1]:.3g} > 1 and not falling: worse than "
                                         "predicting the mean"))
     evaluations = evaluations or []

@@ -38,10 +38,12 @@ class FeatureBrowser(SnapshotWidget):
         self._refresh()
 
     def _searched(self, change) -> None:
-        """A new search lists its best matches first (sorted by relevance until another sort is picked)."""
+        """A new search lists its best matches first (by relevance until another sort is picked); clearing it
+        goes back to the most frequent first."""
         self.limit = LIST_ROWS
-        if change["new"].strip() and self.sort != "relevance":
-            self.sort = "relevance"  # refreshes
+        wanted = "relevance" if change["new"].strip() else ("frequency" if self.sort == "relevance" else self.sort)
+        if wanted != self.sort:
+            self.sort = wanted  # refreshes
         else:
             self._refresh()
 

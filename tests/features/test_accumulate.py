@@ -255,3 +255,43 @@ def test_bins_of_a_latent_that_fired_more_than_the_reservoir_holds_span_all_its_
     values = acc.sample.values[latents, slots].double().numpy()
     assert len(values) and np.all(values >= edges[latents.numpy(), bins.numpy()] - 1e-6)
     assert np.all(values <= edges[latents.numpy(), bins.numpy() + 1] + 1e-6)
+
+
+def test_bins_past_the_reservoir_follow_numpys_rule_across_gaps():
+    """Activations with gaps (0.1, 0.5, 3, 1e5): each edge is numpy's interpolation between two order statistics,
+    each placed within its histogram bin, so the 0.75 edge is near 25,000 (not 3.16, the top of a bin)."""
+    from types import SimpleNamespace
+
+    from saekit.features.accumulate import HIST_BINS, HIST_LOG10_MIN, HIST_PER_DECADE
+    from saekit.features.tables import bin_edges
+
+    values = torch.tensor([0.1, 0.5, 3.0, 1e5])
+    bins = ((torch.log10(values) - HIST_LOG10_MIN) * HIST_PER_DECADE).floor().long() + 1
+    hist = torch.zeros(HIST_BINS, dtype=torch.int64).index_add_(0, bins.clamp(0, HIST_BINS - 1), torch.ones(4, dtype=torch.int64))[None]
+    sample = SimpleNamespace(values=values[None, :3], rows=torch.zeros((1, 3), dtype=torch.int64))  # holds 3 of 4
+    acc = SimpleNamespace(sample=sample, count=torch.tensor([4]), hist=hist, min=values[:1], max=values[3:])
+    edges = bin_edges(acc, 4)[0].numpy()
+    expected = np.quantile(values.double().numpy(), np.linspace(0, 1, 5))
+    assert edges[0] == expected[0] and edges[-1] == expected[-1]
+    ratio = 10 ** (1 / 8)
+    for got, want, (lo, hi) in zip(edges[1:-1], expected[1:-1], [(0.1, 0.5), (0.5, 3.0), (3.0, 1e5)]):
+        assert lo / ratio <= got <= hi * ratio and abs(got - want) <= 0.5 * (hi - lo), (got, want)
+    assert 2e4 < edges[3] < 3e4
+
+
+def test_a_buffer_of_more_than_two_to_the_nineteen_latents_keeps_each_latents_own_entries():
+    """(latent << ORDER_BITS) | order overflows int64 past 2**18 latents (latent 2**19 had latent 0's key): the
+    merge then sorts in two passes."""
+    from saekit.features.accumulate import Buffer
+
+    d_sae = 2**19 + 2
+    buffer = Buffer(d_sae, 1, 1, largest=True, device="cpu")
+    latents = torch.tensor([2**19, 0, 2**19, 2**19 + 1])  # latent 0's entry ranks between latent 2**19's two
+    keys = torch.tensor([9, 8, 7, 6])
+
+    def windows(index):
+        n = len(index)
+        return keys[index].float(), index, torch.zeros((n, 1)), torch.zeros((n, 1), dtype=torch.int64)
+
+    buffer.merge(latents, keys, (1 << 40) - keys, windows)
+    assert buffer.keys[0, 0] == 8 and buffer.keys[2**19, 0] == 9 and buffer.keys[2**19 + 1, 0] == 6

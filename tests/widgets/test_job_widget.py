@@ -161,8 +161,8 @@ def test_a_warm_up_above_fvu_one_is_not_a_divergence():
     from saekit.sae.health import assess
 
     falling = {(step, "fvu"): fvu for step, fvu in enumerate([1.4, 1.13, 1.05, 0.9])}
-    assert assess({k: v for k, v in falling.items() if k[0] < 2})["level"] == "ok"  # two points: no trend yet
-    assert assess({k: v for k, v in falling.items() if k[0] < 3})["level"] == "ok"  # 1.05 < 1.13: falling
+    assert assess({k: v for k, v in falling.items() if k[0] < 1})["level"] == "ok"  # one point: no trend yet
+    assert assess({k: v for k, v in falling.items() if k[0] < 3})["level"] == "ok"  # 1.05 below all before
     assert assess(falling)["level"] == "ok"
-    rising = {(step, "fvu"): fvu for step, fvu in enumerate([0.8, 1.1, 1.3])}
-    assert assess(rising)["level"] == "diverged"
+    for values in ([0.8, 1.1, 1.3], [3.1, 3.5, 3.2], [0.9, 1.2]):  # rising, a plateau above 1, up from below 1
+        assert assess({(step, "fvu"): fvu for step, fvu in enumerate(values)})["level"] == "diverged", values

@@ -5,7 +5,7 @@ const TITLES = { concept: "concept score (feature activation)", target_probabili
 
 function heading(data) {
   const weights = data.weights || {};
-  const feats = data.features.map((i) => `#${i}` + (weights[String(i)] !== undefined && weights[String(i)] !== 1 ? ` ×${weights[String(i)]}` : "")).join(", ");
+  const feats = data.features.map((i) => `#${i}` + (weights[String(i)] !== undefined && weights[String(i)] !== 1 ? ` ×${fmtNumber(weights[String(i)])}` : "")).join(", ");
   return `steering ${feats}, mode ${data.mode}${data.relative ? " × max activation" : ""}` +
     (data.positions ? `, positions ${data.positions}` : "");
 }
