@@ -245,7 +245,7 @@ def test_the_feature_browser_searches_opens_cards_and_highlights_tokens(lab, pag
 def test_a_sweep_over_geometric_coefficients_has_a_log_like_axis_that_shows_zero(lab, page):
     """Coefficients 0, 1, 2, 4 ... 64 are drawn on an asinh x axis (0 still shown), labelled as a log scale;
     evenly spaced ones keep a linear axis."""
-    rows = "[{'coeff': c, 'concept': c / 64, 'perplexity': 1.5 + c / 64, 'kl': c / 10} for c in %s]"
+    rows = "[{'coeff': c, 'concept': 5000 * c, 'perplexity': 1.5 + c / 64, 'kl': c / 10} for c in %s]"
     cell = ("from saekit.widgets.steering import SweepView\n"
             "SweepView({'features': [3], 'weights': {'3': 0.5}, 'mode': 'add', 'relative': False, 'samples': [], "
             "'rows': " + rows + "})")
@@ -263,6 +263,8 @@ def test_a_sweep_over_geometric_coefficients_has_a_log_like_axis_that_shows_zero
             positive = [t for t in ticks if t > 0]
             assert positive[-1] / positive[0] >= 8, ticks
     assert "#3 ×0.5" in _js(page, "return el.textContent", 0)
+    big = _js(page, "return [...el.querySelectorAll('.saekit-chart')].find((c) => c.dataset.chart.includes('concept')).dataset.yticks", 0)
+    assert "k" in big and "e+" not in big, big  # 300,000 is "300k", not 3.00e+5
     # the perplexity chart is on a log axis: its ticks are round and labelled (1, 2, 5, 10: not 1.778 = 10**0.25)
     ticks = _js(page, "return [...el.querySelectorAll('.saekit-chart')].find((c) => c.dataset.chart.includes('perplexity')).dataset.yticks", 0)
     values = [float(t.replace(",", "")) for t in ticks.split("|") if t.strip()]

@@ -20,10 +20,13 @@ function fmtCount(x) {
   return x.toLocaleString("en-US", { maximumFractionDigits: 3 });
 }
 
-function fmtNumber(x) {
+function fmtNumber(x) {  // 200000 is "200k" and 1.5e9 "1.5B" (not 2.00e+5); tiny values in exponent form
   if (x === null || x === undefined || !isFinite(x)) return "?";
   const a = Math.abs(x);
-  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
+  for (const [suffix, size] of [["T", 1e12], ["B", 1e9], ["M", 1e6], ["k", 1e3]]) {
+    if (a >= 1e5 && a >= size) return `${(x / size).toLocaleString("en-US", { maximumSignificantDigits: 3 })}${suffix}`;
+  }
+  if (a !== 0 && a < 1e-3) return x.toExponential(2);
   return x.toLocaleString("en-US", { maximumSignificantDigits: 4 });
 }
 
