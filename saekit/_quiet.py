@@ -42,17 +42,6 @@ def quiet_progress() -> Iterator[None]:
             enable()
 
 
-def quietly(fn):
-    """Decorator: ``fn`` runs inside ``quiet_progress()``."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with quiet_progress():
-            return fn(*args, **kwargs)
-    return wrapper
-
-
 def quietly_importing(*modules: str):
     """Decorator: ``fn`` runs inside ``quiet_progress()`` with ``modules`` imported first (a library imported
     inside ``fn`` would otherwise show its bars the first time: datasets' "Generating train split")."""
@@ -68,3 +57,6 @@ def quietly_importing(*modules: str):
                 return fn(*args, **kwargs)
         return wrapper
     return decorate
+
+
+quietly = quietly_importing()  # decorator: ``fn`` runs inside ``quiet_progress()``

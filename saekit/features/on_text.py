@@ -5,6 +5,7 @@ view of the text whose tokens open their features, and the features their cards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ class TextFeatures:
     tokens: list[str]  # each token's text
     token_ids: list[int]
     top: list[list[tuple[int, float]]]  # per token its (latent, activation) pairs, strongest first
-    featureset: object = field(repr=False)
+    featureset: Any = field(repr=False)  # the FeatureSet (not imported: featureset imports this module)
 
     def latents(self) -> list[int]:
         """Every latent that is among some token's strongest, most active first (by its largest activation)."""
@@ -30,12 +31,16 @@ class TextFeatures:
                 best[latent] = max(best.get(latent, 0.0), value)
         return sorted(best, key=lambda i: (-best[i], i))
 
+    def overview(self) -> list[dict]:
+        """Each latent of ``latents()`` as the browser lists it (id, frequency, max, top tokens, label)."""
+        latents = self.latents()
+        return self.featureset.select(latents).overview(len(latents)) if latents else []
+
     def to_pandas(self):
         """One row per (token, latent): position, token, rank, latent, activation, label."""
         import pandas as pd
 
-        labels = {row["id"]: row["label"] for row in self.featureset.select(self.latents()).overview(10**9)} \
-            if self.latents() else {}
+        labels = {row["id"]: row["label"] for row in self.overview()}
         rows = [{"position": p, "token": self.tokens[p], "rank": r, "latent": latent, "activation": value,
                  "label": labels.get(latent, "")}
                 for p, pairs in enumerate(self.top) for r, (latent, value) in enumerate(pairs)]

@@ -24,9 +24,7 @@ class TextFeaturesView(SnapshotWidget):
         super().__init__(**kwargs)
         self._found = found
         self.tokens = [{"text": t, "top": [[i, v] for i, v in pairs]} for t, pairs in zip(found.tokens, found.top)]
-        latents = found.latents()
-        rows = found.featureset.select(latents).overview(len(latents)) if latents else []
-        self.features = {str(r["id"]): r for r in rows}
+        self.features = {str(r["id"]): r for r in found.overview()}
         strongest = max(range(len(found.top)), key=lambda p: found.top[p][0][1] if found.top[p] else 0.0)
         self.selected = strongest if found.top[strongest] else -1
         self.on_msg(self._request)
