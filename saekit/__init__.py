@@ -36,6 +36,7 @@ _provided.provide("feature browser", "saekit.widgets.feature_browser:FeatureBrow
 _provided.provide("features html", "saekit.widgets.feature_html:export_html")
 _provided.provide("text features", "saekit.widgets.text_features:TextFeaturesView")
 _provided.provide("steer", "saekit.steering.intervention:steer")
+_provided.provide("eval report", "saekit.widgets.eval_report:EvalReport")
 for _name in ("SteeringView", "comparison_text", "SweepView", "sweep_text"):
     _provided.provide(_name, f"saekit.widgets.steering:{_name}")
 
@@ -65,9 +66,10 @@ _LAZY = {
     "steer": ("saekit.steering.intervention", "steer"),
     "compare_steering": ("saekit.steering.compare", "compare_steering"),
     "steering_sweep": ("saekit.steering.compare", "steering_sweep"),
-    "SyntheticConfig": ("saekit.evaluation.synthetic", "SyntheticConfig"),
-    "SyntheticFeatures": ("saekit.evaluation.synthetic", "SyntheticFeatures"),
-    "recovery": ("saekit.evaluation.recovery", "recovery"),
+    "evaluate": ("saekit.evals.evaluate", "evaluate"),
+    "SyntheticConfig": ("saekit.evals.synthetic", "SyntheticConfig"),
+    "SyntheticFeatures": ("saekit.evals.synthetic", "SyntheticFeatures"),
+    "recovery": ("saekit.evals.ground_truth", "recovery"),
     "SystemMonitor": ("saekit.widgets.system_widget", "SystemMonitor"),
     "dashboard": ("saekit.widgets.dashboard", "dashboard"),
     "compare": ("saekit.widgets.dashboard", "compare"),

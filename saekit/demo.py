@@ -13,7 +13,9 @@
 8. analyse every latent of the TopK SAE in one streaming pass over the store (a background job), print a few
    features (top tokens, frequency, logit lens) and export them as a self-contained HTML file;
 9. steer the model with one of those features;
-10. name features: automatic labels, and SmolLM2 explaining and scoring a few.
+10. name features: automatic labels, and SmolLM2 explaining and scoring a few;
+11. evaluate the SAE as SAEBench does: core metrics, sparse probing, first-letter absorption, the
+    auto-interpretation summary (SAEBench JSON beside it).
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -171,6 +173,15 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
         print(f"    feature {latent:>5}: {row['explanation']!r} (detection AUC "
               f"{'-' if auc is None or auc != auc else f'{auc:.2f}'}, fuzzing AUC {row.get('fuzzing_auc', float('nan')):.2f})")
     print("    (kept as LLM labels beside the automatic ones: feats.labels(); feats.label(i, text) adds yours)")
+
+    t = _step(11, "evaluate the TopK SAE as SAEBench does (a background job): core, sparse probing, first-letter "
+                  "absorption, and the auto-interpretation summary of the explanations just scored")
+    evaluation = sk.evaluate(sae, features=feats, autointerp_latents=3).result(progress=True)
+    timings["evaluate"] = time.perf_counter() - t
+    print("    " + repr(evaluation).replace("\n", "\n    "))
+    files = evaluation.to_saebench(ws.dir("demo") / "saebench")
+    print(f"    SAEBench JSON: {', '.join(str(f.relative_to(ws.path)) for f in files)}; the scores are columns of "
+          "the run in sk.runs()")
 
     print("\njobs in this workspace (`saekit jobs`):")
     print(sk.jobs.list_jobs())

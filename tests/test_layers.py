@@ -1,6 +1,6 @@
 """The package's layering holds: no module imports a module of a higher layer (imports inside functions
 count too, and so do imports by name: ``import_module("saekit...")``, ``__import__("saekit...")``).
-registry < jobs < data < models < activations < sae < features < steering < evaluation < widgets, with the shared base
+registry < jobs < data < models < activations < sae < features < steering < evals < widgets, with the shared base
 (errors, config, workspace, the private helpers, monitor) below them all and the CLI on top. A lower layer that
 needs a higher one's object (a widget, steering) asks ``saekit._provided`` for it by name; the top says which
 module provides it."""
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "saekit"
-LAYERS = ["registry", "jobs", "data", "models", "activations", "sae", "features", "steering", "evaluation", "widgets"]
+LAYERS = ["registry", "jobs", "data", "models", "activations", "sae", "features", "steering", "evals", "widgets"]
 TOP = {"cli", "demo", "__init__", "__main__"}  # may import anything
 
 

@@ -26,6 +26,7 @@ BUILTIN = {
     "train": "saekit.sae.training",
     "analyze": "saekit.features.analysis",
     "explain": "saekit.features.explain",
+    "evaluate": "saekit.evals.evaluate",
 }
 ENTRY_POINT_GROUP = "saekit.job_kinds"
 
@@ -45,6 +46,7 @@ class JobKind:
     health: Callable[[dict, Any], dict] | None = None  # (metrics {(step, name): value}, result) -> level, reasons
     tokens_per_step: Callable[[dict], float] | None = None  # spec -> tokens a logged step stands for (charts)
     bookkeeping: tuple[str, ...] = ()  # settings that do not change what a run learns (comparisons skip them)
+    scores: Callable[[dict], tuple[str, int | None] | None] | None = None  # spec -> the run its metrics join
     spec: type[JobSpec] | None = None  # the spec's fields (a frozen dataclass); None: a dict the kind checks itself
 
     def parse(self, data: Any) -> Any:
@@ -57,7 +59,7 @@ _KINDS: dict[str, JobKind] = {}
 
 def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output_dirs=None,
              volatile: tuple[str, ...] = (), disposable=None, runs=None, health=None, tokens_per_step=None,
-             bookkeeping: tuple[str, ...] = (), spec: type[JobSpec] | None = None):
+             bookkeeping: tuple[str, ...] = (), scores=None, spec: type[JobSpec] | None = None):
     """Decorator registering ``fn(ctx, spec) -> result`` (JSON-able) as the job kind ``name``.
 
     ``outputs(workspace, job)`` lists the files a job made (``job.delete()`` removes them);
@@ -72,7 +74,9 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
     (``{(step, name): value}``) and its result (``{"level": "ok"|"suspicious"|"diverged", "reasons": [...]}``);
     ``tokens_per_step(spec)`` says how many tokens a step stands for, so charts can count tokens;
     ``bookkeeping`` names settings that do not change what a run learns (how often it logs or checkpoints, how
-    much it evaluates), which ``sk.compare``'s labels leave out, as they leave out volatile fields.
+    much it evaluates), which ``sk.compare``'s labels leave out, as they leave out volatile fields;
+    ``scores(spec)`` names the run a job scores (``(training job id, SAE index or None)``): ``sk.runs()`` shows the
+    job's metrics as columns of that run's row too (an evaluation beside its SAE).
     ``spec`` is a frozen dataclass deriving from ``JobSpec``: ``submit`` refuses a spec with an unknown, missing or
     mistyped field (naming it), the function gets the instance, and its ``spec_field(volatile=True)`` fields are
     the volatile ones.
@@ -93,7 +97,7 @@ def job_kind(name: str, *, validate=None, load_result=None, outputs=None, output
             output_dirs=tuple((output_dirs or {}).items()),
             volatile=tuple(dict.fromkeys((*volatile, *(spec.volatile() if spec is not None else ())))),
             disposable=disposable, runs=runs, health=health, tokens_per_step=tokens_per_step,
-            bookkeeping=tuple(bookkeeping), spec=spec,
+            bookkeeping=tuple(bookkeeping), scores=scores, spec=spec,
         )
         note_registration(module)
         return fn

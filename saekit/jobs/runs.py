@@ -52,7 +52,8 @@ def runs(kind: str | None = None, status: str | list[str] | None = "completed", 
          workspace: str | Workspace | None = None, **where: Any):
     """Jobs as a pandas DataFrame: ``id, kind, name, status, created_at, finished_at``, the spec's fields
     (flattened, each under its shortest unambiguous name: ``k``, ``lr``, ``total_tokens``...), and each
-    metric's value at its last step. A job that makes several runs (its kind's ``runs`` hook: a training job
+    metric's value at its last step, with the metrics of the latest ``sk.evaluate`` of each run as more columns
+    (``core/fvu``, ``sparse_probing/sae_top_1_test_accuracy``...). A job that makes several runs (its kind's ``runs`` hook: a training job
     that trained several SAEs) gives one row per run (column ``sae``), with that run's config and its own
     metrics (``sae1/fvu`` becomes ``fvu`` on row 1).
 
@@ -73,12 +74,19 @@ def runs(kind: str | None = None, status: str | list[str] | None = "completed", 
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return pd.DataFrame(columns=list(FIXED))
-    finals = history.final_metrics(ws, [j["id"] for j in jobs])
+    scorers = _scorers(ws, jobs if kind is None and (states is None or "completed" in states) else None)
+    finals = history.final_metrics(ws, [j["id"] for j in jobs] + list(scorers))
     metric_columns: dict[tuple[str, int | None], dict[str, float]] = {}
+    scored: dict[tuple[str, int | None], list[tuple[str, str, float]]] = {}
     for job_id, name, value in zip(finals["job_id"], finals["name"], finals["value"]):
+        if job_id in scorers:  # an evaluation's metrics join the row of the run it scored
+            scored.setdefault(scorers[job_id][0], []).append((scorers[job_id][1], name, value))
         sae, _, metric = name.rpartition("/")
         index = int(sae[3:]) if sae.startswith("sae") and sae[3:].isdigit() else None
         metric_columns.setdefault((job_id, index), {})[metric if index is not None else name] = value
+    for run, values in scored.items():  # the latest evaluation of a run wins
+        for _, name, value in sorted(values, key=lambda v: v[0]):
+            metric_columns.setdefault(run, {})[name] = value
     has_sae = "sae" in frame.columns
     metrics = pd.DataFrame.from_records([
         {**metric_columns.get((i, None), {}), **(metric_columns.get((i, int(s)), {}) if has_sae and not pd.isna(s) else {})}
@@ -88,6 +96,23 @@ def runs(kind: str | None = None, status: str | list[str] | None = "completed", 
     frame = frame.rename(columns={c: renamed[c[len("spec."):]] for c in spec_columns})  # (metric names stay whole)
     frame = pd.concat([frame, metrics], axis=1)
     return _filter(frame, where)
+
+
+def _scorers(ws: Workspace, completed: list[dict] | None) -> dict[str, tuple[tuple[str, int | None], str]]:
+    """Completed jobs that score a run (their kind's ``scores`` hook): job id -> ((run's job, SAE index), when it
+    finished). ``completed``: the completed jobs when already read (else one more registry read)."""
+    import json
+
+    rows = history.job_specs(ws, status=["completed"]) if completed is None else completed
+    out = {}
+    for row in rows:
+        if row["status"] != "completed":
+            continue
+        hook = kind_hook(row["kind"], "scores")
+        run = hook(json.loads(row["spec"]) if row["spec"] else {}) if hook is not None else None
+        if run is not None:
+            out[row["id"]] = ((run[0], run[1]), str(row["finished_at"]))
+    return out
 
 
 def _filter(frame, where: dict):

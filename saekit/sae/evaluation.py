@@ -44,13 +44,14 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
                        include_bos: bool = False, target_hook: str | None = None) -> dict:
     """Next-token cross-entropy over ``sequences`` of a token store: clean, with the SAE's reconstruction
     spliced in at ``hook_point``, and with that activation zeroed; ``ce_recovered`` =
-    (zero - sae) / (zero - clean); ``kl`` = mean KL(clean || spliced) per token. A document's leading
+    (zero - sae) / (zero - clean); ``kl`` = mean KL(clean || spliced) per token, ``kl_zero`` the same with the
+    activation zeroed, ``kl_recovered`` = 1 - kl / kl_zero (SAEBench's ``kl_div_score``). A document's leading
     BOS keeps its activation when the SAE was trained without BOS rows. A transcoder's prediction from
     ``hook_point`` replaces ``target_hook`` (and the zero ablation is of the target)."""
     spliced = target_hook or hook_point
     seen: dict[str, torch.Tensor] = {}  # a transcoder's input at this forward pass
     bos = tokens.excluded_bos(include_bos)
-    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
+    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     count = 0
     for lo in range(sequences.start, sequences.stop, batch_sequences):
         hi = min(lo + batch_sequences, sequences.stop)
@@ -87,6 +88,7 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
         for name in ("clean", "sae", "zero"):
             totals[name] += float(F.nll_loss(logp[name], targets, reduction="sum"))
         totals["kl"] += float(F.kl_div(logp["sae"], logp["clean"], log_target=True, reduction="sum"))
+        totals["kl_zero"] += float(F.kl_div(logp["zero"], logp["clean"], log_target=True, reduction="sum"))
         count += int(target_mask.sum())
     if count == 0:
         return {}
@@ -94,6 +96,8 @@ def downstream_metrics(sae, lm, tokens, hook_point: str, sequences: range, *, ba
     gap = ce["zero"] - ce["clean"]
     out: dict[str, object] = {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"], "kl": ce["kl"],
            "ce_recovered": (ce["zero"] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan"),
+           "kl_zero": ce["kl_zero"],
+           "kl_recovered": 1 - ce["kl"] / ce["kl_zero"] if ce["kl_zero"] > 1e-12 else float("nan"),
            "ce_tokens": count}
     warnings = ce_warnings(out)
     if warnings:

@@ -9,7 +9,7 @@ import torch
 
 import saekit as sk
 from saekit.errors import ConfigError
-from saekit.evaluation import absorption, matched_cosines
+from saekit.evals.ground_truth import absorption, matched_cosines
 
 
 def test_settings_are_checked_by_name():
