@@ -15,7 +15,8 @@
 9. steer the model with one of those features;
 10. name features: automatic labels, and SmolLM2 explaining and scoring a few;
 11. evaluate the SAE as SAEBench does: core metrics, sparse probing, first-letter absorption, the
-    auto-interpretation summary (SAEBench JSON beside it).
+    auto-interpretation summary (SAEBench JSON beside it), and steering toward a concept by its feature against
+    DiffMean and prompting.
 
 Every job is durable: run the demo again and finished work is returned at once.
 """
@@ -175,8 +176,15 @@ def run_demo(workspace: str | None = None, max_documents: int | None = None, con
     print("    (kept as LLM labels beside the automatic ones: feats.labels(); feats.label(i, text) adds yours)")
 
     t = _step(11, "evaluate the TopK SAE as SAEBench does (a background job): core, sparse probing, first-letter "
-                  "absorption, and the auto-interpretation summary of the explanations just scored")
-    evaluation = sk.evaluate(sae, features=feats, autointerp_latents=3).result(progress=True)
+                  "absorption, the auto-interpretation summary of the explanations just scored, and steering toward "
+                  "Python code by its feature against DiffMean and prompting")
+    from saekit.evals.probe_data import code_or_prose
+
+    texts = code_or_prose()
+    concept = ([s for s, label in texts if label == "code"][:24], [s for s, label in texts if label == "prose"][:24])
+    evaluation = sk.evaluate(sae, features=feats, autointerp_latents=3, concept=concept,
+                             steer_prompts=["The weather today", "My favourite thing is", "Here is a story:"],
+                             steer_coeffs=[0, 0.25, 0.5, 1]).result(progress=True)
     timings["evaluate"] = time.perf_counter() - t
     print("    " + repr(evaluation).replace("\n", "\n    "))
     files = evaluation.to_saebench(ws.dir("demo") / "saebench")

@@ -3,8 +3,8 @@ SAE spliced in does to its next-token loss.
 
 Beside training's own evaluation (FVU, MSE, L0, never-fired latents, CE recovered, KL) it reports what SAEBench's
 core reports: the mean cosine of each row and its reconstruction (``cossim``), the ratio of their norms
-(``l2_ratio``), the relative reconstruction bias (``relative_reconstruction_bias``, ``E[x_hat.x] / E[|x_hat|^2]``:
-above 1 when the SAE shrinks its output), the mean L1 of the codes, and KL recovered (``kl_div_score``: 1 - KL with
+(``l2_ratio``), the relative reconstruction bias (``relative_reconstruction_bias``, SAEBench's
+``E[|x_hat|^2] / E[x_hat.x]``: below 1 when the SAE shrinks its output), the mean L1 of the codes, and KL recovered (``kl_div_score``: 1 - KL with
 the SAE / KL with the hook zeroed, from ``downstream_metrics``).
 """
 
@@ -48,7 +48,7 @@ def reconstruction(sae, batches: Iterable[torch.Tensor | tuple[torch.Tensor, tor
     assert sum_x is not None and sum_x2 is not None
     variance = max(float((sum_x2 - sum_x.pow(2) / n).sum()), 1e-12)
     return {"fvu": err / variance, "explained_variance": 1 - err / variance, "mse": err / n, "cossim": cos / n,
-            "l2_ratio": ratio / n, "relative_reconstruction_bias": dot / hat2 if hat2 else float("nan"),
+            "l2_ratio": ratio / n, "relative_reconstruction_bias": hat2 / dot if dot else float("nan"),
             "l0": l0 / n, "l1": l1 / n, "never_fired_fraction": 1.0 - float(fired.float().mean()),
             "eval_tokens": n}
 

@@ -8,7 +8,8 @@ Metric families (one module each, in ``saekit/evals/``):
 - ``ground_truth``: recovery of a known dictionary, for SAEs trained on ``SyntheticFeatures`` (``ground_truth.py``);
 - ``sparse_probing``: k-sparse probes on latents against probes on the activations (``probing.py``);
 - ``absorption``: the first-letter task (``absorption.py``);
-- ``autointerp``: the scored LLM explanations of an analysis, summarised (``autointerp.py``).
+- ``autointerp``: the scored LLM explanations of an analysis, summarised (``autointerp.py``);
+- ``steering``: steering by an SAE feature against DiffMean and prompting on one concept (``steering.py``).
 
 Each family's result is committed as it finishes, so a killed job resumes at the next family, and its numbers
 are logged as metrics named ``family/metric`` (``core/fvu``, ``sparse_probing/sae_top_1_test_accuracy``).
@@ -29,8 +30,8 @@ from saekit.jobs import job_kind, submit
 from saekit.jobs.spec import JobSpec, spec_field
 from saekit.workspace import Workspace, as_workspace
 
-FAMILIES = ("core", "ground_truth", "sparse_probing", "absorption", "autointerp")
-NEEDS_MODEL = ("sparse_probing", "absorption")
+FAMILIES = ("core", "ground_truth", "sparse_probing", "absorption", "autointerp", "steering")
+NEEDS_MODEL = ("sparse_probing", "absorption", "steering")
 
 
 @dataclass(frozen=True)
@@ -56,27 +57,38 @@ class EvaluateSpec(JobSpec):
     absorption_words: int = spec_field(doc="words of the first-letter task")
     autointerp_latents: int = spec_field(doc="latents sampled for the autointerp summary")
     device: str = spec_field(volatile=True, doc="'auto', 'cpu', 'cuda'...")
+    steering: dict | None = spec_field(None, omit_none=True, doc="the steering evaluation's concept texts and settings")
 
 
-def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth=None, eval_tokens: int = 50_000,
+def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth=None, eval_tokens: int | None = None,
              ce_tokens: int = 8_192, truth_rows: int = 16_384, probe_datasets=("stdlib_topic", "code_or_prose"),
              ks=(1, 2, 5), seeds: int | list[int] = 3, absorption_words: int = 1500, autointerp_latents: int = 100,
-             device: str = "auto", workspace: Workspace | str | None = None, background: bool = True,
-             force: bool = False, name: str | None = None, progress: bool = True):
+             concept=None, steer_feature: int | None = None, steer_prompts=None, steer_coeffs=None,
+             fluency_budget: float = 1.0, device: str = "auto", workspace: Workspace | str | None = None,
+             background: bool = True, force: bool = False, name: str | None = None, progress: bool = True):
     """Evaluate ``sae`` (an ``sk.SAE`` or a finished training job) as a job; its result is an ``Evaluation``.
 
     ``source``: an ``ActivationStore`` or ``(lm, token_store)`` whose held-out rows ``core`` reads (default: the
     one the SAE was trained on). ``model``: the ``LanguageModel`` for CE, sparse probing and absorption (default:
     the source's). ``features``: a ``FeatureSet`` of the SAE whose scored explanations ``autointerp`` summarises.
     ``truth``: the ``SyntheticFeatures`` an SAE trained on synthetic rows should recover (``ground_truth``).
-    ``metrics``: families among ``core, ground_truth, sparse_probing, absorption, autointerp`` (default: every
-    one its inputs allow). ``seeds``: how many seeds (or which) the probes' samples are drawn with; intervals are
-    over them.
+    ``metrics``: families among ``core, ground_truth, sparse_probing, absorption, autointerp, steering``
+    (default: every one its inputs allow).
+    ``concept=(texts_with, texts_without)``: the ``steering`` family steers toward that concept by ``steer_feature``
+    (default: the latent that tells the texts apart best), by DiffMean and by prompting, along ``steer_coeffs`` over
+    ``steer_prompts``, and compares them within a loss increase of ``fluency_budget`` nats (``saekit.evals.steering``).
+    ``eval_tokens``: the held-out rows ``core`` reads, the last of the source (default: as many rows as training
+    held out, so no training row is scored; 50,000 for an SAE from elsewhere).
+    ``seeds``: how many seeds (or which) the probes' samples are drawn with; intervals are over them.
     """
     from saekit.features.analysis import sae_reference
 
     ws = as_workspace(workspace if workspace is not None else getattr(features, "workspace", None))
-    for label, value in (("eval_tokens", eval_tokens), ("ce_tokens", ce_tokens), ("truth_rows", truth_rows),
+    check_positive_int("eval_tokens", eval_tokens, allow_none=True)
+    if absorption_words < 100:
+        raise ConfigError(f"absorption_words={absorption_words} is too few for the first-letter task's probes and "
+                          "its in-context examples", suggestion="use absorption_words >= 100 (1500 is the default)")
+    for label, value in (("ce_tokens", ce_tokens), ("truth_rows", truth_rows),
                          ("absorption_words", absorption_words), ("autointerp_latents", autointerp_latents)):
         check_positive_int(label, value)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -89,14 +101,18 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
     meta: dict = getattr(sae_obj, "metadata", None) or {}
     hook = _hook(meta)
     target = meta.get("target_hook")
+    if eval_tokens is None:
+        held = (meta.get("eval") or {}).get("eval_tokens")
+        eval_tokens = int(held) if isinstance(held, (int, float)) and held > 0 else 50_000
     source_ref, model_ref, tokens_ref, include_bos = _source(source, meta, ws)
     if model is not None:
         model_ref = model.ref
     if truth is not None and not hasattr(truth, "config"):
         raise ConfigError(f"truth must be an sk.SyntheticFeatures; got {type(truth).__name__}")
+    steering = _steering_settings(concept, steer_feature, steer_prompts, steer_coeffs, fluency_budget, sae_obj)
     available = {"core": source_ref is not None, "ground_truth": truth is not None,
                  "sparse_probing": model_ref is not None, "absorption": model_ref is not None and not target,
-                 "autointerp": features is not None}
+                 "autointerp": features is not None, "steering": model_ref is not None and steering is not None}
     chosen = [f for f in FAMILIES if available[f]] if metrics is None else list(metrics)
     if target and "absorption" in chosen:
         raise ConfigError("absorption compares decoder rows with a first-letter probe of the SAE's input; a "
@@ -111,9 +127,10 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
                 "ground_truth": "truth= (the sk.SyntheticFeatures the SAE's rows came from)",
                 "sparse_probing": "a model: pass model=lm (or a source made by sk.extract, which names its model)",
                 "absorption": "a model: pass model=lm (or a source made by sk.extract, which names its model)",
-                "autointerp": "features= (a FeatureSet of this SAE with explanations scored by sk.explain)"}[family])
+                "autointerp": "features= (a FeatureSet of this SAE with explanations scored by sk.explain)",
+                "steering": "concept=(texts with the concept, texts without it) and a model (model=lm)"}[family])
     if not chosen:
-        raise ConfigError("nothing to evaluate: give source=, model=, truth= or features=")
+        raise ConfigError("nothing to evaluate: give source=, model=, truth=, features= or concept=")
     if hook is None and any(f in chosen for f in ("core", *NEEDS_MODEL)):
         raise ConfigError("the SAE does not say which hook point it reads (its metadata has no hook_point)",
                           suggestion="set sae.metadata['hook_point'] = 'blocks.6.resid_post' (for example)")
@@ -124,8 +141,34 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
         truth=truth.config.to_dict() if truth is not None else None, truth_rows=truth_rows,
         analysis={"id": features.id, "folder": str(features.folder)} if features is not None else None,
         probe_datasets=list(probe_datasets), ks=ks, seeds=seed_list, absorption_words=absorption_words,
-        autointerp_latents=autointerp_latents, device=device)
+        autointerp_latents=autointerp_latents, steering=steering, device=device)
     return submit("evaluate", spec, workspace=ws, background=background, force=force, name=name, progress=progress)
+
+
+def _steering_settings(concept, feature, prompts, coeffs, budget, sae) -> dict | None:
+    """The steering family's settings, checked (None without a concept)."""
+    from saekit.evals.steering import COEFFS, PROMPTS
+
+    if concept is None:
+        return None
+    if not (isinstance(concept, (tuple, list)) and len(concept) == 2
+            and all(not isinstance(s, str) and len(s) >= 2 and all(isinstance(t, str) and t.strip() for t in s)
+                    for s in concept)):
+        raise ConfigError("concept must be (texts with the concept, texts without it): two lists of at least two "
+                          "non-empty strings each", suggestion='e.g. concept=(["It rained all day", ...], '
+                                                              '["The meeting is at noon", ...])')
+    if feature is not None and not (isinstance(feature, int) and 0 <= feature < sae.d_sae):
+        raise ConfigError(f"steer_feature={feature!r} is not a latent of this SAE (0..{sae.d_sae - 1})")
+    prompts = list(PROMPTS if prompts is None else prompts)
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ConfigError(f"steer_prompts must be a non-empty list of strings; got {prompts!r}")
+    coeffs = [float(c) for c in (COEFFS if coeffs is None else coeffs)]
+    if len(coeffs) < 2 or any(not math.isfinite(c) or c < 0 for c in coeffs):
+        raise ConfigError(f"steer_coeffs={coeffs!r}: give at least two finite coefficients >= 0, e.g. [0, 0.5, 1, 2]")
+    if not (isinstance(budget, (int, float)) and budget > 0):
+        raise ConfigError(f"fluency_budget={budget!r} must be a positive number of nats, e.g. 1.0")
+    return {"with": list(concept[0]), "without": list(concept[1]), "feature": feature, "prompts": prompts,
+            "coeffs": sorted(set(coeffs)), "fluency_budget": float(budget), "max_new_tokens": 24}
 
 
 def _hook(meta: dict) -> str | None:
@@ -254,6 +297,14 @@ def _family(family: str, ctx, spec: EvaluateSpec, sae, lm, progress) -> dict:
             out["warnings"] = [f"no letter's probe reached F1 0.6 on the model's activations at {spec.hook_point}: "
                                "the model does not represent first letters there, so nothing is scored"]
         return out
+    if family == "steering":
+        from saekit.evals.steering import steering_evaluation
+
+        s = spec.steering or {}
+        return steering_evaluation(lm, sae, s["with"], s["without"], feature=s["feature"], prompts=s["prompts"],
+                                   coeffs=s["coeffs"], max_new_tokens=s["max_new_tokens"],
+                                   fluency_budget=s["fluency_budget"], seed=spec.seeds[0], input_hook=spec.hook_point,
+                                   output_hook=spec.target_hook or spec.hook_point, progress=progress)
     assert family == "autointerp" and spec.analysis is not None
     return autointerp.autointerp_summary(ctx.workspace, spec.analysis["id"], n_latents=spec.autointerp_latents,
                                          seed=spec.seeds[0])

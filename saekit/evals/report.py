@@ -105,7 +105,24 @@ class Evaluation:
             shown = [f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}=-" for k, v in values.items()
                      if not k.endswith("_ci")]
             lines.append(f"  {family}: " + ", ".join(shown[:10]))
+        if "steering" in self.metrics:
+            lines += self._steering_lines()
         return "\n".join(lines)
+
+    def _steering_lines(self) -> list[str]:
+        """The steering curves as text: per method, concept and loss increase at each coefficient, and the area."""
+        details, values = self.details("steering"), self.metrics["steering"]
+        base = values["baseline_loss"]
+        names = {"sae": f"SAE feature {details['feature']}", "diffmean": "DiffMean"}
+        out = [f"  steering curves (concept, loss increase in nats, by coefficient; area within "
+               f"{details['fluency_budget']:g} nats):"]
+        for method, rows in details["curves"].items():
+            points = "  ".join(f"{r['coeff']:g}: {r['concept']:.3f} {r['loss'] - base:+.2f}" for r in rows)
+            out.append(f"    {names[method]:>16}  area {values[f'{method}_area']:.3f} | {points}")
+        prompting = details["prompting"]
+        out.append(f"    {'prompting':>16}  concept {prompting['concept']:.3f} at {prompting['loss'] - base:+.2f}; "
+                   f"better steering: {names[details['winner']]}")
+        return out
 
 
 def _no_nan(value):

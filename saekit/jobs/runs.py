@@ -1,5 +1,5 @@
 """``sk.runs()``: jobs as one table of their configs and final metrics (W&B's run table), for comparing a sweep
-without a loop. Two registry reads, whatever the number of runs."""
+without a loop. Two or three registry reads, whatever the number of runs."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def runs(kind: str | None = None, status: str | list[str] | None = "completed", 
     """Jobs as a pandas DataFrame: ``id, kind, name, status, created_at, finished_at``, the spec's fields
     (flattened, each under its shortest unambiguous name: ``k``, ``lr``, ``total_tokens``...), and each
     metric's value at its last step, with the metrics of the latest ``sk.evaluate`` of each run as more columns
-    (``core/fvu``, ``sparse_probing/sae_top_1_test_accuracy``...). A job that makes several runs (its kind's ``runs`` hook: a training job
-    that trained several SAEs) gives one row per run (column ``sae``), with that run's config and its own
+    (``core/fvu``, ``sparse_probing/sae_top_1_test_accuracy``...). A job that makes several runs (its kind's
+    ``runs`` hook: a training job that trained several SAEs) gives one row per run (column ``sae``), with that run's config and its own
     metrics (``sae1/fvu`` becomes ``fvu`` on row 1).
 
     ``status=None`` includes every state. Keyword arguments filter: ``sk.runs("train", k=32)``, a list

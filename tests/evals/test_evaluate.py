@@ -13,7 +13,8 @@ import torch
 
 import saekit as sk
 from saekit.errors import ConfigError
-from saekit.evals import absorption, probing
+from saekit.evals import absorption, probing, steering
+from saekit.evals.probe_data import code_or_prose
 
 FAMILIES = ["core", "sparse_probing", "absorption"]
 SMALL = dict(absorption_words=300, progress=False)
@@ -185,3 +186,36 @@ def test_bad_requests_are_refused_before_a_job_starts(trained, tmp_path):
     with pytest.raises(ConfigError, match="seeds=0"):
         sk.evaluate(run, seeds=0, workspace=ws)
     assert len(sk.jobs(kind="evaluate", workspace=ws, status="failed")) == 0
+
+
+def test_steering_against_diffmean_and_prompting(trained):
+    rows = code_or_prose()
+    code = [t for t, c in rows if c == "code"][:12]
+    prose = [t for t, c in rows if c == "prose"][:12]
+    job = sk.evaluate(trained["run"], metrics=["steering"], concept=(code, prose), steer_prompts=["The", "It is"],
+                      steer_coeffs=[0, 1, 4], workspace=trained["ws"], background=False, progress=False)
+    ev = job.result()
+    m, details = ev.metrics["steering"], ev.details("steering")
+    assert set(details["curves"]) == {"sae", "diffmean"}
+    for rows_ in details["curves"].values():
+        assert [r["coeff"] for r in rows_] == [0, 1, 4]
+        assert rows_[0]["concept"] == pytest.approx(m["baseline_concept"])  # coefficient 0 is the unsteered model
+    assert 0 <= m["sae_area"] <= 1 and 0 <= m["diffmean_area"] <= 1 and m["sae_area"] >= m["baseline_concept"] - 1e-9
+    assert details["winner"] in ("sae", "diffmean") and 0 <= m["feature"] < 128
+    if details["winner"] == "diffmean":  # said, not hidden
+        assert "DiffMean steered better" in ev.result["results"]["steering"]["warnings"][0]
+    printed = repr(ev)
+    assert f"SAE feature {details['feature']}  area" in printed and "DiffMean  area" in printed and "prompting" in printed
+    widget = ev.widget()
+    assert set(widget.steering["series"]) == {f"SAE feature {details['feature']}", "DiffMean"}
+    assert "<svg" in widget.snapshot_html() and "prompting: concept" in widget.snapshot_html()
+    with pytest.raises(ConfigError, match="concept must be"):
+        sk.evaluate(trained["run"], metrics=["steering"], concept=["only one list"], workspace=trained["ws"])
+    with pytest.raises(ConfigError, match="metric 'steering' needs concept="):
+        sk.evaluate(trained["run"], metrics=["steering"], workspace=trained["ws"])
+
+
+def test_the_frontier_area():
+    points = [(1.5, 0.6), (3.0, 0.9), (0.8, 0.1)]
+    assert steering.frontier_area(points, (1.0, 0.2), 1.0) == pytest.approx(0.5 * 0.2 + 0.5 * 0.6)
+    assert steering.frontier_area([], (1.0, 0.2), 1.0) == pytest.approx(0.2)

@@ -307,3 +307,29 @@ def test_a_notebook_saved_after_its_jobs_ended_shows_their_end_without_widget_st
                                capture_output=True, text=True, timeout=300)
     assert converted.returncode == 0 and converted.stdout.count("completed") >= 2
     assert "running 0" not in converted.stdout
+
+
+def test_an_evaluation_report_draws_its_tables_bars_and_steering_curves(lab, page):
+    """sk.evaluate's result as a cell's value: a table per family with intervals, sparse probing's bars by k, the
+    steering curves on a chart with ticks; the static snapshot rides in the output."""
+    curves = {"sae": [{"coeff": c, "loss": 3 + c / 4, "concept": 0.2 + c / 10} for c in (0, 1, 2, 4)],
+              "diffmean": [{"coeff": c, "loss": 3 + c / 8, "concept": 0.2 + c / 6} for c in (0, 1, 2, 4)]}
+    result = {"sae": {"path": "/tmp/sae"}, "run": {"job": "train-x", "sae": None}, "results": {
+        "core": {"metrics": {"fvu": 0.12, "l0": 32.0}, "seconds": 1.0},
+        "sparse_probing": {"metrics": {"sae_top_1_test_accuracy": 0.6, "sae_top_1_test_accuracy_ci": 0.02,
+                                       "llm_top_1_test_accuracy": 0.7, "sae_test_accuracy": 0.9,
+                                       "llm_test_accuracy": 0.93}, "seconds": 2.0},
+        "steering": {"metrics": {"baseline_loss": 3.0, "sae_area": 0.3, "diffmean_area": 0.4}, "seconds": 3.0,
+                     "warnings": ["DiffMean steered better than SAE feature 7"],
+                     "details": {"curves": curves, "feature": 7, "winner": "diffmean", "fluency_budget": 1.0,
+                                 "prompting": {"loss": 3.5, "concept": 0.8}}}}}
+    labtools.notebook(lab.folder / "report.ipynb", [f"from saekit.evals.report import Evaluation\nEvaluation({result!r})"])
+    lab.open(page, "report.ipynb")
+    lab.run_cell(page, 0)
+    labtools.wait(lambda: any(_ticks(page, 0)), "the steering chart's ticks")
+    text = _js(page, "return el.textContent", 0)
+    assert "sparse probing: held-out accuracy" in text and "± 0.02" in text and "DiffMean steered better" in text
+    assert _js(page, "return el.querySelectorAll('.saekit-eval-bar-sae').length", 0) == 2  # k=1 and all
+    chart = _js(page, "return el.querySelector('.saekit-chart').dataset.chart", 0)
+    assert chart == "concept by loss increase"
+    assert "the better steering: DiffMean" in text

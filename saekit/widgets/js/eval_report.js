@@ -20,7 +20,19 @@ function render({ model, el }) {
     return box;
   }
 
+  let charts = null;
+  function curves(data) {
+    const box = h("div", { class: "saekit-charts" });
+    root.appendChild(box);
+    charts = new ChartSet(box);
+    charts.show([{ key: "steering", series: data.series, options: { title: "concept by loss increase",
+      xLabel: "loss increase (nats)", yLabel: "concept (probe probability)", height: 200, logToggle: false } }]);
+    const [x, y] = data.prompting;
+    root.appendChild(h("div", { class: "saekit-muted", text: `prompting: concept ${fmtNumber(y)} at a loss increase of ${fmtNumber(x)}; the better steering: ${data.winner}` }));
+  }
+
   function draw() {
+    if (charts) { charts.destroy(); charts = null; }
     root.replaceChildren(h("div", { class: "saekit-section", text: model.get("title") }));
     for (const family of model.get("families")) {
       const seconds = family.seconds == null ? "" : ` (${fmtNumber(family.seconds)} s)`;
@@ -33,6 +45,7 @@ function render({ model, el }) {
       }
       root.appendChild(table);
       if (family.family === "sparse_probing" && model.get("probing").length) root.appendChild(bars(model.get("probing")));
+      if (family.family === "steering" && model.get("steering").series) curves(model.get("steering"));
       for (const warning of family.warnings) root.appendChild(h("div", { class: "saekit-warning", text: warning }));
     }
   }
@@ -40,7 +53,7 @@ function render({ model, el }) {
   draw();
   model.on("change:families", draw);
   const unwatch = watchKernel(model, () => markGone(root, ""));
-  return () => unwatch();
+  return () => { unwatch(); if (charts) charts.destroy(); };
 }
 
 export default { render };
