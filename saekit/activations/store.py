@@ -245,6 +245,42 @@ class ActivationStore:
                 group.attrs.update({"n_tokens": len(first), "stats": stats, "complete": True})
         return cls(location, ws)
 
+    @classmethod
+    def from_blocks(cls, blocks, name: str, hook_point: str, n_tokens: int, d_model: int, *,
+                    workspace: Workspace | str | None = None, chunk_bytes: int = 4 * 2**20,
+                    attrs: dict | None = None) -> "ActivationStore":
+        """A float32 store of one hook point written from ``blocks`` (an iterable of ``[rows, d_model]`` tensors,
+        ``n_tokens`` rows in all) one block at a time, so it may be larger than memory. It is ``array-{name}``, a
+        store of data you made as ``from_array``'s are, and ``name`` should say what the rows are: a store of that
+        name is returned as it is. The store appears only once complete."""
+        ws = as_workspace(workspace)
+        check_array_name(name)
+        store_id = f"array-{name}"
+        location = store_location(ws, store_id)
+        if exists(location):
+            return cls(location, ws)
+        from saekit.activations.writer import create_store
+
+        ws.dir("activations")
+        with publishing(location) as tmp:
+            group = create_store(str(tmp), [hook_point], d_model, "float32", chunk_bytes, sources=False,
+                                 attrs={"source": "array", "job_id": None, **(attrs or {})})
+            array = writable(group[hook_point])
+            array.resize((n_tokens, d_model))
+            running, written = RunningStats(d_model), 0
+            for block in blocks:
+                block = torch.as_tensor(block, dtype=torch.float32)
+                if block.ndim != 2 or block.shape[1] != d_model or written + len(block) > n_tokens:
+                    raise ConfigError(f"block {tuple(block.shape)} after {written:,} rows does not fit a store of "
+                                      f"{n_tokens:,} rows x {d_model}")
+                array[written:written + len(block)] = block.numpy()
+                running.update(block)
+                written += len(block)
+            if written != n_tokens:
+                raise ConfigError(f"the blocks held {written:,} rows; the store was to hold {n_tokens:,}")
+            group.attrs.update({"n_tokens": n_tokens, "stats": {hook_point: running.to_dict()}, "complete": True})
+        return cls(location, ws)
+
     def delete(self) -> None:
         """Delete the store, and the job that made it."""
         from saekit import registry

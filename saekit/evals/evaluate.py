@@ -71,7 +71,8 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
     ``source``: an ``ActivationStore`` or ``(lm, token_store)`` whose held-out rows ``core`` reads (default: the
     one the SAE was trained on). ``model``: the ``LanguageModel`` for CE, sparse probing and absorption (default:
     the source's). ``features``: a ``FeatureSet`` of the SAE whose scored explanations ``autointerp`` summarises.
-    ``truth``: the ``SyntheticFeatures`` an SAE trained on synthetic rows should recover (``ground_truth``).
+    ``truth``: the ``SyntheticFeatures`` an SAE trained on synthetic rows should recover (``ground_truth``; a store
+    made by ``truth.store(n)`` names its own, so the default is that one).
     ``metrics``: families among ``core, ground_truth, sparse_probing, absorption, autointerp, steering``
     (default: every one its inputs allow).
     ``concept=(texts_with, texts_without)``: the ``steering`` family steers toward that concept by ``steer_feature``
@@ -109,6 +110,8 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
         model_ref = model.ref
     if truth is not None and not hasattr(truth, "config"):
         raise ConfigError(f"truth must be an sk.SyntheticFeatures; got {type(truth).__name__}")
+    if truth is None:
+        truth = _synthetic_truth(source_ref, ws)
     steering = _steering_settings(concept, steer_feature, steer_prompts, steer_coeffs, fluency_budget, sae_obj)
     available = {"core": source_ref is not None, "ground_truth": truth is not None,
                  "sparse_probing": model_ref is not None, "absorption": model_ref is not None and not target,
@@ -169,6 +172,17 @@ def _steering_settings(concept, feature, prompts, coeffs, budget, sae) -> dict |
         raise ConfigError(f"fluency_budget={budget!r} must be a positive number of nats, e.g. 1.0")
     return {"with": list(concept[0]), "without": list(concept[1]), "feature": feature, "prompts": prompts,
             "coeffs": sorted(set(coeffs)), "fluency_budget": float(budget), "max_new_tokens": 24}
+
+
+def _synthetic_truth(source_ref: dict | None, ws: Workspace):
+    """The ``SyntheticFeatures`` a store made by ``truth.store(n)`` came from (its attrs keep the config), else None."""
+    if not source_ref or "store" not in source_ref:
+        return None
+    from saekit.activations.store import ActivationStore
+    from saekit.evals.synthetic import SyntheticConfig, SyntheticFeatures
+
+    config = ActivationStore(source_ref["store"]["location"], ws).attrs.get("synthetic")
+    return SyntheticFeatures(SyntheticConfig(**config)) if isinstance(config, dict) else None
 
 
 def _hook(meta: dict) -> str | None:

@@ -133,11 +133,19 @@ class SyntheticFeatures:
 
     def store(self, n_tokens: int, hook_point: str = "synthetic", *, seed: int = 0, block: int = 65536,
               workspace: Workspace | str | None = None):
-        """``n_tokens`` rows as an ``ActivationStore`` (named by their content: the same config and seed are the
-        same store). Made in blocks of ``block`` rows, then written; rows are float32."""
+        """``n_tokens`` rows as an ``ActivationStore`` (named by the config, ``n_tokens``, ``seed`` and ``block``,
+        which fix the rows: the same ones are the same store). Made and written ``block`` rows at a time, so the
+        store may be larger than memory; rows are float32, and the store's attrs keep the config."""
+        import hashlib
+        import json
+
         from saekit.activations.store import ActivationStore
 
         check_positive_int("n_tokens", n_tokens)
-        parts = [self.sample(min(block, n_tokens - start), seed=seed * 7_919 + 2 + start // block)[0]
-                 for start in range(0, n_tokens, block)]
-        return ActivationStore.from_array(torch.cat(parts), hook_point, workspace=workspace)
+        check_positive_int("block", block)
+        what = json.dumps([self.config.to_dict(), n_tokens, seed, block, hook_point], sort_keys=True)
+        name = f"synthetic-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
+        blocks = (self.sample(min(block, n_tokens - start), seed=seed * 7_919 + 2 + start // block)[0]
+                  for start in range(0, n_tokens, block))
+        return ActivationStore.from_blocks(blocks, name, hook_point, n_tokens, self.config.d_in, workspace=workspace,
+                                           attrs={"synthetic": self.config.to_dict(), "synthetic_seed": seed})

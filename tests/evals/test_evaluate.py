@@ -120,7 +120,7 @@ def test_ground_truth_of_an_sae_trained_on_synthetic_rows(ws):
     assert scores["mcc"] == pytest.approx(direct[0]["mcc"], rel=1e-5) and scores["mcc_ci"] == pytest.approx(0, abs=1e-6)
     assert scores["f1"] == pytest.approx(np.mean([d["f1"] for d in direct]), rel=1e-6)
     assert scores["mcc"] > 0.5 and "absorption" in scores and scores["f1_ci"] > 0
-    again = sk.evaluate(run, truth=truth, truth_rows=8192, seeds=[3, 4, 5], metrics=["ground_truth"],
+    again = sk.evaluate(run, truth_rows=8192, seeds=[3, 4, 5], metrics=["ground_truth"],  # the store names its truth
                         background=False, progress=False).result().metrics["ground_truth"]
     for key in ("f1", "precision", "recall"):  # another sample agrees within the reported intervals
         assert abs(again[key] - scores[key]) <= again[f"{key}_ci"] + scores[f"{key}_ci"], key

@@ -86,7 +86,7 @@ def test_a_perfect_decoder_scores_one_and_a_random_one_does_not():
 def test_an_sae_trained_on_the_rows_recovers_the_dictionary(ws):
     truth = sk.SyntheticFeatures(d_in=32, n_features=128, mean_active=3, zipf_exponent=0.3, seed=4)
     store = truth.store(200_000)
-    assert store.n_tokens == 200_000 and truth.store(200_000).id == store.id  # named by content: made once
+    assert store.n_tokens == 200_000 and truth.store(200_000).id == store.id  # named by what it holds: made once
     sae = sk.train(store, "synthetic", sk.SAEConfig(arch="topk", d_sae=128, k=3),
                    sk.TrainConfig(total_tokens=600_000, batch_size=1024, lr=3e-3, log_every=100,
                                   dead_after_tokens=20_000, eval_tokens=4096),
@@ -110,3 +110,26 @@ def test_absorption_sees_a_parent_latent_that_stops_when_a_child_fires():
     assert lost["absorption"] == 1.0 and lost["parent_recall_alone"] == 1.0 and lost["parent_recall_with_child"] == 0.0
     half = faithful & ~(child & (torch.rand(20_000, 4, generator=torch.Generator().manual_seed(0)) < 0.5))
     assert absorption(half, codes, truth, parent_latents)["absorption"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_store_is_written_a_block_at_a_time_and_keeps_its_world(ws, monkeypatch):
+    """Rows are made and written ``block`` at a time (never all of them at once), are the rows ``sample`` gives for
+    each block's seed, and the store's attrs name the world; a bad block is refused and leaves no store."""
+    truth = sk.SyntheticFeatures(d_in=8, n_features=40, mean_active=3, seed=2)
+    largest = []
+    sample = truth.sample
+    monkeypatch.setattr(truth, "sample", lambda n, seed=1: largest.append(n) or sample(n, seed=seed))
+    store = truth.store(10_000, block=3_000)
+    assert largest == [3_000, 3_000, 3_000, 1_000]
+    expected = torch.cat([sample(n, seed=2 + i)[0] for i, n in enumerate(largest)])
+    assert torch.equal(store.read("synthetic", 0, 10_000).float(), expected)
+    assert store.attrs["synthetic"] == truth.config.to_dict() and store.id.startswith("array-synthetic-")
+    assert truth.store(10_000, block=5_000).id != store.id  # other blocks are other rows
+    assert store.id in sk.activation_stores().to_pandas()["id"].tolist()
+    from saekit.activations.store import ActivationStore
+
+    with pytest.raises(ConfigError, match=r"the blocks held 5 rows; the store was to hold 6"):
+        ActivationStore.from_blocks([torch.zeros(5, 8)], "short", "x", 6, 8)
+    with pytest.raises(ConfigError, match=r"block \(5, 7\) after 0 rows does not fit"):
+        ActivationStore.from_blocks([torch.zeros(5, 7)], "narrow", "x", 5, 8)
+    assert not list((ws.path / "activations").glob("array-short*")) and not list((ws.path / "activations").glob("array-narrow*"))
