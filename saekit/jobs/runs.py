@@ -11,6 +11,7 @@ from saekit.registry import history
 from saekit.workspace import Workspace, as_workspace
 
 FIXED = ("id", "kind", "name", "status", "created_at", "finished_at")
+RESERVED = (*FIXED, "sae")  # names a spec field's column never takes (an evaluation's run.sae stays run.sae)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -29,10 +30,10 @@ def _short_names(columns: list[str]) -> dict[str, str]:
     names, depth = {}, {c: 1 for c in columns}
     while True:
         names = {c: ".".join(c.split(".")[-depth[c]:]) for c in columns}
-        clashes = {n for n in names.values() if list(names.values()).count(n) > 1 or n in FIXED}
+        clashes = {n for n in names.values() if list(names.values()).count(n) > 1 or n in RESERVED}
         grow = [c for c in columns if names[c] in clashes and depth[c] < len(c.split("."))]
         if not grow:
-            return {c: f"spec.{c}" if n in FIXED else n for c, n in names.items()}
+            return {c: f"spec.{c}" if n in RESERVED else n for c, n in names.items()}
         for c in grow:
             depth[c] += 1
 

@@ -225,8 +225,9 @@ class Compare(SnapshotWidget):
     series = traitlets.Dict({}).tag(sync=True)  # label -> [[x, y], ...]
     columns: traitlets.List[str] = traitlets.List([]).tag(sync=True)  # the summary table's header
     rows: traitlets.List[list] = traitlets.List([]).tag(sync=True)  # and its rows
+    _static = False  # by=: the final values of finished runs, drawn once (nothing to poll)
 
-    def __init__(self, jobs, metric: str = "fvu", *, names: list[str] | None = None,
+    def __init__(self, jobs, metric: str = "fvu", *, names: list[str] | None = None, by: str | None = None,
                  workspace: Workspace | str | None = None, poller: Poller = POLLER, **kwargs):
         from saekit.errors import ConfigError
         from saekit.jobs.job import Job, get_job
@@ -249,6 +250,10 @@ class Compare(SnapshotWidget):
         self._progress: dict[str, list[list[float]]] = {j.id: [] for j in self.jobs}
         self._starts: dict[str, float] = {}
         self._labels = self._make_labels(names)
+        self._static = by is not None
+        if by is not None:
+            self._by_setting(by)
+            return
         # finished runs never change: their metrics come from the registry in one query, not from their logs
         self._recorded = {} if metric == "progress" else _recorded_states(self.workspace, self.jobs, metric)
         for job in self.jobs:  # the history so far
@@ -291,8 +296,36 @@ class Compare(SnapshotWidget):
     def followed(self) -> set[tuple[str, str]]:
         return {(str(j.workspace.path), j.id) for j in self.jobs}
 
+    def _by_setting(self, by: str) -> None:
+        """The final values of ``metric`` (a column of ``sk.runs()``: an evaluation's ``core/fvu`` too) against the
+        setting ``by``, one point per run, a line per architecture when they differ."""
+        import pandas as pd
+
+        from saekit.errors import ConfigError
+        from saekit.jobs.runs import runs
+
+        table = runs(status=None, workspace=self.workspace)
+        table = table[table["id"].isin([j.id for j in self.jobs])] if len(table) else table
+        missing = [c for c in (self.metric, by) if c not in table.columns]
+        if missing:
+            raise ConfigError(f"sk.runs() has no column {missing[0]!r} for these runs; choose among "
+                              f"{sorted(c for c in table.columns if c not in ('id', 'kind', 'name', 'status'))}",
+                              suggestion="evaluate the runs first (sk.evaluate) to compare evaluation metrics")
+        group = "arch" if "arch" in table.columns and table["arch"].nunique() > 1 else None
+        series: dict[str, list[list[float]]] = {}
+        rows = []
+        for _, r in table.iterrows():
+            index = int(r["sae"]) if "sae" in table.columns and not pd.isna(r["sae"]) else 0
+            x, y = _finite_number(r[by]), _finite_number(r[self.metric])
+            rows.append([self._labels.get((r["id"], index), r["id"]), r["status"], y, r[by]])
+            if x is not None and y is not None:
+                series.setdefault(str(r[group]) if group else self.metric, []).append([x, y])
+        self.x_label = by
+        self.series = {name: sorted(points) for name, points in series.items()}
+        self.columns, self.rows = ["run", "status", self.metric, by], rows
+
     def poll(self, now: float | None = None) -> bool:
-        if self.comm is None:
+        if self.comm is None or self._static:
             return False
         series: dict[str, list[list[float]]] = {}
         rows = []
@@ -328,6 +361,9 @@ class Compare(SnapshotWidget):
         return not ended
 
     def summary(self) -> str:
+        if self._static:
+            return "\n".join([f"{self.metric} by {self.x_label}:"] + [
+                f"  {row[0]}  {self.x_label}={row[3]}  {self.metric}={snapshot.number(row[2])}" for row in self.rows])
         return "\n".join([f"{self.metric} of {len(self.jobs)} run(s):"] +
                          [f"  {row[0]}  {row[1]}  fvu={snapshot.number(row[3])}" for row in self.rows])
 
@@ -338,8 +374,19 @@ class Compare(SnapshotWidget):
                                                            for c in row] for row in self.rows]))
 
 
-def compare(jobs, metric: str = "fvu", *, names: list[str] | None = None,
+def _finite_number(value) -> float | None:
+    """``value`` as a float when it is a finite real number (numpy's too), else None."""
+    import math
+    import numbers
+
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return float(value) if real and math.isfinite(float(value)) else None
+
+
+def compare(jobs, metric: str = "fvu", *, names: list[str] | None = None, by: str | None = None,
             workspace: Workspace | str | None = None) -> Compare:
     """One chart of ``metric`` (``fvu``, ``loss``, ``l0``, ... or ``progress``) for several jobs, labelled by
-    ``names`` (else the jobs' names) and the settings that differ, with a table of final values."""
-    return Compare(jobs, metric, names=names, workspace=workspace)
+    ``names`` (else the jobs' names) and the settings that differ, with a table of final values.
+    ``by="k"`` (any column of ``sk.runs()``) charts instead each run's final ``metric`` against that setting, one
+    point per SAE of the jobs' sweeps: an evaluation's metrics too (``sk.compare(runs, "core/fvu", by="l0")``)."""
+    return Compare(jobs, metric, names=names, by=by, workspace=workspace)

@@ -219,3 +219,19 @@ def test_the_frontier_area():
     points = [(1.5, 0.6), (3.0, 0.9), (0.8, 0.1)]
     assert steering.frontier_area(points, (1.0, 0.2), 1.0) == pytest.approx(0.5 * 0.2 + 0.5 * 0.6)
     assert steering.frontier_area([], (1.0, 0.2), 1.0) == pytest.approx(0.2)
+
+
+def test_compare_charts_an_evaluation_metric_against_a_setting(ws):
+    truth = sk.SyntheticFeatures(d_in=16, n_features=48, mean_active=3, seed=1)
+    sweep = sk.train(truth.store(20_000), "synthetic", [sk.SAEConfig(arch="topk", d_sae=48, k=k) for k in (2, 4)],
+                     sk.TrainConfig(total_tokens=40_000, batch_size=1024), background=False, progress=False)
+    for sae in sweep.result():
+        sk.evaluate(sae, metrics=["ground_truth"], truth_rows=2048, seeds=1, background=False, progress=False)
+    view = sk.compare([sweep], "ground_truth/l0", by="k")
+    assert view.x_label == "k" and list(view.series) == ["ground_truth/l0"]
+    points = view.series["ground_truth/l0"]
+    assert [x for x, _ in points] == [2.0, 4.0] and points[0][1] <= 2.0 < points[1][1] <= 4.0  # L0 follows k
+    assert view.columns == ["run", "status", "ground_truth/l0", "k"] and len(view.rows) == 2
+    assert "ground_truth/l0 by k" in view.snapshot_html() and "ground_truth/l0=4" in view.summary()
+    with pytest.raises(ConfigError, match="sk.runs\\(\\) has no column 'sparse_probing/sae_test_accuracy'"):
+        sk.compare([sweep], "sparse_probing/sae_test_accuracy", by="k")
