@@ -341,7 +341,7 @@ def _core(ctx, spec: EvaluateSpec, sae, lm, progress) -> dict:
         model_source = ModelSource(lm, tokens, spec.hook_point, spec.eval_tokens, target_hook=spec.target_hook)
         batches = (b if spec.target_hook is None else (b[:, :sae.d_in], b[:, sae.d_in:])
                    for b in model_source.eval_batches(4096))
-    metrics = core.reconstruction(sae, batches)
+    metrics = core.reconstruction_metrics(sae, batches)
     progress(0.5)
     warnings = []
     if spec.ce_tokens and lm is not None and spec.tokens is not None:

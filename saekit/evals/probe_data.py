@@ -10,11 +10,11 @@ Each dataset is a list of ``(text, class)``; the same on every run (sorted, no r
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import warnings
 
 from saekit.errors import ConfigError
+from saekit.models.tiny import public_objects
 
 TOPICS = {
     "networking": "ftplib http.client imaplib poplib smtplib socket socketserver ssl urllib.parse urllib.request",
@@ -24,22 +24,6 @@ TOPICS = {
     "concurrency": "asyncio queue sched selectors signal subprocess threading",
 }
 DATASETS = ("stdlib_topic", "code_or_prose")
-
-
-def _objects(module_name: str) -> list:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return []
-    out: list = [module]
-    for name, value in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
-            continue
-        if inspect.isclass(value) or inspect.isfunction(value):
-            out.append(value)
-            if inspect.isclass(value):
-                out += [m for n, m in sorted(vars(value).items()) if not n.startswith("_") and inspect.isfunction(m)]
-    return out
 
 
 def _doc(obj) -> str | None:
@@ -53,7 +37,7 @@ def stdlib_topic() -> list[tuple[str, str]]:
     seen, rows = set(), []
     for topic, modules in TOPICS.items():
         for module in modules.split():
-            for obj in _objects(module):
+            for obj in public_objects(module):
                 doc = _doc(obj)
                 if doc and doc not in seen:
                     seen.add(doc)
@@ -84,7 +68,7 @@ def code_or_prose() -> list[tuple[str, str]]:
     rows, seen = [], set()
     for modules in TOPICS.values():
         for module in modules.split():
-            for obj in _objects(module):
+            for obj in public_objects(module):
                 doc = _doc(obj)
                 if doc and doc not in seen:
                     seen.add(doc)

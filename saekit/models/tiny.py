@@ -30,24 +30,30 @@ _DOC_MODULES = (
 _SPECIAL = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "unk": "<|unk|>"}
 
 
+def public_objects(module_name: str) -> list:
+    """A standard-library module, its public classes and functions, and their public methods, in a fixed order
+    (nothing when the module does not import here)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    objects: list[object] = [module]
+    for name, value in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(value) or inspect.isfunction(value):
+            objects.append(value)
+            if inspect.isclass(value):
+                objects += [m for n, m in sorted(vars(value).items()) if not n.startswith("_") and inspect.isfunction(m)]
+    return objects
+
+
 def stdlib_docstrings(limit: int | None = None, min_chars: int = 40) -> list[str]:
     """Docstrings of the standard library (modules, their public classes, functions and methods), in a
     fixed order; each is one document."""
     seen, docs = set(), []
     for module_name in _DOC_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        objects: list[object] = [module]
-        for name, value in sorted(vars(module).items()):
-            if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
-                continue
-            if inspect.isclass(value) or inspect.isfunction(value):
-                objects.append(value)
-                if inspect.isclass(value):
-                    objects += [m for n, m in sorted(vars(value).items()) if not n.startswith("_") and inspect.isfunction(m)]
-        for obj in objects:
+        for obj in public_objects(module_name):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. typing.io's deprecation
                 doc = inspect.getdoc(obj)

@@ -14,8 +14,12 @@ import torch.nn.functional as F
 def reconstruction_metrics(sae, batches: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """FVU (1 - explained variance, over all held-out rows), MSE (summed over the output's width, mean over
     tokens), L0, and the fraction of latents that never fired, for raw activations ``batches`` (a transcoder's:
-    ``(input, target)`` pairs, scored against the target)."""
+    ``(input, target)`` pairs, scored against the target); and SAEBench's core measures beside them: the mean
+    cosine of each row and its reconstruction (``cossim``), the mean ratio of their norms (``l2_ratio``), the
+    relative reconstruction bias (``E[|x_hat|^2] / E[x_hat.x]``: below 1 when the SAE shrinks its output) and the
+    mean L1 of the codes."""
     n, sum_x, sum_x2, sum_err, l0 = 0, None, None, 0.0, 0.0
+    cos = ratio = dot = hat2 = l1 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=sae.device)
     for batch in batches:
         inputs, x = batch if isinstance(batch, tuple) else (batch, batch)
@@ -26,7 +30,12 @@ def reconstruction_metrics(sae, batches: Iterable[torch.Tensor | tuple[torch.Ten
         active = z != 0
         fired |= active.any(0)
         l0 += float(active.sum())
+        l1 += float(z.abs().sum())
         sum_err += float((x_hat - x).double().pow(2).sum())
+        cos += float(torch.nn.functional.cosine_similarity(x_hat, x, dim=1).sum())
+        ratio += float((x_hat.norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).sum())
+        dot += float((x_hat.double() * x.double()).sum())
+        hat2 += float(x_hat.double().pow(2).sum())
         xd = x.double()
         sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
         sum_x2 = xd.pow(2).sum(0) if sum_x2 is None else sum_x2 + xd.pow(2).sum(0)
@@ -34,8 +43,9 @@ def reconstruction_metrics(sae, batches: Iterable[torch.Tensor | tuple[torch.Ten
     if n == 0:
         return {}
     assert sum_x is not None and sum_x2 is not None  # the loop ran
-    total_variance = float((sum_x2 - sum_x.pow(2) / n).sum())
-    return {"fvu": sum_err / max(total_variance, 1e-12), "mse": sum_err / n, "l0": l0 / n,
+    fvu = sum_err / max(float((sum_x2 - sum_x.pow(2) / n).sum()), 1e-12)
+    return {"fvu": fvu, "explained_variance": 1 - fvu, "mse": sum_err / n, "cossim": cos / n, "l2_ratio": ratio / n,
+            "relative_reconstruction_bias": hat2 / dot if dot else float("nan"), "l0": l0 / n, "l1": l1 / n,
             "never_fired_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": n}
 
 
