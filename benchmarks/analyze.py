@@ -74,16 +74,16 @@ def measure_speed(ws, lm, store, d_sae: int, n_tokens: int, repeats: int) -> dic
     import saekit as sk
     from saekit.features.accumulate import Accumulator
     from saekit.features.analysis import _block_rows, _Pass
-    from saekit.features.sources import StoreRows
+    from saekit.activations.source import StoreSource
 
     sae = _sae(store.d_model, d_sae)
     block = _block_rows(sae, "auto")
-    source = StoreRows(store, HOOK, n_tokens)
+    source = StoreSource(store, HOOK)
 
     def bare() -> float:
         t = time.perf_counter()
         with torch.no_grad():
-            for rows in source.blocks(block, None):
+            for rows in source.blocks(block, None, n_tokens):
                 sae.encode(rows.x)
         return time.perf_counter() - t
 
@@ -91,7 +91,7 @@ def measure_speed(ws, lm, store, d_sae: int, n_tokens: int, repeats: int) -> dic
         t = time.perf_counter()
         acc = Accumulator(sae.d_sae, top_k=20, reservoir=100, context=(16, 4))
         stream = _Pass(sae, acc, 16, 4, block, "cpu")
-        for rows in source.blocks(block, None):
+        for rows in source.blocks(block, None, n_tokens):
             stream.feed(rows)
         stream.finish()
         return time.perf_counter() - t

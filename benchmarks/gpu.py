@@ -388,7 +388,7 @@ def data_section(device: str, d_in: int, batch: int, steps: int) -> dict:
     import torch
 
     import saekit as sk
-    from saekit.sae.sources import StoreSource
+    from saekit.activations.source import StoreSource
 
     data = torch.randn(batch * (steps + 2), d_in)
     out: dict = {"d_in": d_in, "batch": batch}
@@ -531,11 +531,11 @@ def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae:
     def streaming():  # the analysis' streaming pass alone: what the job adds to a bare encode, per token
         from saekit.features.accumulate import Accumulator
         from saekit.features.analysis import _block_rows, _Pass
-        from saekit.features.sources import StoreRows
+        from saekit.activations.source import StoreSource
 
         acc = Accumulator(d_sae, top_k=20, reservoir=100, context=(16, 4), device=device)
         stream = _Pass(on_device, acc, 16, 4, _block_rows(on_device, "auto"), device)
-        for rows in StoreRows(store, hook, store.n_tokens).blocks(stream.block, None):
+        for rows in StoreSource(store, hook).blocks(stream.block, None, store.n_tokens):
             stream.feed(rows)
         stream.finish()
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from saekit.activations.source import forward_rows, tokens_per_batch
 from saekit.activations.stats import RunningStats, batch_stats_later, to_host
 from saekit.activations.store import (
     SOURCE_ARRAYS, STORAGE_DTYPES, TORCH_DTYPES, ActivationStore, exists, is_url, open_group, store_location,
@@ -31,7 +32,6 @@ from saekit.jobs.failures import is_oom
 from saekit.jobs.resumable import ResumableOutput
 from saekit._checks import check_positive_int, is_int, is_number
 from saekit._fs import format_bytes
-from saekit.config import config
 from saekit.models.loading import load_model_from_ref, local_rank, resolve_device
 from saekit.workspace import Workspace, as_workspace
 
@@ -60,9 +60,6 @@ class ExtractSpec(JobSpec):
     disk_bytes: int = spec_field(0, volatile=True, doc="the disk the store needs (checked at submit)")
 
 
-def tokens_per_batch(device) -> int:
-    """Tokens per forward pass when ``batch_size="auto"`` (settings ``extract_tokens_per_batch_cpu|cuda``)."""
-    return config.get("extract_tokens_per_batch_cuda" if device.type == "cuda" else "extract_tokens_per_batch_cpu")
 SOURCE_BYTES = 4 + 8 + 4  # token_ids, doc_ids, positions per row
 
 
@@ -204,14 +201,10 @@ def run_extract(ctx, spec: ExtractSpec) -> dict | None:
             while sequence < tokens.n_sequences and rows < target:
                 end = min(sequence + batch_size, tokens.n_sequences)
                 batch = reader.rows(sequence, end)
-                mask = batch.mask
                 keep = batch.kept(bos)
                 count = int(min(keep.sum(), target - rows))
-                # the kept rows by their positions, known here and sent before the forward pass: the host never
-                # waits for the device to learn them
-                index = _to_device(np.flatnonzero(keep)[:count], device)
                 try:
-                    cache = lm.run_with_cache(batch.input_ids, names, attention_mask=mask.astype(np.int64))
+                    acts = forward_rows(lm, batch, names, bos, 0, count)
                 except Exception as exc:
                     if not is_oom(exc) or batch_size == 1:
                         raise
@@ -224,10 +217,10 @@ def run_extract(ctx, spec: ExtractSpec) -> dict | None:
                     continue
                 copies, stats_later = {}, {}
                 for hook_point in names:
-                    stored = cache[hook_point].reshape(-1, lm.d_model).index_select(0, index).to(storage)
+                    stored = acts[hook_point].to(storage)
                     stats_later[hook_point] = batch_stats_later(stored)
                     copies[hook_point] = to_host(stored)
-                del cache
+                del acts
                 sources = {name: values[:count] for name, values in batch.sources(keep).items()}
                 if pending is not None:
                     written = _hand_over(writer, pending, dtype)
@@ -250,13 +243,6 @@ def run_extract(ctx, spec: ExtractSpec) -> dict | None:
     group.attrs.update({"complete": True, "batch_size": batch_size})
     ctx.progress(rows, rows, unit="tokens", phase="done")
     return _result(group, location, names)
-
-
-def _to_device(positions: np.ndarray, device: torch.device) -> torch.Tensor:
-    index = torch.from_numpy(positions)
-    if device.type == "cuda":  # pragma: gpu - from pinned memory, without waiting
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
 
 
 def _hand_over(writer, pending, dtype: str) -> int:

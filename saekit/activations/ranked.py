@@ -29,6 +29,7 @@ import torch
 
 from saekit._faults import fault_point
 from saekit._fs import write_atomic
+from saekit.activations.source import forward_rows, tokens_per_batch
 from saekit.activations.stats import RunningStats, batch_stats
 from saekit.activations.store import SOURCE_ARRAYS, TORCH_DTYPES, exists, open_group
 from saekit.activations.writer import ChunkWriter, create_store
@@ -87,8 +88,6 @@ def run_ranked(ctx, spec: ExtractSpec, lm, tokens, location: str, group_of, dist
     bos = tokens.excluded_bos(spec.include_bos)
     batch_size = spec.batch_size
     if batch_size == "auto":
-        from saekit.activations.extraction import tokens_per_batch
-
         batch_size = max(1, tokens_per_batch(lm.device) // tokens.context_length)
     batch_size = int(batch_size)  # extract() allows an int or "auto"
     offsets = batch_offsets(tokens, bos, batch_size)
@@ -135,17 +134,15 @@ def run_ranked(ctx, spec: ExtractSpec, lm, tokens, location: str, group_of, dist
             ctx.check_cancelled()
             start_row = int(offsets[batch])
             rows = reader.rows(batch * batch_size, min((batch + 1) * batch_size, tokens.n_sequences))
-            cache = lm.run_with_cache(rows.input_ids, names, attention_mask=rows.mask.astype(np.int64))
-            keep = rows.kept(bos)
             take_lo, take_hi = max(written, start_row) - start_row, min(hi, int(offsets[batch + 1])) - start_row
-            index = torch.from_numpy(np.flatnonzero(keep)[take_lo:take_hi]).to(lm.device)  # no mask: no host sync
+            acts = forward_rows(lm, rows, names, bos, take_lo, take_hi)
             out, out_stats = {}, {}
             for hook_point in names:
-                stored = cache[hook_point].reshape(-1, lm.d_model).index_select(0, index).to(storage)
+                stored = acts[hook_point].to(storage)
                 out_stats[hook_point] = batch_stats(stored)
                 host = stored.cpu()
                 out[hook_point] = (host.view(torch.uint16) if dtype == "bfloat16" else host).numpy()
-            out.update({name: values[take_lo:take_hi] for name, values in rows.sources(keep).items()})
+            out.update({name: values[take_lo:take_hi] for name, values in rows.sources(rows.kept(bos)).items()})
             writer.put(out, out_stats)
             written = start_row + take_hi
             batch += 1

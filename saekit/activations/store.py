@@ -113,7 +113,8 @@ class ActivationStore:
 
     def check_hook_point(self, hook_point: str) -> None:
         if hook_point not in self.hook_points:
-            raise ConfigError(f"{hook_point!r} is not in activation store {self.id}; it holds {self.hook_points}")
+            raise ConfigError(f"{hook_point!r} is not in activation store {self.id}; it holds {self.hook_points}",
+                              suggestion=f"use one of {self.hook_points}, or extract {hook_point!r} with sk.extract")
 
     def read(self, hook_point: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of a hook point as a tensor of the stored dtype."""

@@ -13,16 +13,14 @@ from collections.abc import Iterator
 
 import torch
 
+from saekit.activations.source import split_pair
 from saekit.sae.evaluation import downstream_metrics, reconstruction_metrics
 
 __all__ = ["downstream_metrics", "held_out", "reconstruction_metrics"]
 
 
-def held_out(store, hook_point: str, target_hook: str | None, n_tokens: int, batch_size: int = 4096
-             ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-    """The last ``n_tokens`` rows of an activation store (at most a tenth of it: the rows training held out)."""
-    from saekit.sae.sources import StoreSource
-
-    source = StoreSource(store, hook_point, n_tokens, target_hook=target_hook)
+def held_out(source, paired: bool, batch_size: int = 4096) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The rows an activation source holds out (``saekit.activations.source``: a store's last rows, a model
+    source's last sequences), as training's evaluation reads them; ``(input, target)`` pairs for a transcoder."""
     for batch in source.eval_batches(batch_size):
-        yield batch if target_hook is None else (batch[:, :store.d_model], batch[:, store.d_model:])
+        yield split_pair(batch, source.d_in, paired)

@@ -82,6 +82,7 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
     held out, so no training row is scored; 50,000 for an SAE from elsewhere).
     ``seeds``: how many seeds (or which) the probes' samples are drawn with; intervals are over them.
     """
+    from saekit.activations.source import sae_hook
     from saekit.features.analysis import sae_reference
 
     ws = as_workspace(workspace if workspace is not None else getattr(features, "workspace", None))
@@ -100,12 +101,11 @@ def evaluate(sae, source=None, *, metrics=None, model=None, features=None, truth
     ks = sorted({int(k) for k in ks})
     sae_ref, sae_obj = sae_reference(sae, ws)
     meta: dict = getattr(sae_obj, "metadata", None) or {}
-    hook = _hook(meta)
-    target = meta.get("target_hook")
+    hook, target = sae_hook(sae_obj), sae_hook(sae_obj, "target_hook")
     if eval_tokens is None:
         held = (meta.get("eval") or {}).get("eval_tokens")
         eval_tokens = int(held) if isinstance(held, (int, float)) and held > 0 else 50_000
-    source_ref, model_ref, tokens_ref, include_bos = _source(source, meta, ws)
+    source_ref, model_ref, tokens_ref, include_bos, hook = _source(source, meta, hook, target, ws)
     if model is not None:
         model_ref = model.ref
     if truth is not None and not hasattr(truth, "config"):
@@ -185,16 +185,12 @@ def _synthetic_truth(source_ref: dict | None, ws: Workspace):
     return SyntheticFeatures(SyntheticConfig(**config)) if isinstance(config, dict) else None
 
 
-def _hook(meta: dict) -> str | None:
-    hook = meta.get("hook_point")
-    return hook.replace("hook_", "") if isinstance(hook, str) else None  # SAELens' blocks.6.hook_resid_post
-
-
-def _source(source, meta: dict, ws: Workspace) -> tuple[dict | None, dict | None, dict | None, bool]:
-    """(source reference, model reference, token store reference, include_bos) of ``source``, or of the source
-    the SAE was trained on when ``source`` is None."""
+def _source(source, meta: dict, hook: str | None, target: str | None, ws: Workspace
+            ) -> tuple[dict | None, dict | None, dict | None, bool, str | None]:
+    """(source reference, model reference, token store reference, include_bos, hook point) of ``source``, or of
+    the source the SAE was trained on when ``source`` is None."""
+    from saekit.activations.source import describe_source
     from saekit.activations.store import ActivationStore
-    from saekit.data.tokens import TokenStore
 
     if source is None:
         trained = meta.get("source") or {}
@@ -202,19 +198,18 @@ def _source(source, meta: dict, ws: Workspace) -> tuple[dict | None, dict | None
             source = ActivationStore(trained["store"]["location"], ws)
         elif "model" in trained:
             return ({"model": trained["model"], "tokens": trained["tokens"]}, trained["model"], trained["tokens"],
-                    False)
+                    False, hook)
         else:
-            return None, None, None, False
-    if isinstance(source, str):
-        source = ActivationStore.open(source, ws)
-    if isinstance(source, ActivationStore):
-        attrs = source.attrs
-        return ({"store": {"id": source.id, "location": source.location}}, attrs.get("model"), attrs.get("tokens"),
-                bool(attrs.get("include_bos", False)))
-    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], TokenStore):
-        lm, tokens = source
-        return {"model": lm.ref, "tokens": tokens.reference()}, lm.ref, tokens.reference(), False
-    raise ConfigError(f"source must be an ActivationStore or (lm, token_store); got {type(source).__name__}")
+            return None, None, None, False, hook
+    if hook is None and isinstance(source, tuple):
+        raise ConfigError("the SAE does not say which hook point it reads (its metadata has no hook_point)",
+                          suggestion="set sae.metadata['hook_point'] = 'blocks.6.resid_post' (for example)")
+    described = describe_source(source, ws, hook, target_hook=target)
+    if described.store is not None:
+        attrs = described.store.attrs
+        return (described.ref, attrs.get("model"), attrs.get("tokens"), bool(attrs.get("include_bos", False)),
+                described.hook_point)
+    return described.ref, described.ref["model"], described.ref["tokens"], False, described.hook_point
 
 
 def _run_of(sae_ref: dict, meta: dict, ws: Workspace) -> dict | None:
@@ -325,23 +320,15 @@ def _family(family: str, ctx, spec: EvaluateSpec, sae, lm, progress) -> dict:
 
 
 def _core(ctx, spec: EvaluateSpec, sae, lm, progress) -> dict:
-    from saekit.activations.store import ActivationStore
+    from saekit.activations.source import open_source
     from saekit.data.tokens import TokenStore
     from saekit.evals import core
 
     assert spec.source is not None
     ws = ctx.workspace
-    if "store" in spec.source:
-        store = ActivationStore(spec.source["store"]["location"], ws)
-        batches = core.held_out(store, spec.hook_point, spec.target_hook, spec.eval_tokens)
-    else:
-        from saekit.sae.sources import ModelSource
-
-        tokens = TokenStore(spec.source["tokens"]["path"], ws)
-        model_source = ModelSource(lm, tokens, spec.hook_point, spec.eval_tokens, target_hook=spec.target_hook)
-        batches = (b if spec.target_hook is None else (b[:, :sae.d_in], b[:, sae.d_in:])
-                   for b in model_source.eval_batches(4096))
-    metrics = core.reconstruction_metrics(sae, batches)
+    source, _ = open_source(spec.source, ws, spec.hook_point, target_hook=spec.target_hook,
+                            eval_tokens=spec.eval_tokens, lm=lm)
+    metrics = core.reconstruction_metrics(sae, core.held_out(source, spec.target_hook is not None))
     progress(0.5)
     warnings = []
     if spec.ce_tokens and lm is not None and spec.tokens is not None:

@@ -31,8 +31,9 @@ from saekit.evals.probe_data import dataset
 
 @torch.no_grad()
 def pooled(lm, sae, hook_point: str, texts: Sequence[str], *, context: int = 128, batch: int = 16,
-           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(activations [n, d_model], codes [n, d_sae])``: each text's mean over its tokens (BOS left out)."""
+           progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(activations [n, d_model], codes [n, d_sae])``: each text's mean over its tokens (BOS left out); codes
+    are None without an SAE (``sae=None``)."""
     tokenizer = lm.tokenizer
     bos = tokenizer.bos_token_id
     acts, codes = [], []
@@ -47,15 +48,15 @@ def pooled(lm, sae, hook_point: str, texts: Sequence[str], *, context: int = 128
         if bos is not None:
             keep &= ~((torch.arange(width, device=x.device) == 0) & (input_ids.to(x.device) == bos))
         weight = keep.float() / keep.sum(1, keepdim=True).clamp_min(1)
-        flat = x[keep]
-        z = sae.encode(flat.to(sae.device)).float().to(x.device)
-        rows = torch.arange(len(ids), device=x.device)[:, None].expand_as(keep)[keep]
-        code_sum = torch.zeros(len(ids), sae.d_sae, device=x.device).index_add_(0, rows, z)
         acts.append(torch.einsum("bt,btd->bd", weight, x).cpu())
-        codes.append((code_sum / keep.sum(1, keepdim=True).clamp_min(1)).cpu())
+        if sae is not None:
+            z = sae.encode(x[keep].to(sae.device)).float().to(x.device)
+            rows = torch.arange(len(ids), device=x.device)[:, None].expand_as(keep)[keep]
+            code_sum = torch.zeros(len(ids), sae.d_sae, device=x.device).index_add_(0, rows, z)
+            codes.append((code_sum / keep.sum(1, keepdim=True).clamp_min(1)).cpu())
         if progress is not None:
             progress(min(lo + batch, len(texts)))
-    return torch.cat(acts), torch.cat(codes)
+    return torch.cat(acts), torch.cat(codes) if codes else None
 
 
 class Probe:
@@ -168,6 +169,7 @@ def sparse_probing(lm, sae, hook_point: str, *, datasets: Sequence[str], ks: Seq
         report = None if progress is None else (
             lambda done, d=d_index, n=n_texts: progress((d + 0.8 * done / n) / len(datasets)))
         acts, codes = pooled(lm, sae, hook_point, texts, context=context, progress=report)
+        assert codes is not None  # an SAE was given
         labels = np.array([c for _, c in rows])
         tasks = classes if len(classes) > 2 else classes[:1]  # two classes: one task
         for task in tasks:

@@ -24,24 +24,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from saekit.evals.probing import fit_logistic, top_latents
+from saekit.evals.probing import fit_logistic, pooled, top_latents
 
 PROMPTS = ("The weather today", "My favourite thing is", "In the beginning", "Here is a story:")
 COEFFS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 PRIME_TOKENS = 48
 
 
-@torch.no_grad()
-def _pooled(lm, hook: str, texts: Sequence[str], context: int = 128) -> torch.Tensor:
+def _pooled(lm, hook: str, texts: Sequence[str]) -> torch.Tensor:
     """Each text's mean activation at ``hook`` (BOS left out), ``[n, d_model]``."""
-    rows = []
-    bos = lm.tokenizer.bos_token_id
-    for text in texts:
-        ids = lm.tokenizer(text, add_special_tokens=True)["input_ids"][:context]
-        x = lm.run_with_cache([ids], hook)[hook][0].float()
-        keep = torch.tensor([not (i == 0 and t == bos) for i, t in enumerate(ids)], device=x.device)
-        rows.append(x[keep].mean(0).cpu())
-    return torch.stack(rows)
+    return pooled(lm, None, hook, texts)[0]
 
 
 @torch.no_grad()

@@ -27,12 +27,11 @@ import torch
 from saekit._checks import check_positive_int, is_int
 from saekit._faults import fault_point
 from saekit._fs import is_url, publishing, read_file, remove, upload
-from saekit.activations.store import ActivationStore
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError
 from saekit.features.accumulate import MAX_ROWS, Accumulator, Block, hist_edges
 from saekit.features.featureset import analyses_folder, tables_location
-from saekit.features.sources import ModelRows, Rows, StoreRows
+from saekit.activations.source import Rows, describe_source, open_source, sae_hook, store_tokens
 from saekit.jobs import job_kind, submit
 from saekit.jobs.resumable import ResumableOutput
 from saekit.jobs.spec import JobSpec, spec_field
@@ -115,58 +114,23 @@ def sae_digest(sae) -> str:
     return digest.hexdigest()[:16]
 
 
-def _hook_of(sae) -> str | None:
-    hook = (getattr(sae, "metadata", {}) or {}).get("hook_point")
-    return hook.replace("hook_", "") if isinstance(hook, str) else None  # SAELens' blocks.6.hook_resid_post
-
-
 def _describe_source(source, sae, model, hook_point: str | None, ws: Workspace):
     """(spec reference, hook point, rows available, the token store, the model for the logit lens)."""
-    if isinstance(source, str):
-        source = ActivationStore.open(source, ws)
-    if isinstance(source, ActivationStore):
-        hook = hook_point or _hook_of(sae)
-        if hook not in source.hook_points:
-            if hook_point is None and len(source.hook_points) == 1:
-                hook = source.hook_points[0]
-            elif hook is not None:
-                raise ConfigError(f"activation store {source.id} holds no {hook} (it holds {source.hook_points})",
-                                  suggestion="analyse a store extracted at the SAE's hook point, or pass one of "
-                                             f"{source.hook_points} as hook_point=")
-            else:
-                raise ConfigError(f"which hook point of activation store {source.id} does the SAE read? it holds "
-                                  f"{source.hook_points}; pass hook_point=", suggestion="e.g. hook_point='blocks.6.resid_post'")
-        if not source.complete:
-            raise DataError(f"activation store {source.id} is not complete; wait for its job first")
-        if "token_ids" not in source.group or not (source.attrs.get("tokens") or {}).get("path"):
-            raise DataError(f"activation store {source.id} has no token ids (made by from_array?): its rows cannot be "
-                            "traced back to text", suggestion="analyse a store made by sk.extract(lm, tokens, ...)")
-        if source.d_model != sae.d_in:
-            raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {hook} of store {source.id} is "
-                              f"{source.d_model}-wide", suggestion="analyse it on the hook point it was trained on")
-        tokens = TokenStore(source.attrs["tokens"]["path"], ws)
-        if model is not None and (source.attrs.get("model") or {}).get("fingerprint") != model.ref.get("fingerprint"):
-            raise DataError(f"activation store {source.id} was extracted from {source.attrs['model'].get('name_or_path')!r}, "
+    described = describe_source(source, ws, hook_point, default_hook=sae_hook(sae))
+    if described.d_in != sae.d_in:
+        raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {described.hook_point} of the source is "
+                          f"{described.d_in}-wide", suggestion="analyse it on the hook point it was trained on")
+    store = described.store
+    if store is not None:
+        tokens = store_tokens(store, ws)
+        if model is not None and (store.attrs.get("model") or {}).get("fingerprint") != model.ref.get("fingerprint"):
+            raise DataError(f"activation store {store.id} was extracted from {store.attrs['model'].get('name_or_path')!r}, "
                             f"not from the model given ({model.name})",
                             suggestion="give the model the store came from, or model=None (no logit lens)")
-        ref = {"store": {"id": source.id, "location": source.location}}
-        return ref, hook, source.n_tokens, tokens, model
-    if isinstance(source, tuple) and len(source) == 2:
-        lm, tokens = source
-        tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
-        hook = hook_point or _hook_of(sae)
-        if hook is None:
-            raise ConfigError("which hook point does the SAE read? pass hook_point=, e.g. 'blocks.6.resid_post'")
-        lm.parse_hook_point(hook)
-        if not tokens.complete:
-            raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
-        lm.check_token_store(tokens)
-        if lm.d_model != sae.d_in:
-            raise ConfigError(f"the SAE reads {sae.d_in}-wide activations but {lm.name} is {lm.d_model}-wide")
-        if model is not None and model is not lm:
-            raise ConfigError("give the model once: as the source (lm, token_store), or as model=")
-        return {"model": lm.ref, "tokens": tokens.reference()}, hook, tokens.tokens_available(False), tokens, lm
-    raise ConfigError(f"source must be an ActivationStore, a store id, or (lm, token_store); got {type(source).__name__}")
+        return described.ref, described.hook_point, described.rows(), tokens, model
+    if model is not None and model is not described.lm:
+        raise ConfigError("give the model once: as the source (lm, token_store), or as model=")
+    return described.ref, described.hook_point, described.rows(), described.tokens, described.lm
 
 
 # -- the public function -------------------------------------------------------------------------------
@@ -212,7 +176,7 @@ def analyze(sae, source, *, n_tokens: int | None = None, top_k: int = 20, quanti
     resolve_device(device)
     sae_ref, sae_obj = sae_reference(sae, ws)
     source_ref, hook, available, tokens, lens_model = _describe_source(source, sae_obj, model, hook_point, ws)
-    trained = _hook_of(sae_obj)
+    trained = sae_hook(sae_obj)
     if trained is not None and hook != trained:
         if not allow_other_hook:
             raise ConfigError(f"the SAE was trained on {trained}, but the activations given are of {hook}: its "
@@ -360,15 +324,9 @@ def run_analyze(ctx, spec: AnalyzeSpec) -> dict:
                   "(allow_other_hook=True)", level="warning")
     ctx.progress(0, None, unit="tokens", phase="loading the SAE")
     sae = SAE.load(spec.sae["path"], device=str(device)).eval()
-    lm = None
-    if "store" in spec.source:
-        store = ActivationStore(spec.source["store"]["location"], ctx.workspace)
-        source: StoreRows | ModelRows = StoreRows(store, spec.hook_point, spec.n_tokens)
-    else:
+    if "model" in spec.source:
         ctx.progress(0, None, unit="tokens", phase="loading the model")
-        lm = load_model_from_ref(spec.source["model"], device=spec.device)
-        source = ModelRows(lm, TokenStore(spec.source["tokens"]["path"], ctx.workspace), spec.hook_point,
-                           spec.n_tokens)
+    source, lm = open_source(spec.source, ctx.workspace, spec.hook_point, device=spec.device)
     before, after = spec.context
     acc = Accumulator(sae.d_sae, top_k=spec.top_k, reservoir=spec.reservoir, context=(before, after),
                       seed=spec.seed, device=device)
@@ -394,7 +352,7 @@ def run_analyze(ctx, spec: AnalyzeSpec) -> dict:
     total = spec.n_tokens
     ctx.progress(acc.rows_seen, total, unit="tokens", phase="analysing")
     with out.committing(commit):
-        for rows in source.blocks(stream.block, position):
+        for rows in source.blocks(stream.block, position, spec.n_tokens):
             position = rows.position
             if stream.feed(rows):
                 out.tick()

@@ -30,7 +30,7 @@ import torch
 
 from saekit._checks import is_int
 from saekit._fs import download, is_url, publishing, remote_names, remove, upload
-from saekit.activations.store import ActivationStore
+from saekit.activations.source import ModelSource, describe_source, open_source, split_pair
 from saekit.data.tokens import TokenStore
 from saekit.errors import ConfigError, DataError, JobCancelled, NumericsError
 from saekit.jobs import job_kind, submit
@@ -41,7 +41,6 @@ from saekit.sae.arch_registry import arch_class
 from saekit.sae.config import SAEConfig, TrainConfig
 from saekit.sae.evaluation import downstream_metrics, reconstruction_metrics
 from saekit.sae.model import SAE, TrainingState, geometric_median
-from saekit.sae.sources import ModelSource, StoreSource
 from saekit.workspace import Workspace, as_workspace
 
 if TYPE_CHECKING:
@@ -145,37 +144,14 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
 def _describe_source(source, hook_point: str, tc: TrainConfig, ws: Workspace,
                      target_hook: str | None = None) -> tuple[dict, int, int]:
     """The source as a spec reference, its width, and how many rows it can train on."""
-    if isinstance(source, str):
-        source = ActivationStore.open(source, ws)
-    if isinstance(source, ActivationStore):
-        source.check_hook_point(hook_point)
-        if target_hook is not None and target_hook not in source.hook_points:
-            raise ConfigError(f"target_hook={target_hook!r} is not in activation store {source.id}; it holds "
-                              f"{source.hook_points}", suggestion="extract both hook points in one pass: "
-                              f"sk.extract(lm, tokens, [{hook_point!r}, {target_hook!r}])")
-        if not source.complete:
-            raise DataError(f"activation store {source.id} is not complete; wait for its job first")
+    described = describe_source(source, ws, hook_point, target_hook=target_hook)
+    if described.store is not None:
         for name in (hook_point, target_hook) if target_hook else (hook_point,):
-            nonfinite = source.stats(name).get("nonfinite", 0)
+            nonfinite = described.store.stats(name).get("nonfinite", 0)
             if nonfinite:
-                raise DataError(f"activation store {source.id} holds {nonfinite:,} rows with NaN or infinity at {name}",
-                                suggestion="extract again in float32 (dtype='float32'), or drop those rows")
-        rows = StoreSource(source, hook_point, tc.eval_tokens).train_rows
-        return {"store": {"id": source.id, "location": source.location}}, source.d_model, rows
-    if isinstance(source, tuple) and len(source) == 2:
-        lm, tokens = source
-        tokens = tokens if isinstance(tokens, TokenStore) else TokenStore.open(tokens, ws)
-        lm.parse_hook_point(hook_point)
-        if target_hook is not None:
-            lm.parse_hook_point(target_hook)
-        if not tokens.complete:
-            raise DataError(f"token store {tokens.id} is not complete; wait for its job first")
-        lm.check_token_store(tokens)
-        n = tokens.n_sequences
-        held = min(math.ceil(tc.eval_tokens / tokens.context_length), n // 10)
-        rows = int(tokens.stats()["tokens"] * (n - held) / max(n, 1))
-        return {"model": lm.ref, "tokens": tokens.reference()}, lm.d_model, max(rows, 1)
-    raise ConfigError(f"source must be an ActivationStore, a store id, or (lm, token_store); got {type(source).__name__}")
+                raise DataError(f"activation store {described.store.id} holds {nonfinite:,} rows with NaN or infinity "
+                                f"at {name}", suggestion="extract again in float32 (dtype='float32'), or drop those rows")
+    return described.ref, described.d_in, described.training_rows(tc.eval_tokens)
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -240,14 +216,8 @@ class TrainSpec(JobSpec):
 
 
 def _open_source(spec: TrainSpec, tc: TrainConfig, ws: Workspace, device: torch.device):
-    ref = spec.source
-    if "store" in ref:
-        store = ActivationStore(ref["store"]["location"], ws)
-        return StoreSource(store, spec.hook_point, tc.eval_tokens, tc.shuffle_buffer_bytes, tc.preload,
-                           target_hook=spec.target_hook), None
-    lm = load_model_from_ref(ref["model"], device=tc.device)
-    tokens = TokenStore(ref["tokens"]["path"], ws)
-    return ModelSource(lm, tokens, spec.hook_point, tc.eval_tokens, target_hook=spec.target_hook), lm
+    return open_source(spec.source, ws, spec.hook_point, target_hook=spec.target_hook, eval_tokens=tc.eval_tokens,
+                       device=tc.device, buffer_bytes=tc.shuffle_buffer_bytes, preload=tc.preload)
 
 
 class _Distributed:
@@ -666,8 +636,7 @@ class _Trainer:
     def _eval_batches(self):
         """Held-out raw rows: tensors, or (input, target) pairs for transcoders."""
         for batch in self.source.eval_batches(self.tc.batch_size):
-            x, y = self._split(batch)
-            yield x if y is None else (x, y)
+            yield split_pair(batch, self.source.d_in, self.spec.target_hook is not None)
 
     def _downstream_model(self):
         """(model, token store, include_bos) for the CE evaluation, or Nones when there is no model."""

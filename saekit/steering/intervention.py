@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from saekit._checks import as_int, as_number, check_choice
+from saekit.activations.source import sae_hook
 from saekit.errors import ConfigError
 from saekit.models.hookpoints import comes_before
 
@@ -40,8 +41,7 @@ POSITIONS = ("all", "prompt", "generated")
 
 def sae_hook_point(sae, hook_point: str | None) -> str:
     """The hook point the SAE reads: ``hook_point``, checked against the one the SAE was trained on."""
-    trained = (getattr(sae, "metadata", {}) or {}).get("hook_point")
-    trained = trained.replace("hook_", "") if isinstance(trained, str) else None  # SAELens' blocks.6.hook_resid_post
+    trained = sae_hook(sae)
     if hook_point is None:
         if trained is None:
             raise ConfigError("which hook point does the SAE read? its files do not say; pass hook_point=",
@@ -55,11 +55,11 @@ def sae_hook_point(sae, hook_point: str | None) -> str:
 
 def transcoder_target(sae) -> str:
     """The hook point a transcoder writes (its prediction's), from its files."""
-    target = (getattr(sae, "metadata", {}) or {}).get("target_hook")
-    if not isinstance(target, str):
+    target = sae_hook(sae, "target_hook")
+    if target is None:
         raise ConfigError("this transcoder's files do not say which hook point it predicts (metadata 'target_hook')",
                           suggestion="set it: sae.metadata['target_hook'] = 'blocks.6.mlp_out'")
-    return target.replace("hook_", "")
+    return target
 
 
 class Steering:

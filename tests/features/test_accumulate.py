@@ -9,7 +9,7 @@ import torch
 import saekit as sk
 from saekit.features.accumulate import Accumulator, hist_edges
 from saekit.features.analysis import _Pass
-from saekit.features.sources import Rows
+from saekit.activations.source import Rows
 from saekit.features.tables import quantile_edges
 
 D_IN, D_SAE, N = 8, 24, 3000

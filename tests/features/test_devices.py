@@ -14,7 +14,7 @@ import torch
 import saekit as sk
 from saekit.features.accumulate import Accumulator
 from saekit.features.analysis import _Pass
-from saekit.features.sources import StoreRows
+from saekit.activations.source import StoreSource
 from saekit.features.tables import examples_table, latents_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,7 +39,7 @@ def _tables(sae, store, device):
     spec = SimpleNamespace(quantiles=4, per_quantile=3, neighbours=4)  # what the tables read of an AnalyzeSpec
     acc = Accumulator(sae.d_sae, top_k=8, reservoir=32, context=(4, 2), seed=0, device=device)
     stream = _Pass(sae, acc, 4, 2, 500, device)
-    for rows in StoreRows(store, HOOK, store.n_tokens).blocks(stream.block, None):
+    for rows in StoreSource(store, HOOK).blocks(stream.block, None, store.n_tokens):
         stream.feed(rows)
     stream.finish()
     vocab = [f"t{i}" for i in range(4096)]
@@ -75,7 +75,7 @@ def test_a_block_of_sparse_codes_reads_back_a_dozen_times():
     evicted and entering slots); it was 42 (a boolean mask per tensor)."""
     from simulated_cuda import counting_syncs
 
-    from saekit.features.sources import Rows
+    from saekit.activations.source import Rows
 
     torch.manual_seed(0)
     n, block = 12_288, 2048

@@ -10,7 +10,7 @@ from data_for_tests import commits, dictionary_data, quick, wait_for
 
 import saekit as sk
 from saekit.errors import ConfigError, HookPointError, JobFailedError
-from saekit.sae.sources import StoreSource
+from saekit.activations.source import StoreSource
 
 
 @pytest.mark.heavy
@@ -209,7 +209,7 @@ def test_train_on_model_activations_with_downstream_evaluation(ws, docs_file, ti
 
 
 def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
-    from saekit.sae.sources import ModelSource
+    from saekit.activations.source import ModelSource
 
     tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=64, max_documents=100,
                          background=False, progress=False).result()
@@ -233,7 +233,7 @@ def test_model_stream_restarts_exactly_from_its_state(docs_file, tiny_lm, ws):
 def test_each_rank_runs_the_model_over_its_slice_of_the_model_stream_only(ws, docs_file, tiny_lm):
     """Two ranks' slices of each global batch join into the one-process batch, bitwise, and each rank
     runs the model over little more than half the rows; a rank restarts exactly from its state."""
-    from saekit.sae.sources import ModelSource
+    from saekit.activations.source import ModelSource
 
     tokens = sk.tokenize(sk.load_corpus(docs_file), tiny_lm, context_length=64, max_documents=200,
                          background=False, progress=False).result()
