@@ -1,7 +1,7 @@
 """How fast saekit's TopK defaults converge against EleutherAI's sparsify on the same rows; prints JSON.
 
     python benchmarks/convergence.py [--real-rows 1000000] [--rows-cache /tmp/smol6.npy]
-                                     [--peer-python .venv-interop/bin/python] [--only smollm2]
+                                     [--peer-python .venv-interop/bin/python] [--only smollm2] [--lr-scales 1,2,3]
 
 Three data sets, each trained by three trainers on the same batches in the same order:
 
@@ -61,8 +61,10 @@ with torch.no_grad():
 """
 
 
-def saekit_run(data: np.ndarray, d_sae: int, k: int, steps: int, batch: int, held: int, before: bool):
-    """(held-out FVU, decoder rows) of ``sk.train`` on ``data`` (its last ``held`` rows held out)."""
+def saekit_run(data: np.ndarray, d_sae: int, k: int, steps: int, batch: int, held: int, before: bool,
+               lr_scale: float | None = None):
+    """(held-out FVU, decoder rows) of ``sk.train`` on ``data`` (its last ``held`` rows held out); ``lr_scale``
+    trains at that multiple of the old rate, ``2e-4 / sqrt(d_sae / 2**14)`` (the default is 4)."""
     import torch
 
     import saekit as sk
@@ -71,6 +73,8 @@ def saekit_run(data: np.ndarray, d_sae: int, k: int, steps: int, batch: int, hel
         ws = sk.Workspace(tmp)
         store = sk.ActivationStore.from_array(torch.from_numpy(data), "x", workspace=ws)
         earlier = {"lr": 2e-4 / math.sqrt(d_sae / 2**14), "dead_after_tokens": 10_000_000} if before else {}
+        if lr_scale is not None:
+            earlier = {"lr": lr_scale * 2e-4 / math.sqrt(d_sae / 2**14)}
         tc = sk.TrainConfig(total_tokens=steps * batch, batch_size=batch, eval_tokens=held, log_every=10**6,
                             checkpoint_every=10**9, device="cpu", **earlier)
         job = sk.train(store, "x", sk.SAEConfig(arch="topk", d_sae=d_sae, k=k), tc, background=False, progress=False,
@@ -142,7 +146,10 @@ def main() -> None:
     parser.add_argument("--peer-python", default=str(ROOT / ".venv-interop" / "bin" / "python"))
     parser.add_argument("--rows-cache", default=None, help="keep the SmolLM2 rows in this .npy file between runs")
     parser.add_argument("--only", choices=("random", "smollm2", "planted"), default=None)
+    parser.add_argument("--lr-scales", default="", help="also train at these multiples of the old rate, e.g. 1,2,3 "
+                                                        "(rows saekit_lr1x ...; the default is 4x)")
     opts = parser.parse_args()
+    scales = [float(s) for s in opts.lr_scales.split(",") if s]
     peer = opts.peer_python if Path(opts.peer_python).exists() else None
     import torch
 
@@ -161,6 +168,8 @@ def main() -> None:
             row = {"steps": steps}
             for trainer, before in (("saekit", False), ("saekit_before", True)):
                 row[trainer] = round(saekit_run(data, d_sae, k, steps, 4096, HELD, before)[0], 4)
+            for scale in scales:
+                row[f"saekit_lr{scale:g}x"] = round(saekit_run(data, d_sae, k, steps, 4096, HELD, False, scale)[0], 4)
             theirs = sparsify_run(peer, data, d_sae, k, steps, 4096, HELD)[0]
             if theirs is not None:
                 row["sparsify"] = round(theirs, 4)
@@ -171,8 +180,10 @@ def main() -> None:
         rows, atoms = planted_rows()
         steps = 1_500_000 // 1024
         row = {"steps": steps}
-        for trainer, before in (("saekit", False), ("saekit_before", True)):
-            fvu, w_dec = saekit_run(rows, 256, 4, steps, 1024, 8192, before)
+        trainers = [("saekit", False, None), ("saekit_before", True, None),
+                    *((f"saekit_lr{s:g}x", False, s) for s in scales)]
+        for trainer, before, scale in trainers:
+            fvu, w_dec = saekit_run(rows, 256, 4, steps, 1024, 8192, before, scale)
             row[trainer] = {"recovered": recovered(w_dec, atoms), "fvu": round(fvu, 4)}
         fvu, w_dec = sparsify_run(peer, rows, 256, 4, steps, 1024, 8192)
         if fvu is not None:

@@ -8,13 +8,13 @@ import logging
 import os
 import re
 import secrets
-import sys
 import time
 import warnings
 from typing import Any
 
 from saekit import registry
 from saekit._fs import remove
+from saekit._steps import in_kernel
 from saekit._recent import recent, remember
 from saekit.errors import ConfigError, JobFailedError, JobNotFoundError, JobStateError, JobTimeoutError, SaekitError
 from saekit.eventlog import EventTail, EventWriter, LogState, read_all
@@ -362,12 +362,6 @@ def _where(trace: str | None) -> str | None:
     if "/saekit/" in path:  # the package's own files, wherever it is installed
         path = "saekit/" + path.rsplit("/saekit/", 1)[-1]
     return f"{path}:{line} in {function}"
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter kernel (where widgets can be shown), False in scripts and terminals."""
-    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _not_found(ws: Workspace, job_id: str) -> JobNotFoundError:

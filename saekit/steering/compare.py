@@ -17,6 +17,7 @@ import torch
 
 from saekit._checks import check_positive_int, is_int, is_number
 from saekit._provided import provided
+from saekit._steps import Steps
 from saekit.errors import ConfigError
 from saekit.steering.intervention import Steering, sae_hook_point, steer
 
@@ -157,13 +158,15 @@ def _finite(x):
 
 def compare_steering(lm, sae, prompt, features, coeffs=(0, 2, 4, 8), *, mode: str = "add", positions: str = "all",
                      seed: int = 0, max_new_tokens: int = 40, temperature: float | None = None,
-                     top_p: float | None = None, relative_to=None, hook_point: str | None = None) -> SteeringComparison:
+                     top_p: float | None = None, relative_to=None, hook_point: str | None = None,
+                     progress: bool = True) -> SteeringComparison:
     """Generate from ``prompt`` unsteered and with ``features`` (each at the coefficient; ``{feature: weight}``
     steers each at the coefficient times its weight) for every coefficient,
     all from ``seed`` (greedy unless ``temperature`` > 0). Each output shows the tokens that differ from the
     unsteered one, the steered features' activation read back on it, and its log-probability under the
     unsteered model. Coefficients as in ``sk.steer`` (absolute unless ``relative_to`` is an analysis). In a
-    notebook it is a widget; ``print()`` it in a terminal; ``.to_pandas()`` for the numbers."""
+    notebook it is a widget; ``print()`` it in a terminal; ``.to_pandas()`` for the numbers. While it generates, a
+    line counts the generations (``progress=False``: none)."""
     weights, coeffs = _features(features, sae), _coeffs(coeffs)
     features = list(weights)
     check_positive_int("max_new_tokens", max_new_tokens, example="40")
@@ -171,16 +174,19 @@ def compare_steering(lm, sae, prompt, features, coeffs=(0, 2, 4, 8), *, mode: st
     plan = [steer(lm, sae, {i: c * w for i, w in weights.items()}, mode=mode, positions=positions, hook_point=hook,
                   relative_to=relative_to) for c in coeffs]  # every setting checked before anything runs
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-    base = lm.generate(prompt, **options)
-    result = SteeringComparison(prompt if isinstance(prompt, str) else lm.tokenizer.decode(base.prompt_ids),
-                                features, mode, positions, relative_to is not None, weights=weights)
-    reference = score(lm, sae, hook, base.prompt_ids, base.ids, features)
-    result.rows.append({"coeff": None, "scored": reference, "differs": [False] * len(base.ids)})
-    for coeff, steering in zip(coeffs, plan):
-        with steering:
-            out = lm.generate(prompt, **options)
-        scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
-        result.rows.append({"coeff": coeff, "scored": scored, "differs": _differs(base.ids, out.ids)})
+    with Steps(1 + len(coeffs), "steering comparison: generations", show=progress) as steps:
+        base = lm.generate(prompt, **options)
+        result = SteeringComparison(prompt if isinstance(prompt, str) else lm.tokenizer.decode(base.prompt_ids),
+                                    features, mode, positions, relative_to is not None, weights=weights)
+        reference = score(lm, sae, hook, base.prompt_ids, base.ids, features)
+        result.rows.append({"coeff": None, "scored": reference, "differs": [False] * len(base.ids)})
+        steps.advance("unsteered")
+        for coeff, steering in zip(coeffs, plan):
+            with steering:
+                out = lm.generate(prompt, **options)
+            scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
+            result.rows.append({"coeff": coeff, "scored": scored, "differs": _differs(base.ids, out.ids)})
+            steps.advance(f"coefficient {coeff:g}")
     return result
 
 
@@ -233,7 +239,7 @@ class SteeringSweep(_Shown):
 def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Sequence[str] = PROMPTS,
                    neutral: str = NEUTRAL, target_tokens: Sequence[str] | None = None, mode: str = "add",
                    positions: str = "all", max_new_tokens: int = 24, seed: int = 0, temperature: float | None = None,
-                   relative_to=None, hook_point: str | None = None) -> SteeringSweep:
+                   relative_to=None, hook_point: str | None = None, progress: bool = True) -> SteeringSweep:
     """For each coefficient, generate from each of ``prompts`` with ``features`` steered (each at the coefficient;
     ``{feature: weight}`` steers each at the coefficient times its weight) and measure:
 
@@ -243,6 +249,8 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
     - ``perplexity``: of the outputs under the unsteered model (fluency; lower is more fluent);
     - ``kl``: mean KL divergence of next-token distributions, unsteered to steered, over ``neutral`` text
       (steered at every position): how much the intervention disturbs unrelated text.
+
+    While it runs, a line counts the generations (``progress=False``: none).
     """
     weights, coeffs = _features(features, sae), _coeffs(coeffs)
     features = list(weights)
@@ -259,24 +267,26 @@ def steering_sweep(lm, sae, features, coeffs=(0, 1, 2, 4, 8, 16), *, prompts: Se
     with torch.no_grad():
         base = lm.model(input_ids=neutral_ids).logits.float().log_softmax(-1)
     rows, samples = [], []
-    for coeff, steering in zip(coeffs, plan):
-        concept, logprob, n_tokens, target = [], 0.0, 0, []
-        for prompt in prompts:
-            with steering:
-                out = lm.generate(prompt, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
-            scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
-            samples.append({"coeff": coeff, "prompt": prompt, "text": scored.text})
-            if scored.ids:
-                concept.append(sum(scored.activation.values()) / len(features))
-                logprob, n_tokens = logprob + scored.logprob, n_tokens + len(scored.ids)
-                if targets:
-                    target.append(_target_probability(lm, steering, out.prompt_ids, out.ids, targets))
-        row = {"coeff": coeff, "concept": sum(concept) / len(concept) if concept else float("nan"),
-               "perplexity": math.exp(-logprob / n_tokens) if n_tokens else float("nan"),
-               "kl": _kl(lm, steering, neutral_ids, base)}
-        if targets:
-            row["target_probability"] = sum(target) / len(target) if target else float("nan")
-        rows.append(row)
+    with Steps(len(coeffs) * len(prompts), "steering sweep: generations", show=progress) as steps:
+        for coeff, steering in zip(coeffs, plan):
+            concept, logprob, n_tokens, target = [], 0.0, 0, []
+            for prompt in prompts:
+                with steering:
+                    out = lm.generate(prompt, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
+                scored = score(lm, sae, hook, out.prompt_ids, out.ids, features)
+                samples.append({"coeff": coeff, "prompt": prompt, "text": scored.text})
+                if scored.ids:
+                    concept.append(sum(scored.activation.values()) / len(features))
+                    logprob, n_tokens = logprob + scored.logprob, n_tokens + len(scored.ids)
+                    if targets:
+                        target.append(_target_probability(lm, steering, out.prompt_ids, out.ids, targets))
+                steps.advance(f"coefficient {coeff:g}")
+            row = {"coeff": coeff, "concept": sum(concept) / len(concept) if concept else float("nan"),
+                   "perplexity": math.exp(-logprob / n_tokens) if n_tokens else float("nan"),
+                   "kl": _kl(lm, steering, neutral_ids, base)}
+            if targets:
+                row["target_probability"] = sum(target) / len(target) if target else float("nan")
+            rows.append(row)
     return SteeringSweep(features, mode, relative_to is not None, rows, samples, weights=weights)
 
 

@@ -250,13 +250,25 @@ class JobWidget(SnapshotWidget):
         evaluation = ""
         if self.evaluation:
             names = sorted({k for e in self.evaluation for k in e["metrics"]})
-            evaluation = snapshot.table(["held out", *names], [[e["label"], *(snapshot.number(e["metrics"].get(n))
-                                                                               for n in names)] for e in self.evaluation])
+            evaluation = "<div style='overflow-x:auto'>{}</div>".format(snapshot.table(
+                ["held out", *names], [[e["label"], *(snapshot.number(e["metrics"].get(n)) for n in names)]
+                                       for e in self.evaluation]))
         groups: dict[str, dict] = {}
         for name, points in self.metrics.items():
             groups.setdefault(name.rsplit("/", 1)[-1], {})[name] = points
-        charts = "".join(snapshot.line_chart(base, groups[base], log=base in ("loss", "fvu"))
-                         for base in ("loss", "fvu", "l0", "dead_fraction") if base in groups)
+        fvu = groups.get("fvu", {})
+        loss_is_fvu = bool(fvu) and all(_same_curve(points, fvu.get(name[:-len("loss")] + "fvu"))
+                                        for name, points in groups.get("loss", {"": None}).items())
+        charts = "".join(snapshot.line_chart("FVU (the loss)" if base == "fvu" and loss_is_fvu else base, groups[base],
+                                             log=base in ("loss", "fvu"))
+                         for base in ("loss", "fvu", "l0", "dead_fraction")
+                         if base in groups and not (base == "loss" and loss_is_fvu))
         note = "<div style='color:#666;font-size:11px'>a snapshot: sk.job(\"{}\") in a kernel shows it live</div>".format(
             snapshot.esc(self.job_id))
         return snapshot.box(head, bar, error, reasons, evaluation, charts, note)
+
+
+def _same_curve(a, b) -> bool:
+    """Whether two logged curves are one (a TopK SAE's loss is its FVU: one chart says it)."""
+    return (a is not None and b is not None and len(a) == len(b)
+            and all(p[0] == q[0] and abs(p[1] - q[1]) <= 1e-9 * max(1.0, abs(p[1])) for p, q in zip(a, b)))

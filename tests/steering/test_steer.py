@@ -3,7 +3,9 @@ ablate change the hook's output by exactly (a' - a) * W_dec[i]), the planted dir
 probability monotonically, cached and uncached generation are steered identically, hooks never outlive the
 block, and bad input is refused before any hook is installed."""
 
+import io
 import math
+import sys
 
 import pytest
 import torch
@@ -270,3 +272,51 @@ def test_each_feature_can_have_its_own_coefficient(lm):
     assert sweep.to_dict()["weights"] == {"1": 2.0}
     with pytest.raises(ConfigError, match="weight"):
         sk.compare_steering(lm, sae, "x", {1: float("inf")})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_comparison_and_a_sweep_count_their_generations_while_they_run(lm, monkeypatch):
+    sae = tied_sae(lm)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    sk.compare_steering(lm, sae, "Return the", [1], coeffs=[0, 40], max_new_tokens=4)
+    shown = terminal.getvalue()
+    assert "steering comparison: generations: 0/3" in shown and "3/3 · coefficient 40" in shown
+    assert shown.endswith("\r" + " " * 80 + "\r")  # the line is gone when the result comes
+    terminal.seek(0)
+    terminal.truncate()
+    sk.steering_sweep(lm, sae, [1], coeffs=[0, 4], prompts=["Return the", "The list"], max_new_tokens=3)
+    assert "steering sweep: generations: 4/4 · coefficient 4" in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    sk.compare_steering(lm, sae, "Return the", [1], coeffs=[4], max_new_tokens=2, progress=False)
+    assert terminal.getvalue() == ""
+
+
+def test_in_a_notebook_the_count_is_one_output_updated_in_place_then_emptied(monkeypatch):
+    from saekit import _steps
+
+    shown = []
+
+    class Handle:
+        def update(self, body):
+            shown.append(("update", body.data))
+
+    def display(body, display_id=False):
+        assert display_id is True
+        shown.append(("display", body.data))
+        return Handle()
+
+    import IPython.display
+
+    monkeypatch.setattr(_steps, "in_kernel", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    with _steps.Steps(2, "work") as steps:
+        steps.advance("a <b>")
+        steps.advance()
+    assert [kind for kind, _ in shown] == ["display", "update", "update", "update"]
+    assert "work: 1/2 · a &lt;b&gt;" in shown[1][1] and "value='2'" in shown[2][1] and shown[3][1] == ""

@@ -12,6 +12,16 @@ function constant(points) {
   return points.length > 1 && points.every((p) => Math.abs(p[1] - points[0][1]) <= 1e-6 * Math.max(1, Math.abs(points[0][1])));
 }
 
+// tokens/s between two log points swings with what else the machine does: a trailing mean of up to 9 points
+function smoothed(points, window = 9) {
+  let sum = 0;
+  return points.map(([x, y], i) => {
+    sum += y;
+    if (i >= window) sum -= points[i - window][1];
+    return [x, sum / Math.min(i + 1, window)];
+  });
+}
+
 // metric name -> {base: {series name: points}} (sweeps give sae0/fvu, sae1/fvu ...)
 function grouped(metrics) {
   const groups = {};
@@ -34,18 +44,33 @@ function chartSpecs(model, xMode) {
   for (const base of ["loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"]) {
     let series = groups[base];
     if (!series) continue;
-    if (base === "loss" && lossSameAsFvu && !groups.auxk) continue;  // TopK: the loss is the FVU; one chart says it
+    if (base === "loss" && lossSameAsFvu) continue;  // TopK: the loss is the FVU; one chart says it
     if (base === "l0" && Object.values(series).every(constant)) continue;  // fixed by TopK: a flat line at k says nothing
-    if (base === "loss" && groups.auxk) series = { ...series, ...Object.fromEntries(Object.entries(groups.auxk).map(([k, v]) => [`${k === "auxk" ? "" : k + " "}auxk`, v])) };
-    const title = base === "fvu" && lossSameAsFvu ? "FVU (the loss)" : TITLES[base];
+    // the auxiliary loss beside the loss it is added to (the FVU's chart when that is the loss)
+    if (groups.auxk && base === (lossSameAsFvu ? "fvu" : "loss")) {
+      series = { ...series, ...Object.fromEntries(Object.entries(groups.auxk).map(([k, v]) => [`${k === "auxk" ? "" : k + " "}auxk`, v])) };
+    }
+    if (base === "tokens_per_s") series = Object.fromEntries(Object.entries(series).map(([k, v]) => [k, smoothed(v)]));
+    const title = base === "fvu" && lossSameAsFvu ? "FVU (the loss)" : base === "tokens_per_s" ? "tokens / s (mean of 9 points)" : TITLES[base];
     const transformed = Object.fromEntries(Object.entries(series).map(([k, v]) => [k, toX(v)]));
     specs.push({ key: `${base}:${xMode}`, series: transformed, options: {
       title, xLabel, xTime: xMode === "time", log: base === "loss" || base === "fvu",
       yFormat: base === "dead_fraction" ? (v) => (v === 0 ? "0%" : `${(100 * v).toFixed(v < 0.01 ? 2 : 1)}%`) : fmtNumber,
-      // a fraction: from 0, and no wider than 0-1% while no latent is dead (not uPlot's 0-100 for a flat 0)
-      yRange: base === "dead_fraction" ? (u, min, max) => [0, max > 0 ? Math.min(1, max * 1.1) : 0.01] : undefined } });
+      // a fraction: from 0, and no wider than 0-1% while no latent is dead (not uPlot's 0-100 for a flat 0); the
+      // learning rate and the speed from 0 too, so a warm-up and a decay read as what they are
+      yRange: base === "dead_fraction" ? (u, min, max) => [0, max > 0 ? Math.min(1, max * 1.1) : 0.01]
+        : base === "lr" || base === "tokens_per_s" ? (u, min, max) => [0, max > 0 ? max * 1.1 : 1] : undefined,
+      logToggle: base === "lr" || base === "tokens_per_s" || base === "dead_fraction" ? false : undefined } });
   }
   return specs;
+}
+
+function resourceLine(resources) {
+  const peak = (key) => Math.max(0, ...resources.map((r) => r[key] || 0));
+  const cpu = resources.map((r) => r.cpu_percent).filter((v) => v !== null && v !== undefined);
+  return ["worker:", `peak RSS ${fmtBytes(peak("rss"))}`,
+    cpu.length ? `mean CPU ${fmtCount(cpu.reduce((a, b) => a + b, 0) / cpu.length)}%` : null,
+    peak("gpu_memory") ? `peak GPU memory ${fmtBytes(peak("gpu_memory"))}` : null].filter(Boolean).join(" ");
 }
 
 function render({ model, el }) {
@@ -54,7 +79,8 @@ function render({ model, el }) {
   const controls = h("div", { class: "saekit-controls" });
   const chartBox = h("div", { class: "saekit-charts" });
   const sparkBox = h("div", { class: "saekit-sparks" });
-  root.append(top, controls, chartBox, sparkBox);
+  const summary = h("div", { class: "saekit-muted saekit-resources" });
+  root.append(top, controls, chartBox, sparkBox, summary);
   el.appendChild(root);
   const charts = new ChartSet(chartBox), sparks = new ChartSet(sparkBox);
   let xMode = "steps", gone = false;
@@ -120,10 +146,10 @@ function render({ model, el }) {
     const evaluation = get("evaluation") || [];
     if (evaluation.length) {
       const names = [...new Set(evaluation.flatMap((e) => Object.keys(e.metrics)))];
-      top.appendChild(h("table", { class: "saekit-table saekit-eval" }, [
+      top.appendChild(h("div", { class: "saekit-scroll-x" }, [h("table", { class: "saekit-table saekit-eval" }, [
         h("tr", {}, [h("th", { text: "held out" }), ...names.map((n) => h("th", { text: n }))]),
         ...evaluation.map((e) => h("tr", {}, [h("td", { text: e.label }), ...names.map((n) => h("td", { text: fmtNumber(e.metrics[n]) }))])),
-      ]));
+      ])]));
     }
   }
 
@@ -138,7 +164,10 @@ function render({ model, el }) {
     const pick = (key) => ({ [key]: resources.filter((r) => r[key] !== null && r[key] !== undefined).map((r) => [r.time, r[key]]) });
     const window = resources.length > 1 ? ` (last ${fmtDuration(resources[resources.length - 1].time - resources[0].time)})` : "";
     const fromZero = (floor) => (u, min, max) => [0, Math.max(floor, max * 1.1)];
-    sparks.show(resources.length > 1 ? [  // one sample draws no line
+    const ended = FINAL.has(model.get("status")) || gone;
+    // a job that ended: its worker's resources in one line (the dashboard keeps the curves)
+    summary.textContent = ended && resources.length ? resourceLine(resources) : "";
+    sparks.show(!ended && resources.length > 1 ? [  // one sample draws no line
       { key: "cpu", series: pick("cpu_percent"), options: { title: `worker CPU %${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(100), yFormat: (v) => `${fmtCount(v)}%` } },
       { key: "rss", series: pick("rss"), options: { title: `worker RSS${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(1), yFormat: fmtBytes } },
       gpu ? { key: "gpu", series: pick("gpu_memory"), options: { title: `worker GPU memory${window}`, xTime: true, height: 130, logToggle: false, yRange: fromZero(1), yFormat: fmtBytes } } : null,
