@@ -24,8 +24,7 @@ import saekit as sk, torch
 from data_for_tests import dictionary_data
 x, _ = dictionary_data(60_000, 32, 128, 4, seed=3)
 acts = sk.ActivationStore.from_array(x, "resid")
-tc = sk.TrainConfig(total_tokens=600_000, batch_size=1024, lr=3e-3, log_every=10, eval_tokens=4096,
-                    dead_after_tokens=50_000)
+tc = sk.TrainConfig(total_tokens=600_000, batch_size=1024, eval_tokens=4096)
 """
 
 # (file name, cell source, what to wait for in the cell's text)
@@ -65,14 +64,14 @@ def demo_shots(workspace: str, out: Path, query: str) -> None:
             labtools.wait(lambda: lab.cell(page, 0).locator(".saekit-card .saekit-context").count(), "a feature card", 600)
             lab.wait_idle(page, 600)
             page.wait_for_timeout(1000)
-            lab.cell(page, 0).locator(".jp-OutputArea-child").last.screenshot(path=str(out / "features.png"))
+            lab.cell(page, 0).locator(".jp-OutputArea-child:has(.saekit-live)").last.screenshot(path=str(out / "features.png"))
             print(f"wrote {out / 'features.png'}")
             for index, name, marker in ((1, "steering.png", ".saekit-steering"), (2, "sweep.png", ".saekit-chart")):
                 lab.run_cell(page, index)
                 labtools.wait(lambda: lab.cell(page, index).locator(marker).count(), name, 900)
                 lab.wait_idle(page, 900)
                 page.wait_for_timeout(1000)
-                lab.cell(page, index).locator(".jp-OutputArea-child").last.screenshot(path=str(out / name))
+                lab.cell(page, index).locator(".jp-OutputArea-child:has(.saekit-live)").last.screenshot(path=str(out / name))
                 print(f"wrote {out / name}")
 
 
@@ -95,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         labtools.notebook(folder / "shots.ipynb", [SETUP, *(source for _, source, _ in SHOTS)])
-        with labtools.jupyterlab(folder) as lab, labtools.browser(width=1300, height=1000) as page:
+        with labtools.jupyterlab(folder) as lab, labtools.browser(width=1400, height=1000) as page:
             lab.open(page, "shots.ipynb")
             lab.run_cell(page, 0)
             lab.wait_idle(page, 600)
@@ -104,7 +103,7 @@ def main() -> None:
                 labtools.wait(lambda: marker in lab.cell(page, i).inner_text(), f"{name}: {marker!r}", 600)
                 lab.wait_idle(page, 600)
                 page.wait_for_timeout(1500)  # the charts' last draw
-                output = lab.cell(page, i).locator(".jp-OutputArea-child").last
+                output = lab.cell(page, i).locator(".jp-OutputArea-child:has(.saekit-live)").last
                 output.screenshot(path=str(out / name))
                 print(f"wrote {out / name}")
 

@@ -12,7 +12,7 @@ import inspect
 import warnings
 from pathlib import Path
 
-from saekit._quiet import quietly
+from saekit._quiet import quietly_importing
 
 # standard-library modules whose docstrings make a small English corpus present on every machine
 _DOC_MODULES = (
@@ -117,7 +117,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-@quietly
+@quietly_importing("transformers")  # its "Writing model shards" bar would show the first time
 def make_tiny_model(path: str | Path, arch: str = "llama", *, seed: int = 0, texts: list[str] | None = None,
                     vocab_size: int = 512, pad_token: bool = True, chat: bool = False, **config_overrides) -> Path:
     """Write a tiny random ``arch`` model and its offline-trained tokenizer to ``path``; returns the path.

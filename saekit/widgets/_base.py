@@ -4,6 +4,11 @@ no build step), its CSS, thinning of chart series, and a mimebundle that carries
 A widget's ``_repr_mimebundle_`` holds, beside the live view, ``text/html`` (a static picture: the header,
 tables and small SVG charts, see ``snapshot.py``) and ``text/plain`` (a summary), so GitHub, nbviewer,
 nbconvert and saved notebooks show its last state without a kernel.
+
+Displayed in a notebook (``_ipython_display_``), the snapshot is an output of its own, after the live view's:
+nbconvert shows the live view alone when the notebook was saved with its widget state (an empty box without
+the widgets' JavaScript, e.g. offline), so the picture cannot ride in the same output. Where the live view
+renders, its CSS hides the snapshot that follows it (``.saekit-live`` in widgets.css).
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ MAX_POINTS = 600  # per chart series sent to the browser
 def esm(*names: str) -> str:
     """A widget's ES module: uPlot (which defines ``uPlot``), the chart adapter, then the widget's own files
     (the last one has the ``export default``)."""
-    return "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", *names))
+    source = "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", *names))
+    if source.count("export default {") != 1:
+        raise ValueError(f"{names[-1]} must end with one 'export default {{ render }}'")
+    # every view marks its element: the CSS then hides the static snapshot shown after a live view
+    return source.replace("export default {", "const widgetModule = {") + (
+        "\nexport default { ...widgetModule, render(context) { context.el.classList.add('saekit-live'); "
+        "return widgetModule.render(context); } };\n")
 
 
 CSS = (JS / "vendor" / "uPlot.min.css").read_text() + "\n" + (JS / "widgets.css").read_text()
@@ -86,22 +97,33 @@ class SnapshotWidget(anywidget.AnyWidget):
     def snapshot_html(self) -> str:  # pragma: no cover
         raise NotImplementedError
 
+    def _outputs(self) -> tuple[tuple[dict, dict], dict]:
+        """(the live view's output and its metadata, the snapshot's output) of a notebook display."""
+        bundle = self._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        view = {k: v for k, v in data.items() if k not in ("text/html", "text/plain")}
+        view["text/plain"] = ""  # the summary is the snapshot's: a text-only reader shows it once
+        snapshot = {"text/html": f"<div class='saekit-snapshot'>{data['text/html']}</div>",
+                    "text/plain": data["text/plain"]}
+        return (view, metadata), snapshot
+
     def _ipython_display_(self) -> None:
-        """Shown in a notebook with a display id, so that ``refresh_snapshot`` can replace the static snapshot
-        saved with the output (a job's view displayed while it runs is saved with its end, not its start)."""
+        """Shown in a notebook as two outputs with display ids (the live view, then its static snapshot), so that
+        ``refresh_snapshot`` can replace the snapshot saved with the notebook (a job's view displayed while it
+        runs is saved with its end, not its start)."""
         from IPython.display import display
 
-        data = self._repr_mimebundle_()
-        data, metadata = data if isinstance(data, tuple) else (data, {})
-        self._display_handle = display(data, metadata=metadata, raw=True, display_id=True)
+        (view, metadata), snapshot = self._outputs()
+        self._display_handle = display(view, metadata=metadata, raw=True, display_id=True)
+        self._snapshot_handle = display(snapshot, raw=True, display_id=True)
 
     def refresh_snapshot(self) -> None:
-        """Send this widget's output again (the live view is the same), with its snapshot as it is now."""
+        """Send this widget's outputs again (the live view is the same), with its snapshot as it is now."""
         handle = getattr(self, "_display_handle", None)
         if handle is not None:
-            data = self._repr_mimebundle_()
-            data, metadata = data if isinstance(data, tuple) else (data, {})
-            handle.update(data, metadata=metadata, raw=True)
+            (view, metadata), snapshot = self._outputs()
+            handle.update(view, metadata=metadata, raw=True)
+            self._snapshot_handle.update(snapshot, raw=True)
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)

@@ -257,18 +257,22 @@ class JobWidget(SnapshotWidget):
         for name, points in self.metrics.items():
             groups.setdefault(name.rsplit("/", 1)[-1], {})[name] = points
         fvu = groups.get("fvu", {})
-        loss_is_fvu = bool(fvu) and all(_same_curve(points, fvu.get(name[:-len("loss")] + "fvu"))
+        aux_steps = {p[0] for points in groups.get("auxk", {}).values() for p in points if p[1] != 0}
+        loss_is_fvu = bool(fvu) and all(_same_curve(points, fvu.get(name[:-len("loss")] + "fvu"), aux_steps)
                                         for name, points in groups.get("loss", {"": None}).items())
         charts = "".join(snapshot.line_chart("FVU (the loss)" if base == "fvu" and loss_is_fvu else base, groups[base],
                                              log=base in ("loss", "fvu"))
                          for base in ("loss", "fvu", "l0", "dead_fraction")
-                         if base in groups and not (base == "loss" and loss_is_fvu))
+                         if base in groups and not (base == "loss" and loss_is_fvu)
+                         and not (base == "l0" and all(len({p[1] for p in s}) == 1 for s in groups[base].values())))
         note = "<div style='color:#666;font-size:11px'>a snapshot: sk.job(\"{}\") in a kernel shows it live</div>".format(
             snapshot.esc(self.job_id))
         return snapshot.box(head, bar, error, reasons, evaluation, charts, note)
 
 
-def _same_curve(a, b) -> bool:
-    """Whether two logged curves are one (a TopK SAE's loss is its FVU: one chart says it)."""
+def _same_curve(a, b, except_steps: set | frozenset = frozenset()) -> bool:
+    """Whether two logged curves are one, but at ``except_steps`` (a TopK SAE's loss is its FVU plus the AuxK loss
+    on the steps that log one: one chart says both)."""
     return (a is not None and b is not None and len(a) == len(b)
-            and all(p[0] == q[0] and abs(p[1] - q[1]) <= 1e-9 * max(1.0, abs(p[1])) for p, q in zip(a, b)))
+            and all(p[0] == q[0] and (p[0] in except_steps or abs(p[1] - q[1]) <= 1e-9 * max(1.0, abs(p[1])))
+                    for p, q in zip(a, b)))

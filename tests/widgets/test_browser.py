@@ -142,6 +142,8 @@ def test_a_saved_notebook_reopened_without_its_kernel_shows_the_last_state(lab, 
     lab.run_cell(page, 0)
     labtools.wait(lambda: _bar(page, 0) == 100, "the finished job's view")
     lab.wait_idle(page)
+    # the static snapshot is an output of its own (nbconvert shows it), hidden where the live view renders
+    assert _js(page, "return [...el.querySelectorAll('.saekit-snapshot')].map((s) => s.offsetParent === null)", 0) == [True]
     lab.save(page)
     labtools.wait(lambda: "application/vnd.jupyter.widget-state+json" in (lab.folder / "saved.ipynb").read_text(),
                   "the notebook saved with its widget state")
@@ -150,6 +152,7 @@ def test_a_saved_notebook_reopened_without_its_kernel_shows_the_last_state(lab, 
     page.reload()
     page.wait_for_selector(labtools.CELLS, timeout=120_000)
     labtools.wait(lambda: _bar(page, 0) == 100, "the reopened notebook to show the job's last state", 120)
+    assert _js(page, "return [...el.querySelectorAll('.saekit-snapshot')].map((s) => s.offsetParent === null)", 0) == [True]
     text = lab.cell(page, 0).inner_text()
     assert "completed" in text and "model not found" not in text
     html = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--stdout",

@@ -3,9 +3,9 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
 const TITLES = { loss: "loss", fvu: "FVU (fraction of variance unexplained)", l0: "L0 (active latents per token)",
   dead_fraction: "dead latents", lr: "learning rate", tokens_per_s: "tokens / s" };
 
-function sameCurve(a, b) {
+function sameCurve(a, b, except = new Set()) {
   if (!a || !b || a.length !== b.length) return false;
-  return a.every((p, i) => p[0] === b[i][0] && Math.abs(p[1] - b[i][1]) <= 1e-9 * Math.max(1, Math.abs(p[1])));
+  return a.every((p, i) => p[0] === b[i][0] && (except.has(p[0]) || Math.abs(p[1] - b[i][1]) <= 1e-9 * Math.max(1, Math.abs(p[1]))));
 }
 
 function constant(points) {
@@ -40,7 +40,10 @@ function chartSpecs(model, xMode) {
     .filter(([x]) => x !== undefined && x !== null);
   const xLabel = { steps: "step", tokens: "tokens", time: "time" }[xMode];
   const specs = [];
-  const lossSameAsFvu = groups.loss && groups.fvu && Object.keys(groups.loss).every((k) => sameCurve(groups.loss[k], groups.fvu[k]));
+  // a TopK-family SAE's loss is its FVU (plus the AuxK loss on the steps that log one): one chart says both
+  const auxSteps = new Set(Object.values(groups.auxk || {}).flat().filter((p) => p[1] !== 0).map((p) => p[0]));
+  const lossSameAsFvu = groups.loss && groups.fvu && Object.keys(groups.loss).every((k) =>
+    sameCurve(groups.loss[k], groups.fvu[k === "loss" ? "fvu" : k], auxSteps));
   for (const base of ["loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"]) {
     let series = groups[base];
     if (!series) continue;
