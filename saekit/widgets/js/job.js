@@ -71,8 +71,8 @@ function chartSpecs(model, xMode) {
 function resourceLine(resources) {
   const peak = (key) => Math.max(0, ...resources.map((r) => r[key] || 0));
   const cpu = resources.map((r) => r.cpu_percent).filter((v) => v !== null && v !== undefined);
-  return ["worker:", `peak RSS ${fmtBytes(peak("rss"))}`,
-    cpu.length ? `mean CPU ${fmtCount(cpu.reduce((a, b) => a + b, 0) / cpu.length)}%` : null,
+  return ["worker:", `peak RSS ${fmtBytes(peak("rss"))},`,
+    cpu.length ? `mean CPU ${Math.round(cpu.reduce((a, b) => a + b, 0) / cpu.length)}%` : null,
     peak("gpu_memory") ? `peak GPU memory ${fmtBytes(peak("gpu_memory"))}` : null].filter(Boolean).join(" ");
 }
 
