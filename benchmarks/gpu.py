@@ -458,7 +458,7 @@ def extract_section(device: str, folder: Path, shape: str, n_tokens: int) -> dic
 
     lm, hook = _model(folder, shape, device)
     toks = _tokens(folder, lm, n_tokens)
-    from saekit.activations.extraction import tokens_per_batch
+    from saekit.activations.source import tokens_per_batch
 
     batch = max(1, tokens_per_batch(lm.device) // toks.context_length)
     n_seq = min(toks.n_sequences, math.ceil(n_tokens / toks.context_length) + batch)

@@ -24,7 +24,7 @@ class Steps:
         self.kernel = show and in_kernel()
         self.tty = show and not self.kernel and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.monotonic()
-        self._handle = None
+        self._handle, self._width = None, 0
         self.lines: list[str] = []  # what was shown, newest last (for tests and the curious)
 
     def __enter__(self) -> "Steps":
@@ -53,7 +53,9 @@ class Steps:
             else:
                 self._handle.update(body)
         elif self.tty:
-            self.stream.write("\r" + text[:150].ljust(80))
+            shown = text[:150]
+            self.stream.write("\r" + shown.ljust(self._width))  # over the longer line before it
+            self._width = max(self._width, len(shown))
             self.stream.flush()
 
     def __exit__(self, *exc) -> None:
@@ -62,5 +64,5 @@ class Steps:
 
             self._handle.update(HTML(""))  # the result shows below; the bar is done
         elif self.tty:
-            self.stream.write("\r" + " " * 80 + "\r")
+            self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()

@@ -28,6 +28,7 @@ from saekit.activations.store import ActivationStore
 from saekit.config import config
 from saekit.data.tokens import TokenRows, TokenStore
 from saekit.errors import ConfigError, DataError
+from saekit.models.hookpoints import saelens_hook
 
 if TYPE_CHECKING:
     from saekit.workspace import Workspace
@@ -38,14 +39,9 @@ def tokens_per_batch(device) -> int:
     return config.get("extract_tokens_per_batch_cuda" if device.type == "cuda" else "extract_tokens_per_batch_cpu")
 
 
-def hook_name(name) -> str | None:
-    """A hook point in saekit's names: SAELens writes ``blocks.6.hook_resid_post`` for ``blocks.6.resid_post``."""
-    return name.replace("hook_", "") if isinstance(name, str) else None
-
-
 def sae_hook(sae, key: str = "hook_point") -> str | None:
     """The hook point an SAE's files say it reads (``hook_point``) or, for a transcoder, writes (``target_hook``)."""
-    return hook_name((getattr(sae, "metadata", None) or {}).get(key))
+    return saelens_hook((getattr(sae, "metadata", None) or {}).get(key))
 
 
 def split_pair(batch: torch.Tensor, d_in: int, paired: bool):

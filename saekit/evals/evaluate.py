@@ -204,7 +204,13 @@ def _source(source, meta: dict, hook: str | None, target: str | None, ws: Worksp
     if hook is None and isinstance(source, tuple):
         raise ConfigError("the SAE does not say which hook point it reads (its metadata has no hook_point)",
                           suggestion="set sae.metadata['hook_point'] = 'blocks.6.resid_post' (for example)")
-    described = describe_source(source, ws, hook, target_hook=target)
+    try:
+        described = describe_source(source, ws, hook, target_hook=target)
+    except ConfigError as error:
+        if hook is not None:
+            raise
+        raise ConfigError(f"the SAE does not say which hook point it reads (its metadata has no hook_point): {error}",
+                          suggestion="set sae.metadata['hook_point'] to the one it reads") from error
     if described.store is not None:
         attrs = described.store.attrs
         return (described.ref, attrs.get("model"), attrs.get("tokens"), bool(attrs.get("include_bos", False)),

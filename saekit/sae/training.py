@@ -92,6 +92,9 @@ def train(source, hook_point: str, sae_config: SAEConfig | list[SAEConfig] | Non
     if not isinstance(train_config, TrainConfig):
         raise ConfigError(f"train_config must be a TrainConfig; got {type(train_config).__name__}")
     resolve_device(train_config.device)
+    if not isinstance(hook_point, str) or not hook_point:
+        raise ConfigError(f"hook_point={hook_point!r} must name the activation the SAE reads, e.g. "
+                          "'blocks.6.resid_post' (a store's are in store.hook_points)")
     if not is_int(nproc) or nproc < 1:
         raise ConfigError(f"nproc={nproc!r} must be a positive number of processes")
     if train_config.batch_size % (nproc * nnodes if is_int(nnodes) else nproc):
@@ -629,9 +632,7 @@ class _Trainer:
     def _split(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(input, target) of a batch: a transcoder's rows hold its input, then its target; an autoencoder's target
         is its input (None)."""
-        if self.spec.target_hook is None:
-            return batch, None
-        return batch[:, :self.source.d_in], batch[:, self.source.d_in:]
+        return split_pair(batch, self.source.d_in, True) if self.spec.target_hook else (batch, None)
 
     def _eval_batches(self):
         """Held-out raw rows: tensors, or (input, target) pairs for transcoders."""

@@ -8,7 +8,8 @@ nbconvert and saved notebooks show its last state without a kernel.
 Displayed in a notebook (``_ipython_display_``), the snapshot is an output of its own, after the live view's:
 nbconvert shows the live view alone when the notebook was saved with its widget state (an empty box without
 the widgets' JavaScript, e.g. offline), so the picture cannot ride in the same output. Where the live view
-renders, its CSS hides the snapshot that follows it (``.saekit-live`` in widgets.css).
+renders, it hides the snapshot that follows it (``.saekit-live`` in widgets.css; in other front ends a style
+rule naming the snapshot's ``snapshot_key``, ``saekitHideSnapshot`` in charts.js).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import os
 import sys
+import uuid
 
 import anywidget
 import traitlets
+
+from saekit._steps import in_kernel
 
 HERE = Path(__file__).parent
 JS = HERE / "js"
@@ -33,10 +37,11 @@ def esm(*names: str) -> str:
     source = "\n".join((JS / part).read_text() for part in ("vendor/uPlot.iife.min.js", "charts.js", *names))
     if source.count("export default {") != 1:
         raise ValueError(f"{names[-1]} must end with one 'export default {{ render }}'")
-    # every view marks its element: the CSS then hides the static snapshot shown after a live view
+    # every view marks its element (widgets.css then hides the static snapshot output after it in JupyterLab and
+    # the classic Notebook) and hides its own snapshot by its key wherever it is drawn (other front ends)
     return source.replace("export default {", "const widgetModule = {") + (
         "\nexport default { ...widgetModule, render(context) { context.el.classList.add('saekit-live'); "
-        "return widgetModule.render(context); } };\n")
+        "saekitHideSnapshot(context.model.get('snapshot_key')); return widgetModule.render(context); } };\n")
 
 
 CSS = (JS / "vendor" / "uPlot.min.css").read_text() + "\n" + (JS / "widgets.css").read_text()
@@ -80,10 +85,12 @@ class SnapshotWidget(anywidget.AnyWidget):
 
     _css = CSS
     kernel_id = traitlets.Unicode("").tag(sync=True)
+    snapshot_key = traitlets.Unicode("").tag(sync=True)  # names this widget's snapshot output for its views to hide
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.kernel_id = kernel_id()
+        self.snapshot_key = uuid.uuid4().hex[:16]
         self.on_msg(self._answer_ping)
 
     def _answer_ping(self, widget, content, buffers) -> None:
@@ -103,7 +110,8 @@ class SnapshotWidget(anywidget.AnyWidget):
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
         view = {k: v for k, v in data.items() if k not in ("text/html", "text/plain")}
         view["text/plain"] = ""  # the summary is the snapshot's: a text-only reader shows it once
-        snapshot = {"text/html": f"<div class='saekit-snapshot'>{data['text/html']}</div>",
+        snapshot = {"text/html": f"<div class='saekit-snapshot' data-saekit-key='{self.snapshot_key}'>"
+                                 f"{data['text/html']}</div>",
                     "text/plain": data["text/plain"]}
         return (view, metadata), snapshot
 
@@ -114,6 +122,9 @@ class SnapshotWidget(anywidget.AnyWidget):
         from IPython.display import display
 
         (view, metadata), snapshot = self._outputs()
+        if not in_kernel():  # terminal IPython: no view to draw, the summary once
+            display(snapshot, raw=True)
+            return
         self._display_handle = display(view, metadata=metadata, raw=True, display_id=True)
         self._snapshot_handle = display(snapshot, raw=True, display_id=True)
 

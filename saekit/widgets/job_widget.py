@@ -257,17 +257,24 @@ class JobWidget(SnapshotWidget):
         for name, points in self.metrics.items():
             groups.setdefault(name.rsplit("/", 1)[-1], {})[name] = points
         fvu = groups.get("fvu", {})
-        aux_steps = {p[0] for points in groups.get("auxk", {}).values() for p in points if p[1] != 0}
-        loss_is_fvu = bool(fvu) and all(_same_curve(points, fvu.get(name[:-len("loss")] + "fvu"), aux_steps)
-                                        for name, points in groups.get("loss", {"": None}).items())
+        auxk = groups.get("auxk", {})
+        loss_is_fvu = bool(fvu) and all(
+            _same_curve(points, fvu.get(name[:-len("loss")] + "fvu"),
+                        {p[0] for p in auxk.get(name[:-len("loss")] + "auxk", []) if p[1] != 0})  # this SAE's AuxK
+            for name, points in groups.get("loss", {"": None}).items())
         charts = "".join(snapshot.line_chart("FVU (the loss)" if base == "fvu" and loss_is_fvu else base, groups[base],
                                              log=base in ("loss", "fvu"))
                          for base in ("loss", "fvu", "l0", "dead_fraction")
                          if base in groups and not (base == "loss" and loss_is_fvu)
-                         and not (base == "l0" and all(len({p[1] for p in s}) == 1 for s in groups[base].values())))
+                         and not (base == "l0" and all(map(_constant, groups[base].values()))))
         note = "<div style='color:#666;font-size:11px'>a snapshot: sk.job(\"{}\") in a kernel shows it live</div>".format(
             snapshot.esc(self.job_id))
         return snapshot.box(head, bar, error, reasons, evaluation, charts, note)
+
+
+def _constant(points) -> bool:
+    """Whether a logged curve is flat (TopK's L0 at k says nothing); the live view's ``constant``."""
+    return len(points) > 1 and all(abs(p[1] - points[0][1]) <= 1e-6 * max(1.0, abs(points[0][1])) for p in points)
 
 
 def _same_curve(a, b, except_steps: set | frozenset = frozenset()) -> bool:

@@ -8,7 +8,7 @@ import torch
 
 import saekit as sk
 from saekit.activations.source import (
-    ModelSource, StoreSource, describe_source, forward_rows, hook_name, open_source, sae_hook, split_pair,
+    ModelSource, StoreSource, describe_source, forward_rows, open_source, sae_hook, split_pair,
 )
 from saekit.errors import ConfigError
 
@@ -96,7 +96,9 @@ def test_bad_sources_are_refused_with_the_fix(ws, pair, tiny_lm):
 
 
 def test_saelens_hook_names_are_read_once():
-    assert hook_name("blocks.6.hook_resid_post") == "blocks.6.resid_post" and hook_name(None) is None
     sae = sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=8, d_sae=16))
+    assert sae_hook(sae) is None
     sae.metadata.update(hook_point="blocks.6.hook_mlp_in", target_hook="blocks.6.hook_mlp_out")
     assert sae_hook(sae) == "blocks.6.mlp_in" and sae_hook(sae, "target_hook") == "blocks.6.mlp_out"
+    sae.metadata.update(hook_point="blocks.6.ln2.hook_normalized", target_hook="my_hook_a")  # a user's own name
+    assert sae_hook(sae) == "blocks.6.mlp_in" and sae_hook(sae, "target_hook") == "my_hook_a"

@@ -183,6 +183,10 @@ def test_bad_requests_are_refused_before_a_job_starts(trained, tmp_path):
     with pytest.raises(ConfigError, match="metric 'sparse_probing' needs a model"):
         sk.evaluate(bare, trained["acts"].__class__.from_array(torch.randn(100, bare.d_in), workspace=ws),
                     metrics=["sparse_probing"], workspace=ws)
+    two = trained["acts"].__class__.from_array({"a": torch.randn(100, bare.d_in), "b": torch.randn(100, bare.d_in)},
+                                               workspace=ws)
+    with pytest.raises(ConfigError, match="SAE does not say which hook point.*holds.*'a', 'b'.*metadata"):
+        sk.evaluate(bare, two, metrics=["core"], workspace=ws)
     with pytest.raises(ConfigError, match="seeds=0"):
         sk.evaluate(run, seeds=0, workspace=ws)
     assert len(sk.jobs(kind="evaluate", workspace=ws, status="failed")) == 0

@@ -116,7 +116,7 @@ def test_analyze_refuses_activations_of_another_hook_point(analysed, tiny_lm):
     with pytest.raises(ConfigError, match="trained on blocks.1.resid_pre, but the activations given are of "
                                           "blocks.0.resid_pre"):
         sk.analyze(sae, store, workspace=ws)
-    with pytest.raises(ConfigError, match="activation store .* holds no blocks.1.resid_post"):
+    with pytest.raises(ConfigError, match="'blocks.1.resid_post' is not in activation store .*extract"):
         sk.analyze(sae, store, hook_point="blocks.1.resid_post", workspace=ws)
     toks = sk.token_stores(workspace=ws)[0]
     with pytest.raises(ConfigError, match="trained on blocks.1.resid_pre"):

@@ -286,7 +286,8 @@ def test_a_comparison_and_a_sweep_count_their_generations_while_they_run(lm, mon
     sk.compare_steering(lm, sae, "Return the", [1], coeffs=[0, 40], max_new_tokens=4)
     shown = terminal.getvalue()
     assert "steering comparison: generations: 0/3" in shown and "3/3 · coefficient 40" in shown
-    assert shown.endswith("\r" + " " * 80 + "\r")  # the line is gone when the result comes
+    widest = max(len(line) for line in shown.split("\r"))
+    assert shown.endswith("\r" + " " * widest + "\r")  # the line, the widest it was, is gone when the result comes
     terminal.seek(0)
     terminal.truncate()
     sk.steering_sweep(lm, sae, [1], coeffs=[0, 4], prompts=["Return the", "The list"], max_new_tokens=3)

@@ -142,8 +142,12 @@ def test_a_saved_notebook_reopened_without_its_kernel_shows_the_last_state(lab, 
     lab.run_cell(page, 0)
     labtools.wait(lambda: _bar(page, 0) == 100, "the finished job's view")
     lab.wait_idle(page)
-    # the static snapshot is an output of its own (nbconvert shows it), hidden where the live view renders
+    # the static snapshot is an output of its own (nbconvert shows it), hidden where the live view renders: by
+    # JupyterLab's output structure and, for any front end, by a rule the view adds for its snapshot's key
     assert _js(page, "return [...el.querySelectorAll('.saekit-snapshot')].map((s) => s.offsetParent === null)", 0) == [True]
+    rules = _js(page, "return [...el.querySelectorAll('.saekit-snapshot')].map((s) => "
+                      "document.getElementById('saekit-hide-' + s.dataset.saekitKey)?.textContent || '')", 0)
+    assert len(rules) == 1 and "display: none" in rules[0], rules
     lab.save(page)
     labtools.wait(lambda: "application/vnd.jupyter.widget-state+json" in (lab.folder / "saved.ipynb").read_text(),
                   "the notebook saved with its widget state")

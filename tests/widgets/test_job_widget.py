@@ -166,3 +166,22 @@ def test_a_warm_up_above_fvu_one_is_not_a_divergence():
     assert assess(falling)["level"] == "ok"
     for values in ([0.8, 1.1, 1.3], [3.1, 3.5, 3.2], [0.9, 1.2]):  # rising, a plateau above 1, up from below 1
         assert assess({(step, "fvu"): fvu for step, fvu in enumerate(values)})["level"] == "diverged", values
+
+
+def test_one_chart_says_the_loss_when_it_is_the_fvu_and_each_sae_is_judged_on_its_own_auxk(ws):
+    job = sk.train(toy_store(), "toy", sk.SAEConfig(arch="topk", d_sae=32, k=2), quick(), background=False,
+                   progress=False)
+    widget = JobWidget(job, poller=Poller())
+    steps = range(1, 6)
+    fvu = [[s, 1 / s] for s in steps]
+    titles = lambda: [t.split("</div>")[0].removesuffix(" (log)") for t in widget.snapshot_html().split("font-weight:600'>")[1:]]  # noqa: E731
+    # a TopK SAE: its loss is its FVU but where AuxK adds to it; its L0 is k throughout
+    widget.metrics = {"loss": [[s, v + (0.1 if s == 3 else 0)] for s, v in fvu], "fvu": fvu,
+                      "auxk": [[s, 0.1 if s == 3 else 0.0] for s in steps], "l0": [[s, 2.0] for s in steps]}
+    assert titles() == ["FVU (the loss)"]
+    # a sweep: TopK with AuxK on every step beside a ReLU whose loss adds its L1 penalty: the ReLU keeps its chart
+    widget.metrics = {"sae0/loss": [[s, v + 0.1] for s, v in fvu], "sae0/fvu": fvu,
+                      "sae0/auxk": [[s, 0.1] for s in steps],
+                      "sae1/loss": [[s, v + 0.1] for s, v in fvu], "sae1/fvu": fvu,
+                      "sae1/l0": [[s, 10.0 - s] for s in steps]}
+    assert titles() == ["loss", "fvu", "l0"]

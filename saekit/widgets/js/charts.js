@@ -224,6 +224,16 @@ class ChartSet {
   destroy() { for (const chart of this.charts.values()) chart.destroy(); this.charts.clear(); }
 }
 
+// A live view hides its widget's static snapshot (the output after it, for readers without the widgets' JavaScript)
+// by the key the snapshot carries: one rule in the page's head, whichever front end draws the two outputs.
+function saekitHideSnapshot(key) {
+  if (!key || !/^[0-9a-f]+$/.test(key) || document.getElementById(`saekit-hide-${key}`)) return;
+  const style = document.createElement("style");
+  style.id = `saekit-hide-${key}`;
+  style.textContent = `.saekit-snapshot[data-saekit-key="${key}"] { display: none; }`;
+  document.head.appendChild(style);
+}
+
 // Calls `onGone` once the view has lost its kernel: there is no kernel behind the notebook; the kernel is not
 // the one that made this view (a notebook reopened from its saved widget state: the model records its kernel's
 // id); the kernel restarts, stops or dies (its connection says so); or the kernel no longer answers this view's

@@ -41,9 +41,9 @@ function chartSpecs(model, xMode) {
   const xLabel = { steps: "step", tokens: "tokens", time: "time" }[xMode];
   const specs = [];
   // a TopK-family SAE's loss is its FVU (plus the AuxK loss on the steps that log one): one chart says both
-  const auxSteps = new Set(Object.values(groups.auxk || {}).flat().filter((p) => p[1] !== 0).map((p) => p[0]));
+  const auxSteps = (k) => new Set(((groups.auxk || {})[k] || []).filter((p) => p[1] !== 0).map((p) => p[0]));
   const lossSameAsFvu = groups.loss && groups.fvu && Object.keys(groups.loss).every((k) =>
-    sameCurve(groups.loss[k], groups.fvu[k === "loss" ? "fvu" : k], auxSteps));
+    sameCurve(groups.loss[k], groups.fvu[k === "loss" ? "fvu" : k], auxSteps(k === "loss" ? "auxk" : k)));
   for (const base of ["loss", "fvu", "l0", "dead_fraction", "lr", "tokens_per_s"]) {
     let series = groups[base];
     if (!series) continue;
