@@ -185,3 +185,26 @@ def test_one_chart_says_the_loss_when_it_is_the_fvu_and_each_sae_is_judged_on_it
                       "sae1/loss": [[s, v + 0.1] for s, v in fvu], "sae1/fvu": fvu,
                       "sae1/l0": [[s, 10.0 - s] for s in steps]}
     assert titles() == ["loss", "fvu", "l0"]
+
+
+def test_in_a_kernel_the_live_view_and_its_snapshot_are_two_outputs_and_elsewhere_the_summary_once(ws, monkeypatch):
+    import IPython.display
+
+    from saekit.widgets import _base
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda data, **options: shown.append((data, options)) or options.get("display_id") and object())
+    job = sk.train(toy_store(), "toy", sk.SAEConfig(arch="topk", d_sae=32, k=2), quick(), background=False,
+                   progress=False)
+    widget = JobWidget(job, poller=Poller())
+    widget._ipython_display_()  # terminal IPython: no view to draw
+    assert [set(data) for data, _ in shown] == [{"text/html", "text/plain"}] and job.id in shown[0][0]["text/plain"]
+    shown.clear()
+    monkeypatch.setattr(_base, "in_kernel", lambda: True)
+    widget._ipython_display_()
+    (view, view_options), (snapshot, snapshot_options) = shown
+    assert "application/vnd.jupyter.widget-view+json" in view and view["text/plain"] == ""
+    assert view_options["display_id"] and snapshot_options["display_id"]
+    assert f"class='saekit-snapshot' data-saekit-key='{widget.snapshot_key}'" in snapshot["text/html"]
+    assert len(widget.snapshot_key) == 16 and "completed" in snapshot["text/plain"]
