@@ -96,6 +96,11 @@ def _rows(x: torch.Tensor, sources: dict[str, np.ndarray], position: dict, count
     return Rows(x, token_ids, doc_ids, positions, position)
 
 
+def held_out_sequences(tokens: TokenStore, eval_tokens: int) -> int:
+    """The last sequences of a token store that a model source holds out for ``eval_tokens`` (at most a tenth)."""
+    return min(math.ceil(int(eval_tokens) / tokens.context_length), tokens.n_sequences // 10)
+
+
 # -- describing a source at submit, rebuilding it in the worker ------------------------------------------------
 
 @dataclass(frozen=True)
@@ -114,8 +119,7 @@ class Described:
             return StoreSource(self.store, self.hook_point, eval_tokens).train_rows
         assert self.tokens is not None
         n = self.tokens.n_sequences
-        held = min(math.ceil(eval_tokens / self.tokens.context_length), n // 10)
-        return max(int(self.tokens.stats()["tokens"] * (n - held) / max(n, 1)), 1)
+        return max(int(self.tokens.stats()["tokens"] * (n - held_out_sequences(self.tokens, eval_tokens)) / max(n, 1)), 1)
 
     def rows(self) -> int:
         """Every row the source can give (a model source: its token store's tokens, BOS left out)."""
@@ -292,9 +296,8 @@ class ModelSource:
                  sequences_per_forward: int | None = None, target_hook: str | None = None):
         self.lm, self.tokens, self.hook_point, self.target_hook = lm, tokens, hook_point, target_hook
         self.columns = [hook_point] if target_hook is None else [hook_point, target_hook]
-        n = tokens.n_sequences
-        self.eval_sequences = min(math.ceil(int(eval_tokens) / tokens.context_length), n // 10)
-        self.train_sequences = n - self.eval_sequences
+        self.eval_sequences = held_out_sequences(tokens, eval_tokens)
+        self.train_sequences = tokens.n_sequences - self.eval_sequences
         self.bos = tokens.excluded_bos(include_bos)
         self.per_forward = sequences_per_forward or max(
             1, tokens_per_batch(lm.device) // tokens.context_length)
@@ -410,11 +413,12 @@ class ModelSource:
         while sequence < self.tokens.n_sequences and emitted < n_tokens:
             end = min(sequence + self.per_forward, self.tokens.n_sequences)
             batch = reader.rows(sequence, end)
-            count = int(min(batch.kept(self.bos).sum(), n_tokens - emitted))
+            kept = batch.kept(self.bos)
+            count = int(min(kept.sum(), n_tokens - emitted))
             x = forward_rows(self.lm, batch, [self.hook_point], self.bos, 0, count)[self.hook_point].float().cpu()
             emitted += count
             sequence = end
-            yield _rows(x, batch.sources(batch.kept(self.bos)), {"sequence": sequence, "rows": emitted}, count)
+            yield _rows(x, batch.sources(kept), {"sequence": sequence, "rows": emitted}, count)
 
     def describe(self) -> str:
         return (f"{self.lm.name} over token store {self.tokens.id}: {self.train_sequences:,} training sequences, "

@@ -75,6 +75,8 @@ def test_a_source_described_at_submit_is_rebuilt_from_its_reference(ws, pair, ti
     described = describe_source((tiny_lm, tokens), ws, HOOK)
     assert described.ref == {"model": tiny_lm.ref, "tokens": tokens.reference()}
     assert described.rows() == tokens.tokens_available(False) >= described.training_rows(1000)
+    assert described.training_rows(10**9) < described.training_rows(0)  # at most a tenth held out, as the source does
+    assert ModelSource(tiny_lm, tokens, HOOK, eval_tokens=10**9).eval_sequences == tokens.n_sequences // 10
     source, lm = open_source(described.ref, ws, HOOK, lm=tiny_lm)
     assert isinstance(source, ModelSource) and lm is tiny_lm
 
