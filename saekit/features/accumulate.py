@@ -25,6 +25,8 @@ BLOCK_ROW_BITS = 14  # a block (core rows and their context) has fewer than 2**1
 MAX_BLOCK_ROWS = 2**BLOCK_ROW_BITS
 ORDER_BITS = 31 + BLOCK_ROW_BITS  # a block-local order of one latent's entries; the latent takes the bits above
 SAMPLE_KEY_BITS = ORDER_BITS  # the reservoir's random keys
+SAMPLE_MASK = (1 << SAMPLE_KEY_BITS) - 1
+SAMPLE_HIGH_SHIFT = SAMPLE_KEY_BITS - 31  # a key's high bits as a non-negative int32
 DENSE_LOOKUP_LIMIT = 2**26  # block rows x latents up to which a window lookup may build the dense block (256 MB)
 LOOKUPS_PER_CELL = 16  # dense lookups once the searches would be more than 1/16 of the block's cells
 COOCCURRENCE_PAIRS = 2**24  # ordered latent pairs on the co-occurrence sample's rows, at most
@@ -83,8 +85,16 @@ class Block:
     token_ids: torch.Tensor  # [block rows] int64
     doc_ids: torch.Tensor  # [block rows] int64
     positions: torch.Tensor  # [block rows] int64
-    dense: torch.Tensor | None = None  # the codes as a dense matrix, once a lookup built it
+    dense: torch.Tensor | None = None  # the codes as a dense matrix (given, or once a lookup built it)
+    ordered: bool = False  # the entries are known to be by row, then latent (else ``Accumulator.add`` checks)
     _runs: tuple | None = None
+    _code_keys: torch.Tensor | None = None
+
+    def code_keys(self, d_sae: int) -> torch.Tensor:
+        """Each entry's ``row * d_sae + latent`` (ascending once the entries are ordered)."""
+        if self._code_keys is None:
+            self._code_keys = self.rows * d_sae + self.latents
+        return self._code_keys
 
     def runs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row the first and last row of its run: the rows around it that continue its document (same
@@ -116,11 +126,31 @@ class Buffer:
         self.window_values = torch.zeros((d_sae, size, window), dtype=torch.float16, device=device)
         self.window_tokens = torch.full((d_sae, size, window), -1, dtype=torch.int32, device=device)
         self.worst = torch.full((d_sae,), self.empty, dtype=torch.int64, device=device)  # each latent's entry to beat
+        # a top buffer's worst kept activation (-inf while it has an empty slot): entries of later rows enter
+        # exactly when their activation is above it (``top_keys``), so their keys are made only for those
+        self.worst_value = torch.full((d_sae,), -math.inf, dtype=torch.float32, device=device)
+        # a reservoir's worst kept key's high bits (``_SampleKeys``; the int32 maximum while it has an empty slot)
+        self.worst_high = torch.full((d_sae,), torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
 
     def beats(self, latents: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Which entries would enter: better than the latent's worst kept one."""
         last = self.worst[latents]
         return keys > last if self.largest else keys < last
+
+    def beats_value(self, latents: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """For a top buffer and entries of rows after every kept one: which would enter (``beats`` without
+        their keys: a later row loses a tie, so only a larger activation enters; NaN enters, as its key would)."""
+        return ~(values <= self.worst_value[latents])
+
+    def _update_worst(self, touched: torch.Tensor) -> None:
+        changed = self.keys[touched]
+        worst = changed.min(dim=1).values if self.largest else changed.max(dim=1).values
+        self.worst[touched] = worst
+        if self.largest:  # the activation of a top key: its high 32 bits are the float's (``top_keys``)
+            value = (worst >> ROW_BITS).to(torch.int32).view(torch.float32)
+            self.worst_value[touched] = torch.where(worst >= 0, value, -math.inf)
+        else:
+            self.worst_high[touched] = (worst >> SAMPLE_HIGH_SHIFT).clamp_max(torch.iinfo(torch.int32).max).int()
 
     def merge(self, latents: torch.Tensor, keys: torch.Tensor, order: torch.Tensor, windows) -> None:
         """Keep, per latent, the best ``size`` of what it had and the candidates (``latents``, ``keys``; ``order``
@@ -162,8 +192,7 @@ class Buffer:
         self.rows[latent_rows, slots] = rows
         self.window_values[latent_rows, slots] = window_values.half()
         self.window_tokens[latent_rows, slots] = window_tokens.int()
-        changed = self.keys[touched]
-        self.worst[touched] = changed.min(dim=1).values if self.largest else changed.max(dim=1).values
+        self._update_worst(touched)
 
     def sorted(self) -> dict[str, torch.Tensor]:
         """The fields with each latent's entries best first (empty slots last)."""
@@ -179,7 +208,7 @@ class Buffer:
     def load(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         for n in self.FIELDS:
             getattr(self, n).copy_(state[f"{prefix}.{n}"])
-        self.worst.copy_(self.keys.min(dim=1).values if self.largest else self.keys.max(dim=1).values)
+        self._update_worst(torch.arange(len(self.keys), device=self.keys.device))
 
 
 class Accumulator:
@@ -197,7 +226,7 @@ class Accumulator:
         self.hist = torch.zeros((d_sae, HIST_BINS), dtype=torch.int64, device=device)
         self.top = Buffer(d_sae, top_k, self.window, largest=True, device=device)
         self.sample = Buffer(d_sae, reservoir, self.window, largest=False, device=device)
-        self.latent_hash = latent_hashes(d_sae, device)
+        self.latent_hash = latent_hashes(d_sae, device) & SAMPLE_MASK
         self.cooccurrence_rows = cooccurrence_rows
         self.sampled: list[torch.Tensor] = []  # (row, latent) of the first rows: the co-occurrence sample
         self.sampled_pairs = 0  # ordered pairs of latents on the sampled rows (at most COOCCURRENCE_PAIRS)
@@ -207,58 +236,51 @@ class Accumulator:
     def add(self, block: Block) -> None:
         if len(block.token_ids) > MAX_BLOCK_ROWS:
             raise ValueError(f"a block of {len(block.token_ids)} rows; at most {MAX_BLOCK_ROWS}")
-        code_keys = block.rows * self.d_sae + block.latents
-        if len(code_keys) > 1 and not bool((code_keys[1:] > code_keys[:-1]).all()):
+        code_keys = None if block.ordered else block.code_keys(self.d_sae)
+        if code_keys is not None and len(code_keys) > 1 and not bool((code_keys[1:] > code_keys[:-1]).all()):
             order = torch.argsort(code_keys)  # encode_sparse gives them by row, then latent; others are sorted here
             block = Block(block.start, block.core, block.before, block.rows[order], block.latents[order],
-                          block.values[order], block.token_ids, block.doc_ids, block.positions)
-            code_keys = code_keys[order]
+                          block.values[order], block.token_ids, block.doc_ids, block.positions, block.dense,
+                          _code_keys=code_keys[order])
         bounds = torch.tensor([block.before, block.before + block.core], device=block.rows.device)
         lo, hi = torch.searchsorted(block.rows, bounds).tolist()  # the core's entries: rows are ascending
         rows, latents, values = block.rows[lo:hi], block.latents[lo:hi], block.values[lo:hi]
-        stream_rows = rows - block.before + block.start
         self.rows_seen += block.core
-        self.count.index_add_(0, latents, torch.ones_like(latents))
         self.total.index_add_(0, latents, values.double())
         self.max.scatter_reduce_(0, latents, values, reduce="amax")
         self.min.scatter_reduce_(0, latents, values, reduce="amin")
-        bins = ((torch.log10(values.clamp_min(1e-30)) - HIST_LOG10_MIN) * HIST_PER_DECADE).floor().long() + 1
-        bins = bins.clamp(0, HIST_BINS - 1)
-        self.hist.view(-1).index_add_(0, latents * HIST_BINS + bins, torch.ones_like(bins))
-        self._cooccur(block.start, stream_rows, latents)
+        self.hist.view(-1).index_add_(0, _hist_cells(values, latents), torch.ones_like(latents))
+        torch.sum(self.hist, dim=1, out=self.count)  # every entry falls in one bin
+        self._cooccur(block, rows, latents)
+        # which entries would enter each buffer, tested without making their int64 keys (see ``_TopKeys``,
+        # ``_SampleKeys``); the keys are made for those offered
+        for buffer, keys in ((self.sample, _SampleKeys(self, block)), (self.top, _TopKeys(block))):
+            self._offer(buffer, block, keys.candidates(buffer, rows, latents, values), rows, latents, values, keys)
 
-        def top_order(values, rows):  # best first within a latent: value descending, then row ascending
-            bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
-            return ((1 << ORDER_BITS) - 1) - ((bits << BLOCK_ROW_BITS) | (MAX_BLOCK_ROWS - 1 - rows))
-
-        row_hash = row_hashes(block.start, block.core, self.seed, rows.device)
-        sample_keys = (row_hash[rows - block.before] ^ self.latent_hash[latents]) & ((1 << SAMPLE_KEY_BITS) - 1)
-        for buffer, keys, ranking in ((self.top, top_keys(values, stream_rows), top_order),
-                                      (self.sample, sample_keys, None)):
-            self._offer(buffer, block, code_keys, buffer.beats(latents, keys), rows, latents, values, stream_rows,
-                        keys, ranking)
-
-    def _offer(self, buffer: Buffer, block: Block, code_keys, take, rows, latents, values, stream_rows, keys,
-               order) -> None:
+    def _offer(self, buffer: Buffer, block: Block, take, rows, latents, values, keys) -> None:
+        """Offer ``buffer`` the core entries (block-local ``rows``) where ``take``: a superset of those that
+        enter. ``keys`` gives the entries' scores (ordered as their keys, ties allowed) and keys."""
         take = take.nonzero().squeeze(1)  # one read-back on a GPU, not one per tensor
         if len(take) == 0:
             return
-        if _many(len(take), self.d_sae, buffer.size):  # e.g. a dense code's first block: only each latent's best
-            best = _block_best(rows[take] - block.before, latents[take], keys[take], block.core, self.d_sae, buffer)
-            take = take[best.nonzero().squeeze(1)]
-        rows, latents, values, stream_rows, keys = rows[take], latents[take], values[take], stream_rows[take], keys[take]
-        ranks = keys if order is None else order(values, rows)  # a reservoir's order is its random key
+        if len(take) < len(rows):
+            rows, latents, values = rows[take], latents[take], values[take]
+        if _many(len(rows), self.d_sae, buffer.size):  # e.g. a dense code's first block: only each latent's best
+            best = _block_best(rows - block.before, latents, keys.scores(rows, latents, values), block.core,
+                               self.d_sae, buffer).nonzero().squeeze(1)
+            rows, latents, values = rows[best], latents[best], values[best]
+        stream_rows = rows - block.before + block.start
+        entry_keys, ranks = keys.keys(rows, latents, values, stream_rows)
 
         def windows(index: torch.Tensor):
-            acts, tokens = self._windows(block, code_keys, rows[index], latents[index])
+            acts, tokens = self._windows(block, rows[index], latents[index])
             return values[index], stream_rows[index], acts, tokens
 
-        buffer.merge(latents, keys, ranks, windows)
+        buffer.merge(latents, entry_keys, ranks, windows)
 
-    def _windows(self, block: Block, code_keys: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor):
+    def _windows(self, block: Block, rows: torch.Tensor, latents: torch.Tensor):
         """Each entry's context: the latent's activation and the token at rows ``row - before .. row + after``
-        of the block, where those rows continue the same document (else 0 and -1). ``code_keys`` are the
-        block's ``row * d_sae + latent``, ascending."""
+        of the block, where those rows continue the same document (else 0 and -1)."""
         before, after = self.context
         first, last = block.runs()
         offsets = torch.arange(-before, after + 1, device=rows.device)
@@ -267,28 +289,32 @@ class Accumulator:
         safe = torch.where(same, around, rows[:, None])
         tokens = torch.where(same, block.token_ids[safe], -1)
         n_rows = len(block.token_ids)
-        if LOOKUPS_PER_CELL * safe.numel() > n_rows * self.d_sae and n_rows * self.d_sae <= DENSE_LOOKUP_LIMIT:
+        if block.dense is not None or (LOOKUPS_PER_CELL * safe.numel() > n_rows * self.d_sae
+                                       and n_rows * self.d_sae <= DENSE_LOOKUP_LIMIT):
             if block.dense is None:  # many lookups: a dense block is cheaper than searches
                 block.dense = _densify(block, self.d_sae)
             acts = torch.where(same, block.dense[safe, latents[:, None]], 0.0)
             return acts, tokens
         wanted = safe * self.d_sae + latents[:, None]
+        code_keys = block.code_keys(self.d_sae)
         at = torch.searchsorted(code_keys, wanted).clamp_max(len(code_keys) - 1)
         acts = torch.where((code_keys[at] == wanted) & same, block.values[at], 0.0)
         return acts, tokens
 
-    def _cooccur(self, start: int, stream_rows: torch.Tensor, latents: torch.Tensor) -> None:
+    def _cooccur(self, block: Block, rows: torch.Tensor, latents: torch.Tensor) -> None:
         """Keep the active latents of the first rows (the co-occurrence sample): the first ``cooccurrence_rows``
         rows, fewer where their latents make more than ``COOCCURRENCE_PAIRS`` ordered pairs (a dense SAE, e.g.
         a ReLU SAE early in training, has thousands of active latents a row). Which rows are kept depends only
-        on the rows before them, so it does not depend on the block size or on a resume."""
-        if self.sample_full or start >= self.cooccurrence_rows:
+        on the rows before them, so it does not depend on the block size or on a resume. ``rows`` are the
+        core entries' block-local rows, ascending."""
+        if self.sample_full or block.start >= self.cooccurrence_rows:
             return  # known on the host: no sync once the sample is taken
-        rows, latents = stream_rows.cpu(), latents.cpu()  # ``stream_rows`` ascending (``add`` sorts the codes)
-        first = rows < self.cooccurrence_rows
-        rows, latents = rows[first], latents[first]
-        if len(rows) == 0:
+        end = torch.tensor([block.before + self.cooccurrence_rows - block.start], device=rows.device)
+        n = int(torch.searchsorted(rows, end))  # the entries of rows still in the sample's range
+        if n == 0:
             return
+        rows = (rows[:n] - block.before + block.start).cpu()
+        latents = latents[:n].cpu()
         _, per_row = torch.unique_consecutive(rows, return_counts=True)
         pairs = self.sampled_pairs + torch.cumsum(per_row * (per_row - 1), 0)
         fits = int((pairs <= COOCCURRENCE_PAIRS).sum())  # a prefix of the rows: ``pairs`` is non-decreasing
@@ -362,6 +388,49 @@ class Accumulator:
         return ids.cpu(), share.cpu()
 
 
+class _TopKeys:
+    """A top buffer's keys (``top_keys``) for the entries of one block. Its worst kept entry is of an earlier
+    row, which wins a tie: an entry enters exactly when its activation is above that entry's
+    (``Buffer.beats_value``), and activations order entries as their keys do."""
+
+    def __init__(self, block: Block):
+        self.block = block
+
+    def candidates(self, buffer, rows, latents, values):
+        return buffer.beats_value(latents, values)
+
+    def scores(self, rows, latents, values):
+        return values.clamp_min(0)
+
+    def keys(self, rows, latents, values, stream_rows):
+        """The keys, and the order within a latent (best first: activation descending, then row ascending)."""
+        bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
+        ranks = ((1 << ORDER_BITS) - 1) - ((bits << BLOCK_ROW_BITS) | (MAX_BLOCK_ROWS - 1 - rows))
+        return top_keys(values, stream_rows), ranks
+
+
+class _SampleKeys:
+    """The reservoir's keys (``row_hashes``) for the entries of one block: an XOR of a row's hash and a latent's.
+    Their high 31 bits are an int32 XOR of the hashes' high bits, compared with the worst kept key's
+    (``Buffer.worst_high``): a superset of the entries that enter, found with half the memory traffic."""
+
+    def __init__(self, acc: Accumulator, block: Block):
+        rows = len(block.token_ids)  # every row of the block: its hashes are indexed by block-local row
+        self.row_hash = row_hashes(block.start - block.before, rows, acc.seed, block.rows.device) & SAMPLE_MASK
+        self.latent_hash = acc.latent_hash
+        self.row_high, self.latent_high = ((h >> SAMPLE_HIGH_SHIFT).int() for h in (self.row_hash, acc.latent_hash))
+
+    def candidates(self, buffer, rows, latents, values):
+        return self.scores(rows, latents, values) <= buffer.worst_high[latents]
+
+    def scores(self, rows, latents, values):
+        return self.row_high[rows] ^ self.latent_high[latents]
+
+    def keys(self, rows, latents, values, stream_rows):
+        keys = self.row_hash[rows] ^ self.latent_hash[latents]  # masked once: (a & m) ^ (b & m) == (a ^ b) & m
+        return keys, keys  # its order within a latent is its key
+
+
 def _many(candidates: int, d_sae: int, size: int) -> bool:
     """Whether a block offers a buffer so many candidates (more than twice what it holds) that finding each
     latent's best of them on a dense matrix beats sorting them all."""
@@ -375,29 +444,41 @@ def _densify(block: Block, d_sae: int) -> torch.Tensor:
     return dense
 
 
-def _block_best(rows: torch.Tensor, latents: torch.Tensor, keys: torch.Tensor, n_rows: int, d_sae: int,
+def _block_best(rows: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor, n_rows: int, d_sae: int,
                 buffer: Buffer, cells: int = 2**24) -> torch.Tensor:
-    """Which entries (``rows`` ascending, in ``0..n_rows``) are among their latent's ``buffer.size`` best by
-    ``keys`` within a slice of about ``cells / d_sae`` rows: a superset of the latent's best of all rows
-    (the best of the whole are the best of their slice). Each slice's keys go into a dense matrix whose
-    per-latent ``size``-th best key (``topk``, O(n)) is the bar; nothing is sorted."""
+    """Which entries (``rows`` ascending, in ``0..n_rows``) may be among their latent's ``buffer.size`` best
+    within a slice of about ``cells / d_sae`` rows: a superset of the latent's best of all rows (the best of
+    the whole are the best of their slice). ``scores`` order the entries as their keys do, ties allowed (a
+    top buffer's activations, a reservoir's keys). Each slice's scores go into a dense latent-major matrix
+    whose per-latent ``size``-th best score (``topk``, O(n)) is the bar; ties with it are kept; nothing is
+    sorted."""
     step = max(1, cells // d_sae)
     if n_rows <= buffer.size:
-        return torch.ones_like(keys, dtype=torch.bool)
+        return torch.ones_like(scores, dtype=torch.bool)
     ends = torch.arange(0, n_rows + step, step, device=rows.device).clamp_max(n_rows)
     bounds = torch.searchsorted(rows, ends).tolist()
-    keep = torch.ones_like(keys, dtype=torch.bool)
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if scores.is_floating_point():
+        empty = -math.inf if buffer.largest else math.inf
+    else:
+        empty = torch.iinfo(scores.dtype).min if buffer.largest else torch.iinfo(scores.dtype).max
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         first = i * step
         height = min(step, n_rows - first)
         if height <= buffer.size or hi == lo:
             continue  # every entry of the slice is among its best
-        grid = torch.full((height, d_sae), buffer.empty, dtype=torch.int64, device=keys.device)
-        grid[rows[lo:hi] - first, latents[lo:hi]] = keys[lo:hi]
-        edge = grid.topk(buffer.size, dim=0, largest=buffer.largest, sorted=False).values
-        bar = edge.min(0).values if buffer.largest else edge.max(0).values
-        keep[lo:hi] = keys[lo:hi] >= bar[latents[lo:hi]] if buffer.largest else keys[lo:hi] <= bar[latents[lo:hi]]
+        grid = torch.full((d_sae, height), empty, dtype=scores.dtype, device=scores.device)
+        grid[latents[lo:hi], rows[lo:hi] - first] = scores[lo:hi]
+        edge = grid.topk(buffer.size, dim=1, largest=buffer.largest, sorted=False).values
+        bar = (edge.min(1) if buffer.largest else edge.max(1)).values[latents[lo:hi]]
+        keep[lo:hi] = ~(scores[lo:hi] < bar) if buffer.largest else ~(scores[lo:hi] > bar)  # NaN stays a candidate
     return keep
+
+
+def _hist_cells(values: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Each entry's cell of the flattened ``[d_sae, HIST_BINS]`` histogram (its bin of log10 activation)."""
+    bins = values.clamp_min(1e-30).log10_().sub_(HIST_LOG10_MIN).mul_(HIST_PER_DECADE).floor_().add_(1)
+    return bins.long().clamp_(0, HIST_BINS - 1).add_(latents, alpha=HIST_BINS)
 
 
 def _pair_matrix(rows: torch.Tensor, latents: torch.Tensor, d_sae: int) -> torch.Tensor:

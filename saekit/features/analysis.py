@@ -238,6 +238,19 @@ def _block_rows(sae, batch_size) -> int:
     return int(max(256, min(8192, 2**28 // (4 * sae.d_sae))))
 
 
+def _codes(sae, x: torch.Tensor):
+    """The SAE's sparse codes of ``x`` as ``encode_sparse`` gives them, and the dense codes where the SAE's rule
+    makes them anyway (an SAE without its own ``encode_sparse``, such as ReLU): the context windows read
+    activations off them, and their nonzeros come by row, then latent."""
+    from saekit.sae.model import SAE
+
+    if type(sae).encode_sparse is not SAE.encode_sparse:
+        return (*sae.encode_sparse(x), None)
+    z = sae.encode(x)
+    rows, latents = z.nonzero(as_tuple=True)
+    return rows, latents, z[rows, latents], z
+
+
 class _Pass:
     """The streaming pass: blocks of core rows with their context, folded into the accumulator."""
 
@@ -269,10 +282,10 @@ class _Pass:
         ext = Rows.join([self.context, head]) if self.context is not None else head
         before = len(self.context) if self.context is not None else 0
         with torch.no_grad():
-            rows, latents, values = self.sae.encode_sparse(ext.x.to(self.device))
+            rows, latents, values, dense = _codes(self.sae, ext.x.to(self.device))
         self.acc.add(Block(start=self.acc.rows_seen, core=core, before=before, rows=rows, latents=latents, values=values,
                            token_ids=ext.token_ids.to(self.device), doc_ids=ext.doc_ids.to(self.device),
-                           positions=ext.positions.to(self.device)))
+                           positions=ext.positions.to(self.device), dense=dense, ordered=dense is not None))
         end = before + core  # the context of the next block: the last `before` rows folded in
         self.context = ext.slice(max(0, end - self.before), end).clone() if self.before else None
         rest = joined.slice(core, len(joined))

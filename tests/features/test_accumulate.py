@@ -16,13 +16,18 @@ D_IN, D_SAE, N = 8, 24, 3000
 BEFORE, AFTER = 3, 2
 
 
-@pytest.fixture(autouse=True, params=["sparse", "dense"])
+@pytest.fixture(autouse=True, params=["sparse", "dense", "listed codes"])
 def code_path(request, monkeypatch):
     """Every test on both ways of finding a block's candidates: sorting them all, and each latent's best of
-    them on a dense matrix first (what many candidates get, as a dense code's first block offers)."""
+    them on a dense matrix first (what many candidates get, as a dense code's first block offers); and with
+    the block's codes only listed (as a TopK SAE gives them: no dense matrix, their order checked)."""
     import saekit.features.accumulate as accumulate
+    import saekit.features.analysis as analysis
 
     monkeypatch.setattr(accumulate, "_many", lambda *a: request.param == "dense")
+    if request.param == "listed codes":
+        codes = analysis._codes
+        monkeypatch.setattr(analysis, "_codes", lambda sae, x: (*codes(sae, x)[:3], None))
     return request.param
 
 
