@@ -535,7 +535,8 @@ def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae:
 
         acc = Accumulator(d_sae, top_k=20, reservoir=100, context=(16, 4), device=device)
         stream = _Pass(on_device, acc, 16, 4, _block_rows(on_device, "auto"), device)
-        for rows in StoreSource(store, hook).blocks(stream.block, None, store.n_tokens):
+        for rows in StoreSource(store, hook).blocks(stream.block, None, store.n_tokens,
+                                                    read_ahead=device.startswith("cuda")):  # as the job reads
             stream.feed(rows)
         stream.finish()
 

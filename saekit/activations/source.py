@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from saekit.activations.store import ActivationStore
+from saekit.activations.store import ActivationStore, Prefetcher
 from saekit.config import config
 from saekit.data.tokens import TokenRows, TokenStore
 from saekit.errors import ConfigError, DataError
@@ -251,13 +251,27 @@ class StoreSource:
             parts = [self.store.read(name, lo, lo + batch_size) for name in self.columns]
             yield torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
-    def blocks(self, block: int, position: dict | None, n_tokens: int) -> Iterator[Rows]:
-        """Rows ``0..n_tokens`` of the hook point in order, ``block`` at a time, each with its provenance."""
+    def blocks(self, block: int, position: dict | None, n_tokens: int, *, read_ahead: bool = False
+               ) -> Iterator[Rows]:
+        """Rows ``0..n_tokens`` of the hook point in order, ``block`` at a time, each with its provenance. With
+        ``read_ahead``, the next block is read (decompressed, on a thread) while the caller works on this one:
+        what a GPU consumer wants; on a CPU the thread competes with the consumer's own (2 cores: 2% slower)."""
         start = int(position["row"]) if position else 0
-        for lo in range(start, n_tokens, block):
-            hi = min(lo + block, n_tokens)
-            x = self.store.read(self.hook_point, lo, hi).float()
-            yield _rows(x, self.store.sources(lo, hi), {"row": hi})
+
+        def read() -> Iterator[Rows]:
+            for lo in range(start, n_tokens, block):
+                hi = min(lo + block, n_tokens)
+                x = self.store.read(self.hook_point, lo, hi).float()
+                yield _rows(x, self.store.sources(lo, hi), {"row": hi})
+
+        if not read_ahead:
+            yield from read()
+            return
+        ahead = Prefetcher(read(), depth=1)
+        try:
+            yield from ahead
+        finally:
+            ahead.close()
 
     def describe(self) -> str:
         return (f"activation store {self.store.id}: {self.train_rows:,} training rows, "
@@ -405,9 +419,11 @@ class ModelSource:
         if pending:
             yield torch.cat(pending)
 
-    def blocks(self, block: int, position: dict | None, n_tokens: int) -> Iterator[Rows]:
+    def blocks(self, block: int, position: dict | None, n_tokens: int, *, read_ahead: bool = False
+               ) -> Iterator[Rows]:
         """The kept tokens' rows of the sequences in order until ``n_tokens``, a forward pass at a time (``block``
-        is the caller's to cut), each with its provenance."""
+        is the caller's to cut), each with its provenance. (``read_ahead`` is ``StoreSource``'s: the model's rows
+        are computed on its device, there is nothing to read ahead.)"""
         sequence, emitted = (int(position["sequence"]), int(position["rows"])) if position else (0, 0)
         reader = self.tokens.reader()
         while sequence < self.tokens.n_sequences and emitted < n_tokens:

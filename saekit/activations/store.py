@@ -183,7 +183,7 @@ class ActivationStore:
         readers = ThreadPoolExecutor(max_workers=config.get("reader_threads"), thread_name_prefix="saekit-read")
         reads = [functools.partial(read_rows, a, location=self.location, name=name) for a, name in zip(arrays, names)]
         read = reads[0] if len(reads) == 1 else (lambda lo, hi: np.concatenate([r(lo, hi) for r in reads], axis=1))
-        windows = _Prefetcher(plan.windows_from(start_row, stop_row, read, dtype, readers),
+        windows = Prefetcher(plan.windows_from(start_row, stop_row, read, dtype, readers),
                               max(1, prefetch - 1) * plan.pieces_per_window)
         try:
             for batch in _rebatch(windows, batch_size, torch.cat):
@@ -415,7 +415,7 @@ class _WindowPlan:
             yield ids[offset:end]
 
 
-class _Prefetcher:
+class Prefetcher:
     """Runs a generator on a thread, ``depth`` items ahead; ``close()`` stops it."""
 
     _END = object()

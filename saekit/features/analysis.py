@@ -365,7 +365,7 @@ def run_analyze(ctx, spec: AnalyzeSpec) -> dict:
     total = spec.n_tokens
     ctx.progress(acc.rows_seen, total, unit="tokens", phase="analysing")
     with out.committing(commit):
-        for rows in source.blocks(stream.block, position, spec.n_tokens):
+        for rows in source.blocks(stream.block, position, spec.n_tokens, read_ahead=device.type == "cuda"):
             position = rows.position
             if stream.feed(rows):
                 out.tick()

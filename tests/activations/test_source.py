@@ -40,6 +40,28 @@ def test_a_store_and_the_model_give_the_same_rows_in_order_with_their_provenance
     assert again.position == from_model[3].position
 
 
+def test_a_store_read_ahead_on_a_thread_gives_the_same_blocks_and_stops_when_the_reader_does(ws, pair, monkeypatch):
+    _, store = pair
+    source = StoreSource(store, HOOK)
+    inline = list(source.blocks(100, None, store.n_tokens))
+    ahead = list(source.blocks(100, None, store.n_tokens, read_ahead=True))
+    assert len(ahead) == len(inline) > 3
+    for a, b in zip(ahead, inline):
+        assert a.position == b.position
+        for name in ("x", "token_ids", "doc_ids", "positions"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
+    blocks = source.blocks(100, inline[0].position, store.n_tokens, read_ahead=True)  # resumed, then left early
+    assert next(blocks).position == inline[1].position
+    blocks.close()  # the reading thread is told to stop; nothing hangs
+
+    def unreadable(*args, **kwargs):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(store, "read", unreadable)
+    with pytest.raises(OSError, match="the disk went away"):  # a read that fails on the thread reaches the caller
+        next(StoreSource(store, HOOK).blocks(100, None, store.n_tokens, read_ahead=True))
+
+
 def test_held_out_rows_agree_and_a_paired_source_splits_into_input_and_target(ws, pair, tiny_lm):
     tokens, store = pair
     model = ModelSource(tiny_lm, tokens, HOOK, eval_tokens=10**9, target_hook=TARGET)  # a tenth of the sequences
