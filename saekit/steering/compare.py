@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saekit._checks import check_positive_int, is_int, is_number
+from saekit._checks import as_int, as_number, check_positive_int
 from saekit._provided import provided
 from saekit._steps import Steps
 from saekit.errors import ConfigError
@@ -41,11 +41,17 @@ class Scored:
         return math.exp(-self.logprob / len(self.ids)) if self.ids else float("nan")
 
 
+def _listed(value):
+    """A 1-D NumPy array or torch tensor as a list (ids or coefficients a user computed), anything else as is."""
+    return value.tolist() if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist") else value
+
+
 def _features(features, sae) -> dict[int, float]:
     """``features`` as {feature: weight}: a list gives each the weight 1; a mapping gives each its own (the
-    coefficient of a setting times the weight is what the feature is steered by)."""
-    if is_int(features):
-        features = [features]
+    coefficient of a setting times the weight is what the feature is steered by). Ids and weights may be NumPy
+    or torch numbers, a list a 1-D array or tensor, as ``sk.steer`` takes them."""
+    single = as_int(features)
+    features = [single] if single is not None else _listed(features)
     if isinstance(features, Mapping):
         weights = dict(features)
     elif isinstance(features, Sequence) and not isinstance(features, str):
@@ -55,22 +61,27 @@ def _features(features, sae) -> dict[int, float]:
                           f"{{123: 1.0, 45: 0.5}}; got {features!r}")
     if not weights:
         raise ConfigError("features is empty; name at least one feature, e.g. [123]")
+    checked: dict[int, float] = {}
     for i, w in weights.items():
-        if not is_int(i) or not 0 <= i < sae.d_sae:
+        feature, weight = as_int(i), as_number(w)
+        if feature is None or not 0 <= feature < sae.d_sae:
             raise ConfigError(f"feature {i!r} is not a feature of this SAE (0..{sae.d_sae - 1})")
-        if not is_number(w):
+        if weight is None:
             raise ConfigError(f"the weight {w!r} of feature {i} must be a finite number (its coefficient is "
                               "the setting's times the weight)")
-    return {int(i): float(w) for i, w in weights.items()}
+        checked[feature] = weight
+    return checked
 
 
 def _coeffs(coeffs) -> list[float]:
+    coeffs = _listed(coeffs)
     if not isinstance(coeffs, Sequence) or isinstance(coeffs, str) or not coeffs:
         raise ConfigError(f"coeffs must be a non-empty list of numbers, e.g. [0, 2, 4, 8]; got {coeffs!r}")
-    for c in coeffs:
-        if not is_number(c):
+    checked = [as_number(c) for c in coeffs]
+    for c, number in zip(coeffs, checked):
+        if number is None:
             raise ConfigError(f"coefficient {c!r} must be a finite number")
-    return [float(c) for c in coeffs]
+    return [float(c) for c in checked if c is not None]
 
 
 def score(lm, sae, hook_point: str, prompt_ids: list[int], ids: list[int], features: list[int]) -> Scored:

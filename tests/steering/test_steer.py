@@ -274,6 +274,26 @@ def test_each_feature_can_have_its_own_coefficient(lm):
         sk.compare_steering(lm, sae, "x", {1: float("inf")})
 
 
+def test_ids_and_coefficients_computed_with_numpy_or_torch_are_taken_as_sk_steer_takes_them(lm):
+    """A researcher's ids come from argsort and coefficients from linspace: arrays, tensors, NumPy scalars."""
+    import numpy as np
+
+    sae = tied_sae(lm)
+    plain = sk.compare_steering(lm, sae, "Return the", [1, 2], coeffs=[0.0, 20.0], max_new_tokens=4, seed=0,
+                                progress=False)
+    for features, coeffs in ((np.array([1, 2]), np.linspace(0, 20, 2)),
+                             (torch.tensor([1, 2]), torch.tensor([0.0, 20.0])),
+                             ({np.int64(1): np.float32(1), np.int32(2): 1}, [np.float32(0), np.float64(20)])):
+        result = sk.compare_steering(lm, sae, "Return the", features, coeffs=coeffs, max_new_tokens=4, seed=0,
+                                     progress=False)
+        assert [r["scored"].ids for r in result.rows] == [r["scored"].ids for r in plain.rows]
+        assert result.features == [1, 2] and [r["coeff"] for r in result.rows] == [None, 0.0, 20.0]
+    with pytest.raises(ConfigError, match="finite"):
+        sk.steering_sweep(lm, sae, np.array([1]), coeffs=np.array([0.0, np.nan]))
+    with pytest.raises(ConfigError, match="not a feature"):
+        sk.compare_steering(lm, sae, "x", np.array([True]))
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
