@@ -60,12 +60,15 @@ def render(state: LogState, *, status: str | None = None, width: int | None = No
     stamp = (end or {}).get("time") if end is not None else (now or time.time())
     elapsed = max(0.0, (stamp or time.time()) - start)
     rate = None
-    if p.get("time") and first.get("time") and p["time"] > first["time"]:
-        rate = (float(p.get("done") or 0) - float(first.get("done") or 0)) / (p["time"] - first["time"])
+    begun = min(float(first.get("done") or 0), done)  # where this phase's count started (a later phase of a job
+    if p.get("time") and first.get("time") and p["time"] > first["time"]:  # may go on from an earlier one's)
+        rate = (float(p.get("done") or 0) - begun) / (p["time"] - first["time"])
     unit = f" {p['unit']}" if p.get("unit") else ""
     whole = lambda x: int(x) if float(x).is_integer() else float(x)  # noqa: E731  "40/40 steps", not "40.0/40.0"
+    # ``initial``: tqdm's own rate, before this phase has two records, is what the phase did, not the whole count
     return tqdm.format_meter(whole(done), whole(total) if total else None, elapsed, ncols=width, prefix=label, unit=unit,
-                             rate=rate if rate and rate > 0 else None, postfix=_postfix(state) or None)
+                             rate=rate if rate and rate > 0 else None, postfix=_postfix(state) or None,
+                             initial=whole(begun))
 
 
 def render_log(records: list[dict], *, status: str | None = None, width: int | None = None) -> str:

@@ -2,6 +2,7 @@
 SLURM, CI), and an end line with the total time and the latest metrics."""
 
 import io
+import time
 
 import saekit as sk
 from saekit.jobs import submit
@@ -32,6 +33,20 @@ def test_the_rendered_line_has_rate_elapsed_and_metrics(ws):
     job = submit("count", {"n": 30, "delay": 0.01}, background=False, progress=False)
     line = render_log(read_all(events_path(ws, job.id)), width=100)
     assert "100%" in line and "30/30" in line and "steps/s" in line and "value=" in line
+
+
+def test_a_later_phase_that_goes_on_counting_shows_its_own_rate():
+    """A job whose phases share one count (an evaluation in % of the whole): at a phase's first record the rate
+    is unknown, not the whole count over that phase's first instant (it showed thousands of %/s)."""
+    t = time.time() - 60
+    records = [{"t": "start", "time": t},
+               {"t": "progress", "done": 0, "total": 100, "unit": "%", "phase": "core", "time": t},
+               {"t": "progress", "done": 40, "total": 100, "unit": "%", "phase": "core", "time": t + 40},
+               {"t": "progress", "done": 40, "total": 100, "unit": "%", "phase": "probing", "time": t + 40.02}]
+    line = render_log(records, width=100)
+    assert "40/100" in line and "? %/s" in line
+    records.append({"t": "progress", "done": 50, "total": 100, "unit": "%", "phase": "probing", "time": t + 60.02})
+    assert "2.00s/ %" in render_log(records, width=100)  # 10 % in 20 s of this phase
 
 
 def test_wait_writes_lines_when_output_is_a_file(ws, capsys):
