@@ -427,20 +427,24 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._run, name="saekit-prefetch", daemon=True)
         self._thread.start()
 
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless the consumer has stopped (a consumer gone never frees a full queue)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self) -> None:
         try:
             for item in self._source:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(item):
                     return
-            self._queue.put(self._END)
+            self._put(self._END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            self._queue.put(exc)
+            self._put(exc)
 
     def __iter__(self):
         return self

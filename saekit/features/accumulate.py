@@ -126,31 +126,22 @@ class Buffer:
         self.window_values = torch.zeros((d_sae, size, window), dtype=torch.float16, device=device)
         self.window_tokens = torch.full((d_sae, size, window), -1, dtype=torch.int32, device=device)
         self.worst = torch.full((d_sae,), self.empty, dtype=torch.int64, device=device)  # each latent's entry to beat
-        # a top buffer's worst kept activation (-inf while it has an empty slot): entries of later rows enter
-        # exactly when their activation is above it (``top_keys``), so their keys are made only for those
-        self.worst_value = torch.full((d_sae,), -math.inf, dtype=torch.float32, device=device)
-        # a reservoir's worst kept key's high bits (``_SampleKeys``; the int32 maximum while it has an empty slot)
-        self.worst_high = torch.full((d_sae,), torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
+        # the worst kept key's high bits as an int32, enough to test most entries (``_TopKeys``, ``_SampleKeys``):
+        # a top key's activation bits (-1 while a slot is empty), a reservoir key's top 31 bits (else the maximum)
+        self.worst_high = torch.full((d_sae,), -1 if largest else torch.iinfo(torch.int32).max, dtype=torch.int32,
+                                     device=device)
 
     def beats(self, latents: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Which entries would enter: better than the latent's worst kept one."""
         last = self.worst[latents]
         return keys > last if self.largest else keys < last
 
-    def beats_value(self, latents: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """For a top buffer and entries of rows after every kept one: which would enter (``beats`` without
-        their keys: a later row loses a tie, so only a larger activation enters; NaN enters, as its key would)."""
-        return ~(values <= self.worst_value[latents])
-
     def _update_worst(self, touched: torch.Tensor) -> None:
         changed = self.keys[touched]
         worst = changed.min(dim=1).values if self.largest else changed.max(dim=1).values
         self.worst[touched] = worst
-        if self.largest:  # the activation of a top key: its high 32 bits are the float's (``top_keys``)
-            value = (worst >> ROW_BITS).to(torch.int32).view(torch.float32)
-            self.worst_value[touched] = torch.where(worst >= 0, value, -math.inf)
-        else:
-            self.worst_high[touched] = (worst >> SAMPLE_HIGH_SHIFT).clamp_max(torch.iinfo(torch.int32).max).int()
+        high = worst >> (ROW_BITS if self.largest else SAMPLE_HIGH_SHIFT)  # an empty top slot's -1 stays -1
+        self.worst_high[touched] = high.clamp(-1, torch.iinfo(torch.int32).max).int()
 
     def merge(self, latents: torch.Tensor, keys: torch.Tensor, order: torch.Tensor, windows) -> None:
         """Keep, per latent, the best ``size`` of what it had and the candidates (``latents``, ``keys``; ``order``
@@ -389,18 +380,19 @@ class Accumulator:
 
 
 class _TopKeys:
-    """A top buffer's keys (``top_keys``) for the entries of one block. Its worst kept entry is of an earlier
-    row, which wins a tie: an entry enters exactly when its activation is above that entry's
-    (``Buffer.beats_value``), and activations order entries as their keys do."""
+    """A top buffer's keys (``top_keys``) for the entries of one block. A key's high 32 bits are the bits of
+    the clamped activation, and the worst kept entry is of an earlier row, which wins a tie: an entry enters
+    exactly when its activation bits are above the worst's (``Buffer.worst_high``; an activation whose sign bit
+    is set, -0.0 or a negative NaN, never does, as its key would not)."""
 
     def __init__(self, block: Block):
         self.block = block
 
     def candidates(self, buffer, rows, latents, values):
-        return buffer.beats_value(latents, values)
+        return self.scores(rows, latents, values) > buffer.worst_high[latents]
 
     def scores(self, rows, latents, values):
-        return values.clamp_min(0)
+        return values.float().clamp_min(0).view(torch.int32)
 
     def keys(self, rows, latents, values, stream_rows):
         """The keys, and the order within a latent (best first: activation descending, then row ascending)."""
@@ -477,7 +469,8 @@ def _block_best(rows: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor,
 
 def _hist_cells(values: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
     """Each entry's cell of the flattened ``[d_sae, HIST_BINS]`` histogram (its bin of log10 activation)."""
-    bins = values.clamp_min(1e-30).log10_().sub_(HIST_LOG10_MIN).mul_(HIST_PER_DECADE).floor_().add_(1)
+    # +inf in the last bin, -inf and what is not above 0 in the first (NaN too: its cast is clamped there)
+    bins = values.clamp(1e-30, 1e30).log10_().sub_(HIST_LOG10_MIN).mul_(HIST_PER_DECADE).floor_().add_(1)
     return bins.long().clamp_(0, HIST_BINS - 1).add_(latents, alpha=HIST_BINS)
 
 

@@ -246,7 +246,7 @@ def _codes(sae, x: torch.Tensor):
 
     if type(sae).encode_sparse is not SAE.encode_sparse:
         return (*sae.encode_sparse(x), None)
-    z = sae.encode(x)
+    z = sae.encode(x).add_(0.0)  # -0.0 (JumpReLU's pre * (pre > threshold)) as 0.0, as windows of listed codes hold
     rows, latents = z.nonzero(as_tuple=True)
     return rows, latents, z[rows, latents], z
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import saekit as sk
+from saekit.activations.store import Prefetcher
 from saekit.activations.source import (
     ModelSource, StoreSource, describe_source, forward_rows, open_source, sae_hook, split_pair,
 )
@@ -53,6 +54,11 @@ def test_a_store_read_ahead_on_a_thread_gives_the_same_blocks_and_stops_when_the
     blocks = source.blocks(100, inline[0].position, store.n_tokens, read_ahead=True)  # resumed, then left early
     assert next(blocks).position == inline[1].position
     blocks.close()  # the reading thread is told to stop; nothing hangs
+    ahead = Prefetcher(iter([1, 2, 3]), depth=1)  # a reader gone with the queue full: the thread still ends
+    assert next(ahead) == 1
+    ahead.close()
+    ahead._thread.join(timeout=5)
+    assert not ahead._thread.is_alive()
 
     def unreadable(*args, **kwargs):
         raise OSError("the disk went away")

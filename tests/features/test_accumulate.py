@@ -2,6 +2,8 @@
 value then row, windows read off the dense codes, quantile edges from numpy, histograms by counting; the
 same result whatever the block size, and after a checkpoint and a restore."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +187,51 @@ def test_the_reservoir_is_a_uniform_sample():
     assert len(set(kept.tolist())) == reservoir
     quarters = np.histogram(kept, bins=4, range=(0, n))[0]
     assert quarters.min() > reservoir / 4 * 0.6  # each quarter of the stream holds about a quarter of the sample
+
+
+def _one_block(acc, rows, latents, values):
+    from saekit.features.accumulate import Block
+
+    n = int(max(rows)) + 1
+    rows, latents = torch.tensor(rows), torch.tensor(latents)
+    acc.add(Block(0, n, 0, rows, latents, torch.tensor(values), torch.arange(n), torch.zeros(n, dtype=torch.int64),
+                  torch.arange(n)))
+    return {j: sorted(r for r in acc.top.rows[j].tolist() if r >= 0) for j in range(acc.d_sae)}
+
+
+def test_odd_activations_enter_the_top_as_their_keys_say():
+    """A key holds the bits of the activation clamped at 0: -inf (clamped to 0) enters an empty slot, a value
+    whose sign bit is set (-0.0, a negative NaN as inf - inf gives) never enters, nor displaces anything."""
+    negative_nan = -torch.tensor(float("nan"))
+    acc = Accumulator(2, top_k=2, reservoir=2, context=(1, 1))
+    assert _one_block(acc, [0, 1], [0, 0], [-math.inf, 1.0])[0] == [0, 1]
+    acc = Accumulator(2, top_k=2, reservoir=2, context=(0, 0))
+    assert _one_block(acc, [0, 1, 2], [1, 1, 1], [3.0, 2.0, float(negative_nan)])[1] == [0, 1]
+    acc = Accumulator(4, top_k=3, reservoir=2, context=(0, 0))
+    kept = _one_block(acc, [0, 1, 2], [0, 1, 1], [-0.0, 2.0, -1.0])
+    assert kept[0] == [] and kept[1] == [1, 2]
+    assert acc.hist.sum(1).tolist() == acc.count.tolist() == [1, 2, 0, 0]  # every entry in one bin
+
+
+def test_infinite_and_nan_activations_fall_in_the_end_bins():
+    from saekit.features.accumulate import HIST_BINS, _hist_cells
+
+    cells = _hist_cells(torch.tensor([math.inf, -math.inf, math.nan, 0.0, 0.5]), torch.zeros(5, dtype=torch.int64))
+    assert cells.tolist()[:4] == [HIST_BINS - 1, 0, 0, 0] and 0 < cells[4] < HIST_BINS - 1
+
+
+def test_windows_read_off_a_given_dense_code_hold_no_negative_zero():
+    """A JumpReLU code is ``pre * (pre > threshold)``: -0.0 wherever pre < 0. The windows read off that matrix
+    store 0.0, as they do off the listed codes."""
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="jumprelu", d_in=D_IN, d_sae=D_SAE))
+    data = fixture(seed=6)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(D_SAE, D_IN, generator=torch.Generator().manual_seed(1)))
+        assert bool(torch.signbit(sae.encode(data[1][:50])).any())  # the code has its -0.0s
+    acc = run(sae, *data[1:], block=256, feed=500)
+    for buffer in (acc.top, acc.sample):
+        window = buffer.window_values.float()
+        assert not bool((torch.signbit(window) & (window == 0)).any())
 
 
 def brute_cooccurrence(sae, x, n_rows, n):
