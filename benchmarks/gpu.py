@@ -505,7 +505,7 @@ def extract_section(device: str, folder: Path, shape: str, n_tokens: int) -> dic
 
 # -- analysis --------------------------------------------------------------------------------------------------
 
-def _phase_seconds(job) -> dict:
+def job_phase_seconds(job) -> dict:
     """Where a job's time went: seconds from the worker's start to its first phase, then in each phase of its
     progress (the last attempt's, from its event log)."""
     marks: list = []
@@ -569,7 +569,7 @@ def analyze_section(device: str, folder: Path, shape: str, n_tokens: int, d_sae:
         results[name] = feats
         out[f"analyze_{name}_tokens_per_s"] = round(feats.n_tokens / seconds)
         out[f"analyze_{name}_over_bare_encode"] = round(encode_s / seconds * feats.n_tokens / store.n_tokens, 3)
-        out[f"analyze_{name}_phases_s"] = _phase_seconds(sk.job(feats.id, workspace=folder / "ws"))
+        out[f"analyze_{name}_phases_s"] = job_phase_seconds(sk.job(feats.id, workspace=folder / "ws"))
     cpu = sk.analyze(sae.to("cpu"), store, hook_point=hook, device="cpu", background=False, progress=False,
                      force=True, workspace=folder / "ws").result()
     a, b = results["store"].to_pandas(), cpu.to_pandas()
