@@ -245,7 +245,7 @@ class Accumulator:
         self._cooccur(block, rows, latents)
         # which entries would enter each buffer, tested without making their int64 keys (see ``_TopKeys``,
         # ``_SampleKeys``); the keys are made for those offered
-        for buffer, keys in ((self.sample, _SampleKeys(self, block)), (self.top, _TopKeys(block))):
+        for buffer, keys in ((self.sample, _SampleKeys(self, block)), (self.top, _TopKeys())):
             self._offer(buffer, block, keys.candidates(buffer, rows, latents, values), rows, latents, values, keys)
 
     def _offer(self, buffer: Buffer, block: Block, take, rows, latents, values, keys) -> None:
@@ -385,9 +385,6 @@ class _TopKeys:
     exactly when its activation bits are above the worst's (``Buffer.worst_high``; an activation whose sign bit
     is set, -0.0 or a negative NaN, never does, as its key would not)."""
 
-    def __init__(self, block: Block):
-        self.block = block
-
     def candidates(self, buffer, rows, latents, values):
         return self.scores(rows, latents, values) > buffer.worst_high[latents]
 
@@ -440,8 +437,8 @@ def _block_best(rows: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor,
                 buffer: Buffer, cells: int = 2**24) -> torch.Tensor:
     """Which entries (``rows`` ascending, in ``0..n_rows``) may be among their latent's ``buffer.size`` best
     within a slice of about ``cells / d_sae`` rows: a superset of the latent's best of all rows (the best of
-    the whole are the best of their slice). ``scores`` order the entries as their keys do, ties allowed (a
-    top buffer's activations, a reservoir's keys). Each slice's scores go into a dense latent-major matrix
+    the whole are the best of their slice). ``scores`` (integers) order the entries as their keys do, ties
+    allowed (``_TopKeys.scores``, ``_SampleKeys.scores``). Each slice's scores go into a dense latent-major matrix
     whose per-latent ``size``-th best score (``topk``, O(n)) is the bar; ties with it are kept; nothing is
     sorted."""
     step = max(1, cells // d_sae)
@@ -450,10 +447,7 @@ def _block_best(rows: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor,
     ends = torch.arange(0, n_rows + step, step, device=rows.device).clamp_max(n_rows)
     bounds = torch.searchsorted(rows, ends).tolist()
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if scores.is_floating_point():
-        empty = -math.inf if buffer.largest else math.inf
-    else:
-        empty = torch.iinfo(scores.dtype).min if buffer.largest else torch.iinfo(scores.dtype).max
+    empty = torch.iinfo(scores.dtype).min if buffer.largest else torch.iinfo(scores.dtype).max
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         first = i * step
         height = min(step, n_rows - first)
@@ -463,7 +457,7 @@ def _block_best(rows: torch.Tensor, latents: torch.Tensor, scores: torch.Tensor,
         grid[latents[lo:hi], rows[lo:hi] - first] = scores[lo:hi]
         edge = grid.topk(buffer.size, dim=1, largest=buffer.largest, sorted=False).values
         bar = (edge.min(1) if buffer.largest else edge.max(1)).values[latents[lo:hi]]
-        keep[lo:hi] = ~(scores[lo:hi] < bar) if buffer.largest else ~(scores[lo:hi] > bar)  # NaN stays a candidate
+        keep[lo:hi] = scores[lo:hi] >= bar if buffer.largest else scores[lo:hi] <= bar
     return keep
 
 

@@ -60,8 +60,9 @@ def render(state: LogState, *, status: str | None = None, width: int | None = No
     stamp = (end or {}).get("time") if end is not None else (now or time.time())
     elapsed = max(0.0, (stamp or time.time()) - start)
     rate = None
-    begun = min(float(first.get("done") or 0), done)  # where this phase's count started (a later phase of a job
-    if p.get("time") and first.get("time") and p["time"] > first["time"]:  # may go on from an earlier one's)
+    # where this phase's count started: a later phase of a job may go on from an earlier one's count
+    begun = min(float(first.get("done") or 0), done)
+    if p.get("time") and first.get("time") and p["time"] > first["time"]:
         rate = (float(p.get("done") or 0) - begun) / (p["time"] - first["time"])
     unit = f" {p['unit']}" if p.get("unit") else ""
     whole = lambda x: int(x) if float(x).is_integer() else float(x)  # noqa: E731  "40/40 steps", not "40.0/40.0"
