@@ -210,7 +210,6 @@ class Accumulator:
         self.d_sae, self.context, self.seed = d_sae, tuple(context), seed
         self.window = context[0] + 1 + context[1]
         self.rows_seen = 0
-        self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.total = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.max = torch.zeros(d_sae, dtype=torch.float32, device=device)
         self.min = torch.full((d_sae,), math.inf, dtype=torch.float32, device=device)  # of the nonzero activations
@@ -222,6 +221,11 @@ class Accumulator:
         self.sampled: list[torch.Tensor] = []  # (row, latent) of the first rows: the co-occurrence sample
         self.sampled_pairs = 0  # ordered pairs of latents on the sampled rows (at most COOCCURRENCE_PAIRS)
         self.sample_full = False  # a row did not fit the pair budget: no later row is sampled
+
+    @property
+    def count(self) -> torch.Tensor:
+        """How often each latent fired: its histogram's sum (every entry falls in one bin)."""
+        return self.hist.sum(dim=1)
 
     # -- one block ------------------------------------------------------------------------------------
     def add(self, block: Block) -> None:
@@ -241,7 +245,6 @@ class Accumulator:
         self.max.scatter_reduce_(0, latents, values, reduce="amax")
         self.min.scatter_reduce_(0, latents, values, reduce="amin")
         self.hist.view(-1).index_add_(0, _hist_cells(values, latents), torch.ones_like(latents))
-        torch.sum(self.hist, dim=1, out=self.count)  # every entry falls in one bin
         self._cooccur(block, rows, latents)
         # which entries would enter each buffer, tested without making their int64 keys (see ``_TopKeys``,
         # ``_SampleKeys``); the keys are made for those offered
@@ -325,7 +328,7 @@ class Accumulator:
                 **self.top.state("top"), **self.sample.state("sample")}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("count", "total", "max", "hist"):
+        for name in ("total", "max", "hist"):  # a checkpoint's "count" is the histogram's sum
             getattr(self, name).copy_(state[name])
         if "min" in state:
             self.min.copy_(state["min"])
@@ -343,7 +346,7 @@ class Accumulator:
         """Per latent the ``n`` latents that fired with it most often on the sampled rows: ids [d_sae, n] (-1
         where fewer) and the fraction of its firings there that each of them shared. Counted on the
         accumulator's device; returned on the CPU."""
-        device = self.count.device
+        device = self.hist.device
         ids = torch.full((self.d_sae, n), -1, dtype=torch.int64, device=device)
         share = torch.zeros((self.d_sae, n), dtype=torch.float32, device=device)
         if not self.sampled:
@@ -393,7 +396,7 @@ class _TopKeys:
 
     def keys(self, rows, latents, values, stream_rows):
         """The keys, and the order within a latent (best first: activation descending, then row ascending)."""
-        bits = values.float().clamp_min(0).view(torch.int32).to(torch.int64)
+        bits = self.scores(rows, latents, values).to(torch.int64)
         ranks = ((1 << ORDER_BITS) - 1) - ((bits << BLOCK_ROW_BITS) | (MAX_BLOCK_ROWS - 1 - rows))
         return top_keys(values, stream_rows), ranks
 

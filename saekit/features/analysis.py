@@ -301,7 +301,7 @@ class _Pass:
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def load(self, state: dict[str, torch.Tensor], position: dict) -> None:
-        self.acc.load({k: v.to(self.acc.count.device) for k, v in state.items()})
+        self.acc.load({k: v.to(self.acc.hist.device) for k, v in state.items()})
         for name in ("context", "pending"):
             if f"{name}.x" in state:
                 rows = Rows(state[f"{name}.x"], state[f"{name}.token_ids"], state[f"{name}.doc_ids"],

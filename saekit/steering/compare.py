@@ -77,11 +77,13 @@ def _coeffs(coeffs) -> list[float]:
     coeffs = _listed(coeffs)
     if not isinstance(coeffs, Sequence) or isinstance(coeffs, str) or not coeffs:
         raise ConfigError(f"coeffs must be a non-empty list of numbers, e.g. [0, 2, 4, 8]; got {coeffs!r}")
-    checked = [as_number(c) for c in coeffs]
-    for c, number in zip(coeffs, checked):
+    checked = []
+    for c in coeffs:
+        number = as_number(c)
         if number is None:
             raise ConfigError(f"coefficient {c!r} must be a finite number")
-    return [float(c) for c in checked if c is not None]
+        checked.append(number)
+    return checked
 
 
 def score(lm, sae, hook_point: str, prompt_ids: list[int], ids: list[int], features: list[int]) -> Scored:
