@@ -272,8 +272,8 @@ def _step_parts(sae, opt, x):
 
     since = torch.zeros(sae.d_sae, dtype=torch.long, device=x.device)
 
-    def forward():
-        return sae.training_forward(x, TrainingState(dead=None))
+    def forward():  # a step whose metrics are not logged, as most of the trainer's are
+        return sae.training_forward(x, TrainingState(dead=None, metrics=False))
 
     def apply(out):
         sae.remove_parallel_decoder_grad()

@@ -33,8 +33,20 @@ so a smaller encoder changes faster relative to its size: at d 512 / 8192 / k 32
 FVU after 60 steps was 0.682 with unit rows and 0.641 with this (sparsify: 0.641). `benchmarks/convergence.py`."""
 
 
+def _float_order(values: torch.Tensor) -> torch.Tensor:
+    """int64 numbers in the order of float32 ``values`` (-0.0 equal to 0.0, as a comparison has them)."""
+    bits = (values + 0.0).view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+
+
+def _squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a - b).pow(2).sum()``, bit for bit, in one operator forward and one backward (a GPU launches fewer
+    kernels: a small training step is bound by its launches)."""
+    return F.mse_loss(a, b.expand_as(a), reduction="sum")
+
+
 def _total_variance(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return _squared_error(x, x.mean(0)).clamp_min(1e-12)
 
 
 class _SparseCodedSAE(SAE):
@@ -91,13 +103,16 @@ class _SparseCodedSAE(SAE):
         for more in losses.values():  # what an architecture adds (Matryoshka: each prefix's FVU)
             loss = loss + more
         extra = {name: value.detach() for name, value in losses.items()}
-        if state.dead is not None and bool(state.dead.any()):
-            auxk = self._auxk(sae_in, pre, state.dead, (y - x_hat).detach())
+        dead_ids = None if state.dead is None else state.dead.nonzero().squeeze(1)  # the step's one read-back
+        if dead_ids is not None and len(dead_ids):
+            auxk = self._auxk(sae_in, pre, dead_ids, (y - x_hat).detach())
             loss = loss + self.config.aux_k_coefficient * auxk
             extra["auxk"] = auxk.detach()
         acts = acts.detach()
         active = acts > 0
         fired = count(codes.cols, self.d_sae, active)
+        if not state.metrics:
+            return TrainingOutput(loss, x_hat.detach(), fired, None, extra)
         return TrainingOutput(loss, x_hat.detach(), fired, active.sum() / len(x), {**extra, "l1": acts.sum() / len(x)})
 
     def _reconstruct(self, y: torch.Tensor, acts: torch.Tensor, codes: Codes, base: torch.Tensor
@@ -106,19 +121,18 @@ class _SparseCodedSAE(SAE):
         and a skip-transcoder's linear path), and the losses that score it (``fvu``, and whatever a subclass
         adds: their sum is trained, and each but ``fvu`` is logged as a metric)."""
         y_hat = sparse_decode(acts, self.W_dec, codes) + base
-        return y_hat, {"fvu": (y_hat - y).pow(2).sum() / _total_variance(y)}
+        return y_hat, {"fvu": _squared_error(y_hat, y) / _total_variance(y)}
 
-    def _auxk(self, sae_in, pre, dead, residual) -> torch.Tensor:
-        """Reconstruct the residual from the top ``aux_k`` dead latents (their gradients revive them);
-        the squared error is normalized by the residual's, as in Gao et al.'s code."""
-        dead_ids = dead.nonzero().squeeze(1)
+    def _auxk(self, sae_in, pre, dead_ids, residual) -> torch.Tensor:
+        """Reconstruct the residual from the top ``aux_k`` dead latents (``dead_ids``: their gradients revive
+        them); the squared error is normalized by the residual's, as in Gao et al.'s code."""
         k_aux = self.config.aux_k or max(1, self.d_out // 2)
         k = min(k_aux, len(dead_ids))
         values, local = pre[:, dead_ids].topk(k, dim=1, sorted=False)
-        codes = Codes.from_topk(dead_ids[local], self.d_sae)
+        codes = Codes.from_topk(dead_ids[local], self.d_sae, keep_layout=False)  # k follows the dead count
         acts = self._entries(sae_in, pre, codes, values.reshape(-1)).relu()
         residual_hat = sparse_decode(acts, self.W_dec, codes)
-        return (residual_hat - residual).pow(2).sum() / residual.pow(2).sum().clamp_min(1e-12)
+        return _squared_error(residual_hat, residual) / residual.pow(2).sum().clamp_min(1e-12)
 
 
 @register_arch("topk", SparseCodedParams)
@@ -173,28 +187,28 @@ class BatchTopKSAE(_SparseCodedSAE):
         every entry above the cut is taken, and of those equal to it the first by row, then latent. (Float
         ties at the cut happen: twice in the 1,200 steps of the kill test's run. Left to ``topk``, which
         one it took depended on ``m``, so on the batches before, and a resumed run parted from an
-        uninterrupted one.)"""
+        uninterrupted one.) One ``topk`` of integer keys (the value's order, then the entry's place) takes the
+        entries, ties included, so a step reads one number back (whether ``m`` sufficed), not four."""
         b, d_sae = pre.shape
         total = self.config.k * b
         m = min(getattr(self, "_candidates", 2 * self.config.k), d_sae)
         while True:
             candidates, cols = pre.topk(m, dim=1, sorted=False)
-            cut = candidates.reshape(-1).topk(total, sorted=False).values.min()
-            if m == d_sae or int((candidates >= cut).sum(1).max()) < m:
+            cols, by_latent = cols.sort(dim=1)  # each row's candidates by latent: the flat place is (row, latent)
+            candidates = candidates.gather(1, by_latent)
+            order = _float_order(candidates)
+            place = torch.arange(b * m, device=pre.device)
+            keys = (order.reshape(-1) << 32) | (2**32 - 1 - place)  # larger first; of equal values the first place
+            top = keys.topk(total, sorted=False).values
+            cut = top.min() >> 32  # the order of the smallest value taken
+            if m == d_sae or int((order >= cut).sum(1).max()) < m:
                 break
             m = min(2 * m, d_sae)
         self._candidates = m  # the next batch starts with what sufficed
-        take = candidates > cut
-        ties = (candidates == cut).nonzero()
-        if len(ties):
-            first = torch.argsort(ties[:, 0] * d_sae + cols[ties[:, 0], ties[:, 1]])[:total - int(take.sum())]
-            take[ties[first, 0], ties[first, 1]] = True
-        rows, where = take.nonzero(as_tuple=True)
-        latents = cols[rows, where]
-        order = torch.argsort(rows * d_sae + latents)  # by row, then latent
-        rows, where, latents = rows[order], where[order], latents[order]
-        codes = Codes(rows, latents, b, d_sae)
-        values = candidates[rows, where]
+        taken = (2**32 - 1 - (top & (2**32 - 1))).sort().values  # places in (row, latent) order
+        rows = taken // m
+        codes = Codes(rows, cols.reshape(-1)[taken], b, d_sae)
+        values = candidates.reshape(-1)[taken]
         self._update_threshold(values)
         return codes, values
 
@@ -283,6 +297,8 @@ class JumpReLUSAE(SAE):
         loss = mse + self.config.l0_coefficient * state.sparsity_scale * l0
         z = z.detach()
         active = z != 0
+        if not state.metrics:
+            return TrainingOutput(loss, x_hat.detach(), active.sum(0), None)
         return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": z.abs().sum() / len(x)})
 
 
@@ -301,7 +317,8 @@ class ReLUSAE(SAE):
         l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = mse + self.config.l1_coefficient * state.sparsity_scale * l1
         active = z.detach() > 0
-        return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x), {"l1": l1.detach()})
+        return TrainingOutput(loss, x_hat.detach(), active.sum(0), active.sum() / len(x) if state.metrics else None,
+                              {"l1": l1.detach()})
 
 
 from saekit.sae import matryoshka  # noqa: E402,F401  registers matryoshka_batchtopk (it builds on BatchTopK)

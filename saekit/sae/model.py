@@ -35,6 +35,7 @@ class TrainingState:
 
     dead: torch.Tensor | None = None  # bool [d_sae]: latents that have not fired for too long
     sparsity_scale: float = 1.0  # the sparsity penalty's warmup factor, 0 -> 1
+    metrics: bool = True  # False at steps whose l0 and metrics nobody reads (kernels a GPU need not launch)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainingOutput:
     loss: torch.Tensor
     x_hat: torch.Tensor  # reconstruction of the (normalized) input, detached
     fired: torch.Tensor  # [d_sae] how many tokens of the batch each latent fired on
-    l0: torch.Tensor  # mean active latents per token
+    l0: torch.Tensor | None  # mean active latents per token (may be None when ``state.metrics`` is False)
     extra: dict = field(default_factory=dict)  # more metric tensors (l1, auxk, ...)
 
 

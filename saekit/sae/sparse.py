@@ -10,7 +10,7 @@ entry. Only the encoder's dense forward matmul remains. The sums run as Triton k
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +23,14 @@ class Codes:
         self.rows, self.cols, self.n_rows, self.n_latents = rows, cols, n_rows, n_latents
 
     @classmethod
-    def from_topk(cls, indices: torch.Tensor, n_latents: int) -> Codes:
-        """Codes of ``indices [B, k]`` (k latents per row)."""
+    def from_topk(cls, indices: torch.Tensor, n_latents: int, *, keep_layout: bool = True) -> Codes:
+        """Codes of ``indices [B, k]`` (k latents per row). ``keep_layout``: keep the rows and bounds of this
+        ``(B, k)`` for the next call (a training step's shape); False for a ``k`` that changes from call to call."""
         b, k = indices.shape
-        rows = torch.arange(b, device=indices.device).repeat_interleave(k)
+        layout = _topk_layout if keep_layout else _topk_layout.__wrapped__
+        rows, bounds = layout(b, k, indices.device, torch.is_inference_mode_enabled())
         codes = cls(rows, indices.reshape(-1), b, n_latents)
-        codes.__dict__["row_bounds"] = torch.arange(0, b * k + 1, k, device=indices.device)  # k entries a row
+        codes.__dict__["row_bounds"] = bounds
         return codes
 
     @cached_property
@@ -44,7 +46,10 @@ class Codes:
     @cached_property
     def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(order of the entries grouped by latent, where each latent's group starts and the count at the end)."""
-        return torch.argsort(self.cols, stable=True), _bounds(count(self.cols, self.n_latents))
+        order = torch.argsort(self.cols, stable=True)
+        # where each latent's group starts in the sorted latents: 3 kernels where counting and summing took 6
+        starts = _arange(self.n_latents + 1, self.cols.device, torch.is_inference_mode_enabled())
+        return order, torch.searchsorted(self.cols[order], starts)
 
     def fired(self) -> torch.Tensor:
         """How many entries each latent has ``[n_latents]``."""
@@ -61,6 +66,20 @@ def count(index: torch.Tensor, n: int, where: torch.Tensor | None = None) -> tor
     result, without its host sync on a GPU (it reads the maximum back to size its output; the size is known)."""
     ones = torch.ones_like(index) if where is None else where.to(index.dtype)
     return torch.zeros(n, dtype=index.dtype, device=index.device).scatter_add_(0, index, ones)
+
+
+@lru_cache(maxsize=8)
+def _topk_layout(b: int, k: int, device: torch.device, inference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row of each entry and the row bounds of ``b`` rows of ``k`` entries: the same at every step of a
+    training run, so made once (three kernels a step fewer on a GPU). Read only; ``inference`` keeps the tensors
+    made under ``torch.inference_mode`` apart from those autograd may use."""
+    rows = torch.arange(b, device=device).repeat_interleave(k)
+    return rows, torch.arange(0, b * k + 1, k, device=device)
+
+
+@lru_cache(maxsize=8)
+def _arange(n: int, device: torch.device, inference: bool) -> torch.Tensor:
+    return torch.arange(n, device=device)
 
 
 def _bounds(counts: torch.Tensor) -> torch.Tensor:

@@ -172,6 +172,7 @@ class _Run:
         except (RuntimeError, ValueError, TypeError):
             self.optimizer = torch.optim.Adam(self.sae.parameters(), **options)
         self.since_fired = torch.zeros(self.sae.d_sae, dtype=torch.long, device=device)
+        self.none_dead_before = 0  # the step before which no latent can be dead (0: ask the device)
 
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "since_fired": self.since_fired.cpu(), "lr": self.lr}
@@ -179,6 +180,7 @@ class _Run:
     def restore(self, state: dict, tc: TrainConfig) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.since_fired.copy_(state["since_fired"])
+        self.none_dead_before = 0
         # the rate the run started with: a checkpoint without it was written when lr=None meant 2e-4 at 2**14 for
         # every architecture, so a run begun then keeps that rate when a later saekit resumes it
         self.lr = float(state.get("lr", tc.lr or 2e-4 / math.sqrt(self.sae.d_sae / 2**14)))
@@ -484,8 +486,8 @@ class _Trainer:
                 if y is not None:
                     y = y * self.output_scale
                 log_now = (self.step + 1) % tc.log_interval == 0 or self.step + 1 == total
-                outputs = [self._forward_backward(run, x, y) for run in self.runs]
-                fired = [out.fired.clone() for out in outputs]
+                outputs = [self._forward_backward(run, x, y, log_now) for run in self.runs]
+                fired = [out.fired.clone() if group.active else out.fired for out in outputs]  # summed in place
                 grads = [p.grad for run in self.runs for p in run.sae.parameters() if p.grad is not None]
                 # gradients (mean), fired counts (sum) and the cancel flag in one all-reduce: every rank stops together
                 cancelled = group.reduce_(mean=grads, total=fired, flag=group.rank == 0 and ctx.cancelled)
@@ -518,18 +520,28 @@ class _Trainer:
                       f"(its slices: {(self.step - first_step) * (tc.batch_size // group.world):,})")
         return self._finish()
 
-    def _forward_backward(self, run: _Run, x: torch.Tensor, y: torch.Tensor | None):
+    def _forward_backward(self, run: _Run, x: torch.Tensor, y: torch.Tensor | None, log_now: bool):
         tc = self.tc
         warmup = tc.steps(tc.l1_warmup)
-        # a latent is dead after dead_after tokens without firing: none can be before that many tokens were seen
-        # (the host knows it without asking the device)
-        possible = self.step * tc.batch_size >= tc.dead_after
-        state = TrainingState(dead=run.since_fired >= tc.dead_after if possible else None,
-                              sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
+        state = TrainingState(dead=self._dead(run), sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup else 1.0,
+                              metrics=log_now)
         # an autoencoder's call is what it was before transcoders (a plug-in's training_forward may not take target)
         out = run.sae.training_forward(x, state) if y is None else run.sae.training_forward(x, state, target=y)
         out.loss.backward()
         return out
+
+    def _dead(self, run: _Run) -> torch.Tensor | None:
+        """The latents dead at this step (not fired for ``dead_after`` tokens), or None when none is. A latent's
+        silence grows by one batch a step at most, so one read of the longest silence tells the host the step
+        before which none can be dead; until then no step waits for the device to ask (``.any()`` on a GPU)."""
+        tc = self.tc
+        if self.step < run.none_dead_before:
+            return None
+        longest = int(run.since_fired.max()) if self.step else 0
+        if longest < tc.dead_after:
+            run.none_dead_before = self.step + -(-(tc.dead_after - longest) // tc.batch_size)
+            return None
+        return run.since_fired >= tc.dead_after
 
     def _apply(self, run: _Run, fired: torch.Tensor) -> None:
         """The optimizer step of one SAE once its gradients (and fired counts) are those of the global batch."""

@@ -314,3 +314,38 @@ def test_the_default_log_schedule_gives_any_run_a_curve(ws, small_store):
     job = sk.train(small_store, "toy", sk.SAEConfig(arch="topk", expansion_factor=4, k=3),
                    quick(total_tokens=25_000, log_every=None), background=False, progress=False)
     assert job.metrics()["fvu"].notna().sum() == 50  # a 50-step run: 50 points, not the one a fixed 50 gave
+
+
+def test_the_trainer_asks_the_device_for_dead_latents_only_when_one_can_be_dead():
+    """A latent's silence grows by one batch a step at most, so after one read of the longest silence the host
+    knows for how many steps no latent can be dead, and passes ``dead=None`` without reading (on a GPU each read
+    makes the host wait; issue 25). The latents passed are those dead at every step, read or not."""
+    from types import SimpleNamespace
+
+    from simulated_cuda import counting_syncs
+
+    from saekit.sae.training import _Trainer
+
+    tc = SimpleNamespace(dead_after=100, batch_size=4)
+    run = SimpleNamespace(since_fired=torch.zeros(6, dtype=torch.long), none_dead_before=0)
+    trainer = SimpleNamespace(tc=tc, step=0)
+    g = torch.Generator().manual_seed(0)
+    reads, dead_steps = [], 0
+    for step in range(300):
+        trainer.step = step
+        with counting_syncs() as seen:
+            dead = _Trainer._dead(trainer, run)
+        reads.append(len(seen))
+        expected = run.since_fired >= tc.dead_after
+        if bool(expected.any()):
+            dead_steps += 1
+            assert torch.equal(dead, expected), step
+        else:
+            assert dead is None, step
+        rate = 0.9 if step < 100 else (0.0 if step < 200 else 0.5)  # all fire; then latent 5 goes silent; then some
+        fired = torch.rand(6, generator=g) < rate
+        fired[:5] |= step < 200
+        run.since_fired.add_(tc.batch_size).masked_fill_(fired, 0)
+    assert dead_steps > 50
+    assert sum(reads[:100]) <= 6  # every ~24 steps while every latent fires, not at every step
+    assert sum(reads) < 300
