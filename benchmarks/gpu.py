@@ -11,6 +11,9 @@ Sections (each reports its own failure; the others go on):
   EleutherAI sparsify's SparseCoder with its trainer's step (TF32 on, as its ``fit()`` sets it) when it imports;
   a hand-written loop; and the forward encoder matmul alone (fp32, TF32, bf16: the bound). Tokens/s, held-out
   FVU after the same steps, and the ratios.
+- ``profile_{large,small}``: where one TopK step's time goes (per phase and per kernel), sparsify's step beside it,
+  and the step replayed as a CUDA graph against the same step run eagerly (``saekit_graphed``: what graphs would
+  save; the trainer does not capture yet).
 - ``extract_{smollm2,llama1b}``: random-weight Llamas of SmolLM2-135M's shape (hook ``blocks.15.resid_post``) and
   Llama-3.2-1B's (``blocks.8.resid_post``), bfloat16: ``sk.extract`` against the bare forward to the hook over
   the same sequences.
@@ -285,9 +288,63 @@ def _step_parts(sae, opt, x):
     return forward, apply
 
 
+def _per_step(fn, steps: int = 20) -> float:
+    """Milliseconds a call of ``fn`` takes in a loop of ``steps`` (the host queues ahead, as in training)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - start) / steps * 1000, 3)
+
+
+def graphed_step(d_in: int, d_sae: int, k: int, x) -> dict:
+    """saekit's TopK step (its defaults, TF32) captured once as a CUDA graph and replayed, against the same step run
+    eagerly with the same optimizer (Adam with ``capturable=True`` and a tensor learning rate, as a graph needs):
+    what graphs would save at this shape. The trainer does not use graphs yet (docs/gpu.md)."""
+    import torch
+
+    import saekit as sk
+
+    out: dict = {}
+    _tf32(True)
+    try:
+        torch.manual_seed(0)
+        sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k), device=x.device)
+        opt = torch.optim.Adam(sae.parameters(), lr=torch.tensor(1e-4, device=x.device), fused=True, capturable=True)
+        forward, apply = _step_parts(sae, opt, x)
+
+        def step():
+            o = forward()
+            o.loss.backward()
+            apply(o)
+
+        side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph's documentation asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        out["eager_step_ms"] = _per_step(step)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        out["graphed_step_ms"] = _per_step(graph.replay)
+        out["graph_speedup"] = round(out["eager_step_ms"] / out["graphed_step_ms"], 2)
+    except Exception as e:  # a step that cannot be captured says why
+        out["error"] = f"{type(e).__name__}: {e}"[:500]
+    finally:
+        _tf32(False)
+    return out
+
+
 def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> dict:
     """Per phase (CUDA events) and per kernel (the profiler) time of one step: saekit's TopK step with TF32 and with
-    the bf16 encoder, sparsify's step; and the top-k alone. Milliseconds per step."""
+    the bf16 encoder, sparsify's step; and the top-k alone. Milliseconds per step. On CUDA also the step replayed
+    as a CUDA graph (``graphed_step``)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -357,6 +414,8 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
         variant.close()
     _tf32(False)
 
+    if cuda:
+        out["saekit_graphed"] = graphed_step(d_in, d_sae, k, x)
     for dtype in (torch.float32, torch.bfloat16):
         pre = torch.randn(batch, d_sae, device=device, dtype=dtype)
         out[f"topk_ms_{str(dtype)[6:]}"] = round(_best(lambda: pre.topk(k, dim=1, sorted=False), device, 5) * 1000, 3)

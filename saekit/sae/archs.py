@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saekit.errors import ConfigError
 from saekit.sae.config import JumpReLUParams, ReLUParams, SparseCodedParams
 from saekit.sae.model import SAE, TrainingOutput, TrainingState, register_arch
 from saekit.sae.sparse import Codes, count, gathered_linear, row_dots, sparse_decode
@@ -34,7 +35,7 @@ FVU after 60 steps was 0.682 with unit rows and 0.641 with this (sparsify: 0.641
 
 
 def _float_order(values: torch.Tensor) -> torch.Tensor:
-    """int64 numbers in the order of float32 ``values`` (-0.0 equal to 0.0, as a comparison has them)."""
+    """int64 numbers in the order of float32 ``values`` (-0.0 equal to 0.0, as a comparison has them; NaN aside)."""
     bits = (values + 0.0).view(torch.int32)
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
 
@@ -193,6 +194,9 @@ class BatchTopKSAE(_SparseCodedSAE):
         total = self.config.k * b
         m = min(getattr(self, "_candidates", 2 * self.config.k), d_sae)
         while True:
+            if b * m > 2**32:  # an entry's place takes the low 32 bits of its key
+                raise ConfigError(f"BatchTopK selects among at most 2**32 candidates a batch; this batch of {b:,} rows "
+                                  f"needs {b * m:,}", suggestion="train with a smaller batch_size")
             candidates, cols = pre.topk(m, dim=1, sorted=False)
             cols, by_latent = cols.sort(dim=1)  # each row's candidates by latent: the flat place is (row, latent)
             candidates = candidates.gather(1, by_latent)

@@ -79,6 +79,7 @@ def _topk_layout(b: int, k: int, device: torch.device, inference: bool) -> tuple
 
 @lru_cache(maxsize=8)
 def _arange(n: int, device: torch.device, inference: bool) -> torch.Tensor:
+    """``0..n-1`` on ``device``, made once per ``n`` (read only)."""
     return torch.arange(n, device=device)
 
 
