@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NO_KERNEL = {"aten::detach", "aten::slice", "aten::reshape", "aten::t", "aten::expand", "aten::view", "aten::squeeze",
              "aten::unsqueeze", "aten::select", "aten::as_strided", "aten::alias", "aten::_reshape_alias",
-             "aten::permute", "aten::transpose", "aten::lift_fresh", "aten::empty", "aten::result_type"}
+             "aten::permute", "aten::transpose", "aten::lift_fresh", "aten::empty", "aten::result_type", "aten::flatten",
+             "aten::mT", "aten::type_as", "aten::detach_", "aten::_has_compatible_shallow_copy_type"}
 ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk", "relu", "jumprelu")
 
 
