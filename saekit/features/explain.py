@@ -33,6 +33,7 @@ from saekit.workspace import Workspace
 
 RESULTS = "explanations.jsonl"
 POOL_WINDOWS = 256
+MODEL_BATCH = 32  # pool windows a forward pass reads at once (right-padded; a causal model's rows are unchanged)
 
 
 @dataclass(frozen=True)
@@ -131,23 +132,34 @@ def negative_pool(feats, sae, seed: int, device: str):
         from saekit.models.loading import load_model_from_ref
 
         lm = load_model_from_ref(source["model"], device=device)
-    windows, fires = [], []
+    windows, texts, fires = [], [], []
     with torch.no_grad():
         for i in sorted(picked.tolist(), key=lambda j: rows[j]):
             row, center = int(rows[i]), int(table.column("center")[i].as_py())
             ids = table.column("tokens")[i].as_py()
             inside = [j for j, t in enumerate(ids) if t >= 0]
-            lo, hi = row - center + inside[0], row - center + inside[-1] + 1
             if store is not None:
-                x = store.read(hook, lo, hi).float()
+                lo, hi = row - center + inside[0], row - center + inside[-1] + 1
+                fires.append(_fires(sae, store.read(hook, lo, hi)))
             else:
-                assert lm is not None  # loaded above when there is no store
-                x = lm.run_with_cache([ids[j] for j in inside], hook)[hook][0].float()
-            z = sae.encode(x.to(sae.device))
-            fires.append((z > 0).any(0).cpu().numpy())
+                texts.append([ids[j] for j in inside])
             windows.append(Example(value=0.0, row=row, tokens=[vocab[t] if t >= 0 else "" for t in ids], token_ids=ids,
                                    values=[0.0] * len(ids), center=center))
+        for lo in range(0, len(texts), MODEL_BATCH):  # the model over the windows, a batch at a time
+            assert lm is not None  # loaded above when there is no store
+            part = texts[lo:lo + MODEL_BATCH]
+            width = max(len(t) for t in part)
+            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+            ids_batch = torch.tensor([t + [pad] * (width - len(t)) for t in part])
+            mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in part])
+            x = lm.run_with_cache(ids_batch, hook, attention_mask=mask)[hook]
+            fires.extend(_fires(sae, x[j, :len(t)]) for j, t in enumerate(part))
     return windows, np.stack(fires) if fires else np.zeros((0, sae.d_sae), dtype=bool)
+
+
+def _fires(sae, x) -> np.ndarray:
+    """Which latents of ``sae`` fire on any row of ``x`` ``[d_sae]`` bool."""
+    return (sae.encode(x.float().to(sae.device)) > 0).any(0).cpu().numpy()
 
 
 def _first_line(text: str) -> str | None:

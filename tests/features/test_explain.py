@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,3 +184,28 @@ def test_right_explanations_of_planted_features_outscore_wrong_ones_with_smollm2
           f"right explanations {good.mean():.3f}, wrong ones {bad.mean():.3f}; right > wrong for "
           f"{int((good > bad).sum())} of {len(alive)}")
     assert (good > bad).sum() > len(alive) / 2 and good.mean() > bad.mean()
+
+
+def test_the_pool_of_a_model_analysis_runs_the_model_over_its_windows_a_batch_at_a_time(tmp_path, tiny_model_dir,
+                                                                                      docs_file):
+    """An analysis of ``(model, tokens)`` stored no rows: the scoring pool runs the model over its windows, a batch
+    of them (right-padded) at a time; which latents fire on each window is what one window at a time gives."""
+    from planted import tokens
+
+    from saekit.features.explain import MODEL_BATCH, negative_pool
+
+    ws = sk.Workspace(tmp_path / "ws")
+    lm = sk.load_model(tiny_model_dir, device="cpu")
+    hook = "blocks.1.resid_post"  # after attention: a window's rows depend on the tokens before them
+    sae = sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=lm.d_model, d_sae=32)).eval()
+    feats = sk.analyze(sae, (lm, tokens(lm, docs_file, n=100, workspace=ws)), hook_point=hook, background=False,
+                       progress=False, workspace=ws).result()
+    windows, fires = negative_pool(feats, sae, seed=0, device="cpu")
+    assert len(windows) > MODEL_BATCH and fires.shape == (len(windows), 32)
+    lengths = {sum(t >= 0 for t in w.token_ids) for w in windows}
+    assert len(lengths) > 1  # windows cut by a document's ends: the batches were padded
+    with torch.no_grad():
+        alone = [(sae.encode(lm.run_with_cache([t for t in w.token_ids if t >= 0], hook)[hook][0].float()) > 0)
+                 .any(0).numpy() for w in windows]
+    assert (fires == np.stack(alone)).all()
+    assert 0 < fires.mean() < 1
