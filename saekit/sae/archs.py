@@ -35,9 +35,12 @@ FVU after 60 steps was 0.682 with unit rows and 0.641 with this (sparsify: 0.641
 
 
 def _float_order(values: torch.Tensor) -> torch.Tensor:
-    """int64 numbers in the order of float32 ``values`` (-0.0 equal to 0.0, as a comparison has them; NaN aside)."""
-    bits = (values + 0.0).view(torch.int32)
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    """int64 numbers in the order of ``values`` (float32 or bfloat16): -0.0 equal to 0.0, as a comparison has them,
+    and NaN above +inf, as ``topk`` ranks it."""
+    exact = values.float() + 0.0  # bfloat16 to float32 changes no value
+    bits = exact.view(torch.int32)
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return order.masked_fill_(exact.isnan(), 2**31 - 1).long()
 
 
 def _squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,8 @@ def _total_variance(x: torch.Tensor) -> torch.Tensor:
 
 class _SparseCodedSAE(SAE):
     """Shared by TopK and BatchTopK: encoder forward once (dense), everything else on the selected entries."""
+
+    uses_dead_latents = True  # AuxK
 
     LR_AT_16K = 8e-4
     """4x Gao et al.'s 2e-4 (sparsify's default). On SmolLM2-135M's layer 6 (d_sae 4608, k 32, batch 4096) held-out FVU
@@ -200,12 +205,14 @@ class BatchTopKSAE(_SparseCodedSAE):
             candidates, cols = pre.topk(m, dim=1, sorted=False)
             cols, by_latent = cols.sort(dim=1)  # each row's candidates by latent: the flat place is (row, latent)
             candidates = candidates.gather(1, by_latent)
-            order = _float_order(candidates)
-            place = torch.arange(b * m, device=pre.device)
-            keys = (order.reshape(-1) << 32) | (2**32 - 1 - place)  # larger first; of equal values the first place
+            del by_latent
+            # each candidate's key, made in place: its value's order in the high 32 bits, then 2**32 - 1 - its
+            # place in the low ones (larger first; of equal values the first place)
+            keys = _float_order(candidates).reshape(-1)
+            keys.bitwise_left_shift_(32).add_(2**32 - 1).sub_(torch.arange(b * m, device=pre.device))
             top = keys.topk(total, sorted=False).values
-            cut = top.min() >> 32  # the order of the smallest value taken
-            if m == d_sae or int((order >= cut).sum(1).max()) < m:
+            cut = top.min() >> 32 << 32  # the smallest value taken, as high bits: key >= cut where value >= it
+            if m == d_sae or int((keys.view(b, m) >= cut).sum(1).max()) < m:
                 break
             m = min(2 * m, d_sae)
         self._candidates = m  # the next batch starts with what sufficed

@@ -57,6 +57,9 @@ class SAE(nn.Module):
     saelens_architecture: str | None = None  # the name SAELens gives this architecture (export); None: no export
     saelens_imports: tuple[str, ...] = ()  # SAELens architectures this class loads
     LR_AT_16K = 2e-4  # Adam's learning rate at d_sae 2**14 when TrainConfig(lr=None) (Gao et al., 2024)
+    uses_dead_latents = False
+    """True when ``training_forward`` acts on ``state.dead`` (an auxiliary loss for dead latents): the trainer then
+    passes None whenever no latent is dead, and asks the device only when one could be. False: the mask, unread."""
     _loaded_from: tuple[str, dict[str, tuple[int, int]]]  # set by load(): the folder and _versions() then
 
     def __init__(self, config: SAEConfig, *, device: str | torch.device | None = None):

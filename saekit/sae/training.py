@@ -533,8 +533,11 @@ class _Trainer:
     def _dead(self, run: _Run) -> torch.Tensor | None:
         """The latents dead at this step (not fired for ``dead_after`` tokens), or None when none is. A latent's
         silence grows by one batch a step at most, so one read of the longest silence tells the host the step
-        before which none can be dead; until then no step waits for the device to ask (``.any()`` on a GPU)."""
+        before which none can be dead; until then no step waits for the device to ask (``.any()`` on a GPU). An
+        architecture that does not use them (``uses_dead_latents`` False) gets the mask unread, as before."""
         tc = self.tc
+        if not run.sae.uses_dead_latents:  # the mask as it is, never read on the host (ReLU, JumpReLU)
+            return run.since_fired >= tc.dead_after if self.step * tc.batch_size >= tc.dead_after else None
         if self.step < run.none_dead_before:
             return None
         longest = int(run.since_fired.max()) if self.step else 0

@@ -108,6 +108,27 @@ def test_batchtopk_selection_is_the_brute_force_one_with_ties_and_signed_zeros()
         assert torch.equal(values.view(torch.int32), pre.reshape(-1)[taken].view(torch.int32)), case
 
 
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_selects_from_bfloat16_pre_activations_as_from_their_float32_values(arch):
+    """With ``encoder_dtype="bfloat16"`` (the default on a GPU for large SAEs) the candidates are bfloat16: the
+    entries taken are those their float32 values give (the conversion is exact), NaN first as ``topk`` has it;
+    a training step runs."""
+    torch.manual_seed(0)
+    sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=32, d_sae=256, k=8, encoder_dtype="bfloat16"))
+    pre = (torch.randn(16, 256) * 4).bfloat16()  # bfloat16 rounding: ties everywhere
+    pre[3, 7] = float("nan")
+    codes, values = sae._select(pre)
+    sae._candidates = 16
+    exact, _ = sae._select(pre.float())
+    assert values.dtype == torch.bfloat16 and torch.equal(codes.rows, exact.rows) and torch.equal(codes.cols, exact.cols)
+    assert (3, 7) in list(zip(codes.rows.tolist(), codes.cols.tolist()))
+    dead = torch.zeros(256, dtype=torch.bool)
+    dead[:100] = True
+    out = sae.training_forward(torch.randn(64, 32), TrainingState(dead=dead, metrics=False))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.l0 is None and "auxk" in out.extra
+
+
 def test_row_dots_and_decode_match_dense():
     torch.manual_seed(2)
     a, w = torch.randn(10, 6), torch.randn(20, 6)

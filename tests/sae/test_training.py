@@ -327,7 +327,8 @@ def test_the_trainer_asks_the_device_for_dead_latents_only_when_one_can_be_dead(
     from saekit.sae.training import _Trainer
 
     tc = SimpleNamespace(dead_after=100, batch_size=4)
-    run = SimpleNamespace(since_fired=torch.zeros(6, dtype=torch.long), none_dead_before=0)
+    run = SimpleNamespace(since_fired=torch.zeros(6, dtype=torch.long), none_dead_before=0,
+                          sae=SimpleNamespace(uses_dead_latents=True))
     trainer = SimpleNamespace(tc=tc, step=0)
     g = torch.Generator().manual_seed(0)
     reads, dead_steps = [], 0
@@ -349,3 +350,10 @@ def test_the_trainer_asks_the_device_for_dead_latents_only_when_one_can_be_dead(
     assert dead_steps > 50
     assert sum(reads[:100]) <= 6  # every ~24 steps while every latent fires, not at every step
     assert sum(reads) < 300
+    # an architecture whose loss has no use for dead latents (ReLU, JumpReLU) gets the mask, and nothing is read
+    run.sae.uses_dead_latents = False
+    with counting_syncs() as seen:
+        dead = _Trainer._dead(trainer, run)
+    assert not seen and torch.equal(dead, run.since_fired >= tc.dead_after)
+    assert not sk.SAE.from_config(sk.SAEConfig(arch="relu", d_in=4, d_sae=8)).uses_dead_latents
+    assert sk.SAE.from_config(sk.SAEConfig(arch="matryoshka_batchtopk", d_in=4, d_sae=8, k=2)).uses_dead_latents
