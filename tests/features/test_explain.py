@@ -177,7 +177,7 @@ def test_right_explanations_of_planted_features_outscore_wrong_ones_with_smollm2
     assert len(alive) >= 5, [feats[i].count for i in range(len(words))]
     right = {i: f'the word "{words[i].strip()}"' for i in alive}
     wrong = {i: right[alive[(n + 1) % len(alive)]] for n, i in enumerate(alive)}
-    kw = dict(scorer=smollm2, n_score=8, background=False, progress=False)
+    kw = dict(scorer=smollm2, n_score=6, background=False, progress=False)
     good = sk.explain(feats, alive, explanations=right, **kw).result()["detection_auc"]
     bad = sk.explain(feats, alive, explanations=wrong, **kw).result()["detection_auc"]
     print(f"\ndetection AUC with SmolLM2-135M-Instruct as scorer, {len(alive)} planted features: "
