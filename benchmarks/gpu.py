@@ -288,6 +288,17 @@ def _step_parts(sae, opt, x):
     return forward, apply
 
 
+def _whole_step(forward, apply):
+    """One step from ``_step_parts``: forward, backward, apply."""
+
+    def step():
+        out = forward()
+        out.loss.backward()
+        apply(out)
+
+    return step
+
+
 def _per_step(fn, steps: int = 20) -> float:
     """Milliseconds a call of ``fn`` takes in a loop of ``steps`` (the host queues ahead, as in training)."""
     import torch
@@ -315,13 +326,7 @@ def graphed_step(d_in: int, d_sae: int, k: int, x) -> dict:
         torch.manual_seed(0)
         sae = sk.SAE.from_config(sk.SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=k), device=x.device)
         opt = torch.optim.Adam(sae.parameters(), lr=torch.tensor(1e-4, device=x.device), fused=True, capturable=True)
-        forward, apply = _step_parts(sae, opt, x)
-
-        def step():
-            o = forward()
-            o.loss.backward()
-            apply(o)
-
+        step = _whole_step(*_step_parts(sae, opt, x))
         side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph's documentation asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -382,12 +387,7 @@ def profile_section(device: str, d_in: int, d_sae: int, k: int, batch: int) -> d
                                  device=device)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
         forward, apply = _step_parts(sae, opt, x)
-
-        def step():
-            o = forward()
-            o.loss.backward()
-            apply(o)
-
+        step = _whole_step(forward, apply)
         phases = {"forward": 0.0, "backward": 0.0, "apply": 0.0}
         for _ in range(3):
             step()

@@ -41,19 +41,13 @@ def _step(arch: str, d_in: int, d_sae: int, batch: int):
     import torch
 
     import saekit as sk
-    from gpu import _step_parts
+    from gpu import _step_parts, _whole_step
 
     torch.manual_seed(0)
     extra = {"k": 32} if "topk" in arch else {}
     sae = sk.SAE.from_config(sk.SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, **extra))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
-    forward, apply = _step_parts(sae, opt, torch.randn(batch, d_in))
-
-    def step():
-        out = forward()
-        out.loss.backward()
-        apply(out)
-
+    step = _whole_step(*_step_parts(sae, opt, torch.randn(batch, d_in)))
     for _ in range(3):
         step()
     return step

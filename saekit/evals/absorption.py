@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from saekit.evals.probing import fit_logistic, top_latents
+from saekit.models.language_model import right_padded
 
 TEMPLATE = "{word} has the first letter:"
 ICL_EXAMPLES = 10
@@ -76,12 +77,9 @@ def prompts(tokenizer, words: list[tuple[int, str]], examples: list[tuple[int, s
 def word_activations(lm, hook_point: str, ids: list[list[int]], where: list[int], batch: int = 32,
                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
     rows = []
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for lo in range(0, len(ids), batch):
         part = ids[lo:lo + batch]
-        width = max(len(i) for i in part)
-        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in part])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in part])
+        input_ids, mask = right_padded(part, lm.tokenizer)
         x = lm.run_with_cache(input_ids, hook_point, attention_mask=mask)[hook_point]
         rows.append(x[torch.arange(len(part)), torch.tensor(where[lo:lo + batch])].float().cpu())
         if progress is not None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from saekit.evals.probe_data import dataset
+from saekit.models.language_model import right_padded
 
 
 @torch.no_grad()
@@ -39,10 +40,8 @@ def pooled(lm, sae, hook_point: str, texts: Sequence[str], *, context: int = 128
     acts, codes = [], []
     for lo in range(0, len(texts), batch):
         ids = [tokenizer(t, add_special_tokens=True)["input_ids"][:context] for t in texts[lo:lo + batch]]
-        width = max(len(i) for i in ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+        input_ids, mask = right_padded(ids, tokenizer)
+        width = input_ids.shape[1]
         x = lm.run_with_cache(input_ids, hook_point, attention_mask=mask)[hook_point].float()
         keep = mask.bool().to(x.device)
         if bos is not None:

@@ -115,6 +115,7 @@ def negative_pool(feats, sae, seed: int, device: str):
     from saekit.activations.store import ActivationStore
     from saekit.features.featureset import Example
     from saekit.features.tables import reading
+    from saekit.models.language_model import right_padded
 
     shared = feats._shared
     file = shared.examples_file
@@ -148,11 +149,8 @@ def negative_pool(feats, sae, seed: int, device: str):
         for lo in range(0, len(texts), MODEL_BATCH):  # the model over the windows, a batch at a time
             assert lm is not None  # loaded above when there is no store
             part = texts[lo:lo + MODEL_BATCH]
-            width = max(len(t) for t in part)
-            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-            ids_batch = torch.tensor([t + [pad] * (width - len(t)) for t in part])
-            mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in part])
-            x = lm.run_with_cache(ids_batch, hook, attention_mask=mask)[hook]
+            input_ids, mask = right_padded(part, lm.tokenizer)
+            x = lm.run_with_cache(input_ids, hook, attention_mask=mask)[hook]
             fires.extend(_fires(sae, x[j, :len(t)]) for j, t in enumerate(part))
     return windows, np.stack(fires) if fires else np.zeros((0, sae.d_sae), dtype=bool)
 

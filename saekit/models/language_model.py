@@ -31,6 +31,16 @@ class Generation:
         return self.text
 
 
+def right_padded(ids: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one batch for ``run_with_cache``: ``input_ids`` right-padded with the tokenizer's pad token
+    (0 without one) and the ``attention_mask`` (1 on real tokens), both ``[len(ids), longest]``. A causal model's
+    activations at the real tokens are those of each list alone."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(i) for i in ids)
+    return (torch.tensor([i + [pad] * (width - len(i)) for i in ids]),
+            torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]))
+
+
 class _StopForward(Exception):
     """Raised by the hook of the deepest block that is needed: nothing after it is computed."""
 
